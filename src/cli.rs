@@ -1,0 +1,97 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::fulfilment::correlator::Outcome;
+use crate::telemetry::LogFormat;
+
+/// Takes FirstPromoter webhooks off the public internet and puts them into Kafka.
+///
+/// Standard events are answered 2xx only once Kafka has acknowledged them; fulfilment_pending
+/// is held until a downstream fulfiller answers over a Kafka reply topic.
+#[derive(Debug, Parser)]
+#[command(name = "fp-relay", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    ///
+    /// Configuration is merged in this order, later wins: built-in defaults, the TOML file,
+    /// FP_RELAY_{SECTION}_{KEY} environment variables (e.g. FP_RELAY_KAFKA_BROKERS,
+    /// FP_RELAY_KAFKA_ACK_TIMEOUT=5s, FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD for the librdkafka
+    /// property sasl.password), then these flags.
+    Serve(ServeArgs),
+    /// Validate a configuration file and print the effective configuration, secrets masked.
+    CheckConfig(CheckConfigArgs),
+    /// A reference fulfiller: answer every fulfilment request with one outcome.
+    ///
+    /// Consumes the fulfilment topic and replies on the topic named by each request's
+    /// fp-reply-topic header, as docs/fulfilment-protocol.md says a downstream service should.
+    Respond(RespondArgs),
+}
+
+/// `fp-relay serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see config/relay.toml for every setting).
+    #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the public webhook listener [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the private listener for /healthz, /readyz and /metrics [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Kafka bootstrap servers, comma separated [default: localhost:9092].
+    #[arg(long, value_name = "LIST")]
+    pub brokers: Option<String>,
+    /// Start an embedded in-memory Kafka-protocol broker and relay to it (for trying it out).
+    #[arg(long, conflicts_with = "brokers")]
+    pub dev: bool,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// `fp-relay check-config`.
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// TOML configuration file to validate.
+    #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// `fp-relay respond`.
+#[derive(Debug, Args)]
+pub struct RespondArgs {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, value_name = "LIST", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// The answer to give every request.
+    #[arg(long, value_enum, default_value_t = Outcome::Fulfilled)]
+    pub outcome: Outcome,
+    /// Text to send as the reply's reason.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Topic the relay publishes fulfilment requests to.
+    #[arg(long, default_value = "firstpromoter.fulfilment_pending")]
+    pub topic: String,
+    /// Reply topic for requests that carry no fp-reply-topic header.
+    #[arg(long, default_value = "firstpromoter.fulfilment_replies")]
+    pub reply_topic: String,
+    /// Wait this long before each answer (e.g. 20s to watch the relay time out).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub delay: Duration,
+    /// Consumer group; responders in one group share the requests.
+    #[arg(long, default_value = "fp-relay-responder")]
+    pub group: String,
+}

@@ -1,0 +1,136 @@
+//! Errors at the HTTP boundary and the one place they become responses.
+//!
+//! The client gets a status and a short JSON body (`{"error": code, "message": ...}`); the log
+//! line carries the detail. Nothing here ever echoes a body, a header value or a credential.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::kafka::publisher::PublishError;
+use crate::webhook::envelope::EnvelopeError;
+
+/// Seconds a client is told to wait after a 503.
+pub const RETRY_AFTER_SECS: &str = "5";
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Any path other than the webhook path.
+    #[error("no such path")]
+    NotFound,
+    /// Anything but POST on the webhook path.
+    #[error("method not allowed; FirstPromoter webhooks are POSTs")]
+    MethodNotAllowed,
+    /// The body is larger than `http.max_body_bytes`.
+    #[error("body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The body could not be read to its end (client hung up, truncated chunked encoding).
+    #[error("request body could not be read: {0}")]
+    BodyRead(String),
+    /// Not a webhook the relay can route; the raw body went to the dead-letter topic if it could.
+    #[error("{error}")]
+    Invalid {
+        error: EnvelopeError,
+        dead_lettered: bool,
+    },
+    /// Kafka did not acknowledge the event in time: it is not accepted.
+    #[error("Kafka did not acknowledge the event: {0}")]
+    Unavailable(#[from] PublishError),
+}
+
+impl RelayError {
+    /// The HTTP status. Never 500 for a client's mistake.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyRead(_) | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable machine-readable code; also the `reason` label of `fp_relay_rejected_total`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge { .. } => "too_large",
+            Self::BodyRead(_) => "body_read",
+            Self::Invalid { error, .. } => error.reason(),
+            Self::Unavailable(_) => "kafka_unavailable",
+        }
+    }
+
+    /// The response the client sees.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let mut body = json!({ "error": self.code(), "message": self.client_message() });
+        if let Self::Invalid { dead_lettered, .. } = &self {
+            body["dead_lettered"] = json!(dead_lettered);
+        }
+        let mut response = json_response(status, &body);
+        match self {
+            Self::MethodNotAllowed => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+            }
+            Self::Unavailable(_) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+
+    /// What the client is told: short, and for Kafka failures without internal detail.
+    fn client_message(&self) -> String {
+        match self {
+            Self::Unavailable(_) => {
+                "the event was not accepted; Kafka did not acknowledge it in time".to_owned()
+            }
+            Self::BodyRead(_) => "the request body could not be read".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A JSON response with `status` and `body`.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_mistakes_map_to_4xx_and_kafka_to_503_with_retry_after() {
+        assert_eq!(RelayError::NotFound.status(), 404);
+        assert_eq!(
+            RelayError::MethodNotAllowed.into_response().headers()["allow"],
+            "POST"
+        );
+        assert_eq!(RelayError::PayloadTooLarge { limit: 1 }.status(), 413);
+        let invalid = RelayError::Invalid {
+            error: EnvelopeError::NotAnObject,
+            dead_lettered: true,
+        };
+        assert_eq!(invalid.status(), 400);
+        let unavailable = RelayError::Unavailable(PublishError::Timeout).into_response();
+        assert_eq!(unavailable.status(), 503);
+        assert_eq!(unavailable.headers()["retry-after"], RETRY_AFTER_SECS);
+    }
+}

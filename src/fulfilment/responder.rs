@@ -1,0 +1,122 @@
+//! `fp-relay respond`: a reference fulfiller for demos and tests. It consumes the fulfilment
+//! topic and answers every request with one chosen outcome, exactly as the contract says a
+//! downstream service should.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+
+use super::correlator::Outcome;
+use crate::kafka::record::headers;
+
+/// What the responder consumes and how it answers.
+#[derive(Debug, Clone)]
+pub struct ResponderOptions {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Extra librdkafka settings for both clients (SASL, TLS).
+    pub properties: Vec<(String, String)>,
+    /// The fulfilment topic the relay publishes to.
+    pub topic: String,
+    /// Reply topic used when a request carries no `fp-reply-topic` header.
+    pub default_reply_topic: String,
+    /// The answer given to every request.
+    pub outcome: Outcome,
+    /// Text sent as the reply's `reason`.
+    pub reason: Option<String>,
+    /// Wait before answering, to demonstrate timeouts.
+    pub delay: Duration,
+    /// Consumer group; responders in one group share the requests.
+    pub group: String,
+}
+
+/// Answers requests until `stop` resolves.
+pub async fn run(
+    options: ResponderOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut base = ClientConfig::new();
+    for (key, value) in &options.properties {
+        base.set(key, value);
+    }
+    base.set("bootstrap.servers", &options.brokers);
+    let consumer: StreamConsumer = base
+        .clone()
+        .set("group.id", &options.group)
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()?;
+    let producer: FutureProducer = base
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()?;
+    consumer.subscribe(&[&options.topic])?;
+    eprintln!(
+        "fp-relay respond: answering {:?} to every request on {} (group {})",
+        options.outcome.as_str(),
+        options.topic,
+        options.group
+    );
+    tokio::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            message = consumer.recv() => message?,
+        };
+        if !options.delay.is_zero() {
+            tokio::time::sleep(options.delay).await;
+        }
+        answer(&producer, &options, &message).await;
+    }
+}
+
+async fn answer(
+    producer: &FutureProducer,
+    options: &ResponderOptions,
+    request: &BorrowedMessage<'_>,
+) {
+    let header = |name: &str| -> Option<String> {
+        request
+            .headers()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned)
+    };
+    let Some(correlation_id) = header(headers::CORRELATION_ID) else {
+        eprintln!(
+            "skipped offset {}: no {} header",
+            request.offset(),
+            headers::CORRELATION_ID
+        );
+        return;
+    };
+    let reply_topic =
+        header(headers::REPLY_TOPIC).unwrap_or_else(|| options.default_reply_topic.clone());
+    let value =
+        serde_json::json!({ "outcome": options.outcome.as_str(), "reason": options.reason })
+            .to_string();
+    let mut record = FutureRecord::<[u8], str>::to(&reply_topic)
+        .payload(&value)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: headers::CORRELATION_ID,
+            value: Some(&correlation_id),
+        }));
+    if let Some(key) = request.key() {
+        record = record.key(key);
+    }
+    match producer.send(record, Duration::from_secs(5)).await {
+        Ok(_) => println!(
+            "{} -> {} (correlation id {correlation_id})",
+            options.outcome.as_str(),
+            reply_topic
+        ),
+        Err((error, _)) => eprintln!("cannot reply to {correlation_id}: {error}"),
+    }
+}

@@ -1,0 +1,49 @@
+//! Kafka: the publisher, the records it writes, client settings, and the readiness probe.
+
+pub mod context;
+pub mod probe;
+pub mod publisher;
+pub mod record;
+
+use rdkafka::config::ClientConfig;
+
+use crate::config::KafkaConfig;
+
+/// Producer settings: the passthrough maps first, then the settings the relay's guarantee
+/// rests on, which config validation already refuses to let the maps override.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("statistics.interval.ms", "5000");
+    for (key, value) in kafka.properties.iter().chain(&kafka.producer_properties) {
+        config.set(key, value);
+    }
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // librdkafka gives up on a record after this; the relay answers 503 no later anyway.
+        .set(
+            "message.timeout.ms",
+            kafka.ack_timeout.as_millis().to_string(),
+        );
+    config
+}
+
+/// Settings for a consumer that reads by assignment and never commits.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    // Replies are waited for by a held HTTP request: fetch eagerly.
+    config
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.min.bytes", "1");
+    for (key, value) in kafka.properties.iter().chain(&kafka.consumer_properties) {
+        config.set(key, value);
+    }
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    config
+}

@@ -1,0 +1,216 @@
+//! The producer wrapper: idempotent, `acks=all`, every write awaited to its delivery report and
+//! bounded by a deadline, and rebuilt when librdkafka declares it fatally broken.
+//!
+//! Why rebuild: a cluster that forgets the idempotent producer's id (a broker restarted with
+//! in-memory storage, an unclean leader election) makes librdkafka raise a fatal error, after
+//! which that producer instance never produces again. Everything the broken producer had in
+//! flight fails, so it is answered 503, never claimed; the next request gets a fresh producer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use super::context::RelayContext;
+use super::record::OutboundRecord;
+use crate::metrics::Metrics;
+
+/// Where Kafka put a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition written to.
+    pub partition: i32,
+    /// Offset within that partition.
+    pub offset: i64,
+}
+
+/// Why a record is not known to be in Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No delivery report before the deadline; the record may still arrive later.
+    #[error("Kafka did not acknowledge before the deadline")]
+    Timeout,
+    /// The local queue stayed full until the deadline: backpressure.
+    #[error("the producer queue is full")]
+    QueueFull,
+    /// The producer was fatally broken; a fresh one takes the next request.
+    #[error("the producer hit a fatal error and is being replaced: {0}")]
+    Fatal(KafkaError),
+    /// The cluster refused or failed the write.
+    #[error("Kafka refused the write: {0}")]
+    Kafka(KafkaError),
+}
+
+impl PublishError {
+    /// Stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::QueueFull => "queue_full",
+            Self::Fatal(_) => "fatal",
+            Self::Kafka(_) => "error",
+        }
+    }
+}
+
+/// One producer instance and its place in the rebuild sequence.
+struct Generation {
+    /// Increases with every rebuild, so only the first request to see a broken producer replaces it.
+    id: u64,
+    /// `None` only while being dropped.
+    producer: Option<FutureProducer<RelayContext>>,
+}
+
+impl Generation {
+    fn producer(&self) -> &FutureProducer<RelayContext> {
+        self.producer.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        // Destroying a librdkafka client joins its threads; never do that on an async worker.
+        if let Some(producer) = self.producer.take() {
+            std::thread::spawn(move || drop(producer));
+        }
+    }
+}
+
+/// The relay's single producer, shared by every request.
+pub struct Publisher {
+    /// The producer in use; swapped, never mutated. The lock is never held across `.await`.
+    current: RwLock<Arc<Generation>>,
+    /// Settings every generation is built from.
+    client_config: ClientConfig,
+    /// Source of generation ids.
+    generations: AtomicU64,
+    /// Shared metrics; also given to each producer's context for statistics.
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    /// Builds the first producer from `client_config`, which must already hold the relay's
+    /// typed settings (see [`super::producer_config`]).
+    pub fn new(client_config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
+        let first = build(&client_config, &metrics, 0)?;
+        Ok(Self {
+            current: RwLock::new(Arc::new(first)),
+            client_config,
+            generations: AtomicU64::new(1),
+            metrics,
+        })
+    }
+
+    fn current(&self) -> Arc<Generation> {
+        self.current.read().expect("lock not poisoned").clone()
+    }
+
+    /// Writes `record` and waits for Kafka's acknowledgement, until `deadline` at the latest.
+    pub async fn publish(
+        &self,
+        record: &OutboundRecord,
+        deadline: tokio::time::Instant,
+    ) -> Result<Delivered, PublishError> {
+        let mut generation = self.current();
+        if generation.producer().client().fatal_error().is_some() {
+            generation = self.replace(&generation);
+        }
+        let started = Instant::now();
+        let mut future_record = FutureRecord::<str, [u8]>::to(&record.topic)
+            .payload(&record.payload[..])
+            .headers(record.owned_headers());
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key.as_str());
+        }
+        let queue_timeout =
+            Timeout::After(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let send = generation.producer().send(future_record, queue_timeout);
+        let result = match tokio::time::timeout_at(deadline, send).await {
+            Err(_) => Err(PublishError::Timeout),
+            Ok(Ok(delivery)) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((error, _))) => Err(self.classify(error, &generation)),
+        };
+        self.metrics
+            .kafka_produce_duration
+            .observe(started.elapsed().as_secs_f64());
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(PublishError::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics.kafka_produce.with_label_values(&[label]).inc();
+        result
+    }
+
+    /// Kafka failures, in one place (after Vector's sink): a full queue is backpressure, a
+    /// fatal producer is replaced, everything else is reported as it is. All of them mean the
+    /// record is not known to be in Kafka.
+    fn classify(&self, error: KafkaError, generation: &Arc<Generation>) -> PublishError {
+        let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::QueueFull) {
+            PublishError::QueueFull
+        } else if code == Some(RDKafkaErrorCode::Fatal)
+            || generation.producer().client().fatal_error().is_some()
+        {
+            self.replace(generation);
+            PublishError::Fatal(error)
+        } else if code == Some(RDKafkaErrorCode::MessageTimedOut) {
+            PublishError::Timeout
+        } else {
+            PublishError::Kafka(error)
+        }
+    }
+
+    /// Replaces `broken` with a fresh producer unless another request already did.
+    fn replace(&self, broken: &Arc<Generation>) -> Arc<Generation> {
+        let mut current = self.current.write().expect("lock not poisoned");
+        if current.id != broken.id {
+            return current.clone();
+        }
+        let id = self.generations.fetch_add(1, Ordering::Relaxed);
+        match build(&self.client_config, &self.metrics, id) {
+            Ok(fresh) => {
+                let reason = broken
+                    .producer()
+                    .client()
+                    .fatal_error()
+                    .map(|(_, r)| r)
+                    .unwrap_or_default();
+                tracing::warn!(generation = id, %reason, "replaced a fatally broken Kafka producer");
+                self.metrics.kafka_producer_rebuilds.inc();
+                *current = Arc::new(fresh);
+            }
+            Err(error) => tracing::error!(%error, "cannot build a replacement Kafka producer"),
+        }
+        current.clone()
+    }
+
+    /// Waits until everything queued is delivered or `timeout` passes. Call it on shutdown:
+    /// dropping a producer purges its queue.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.current().producer().flush(timeout)
+    }
+
+    /// True when the producer can reach at least one broker within `timeout`. Blocking.
+    pub fn probe(&self, timeout: Duration) -> bool {
+        let generation = self.current();
+        generation.producer().client().fatal_error().is_none()
+            && super::probe::brokers_reachable(generation.producer().client(), timeout)
+    }
+}
+
+fn build(config: &ClientConfig, metrics: &Arc<Metrics>, id: u64) -> Result<Generation, KafkaError> {
+    let producer: FutureProducer<RelayContext> =
+        config.create_with_context(RelayContext::new(metrics.clone(), "producer"))?;
+    Ok(Generation {
+        id,
+        producer: Some(producer),
+    })
+}

@@ -1,0 +1,244 @@
+//! fp-relay takes FirstPromoter webhooks off the public internet and puts them into Kafka.
+//!
+//! Every standard event is published to a per-event-type topic and answered 2xx only after
+//! Kafka has acknowledged it. `fulfilment_pending` is published, held open, and answered with
+//! the verdict a downstream fulfiller sends back over a reply topic.
+//!
+//! # Layout
+//! - [`config`]: typed configuration, defaults, environment overrides, validation.
+//! - [`webhook`]: FirstPromoter's v1 and v2 envelopes, known event types, topic and key rules.
+//! - [`kafka`]: the publisher (idempotent, `acks=all`, rebuilt after fatal errors), records and headers.
+//! - [`fulfilment`]: the hold-and-reply correlator, the reply consumer, the reference responder.
+//! - [`relay`]: the request logic, bytes and headers in, an answer out.
+//! - [`http`]: the accept loop, graceful shutdown, the public and admin handlers.
+//! - [`error`]: the boundary error and its one mapping to HTTP responses.
+//! - [`metrics`]: every Prometheus metric, in one struct.
+//! - [`dev`]: the embedded development broker behind `serve --dev`.
+
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod fulfilment;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod relay;
+pub mod telemetry;
+pub mod webhook;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::fulfilment::consumer::ReplyConsumer;
+use crate::fulfilment::correlator::Correlator;
+use crate::kafka::publisher::Publisher;
+use crate::metrics::Metrics;
+use crate::relay::{Health, Relay};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create a Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// Shortest time a released fulfilment id is remembered, so its reply counts as late.
+const MIN_LATE_RETENTION: Duration = Duration::from_secs(60);
+
+/// A relay whose listeners are bound and which is ready to [`Server::run`].
+pub struct Server {
+    config: Config,
+    public: TcpListener,
+    admin: TcpListener,
+}
+
+impl Server {
+    /// Binds both listeners (port 0 picks a free port, as tests do).
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let public = bind(config.http.listen).await?;
+        let admin = bind(config.admin.listen).await?;
+        Ok(Self {
+            config,
+            public,
+            admin,
+        })
+    }
+
+    /// The bound public (webhook) address.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The bound admin (probes, metrics) address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order: stop accepting, answer every
+    /// held fulfilment request with the pending status, let open requests finish (bounded by
+    /// `http.shutdown_timeout`), flush the producer (bounded by `kafka.ack_timeout`), return.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let Server {
+            config,
+            public,
+            admin,
+        } = self;
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Arc::new(Publisher::new(
+            kafka::producer_config(&config.kafka),
+            metrics.clone(),
+        )?);
+        let health = Arc::new(Health::default());
+        let background = CancellationToken::new();
+
+        let correlator = if config.fulfilment.enabled {
+            let retention = MIN_LATE_RETENTION.max(config.fulfilment.timeout * 6);
+            let correlator =
+                Correlator::new(config.fulfilment.max_in_flight, retention, metrics.clone());
+            ReplyConsumer::new(
+                &config.kafka,
+                &config.fulfilment,
+                correlator.clone(),
+                metrics.clone(),
+                health.reply_consumer.clone(),
+            )?
+            .spawn(background.clone());
+            Some(correlator)
+        } else {
+            health.reply_consumer.store(true, Ordering::Release);
+            None
+        };
+        tokio::spawn(probe_cluster(
+            publisher.clone(),
+            health.clone(),
+            config.kafka.probe_interval,
+            background.clone(),
+        ));
+
+        let grace = config.http.shutdown_timeout;
+        let ack_timeout = config.kafka.ack_timeout;
+        let relay = Arc::new(Relay::new(
+            config,
+            publisher.clone(),
+            correlator,
+            metrics,
+            health,
+        ));
+        tracing::info!(
+            listen = %public.local_addr().expect("bound"),
+            admin = %admin.local_addr().expect("bound"),
+            path = %relay.config.http.path,
+            brokers = %relay.config.kafka.brokers,
+            "fp-relay is serving"
+        );
+
+        let admin_relay = relay.clone();
+        let admin_task = tokio::spawn(http::server::serve(
+            admin,
+            move |request, _| {
+                let relay = admin_relay.clone();
+                async move { http::admin::handle(&relay, &request) }
+            },
+            background.clone().cancelled_owned(),
+            Duration::from_secs(1),
+        ));
+        let stop_accepting = CancellationToken::new();
+        let public_relay = relay.clone();
+        let public_task = tokio::spawn(http::server::serve(
+            public,
+            move |request, peer| {
+                let relay = public_relay.clone();
+                async move { http::handler::handle(&relay, request, peer).await }
+            },
+            stop_accepting.clone().cancelled_owned(),
+            grace,
+        ));
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, releasing held fulfilment requests");
+        stop_accepting.cancel();
+        relay.release_holds();
+        let _ = public_task.await;
+        tracing::info!("flushing the Kafka producer");
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(ack_timeout)).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::error!(
+                "the producer did not flush in time; unacknowledged records may be lost"
+            );
+        }
+        background.cancel();
+        let _ = admin_task.await;
+        tracing::info!("fp-relay stopped");
+        Ok(())
+    }
+}
+
+/// Keeps `health.producer` current: a brokers-only metadata request every `interval`.
+async fn probe_cluster(
+    publisher: Arc<Publisher>,
+    health: Arc<Health>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let probe = publisher.clone();
+        let reachable = tokio::task::spawn_blocking(move || probe.probe(interval))
+            .await
+            .unwrap_or(false);
+        if health.producer.swap(reachable, Ordering::AcqRel) != reachable {
+            if reachable {
+                tracing::info!("Kafka cluster reachable");
+            } else {
+                tracing::warn!("Kafka cluster unreachable; /readyz answers 503");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,119 @@
+//! The `fp-relay` binary: parses the command line and wires the library together.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use fp_relay::cli::{Cli, Command, RespondArgs, ServeArgs};
+use fp_relay::config::{Config, Overrides};
+use fp_relay::dev::DevBroker;
+use fp_relay::fulfilment::responder::{self, ResponderOptions};
+use fp_relay::{shutdown_signal, telemetry, Server};
+
+/// Exit status for an unusable configuration.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig(args) => {
+            match Config::load(Some(&args.config), std::env::vars(), &Overrides::default()) {
+                Ok(config) => {
+                    println!(
+                        "# {}: valid. Effective configuration (secrets masked):",
+                        args.config.display()
+                    );
+                    print!("{}", config.to_masked_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Serve(args) => serve(args),
+        Command::Respond(args) => respond(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let overrides = Overrides {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        brokers: args.brokers.clone(),
+    };
+    let mut config = match Config::load(args.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Declared before the runtime so it outlives every client that talks to it.
+    let dev = if args.dev {
+        match DevBroker::start(&config) {
+            Ok(dev) => {
+                config.kafka.brokers = dev.bootstrap_servers();
+                config.fulfilment.create_reply_topic = false;
+                eprintln!(
+                    "\n  fp-relay --dev: embedded Kafka-protocol broker at {}\n  \
+                     (in memory; consume with `fp-relay respond --brokers {}` or any Kafka client)\n",
+                    config.kafka.brokers, config.kafka.brokers
+                );
+                Some(dev)
+            }
+            Err(error) => {
+                eprintln!("error: cannot start the embedded development broker: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let result = runtime().and_then(|runtime| {
+        runtime.block_on(async {
+            let server = Server::bind(config).await?;
+            server.run(shutdown_signal()).await?;
+            anyhow::Ok(())
+        })
+    });
+    drop(dev);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn respond(args: RespondArgs) -> ExitCode {
+    telemetry::init(telemetry::LogFormat::Human);
+    let options = ResponderOptions {
+        brokers: args.brokers,
+        properties: Vec::new(),
+        topic: args.topic,
+        default_reply_topic: args.reply_topic,
+        outcome: args.outcome,
+        reason: args.reason,
+        delay: args.delay,
+        group: args.group,
+    };
+    match runtime().and_then(|runtime| runtime.block_on(responder::run(options, shutdown_signal())))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

@@ -1,0 +1,317 @@
+//! The request logic: bytes and headers in, an acknowledgement or an error out. No sockets, so
+//! every path through it is callable from a test.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::error::RelayError;
+use crate::fulfilment::correlator::{Correlator, Outcome, Verdict};
+use crate::kafka::publisher::{Delivered, Publisher};
+use crate::kafka::record::{headers, rfc3339, OutboundRecord, Received};
+use crate::metrics::Metrics;
+use crate::webhook::envelope::{self, Envelope};
+use crate::webhook::routing::Router;
+
+/// Longest `reason` passed back to FirstPromoter in a response body.
+const MAX_REASON_CHARS: usize = 200;
+
+/// What the relay answers when a request was accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    /// A standard event Kafka has acknowledged.
+    Published { topic: String, delivered: Delivered },
+    /// A `fulfilment_pending` event and the decision about it.
+    Fulfilment(FulfilmentAnswer),
+}
+
+impl Accepted {
+    /// The HTTP status and JSON body.
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
+        match self {
+            Self::Published { topic, delivered } => (
+                StatusCode::OK,
+                json!({
+                    "status": "published",
+                    "topic": topic,
+                    "partition": delivered.partition,
+                    "offset": delivered.offset,
+                }),
+            ),
+            Self::Fulfilment(answer) => {
+                let mut body =
+                    json!({ "status": answer.outcome, "correlation_id": answer.correlation_id });
+                if let Some(reason) = &answer.reason {
+                    body["reason"] = json!(reason);
+                }
+                (answer.status, body)
+            }
+        }
+    }
+}
+
+/// The answer to a `fulfilment_pending` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FulfilmentAnswer {
+    /// The status FirstPromoter acts on.
+    pub status: StatusCode,
+    /// fulfilled, pending, failed, timeout, overflow, released or disabled.
+    pub outcome: &'static str,
+    /// The `fp-correlation-id`, when the request was held.
+    pub correlation_id: Option<String>,
+    /// The fulfiller's text, shortened.
+    pub reason: Option<String>,
+}
+
+/// What `/readyz` checks.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The producer reached the cluster at the last probe.
+    pub producer: AtomicBool,
+    /// The reply consumer is assigned and positioned (always true with fulfilment off).
+    pub reply_consumer: Arc<AtomicBool>,
+}
+
+impl Health {
+    /// `(ready, checks)` for `/readyz`.
+    pub fn report(&self) -> (bool, serde_json::Value) {
+        let producer = self.producer.load(Ordering::Acquire);
+        let replies = self.reply_consumer.load(Ordering::Acquire);
+        let state = |ok: bool| if ok { "ok" } else { "failing" };
+        (
+            producer && replies,
+            json!({ "kafka_producer": state(producer), "reply_consumer": state(replies) }),
+        )
+    }
+}
+
+/// The relay's request logic and everything it shares between requests.
+pub struct Relay {
+    /// The validated configuration.
+    pub config: Config,
+    /// Topic and key rules.
+    router: Router,
+    /// The one producer.
+    pub publisher: Arc<Publisher>,
+    /// Held fulfilment requests; `None` with fulfilment off.
+    pub correlator: Option<Arc<Correlator>>,
+    /// Shared metrics.
+    pub metrics: Arc<Metrics>,
+    /// Readiness state.
+    pub health: Arc<Health>,
+}
+
+impl Relay {
+    /// Assembles the request logic from its parts.
+    pub fn new(
+        config: Config,
+        publisher: Arc<Publisher>,
+        correlator: Option<Arc<Correlator>>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        let router = Router::new(
+            &config.kafka.topic_template,
+            &config.kafka.topics,
+            &config.kafka.keys,
+        );
+        Self {
+            config,
+            router,
+            publisher,
+            correlator,
+            metrics,
+            health,
+        }
+    }
+
+    /// Parses, routes and publishes one webhook body. Returns the event type (when the body had
+    /// one) alongside the result, for metrics.
+    pub async fn ingest(
+        &self,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> (Option<String>, Result<Accepted, RelayError>) {
+        let received = Received::now();
+        let arrived = Instant::now();
+        let envelope = match envelope::parse(&body, headers) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                return (
+                    None,
+                    Err(self.dead_letter(error, &received, body, arrived).await),
+                )
+            }
+        };
+        let record = OutboundRecord::for_event(
+            &envelope,
+            &self.router,
+            &self.config.kafka.cloudevents_source,
+            &received,
+            body,
+        );
+        let result = if envelope.event_type == self.config.fulfilment.event_type {
+            self.fulfil(&envelope, record, &received, arrived).await
+        } else {
+            self.publish(&record, arrived)
+                .await
+                .map(|delivered| Accepted::Published {
+                    topic: record.topic,
+                    delivered,
+                })
+        };
+        (Some(envelope.event_type), result)
+    }
+
+    async fn publish(
+        &self,
+        record: &OutboundRecord,
+        arrived: Instant,
+    ) -> Result<Delivered, RelayError> {
+        let result = self
+            .publisher
+            .publish(record, arrived + self.config.kafka.ack_timeout)
+            .await;
+        if let Err(error) = &result {
+            tracing::warn!(topic = %record.topic, kind = error.kind(), %error, "event not acknowledged by Kafka");
+        }
+        Ok(result?)
+    }
+
+    /// Keeps an unparseable body on the dead-letter topic and says why it was refused.
+    async fn dead_letter(
+        &self,
+        error: envelope::EnvelopeError,
+        received: &Received,
+        body: Bytes,
+        arrived: Instant,
+    ) -> RelayError {
+        let record = OutboundRecord::dead_letter(
+            &self.config.kafka.dead_letter_topic,
+            error.reason(),
+            received,
+            body,
+        );
+        let deadline = arrived + self.config.kafka.ack_timeout;
+        let dead_lettered = match self.publisher.publish(&record, deadline).await {
+            Ok(_) => {
+                self.metrics.dead_lettered.inc();
+                true
+            }
+            Err(publish_error) => {
+                tracing::error!(%publish_error, reason = error.reason(), "cannot dead-letter a refused body");
+                false
+            }
+        };
+        RelayError::Invalid {
+            error,
+            dead_lettered,
+        }
+    }
+
+    /// Publishes a `fulfilment_pending` event and holds the request for the fulfiller's answer.
+    async fn fulfil(
+        &self,
+        envelope: &Envelope,
+        mut record: OutboundRecord,
+        received: &Received,
+        arrived: Instant,
+    ) -> Result<Accepted, RelayError> {
+        let settings = &self.config.fulfilment;
+        let pending = status(settings.pending_status);
+        let Some(correlator) = &self.correlator else {
+            self.publish_fulfilment(&record, arrived).await?;
+            return Ok(self.answer(pending, "disabled", None, None));
+        };
+        let Some(mut hold) = correlator.hold() else {
+            // Beyond max_in_flight: still publish (a fulfiller may act on it), but do not hold.
+            self.publish_fulfilment(&record, arrived).await?;
+            tracing::warn!(event_id = ?envelope.event_id, "fulfilment in-flight cap reached; answered pending at once");
+            return Ok(self.answer(pending, "overflow", None, None));
+        };
+        let correlation_id = hold.id().to_string();
+        let deadline = arrived + settings.timeout;
+        record
+            .headers
+            .push((headers::CORRELATION_ID, correlation_id.clone()));
+        record
+            .headers
+            .push((headers::REPLY_TOPIC, settings.reply_topic.clone()));
+        record
+            .headers
+            .push((headers::DEADLINE, rfc3339(received.at + settings.timeout)));
+        self.publish_fulfilment(&record, arrived).await?;
+        let published = StdInstant::now();
+        let (code, outcome, reason) = match hold.wait(deadline).await {
+            Verdict::Answered(reply) => {
+                self.metrics
+                    .fulfilment_reply_duration
+                    .observe(published.elapsed().as_secs_f64());
+                let code = match reply.outcome {
+                    Outcome::Fulfilled => StatusCode::OK,
+                    Outcome::Pending => pending,
+                    Outcome::Failed => status(settings.failed_status),
+                };
+                let reason = reply
+                    .reason
+                    .map(|r| r.chars().take(MAX_REASON_CHARS).collect());
+                (code, reply.outcome.as_str(), reason)
+            }
+            Verdict::TimedOut => (status(settings.timeout_status), "timeout", None),
+            Verdict::Released => (pending, "released", None),
+        };
+        Ok(self.answer(code, outcome, Some(correlation_id), reason))
+    }
+
+    /// Publishes a fulfilment request; failure is 503, which FirstPromoter retries.
+    async fn publish_fulfilment(
+        &self,
+        record: &OutboundRecord,
+        arrived: Instant,
+    ) -> Result<Delivered, RelayError> {
+        self.publish(record, arrived).await.inspect_err(|_| {
+            self.metrics
+                .fulfilment_outcomes
+                .with_label_values(&["publish_error"])
+                .inc();
+        })
+    }
+
+    fn answer(
+        &self,
+        status: StatusCode,
+        outcome: &'static str,
+        correlation_id: Option<String>,
+        reason: Option<String>,
+    ) -> Accepted {
+        self.metrics
+            .fulfilment_outcomes
+            .with_label_values(&[outcome])
+            .inc();
+        Accepted::Fulfilment(FulfilmentAnswer {
+            status,
+            outcome,
+            correlation_id,
+            reason,
+        })
+    }
+
+    /// Everything held is answered with the pending status now, and every later fulfilment
+    /// request at once: the relay is shutting down.
+    pub fn release_holds(&self) {
+        if let Some(correlator) = &self.correlator {
+            correlator.release_all();
+        }
+    }
+}
+
+/// A status from validated configuration.
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).expect("validated at start-up")
+}
