@@ -1,0 +1,458 @@
+//! Shared harness for the black-box tests: a real tansu broker per test on a free loopback
+//! port, the relay on port 0 in-process, a plain HTTP client, and a consumer that reads what
+//! was really written to Kafka.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fp_relay::config::Config;
+use fp_relay::Server;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A tansu broker process with in-memory storage, killed on drop.
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Tansu {
+    /// Starts a broker on a free port and waits until it answers metadata requests.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts a broker on `port` (used to bring a stopped broker back at the same address).
+    pub fn start_on(port: u16) -> Self {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env_remove("CLUSTER_ID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let broker = Self {
+            child: Some(child),
+            port,
+        };
+        broker.wait_ready(Duration::from_secs(20));
+        broker
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let consumer: BaseConsumer = client_config(&self.bootstrap()).create().expect("client");
+        while Instant::now() < deadline {
+            if consumer
+                .fetch_metadata(None, Duration::from_millis(500))
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tansu on port {} not ready after {timeout:?}", self.port);
+    }
+
+    /// Kills the broker (all its data is gone: storage is in memory).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes the broker without losing data (SIGSTOP); `thaw` resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen broker.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.stop();
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("TANSU_BIN") {
+        return bin.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cached = PathBuf::from(home).join(".cache/fp-relay/tansu-0.6.0/tansu");
+    assert!(
+        cached.exists(),
+        "no tansu broker: run scripts/test.sh (it installs one) or set TANSU_BIN"
+    );
+    cached
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "2000")
+        .set("heartbeat.interval.ms", "500")
+        .set("log_level", "3");
+    config
+}
+
+/// A configuration for tests: port 0 everywhere, short timeouts.
+pub fn test_config(bootstrap: &str) -> Config {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.shutdown_timeout = Duration::from_secs(5);
+    config.kafka.brokers = bootstrap.to_owned();
+    config.kafka.ack_timeout = Duration::from_secs(3);
+    config.kafka.probe_interval = Duration::from_millis(200);
+    config
+        .kafka
+        .properties
+        .insert("log_level".into(), "3".into());
+    config.fulfilment.timeout = Duration::from_secs(2);
+    config.validate().expect("test config is valid");
+    config
+}
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub path: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl TestRelay {
+    /// Binds and starts a relay with `config`.
+    pub async fn start(config: Config) -> Self {
+        let path = config.http.path.clone();
+        let server = Server::bind(config).await.expect("binds");
+        let (addr, admin) = (server.public_addr(), server.admin_addr());
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(async move {
+            server
+                .run(signal.cancelled_owned())
+                .await
+                .expect("relay runs");
+        });
+        Self {
+            addr,
+            admin,
+            path,
+            stop,
+            task,
+        }
+    }
+
+    /// Starts a relay and waits until `/readyz` says 200.
+    pub async fn start_ready(config: Config) -> Self {
+        let relay = Self::start(config).await;
+        relay.wait_ready(Duration::from_secs(20)).await;
+        relay
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let response = get(self.admin, "/readyz").await;
+            if response.status == StatusCode::OK {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay not ready: {}",
+                response.text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POSTs `body` to the webhook path.
+    pub async fn post(&self, body: impl Into<Bytes>) -> Reply {
+        self.post_with(body, &[]).await
+    }
+
+    /// POSTs `body` with extra headers to the webhook path.
+    pub async fn post_with(&self, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Reply {
+        send(self.addr, "POST", &self.path, headers, body.into()).await
+    }
+
+    /// The value of one sample of the admin listener's `/metrics`, 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = get(self.admin, "/metrics").await.text();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |value| value.trim().parse().expect("numeric sample"))
+    }
+
+    /// Stops the relay the way SIGTERM does and waits for it to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("relay stops within 30s")
+            .expect("relay task did not panic");
+    }
+
+    /// Asks the relay to stop without waiting.
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// A response, read to its end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("JSON body, got {:?}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one request over a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
+        request = request.header("content-type", "application/json");
+    }
+    let response = client
+        .request(request.body(Full::new(body)).unwrap())
+        .await
+        .expect("request sent");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body read")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(addr, "GET", path, &[], Bytes::new()).await
+}
+
+/// A message read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Consumed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn from_message(message: &OwnedMessage) -> Self {
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived or `timeout` passed, and
+/// then for `settle` more to catch any extra (duplicate) message. Counts by consuming: tansu's
+/// high watermark is not reliable.
+pub async fn consume(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<Consumed> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        consume_blocking(&bootstrap, &topic, expected, timeout, settle)
+    })
+    .await
+    .unwrap()
+}
+
+/// Reads everything already in `topic` (waiting `quiet` for stragglers).
+pub async fn consume_all(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<Consumed> {
+    consume(bootstrap, topic, usize::MAX, quiet, Duration::ZERO).await
+}
+
+fn consume_blocking(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<Consumed> {
+    let consumer: BaseConsumer = client_config(bootstrap).create().expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("metadata");
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32);
+    let mut out = Vec::new();
+    if partitions == 0 {
+        std::thread::sleep(settle.min(timeout));
+        return out;
+    }
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let started = Instant::now();
+    let mut until = started + timeout;
+    let mut settled = false;
+    while Instant::now() < until {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(Consumed::from_message(&message.detach()));
+        }
+        if !settled && out.len() >= expected {
+            settled = true;
+            until = Instant::now() + settle;
+        }
+    }
+    out
+}
+
+/// Waits until `check` holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check().await
+}
+
+/// Loads a sample body from samples/ (e.g. `v1/lead_signup.json`).
+pub fn sample(name: &str) -> Bytes {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name);
+    Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}

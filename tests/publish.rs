@@ -1,0 +1,336 @@
+//! Standard events against a real tansu broker: what lands in Kafka (topic, key, every header,
+//! the exact bytes) and how the relay answers broken requests.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{consume, consume_all, sample, send, Tansu, TestRelay};
+use http::StatusCode;
+
+const WAIT: Duration = Duration::from_secs(10);
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// (sample, topic, key, event id, webhook version)
+const CASES: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "v1/lead_signup.json",
+        "firstpromoter.lead_signup",
+        "21381518",
+        "22736304",
+        "v1",
+    ),
+    (
+        "v1/lead_becomes_referral.json",
+        "firstpromoter.lead_becomes_referral",
+        "21381518",
+        "22736305",
+        "v1",
+    ),
+    (
+        "v1/new_customer.json",
+        "firstpromoter.new_customer",
+        "21381518",
+        "22736306",
+        "v1",
+    ),
+    (
+        "v1/lead_cancelled.json",
+        "firstpromoter.lead_cancelled",
+        "21381518",
+        "22736307",
+        "v1",
+    ),
+    (
+        "v1/promoter_signed_up.json",
+        "firstpromoter.promoter_signed_up",
+        "3920164",
+        "22736308",
+        "v1",
+    ),
+    (
+        "v1/promoter_accepted.json",
+        "firstpromoter.promoter_accepted",
+        "3920164",
+        "22736309",
+        "v1",
+    ),
+    (
+        "v1/reward_created.json",
+        "firstpromoter.reward_created",
+        "5512901",
+        "22736310",
+        "v1",
+    ),
+    (
+        "v2/promoter.created.json",
+        "firstpromoter.promoter.created",
+        "3920164",
+        "1b6e8f0a-4f0e-4a53-9d5a-2f9f5d0c1a01",
+        "v2",
+    ),
+    (
+        "v2/referral.converted.json",
+        "firstpromoter.referral.converted",
+        "21381518",
+        "1b6e8f0a-4f0e-4a53-9d5a-2f9f5d0c1a03",
+        "v2",
+    ),
+    (
+        "v2/commission.updated.json",
+        "firstpromoter.commission.updated",
+        "5512901",
+        "1b6e8f0a-4f0e-4a53-9d5a-2f9f5d0c1a05",
+        "v2",
+    ),
+    (
+        "v2/payout.completed.json",
+        "firstpromoter.payout.completed",
+        "88121",
+        "1b6e8f0a-4f0e-4a53-9d5a-2f9f5d0c1a06",
+        "v2",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_type_lands_on_its_topic_with_key_headers_and_exact_bytes() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(common::test_config(&broker.bootstrap())).await;
+    for (file, topic, key, event_id, version) in CASES {
+        let body = sample(file);
+        let event_type = topic.strip_prefix("firstpromoter.").unwrap();
+        let headers: Vec<(&str, &str)> = if *version == "v2" {
+            vec![("x-event-id", event_id), ("x-event-type", event_type)]
+        } else {
+            vec![]
+        };
+        let reply = relay.post_with(body.clone(), &headers).await;
+        assert_eq!(reply.status, StatusCode::OK, "{file}: {}", reply.text());
+        let answer = reply.json();
+        assert_eq!(answer["status"], "published");
+        assert_eq!(answer["topic"], *topic);
+
+        let messages = consume(&broker.bootstrap(), topic, 1, WAIT, SETTLE).await;
+        assert_eq!(messages.len(), 1, "{file}: exactly one message on {topic}");
+        let m = &messages[0];
+        assert_eq!(
+            m.value,
+            body.to_vec(),
+            "{file}: value is the posted body byte for byte"
+        );
+        assert_eq!(m.key.as_deref(), Some(*key), "{file}: key");
+        assert_eq!(answer["partition"], m.partition);
+        assert_eq!(answer["offset"], m.offset);
+        assert_eq!(m.header("fp-event-id"), Some(*event_id));
+        assert_eq!(m.header("fp-event-type"), Some(event_type));
+        assert_eq!(m.header("fp-webhook-version"), Some(*version));
+        assert_eq!(m.header("content-type"), Some("application/json"));
+        assert_eq!(m.header("ce_specversion"), Some("1.0"));
+        assert_eq!(m.header("ce_id"), Some(*event_id));
+        assert_eq!(m.header("ce_source"), Some("https://firstpromoter.com"));
+        assert_eq!(
+            m.header("ce_type"),
+            Some(format!("com.firstpromoter.{event_type}").as_str())
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let occurred = json["event"]["created_at"]
+            .as_str()
+            .or(json["timestamp"].as_str())
+            .unwrap();
+        assert_eq!(m.header("ce_time"), Some(occurred));
+        let received = m.header("fp-received-at").expect("fp-received-at");
+        humantime::parse_rfc3339(received).expect("fp-received-at is RFC 3339");
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_types_string_ids_and_missing_fields_are_routed_not_rejected() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(common::test_config(&broker.bootstrap())).await;
+    let cases: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+        // An undocumented v1 type, string ids.
+        (
+            r#"{"event":{"id":"evt-9","type":"lead_subscribed"},"data":{"id":"L-1"}}"#,
+            "firstpromoter.lead_subscribed",
+            Some("L-1"),
+            Some("evt-9"),
+        ),
+        // Only the type: no id, no data, no timestamp.
+        (
+            r#"{"event":{"type":"brand_new_event"}}"#,
+            "firstpromoter.brand_new_event",
+            None,
+            None,
+        ),
+        // v2 with nulls everywhere and a type that needs sanitising.
+        (
+            r#"{"event_id":null,"event_type":"thing created!","entity_id":null,"data":null}"#,
+            "firstpromoter.thing_created_",
+            None,
+            None,
+        ),
+        // v2 test send.
+        (
+            r#"{"event_id":"t-1","event_type":"promoter.updated","entity_id":12,"data":{"test":true}}"#,
+            "firstpromoter.promoter.updated",
+            Some("12"),
+            Some("t-1"),
+        ),
+    ];
+    for (body, topic, key, event_id) in cases {
+        let reply = relay.post(body.to_string()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{body}: {}", reply.text());
+        let messages = consume(&broker.bootstrap(), topic, 1, WAIT, SETTLE).await;
+        assert_eq!(messages.len(), 1, "{body}");
+        assert_eq!(messages[0].value, body.as_bytes());
+        assert_eq!(messages[0].key.as_deref(), *key, "{body}");
+        assert_eq!(messages[0].header("fp-event-id"), *event_id, "{body}");
+        assert!(
+            messages[0].header("ce_id").is_some_and(|id| !id.is_empty()),
+            "ce_id always present"
+        );
+        assert_eq!(
+            messages[0].header("ce_time"),
+            None,
+            "no timestamp, no ce_time"
+        );
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_bodies_get_400_and_are_dead_lettered_raw_with_a_reason() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(common::test_config(&broker.bootstrap())).await;
+    let cases: &[(&[u8], &str)] = &[
+        (b"{not json", "bad_json"),
+        (b"[1,2,3]", "not_an_object"),
+        (br#"{"event":{"id":1},"data":{}}"#, "missing_event_type"),
+        (&[0xff, 0xfe, 0x00], "bad_json"),
+    ];
+    for (body, reason) in cases {
+        let reply = relay.post(body.to_vec()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        let answer = reply.json();
+        assert_eq!(answer["error"], *reason);
+        assert_eq!(answer["dead_lettered"], true);
+    }
+    let dead = consume(
+        &broker.bootstrap(),
+        "firstpromoter.dead_letter",
+        cases.len(),
+        WAIT,
+        SETTLE,
+    )
+    .await;
+    assert_eq!(dead.len(), cases.len());
+    for (body, reason) in cases {
+        let found = dead
+            .iter()
+            .find(|m| m.value == *body)
+            .expect("raw body dead-lettered");
+        assert_eq!(found.header("fp-dead-letter-reason"), Some(*reason));
+        assert!(found.header("fp-received-at").is_some());
+    }
+    assert_eq!(
+        relay.metric("fp_relay_dead_lettered_total").await,
+        cases.len() as f64
+    );
+    assert_eq!(
+        relay
+            .metric(r#"fp_relay_rejected_total{reason="bad_json"}"#)
+            .await,
+        2.0
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversize_wrong_method_and_wrong_path_are_refused_and_publish_nothing() {
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config.http.max_body_bytes = 1024;
+    let relay = TestRelay::start_ready(config).await;
+
+    let big = format!(
+        r#"{{"event":{{"type":"lead_signup"}},"pad":"{}"}}"#,
+        "x".repeat(2048)
+    );
+    let reply = relay.post(big).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.json()["error"], "too_large");
+
+    let body = sample("v1/lead_signup.json");
+    let reply = send(relay.addr, "GET", &relay.path, &[], body.clone()).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.headers["allow"], "POST");
+    let reply = send(relay.addr, "PUT", &relay.path, &[], body.clone()).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    let reply = send(relay.addr, "POST", "/elsewhere", &[], body.clone()).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.json()["error"], "not_found");
+
+    for topic in ["firstpromoter.lead_signup", "firstpromoter.dead_letter"] {
+        let messages = consume_all(&broker.bootstrap(), topic, Duration::from_secs(1)).await;
+        assert!(
+            messages.is_empty(),
+            "{topic} must stay empty, got {}",
+            messages.len()
+        );
+    }
+    assert_eq!(
+        relay
+            .metric(r#"fp_relay_rejected_total{reason="too_large"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        relay
+            .metric(r#"fp_relay_rejected_total{reason="method_not_allowed"}"#)
+            .await,
+        2.0
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn topic_and_key_overrides_from_config_are_honoured() {
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config
+        .kafka
+        .topics
+        .insert("reward_created".into(), "affiliate.rewards".into());
+    config
+        .kafka
+        .keys
+        .insert("reward_created".into(), "/data/promoter/id".into());
+    let relay = TestRelay::start_ready(config).await;
+    let reply = relay.post(sample("v1/reward_created.json")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let messages = consume(&broker.bootstrap(), "affiliate.rewards", 1, WAIT, SETTLE).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].key.as_deref(), Some("3920164"));
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_answer_on_the_admin_listener_only() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(common::test_config(&broker.bootstrap())).await;
+    let health = common::get(relay.admin, "/healthz").await;
+    assert_eq!(health.status, StatusCode::OK);
+    let ready = common::get(relay.admin, "/readyz").await;
+    assert_eq!(ready.json()["checks"]["kafka_producer"], "ok");
+    assert_eq!(ready.json()["checks"]["reply_consumer"], "ok");
+    assert_eq!(
+        common::get(relay.addr, "/metrics").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        common::get(relay.addr, "/readyz").await.status,
+        StatusCode::NOT_FOUND
+    );
+    relay.shutdown().await;
+}
