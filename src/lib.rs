@@ -108,6 +108,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::new(
             kafka::producer_config(&config.kafka),
+            config.kafka.ack_timeout,
             metrics.clone(),
         )?);
         let health = Arc::new(Health::default());

@@ -5,9 +5,15 @@
 //! in-memory storage, an unclean leader election) makes librdkafka raise a fatal error, after
 //! which that producer instance never produces again. Everything the broken producer had in
 //! flight fails, so it is answered 503, never claimed; the next request gets a fresh producer.
+//!
+//! librdkafka does not always call that fatal: against a broker that lost the producer id it
+//! can also bump its epoch and retry "unknown producer id" forever, delivering nothing. So a
+//! producer whose last few writes all went unacknowledged is replaced too, at most once per
+//! `ack_timeout`. During a plain outage that costs one cheap rebuild per `ack_timeout`; a
+//! replaced producer keeps delivering what it already holds until its last writer is done.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -18,6 +24,9 @@ use rdkafka::util::Timeout;
 use super::context::RelayContext;
 use super::record::OutboundRecord;
 use crate::metrics::Metrics;
+
+/// Consecutive unacknowledged writes after which the producer is presumed stuck.
+const STUCK_AFTER_FAILURES: u32 = 3;
 
 /// Where Kafka put a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +97,13 @@ pub struct Publisher {
     client_config: ClientConfig,
     /// Source of generation ids.
     generations: AtomicU64,
+    /// Writes in a row that ended without an acknowledgement (queue-full backpressure excluded).
+    failures_in_a_row: AtomicU32,
+    /// When the producer was last replaced for being stuck; replacements are at least
+    /// `ack_timeout` apart.
+    last_unstuck: Mutex<Instant>,
+    /// `kafka.ack_timeout`.
+    ack_timeout: Duration,
     /// Shared metrics; also given to each producer's context for statistics.
     metrics: Arc<Metrics>,
 }
@@ -95,12 +111,19 @@ pub struct Publisher {
 impl Publisher {
     /// Builds the first producer from `client_config`, which must already hold the relay's
     /// typed settings (see [`super::producer_config`]).
-    pub fn new(client_config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self, KafkaError> {
+    pub fn new(
+        client_config: ClientConfig,
+        ack_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, KafkaError> {
         let first = build(&client_config, &metrics, 0)?;
         Ok(Self {
             current: RwLock::new(Arc::new(first)),
             client_config,
             generations: AtomicU64::new(1),
+            failures_in_a_row: AtomicU32::new(0),
+            last_unstuck: Mutex::new(Instant::now()),
+            ack_timeout,
             metrics,
         })
     }
@@ -140,6 +163,7 @@ impl Publisher {
         self.metrics
             .kafka_produce_duration
             .observe(started.elapsed().as_secs_f64());
+        self.watch_for_stuck(&result, &generation);
         let label = match &result {
             Ok(_) => "ok",
             Err(PublishError::Timeout) => "timeout",
@@ -168,6 +192,32 @@ impl Publisher {
         }
     }
 
+    /// Counts writes that went unacknowledged in a row and replaces a producer that looks stuck.
+    fn watch_for_stuck(
+        &self,
+        result: &Result<Delivered, PublishError>,
+        generation: &Arc<Generation>,
+    ) {
+        match result {
+            Ok(_) => self.failures_in_a_row.store(0, Ordering::Relaxed),
+            Err(PublishError::QueueFull) => {}
+            Err(_) => {
+                let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures < STUCK_AFTER_FAILURES {
+                    return;
+                }
+                let mut last = self.last_unstuck.lock().expect("lock not poisoned");
+                if last.elapsed() >= self.ack_timeout {
+                    *last = Instant::now();
+                    drop(last);
+                    self.failures_in_a_row.store(0, Ordering::Relaxed);
+                    tracing::warn!(failures, "no Kafka acknowledgement for several writes in a row; replacing the producer");
+                    self.replace(generation);
+                }
+            }
+        }
+    }
+
     /// Replaces `broken` with a fresh producer unless another request already did.
     fn replace(&self, broken: &Arc<Generation>) -> Arc<Generation> {
         let mut current = self.current.write().expect("lock not poisoned");
@@ -181,9 +231,8 @@ impl Publisher {
                     .producer()
                     .client()
                     .fatal_error()
-                    .map(|(_, r)| r)
-                    .unwrap_or_default();
-                tracing::warn!(generation = id, %reason, "replaced a fatally broken Kafka producer");
+                    .map_or_else(|| "no acknowledgements".to_owned(), |(_, r)| r);
+                tracing::warn!(generation = id, %reason, "replaced the Kafka producer");
                 self.metrics.kafka_producer_rebuilds.inc();
                 *current = Arc::new(fresh);
             }

@@ -456,3 +456,10 @@ pub fn sample(name: &str) -> Bytes {
         .join(name);
     Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or("info".into()))
+        .with_test_writer()
+        .try_init();
+}

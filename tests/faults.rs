@@ -1,0 +1,190 @@
+//! Faults: the broker goes away, comes back empty (which breaks the idempotent producer for
+//! good), or refuses writes. The relay must never claim what Kafka did not acknowledge, must
+//! answer within ack_timeout, and must recover without a restart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{consume, consume_all, eventually, sample, Tansu, TestRelay};
+use http::StatusCode;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_down_gives_503_within_ack_timeout_and_recovery_needs_no_restart() {
+    let mut broker = Tansu::start();
+    let port = broker.port;
+    let mut config = common::test_config(&broker.bootstrap());
+    // tansu forgets every topic when it restarts; librdkafka's consumer then crashes on the
+    // nameless topic tansu returns for the lost reply topic (a null name passed to strcmp in
+    // rd_kafka_metadata_update_op). Real clusters keep their topics, so this test restarts the
+    // broker with the reply consumer off; the freeze test below keeps it on.
+    config.fulfilment.enabled = false;
+    let ack_timeout = config.kafka.ack_timeout;
+    let relay = TestRelay::start_ready(config).await;
+    let body = sample("v1/lead_signup.json");
+    assert_eq!(relay.post(body.clone()).await.status, StatusCode::OK);
+
+    broker.stop();
+    let started = Instant::now();
+    let reply = relay.post(body.clone()).await;
+    let took = started.elapsed();
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.headers["retry-after"], "5");
+    assert_eq!(reply.json()["error"], "kafka_unavailable");
+    // Generous slack for a loaded CI machine; the point is that it is bounded, not how fast.
+    assert!(
+        took <= ack_timeout + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || common::get(
+            relay.admin,
+            "/readyz"
+        )
+        .await
+        .status
+            == StatusCode::SERVICE_UNAVAILABLE)
+        .await,
+        "readiness must fail while the broker is gone"
+    );
+
+    // Back on the same address with empty in-memory storage: the old idempotent producer id is
+    // unknown to it, which librdkafka treats as fatal. The relay must replace its producer.
+    let broker = Tansu::start_on(port);
+    relay.wait_ready(Duration::from_secs(20)).await;
+    let mut accepted = 0;
+    let recovered = eventually(Duration::from_secs(30), async || {
+        let reply = relay.post(body.clone()).await;
+        if reply.status == StatusCode::OK {
+            accepted += 1;
+            true
+        } else {
+            assert_eq!(
+                reply.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                reply.text()
+            );
+            false
+        }
+    })
+    .await;
+    assert!(
+        recovered,
+        "posts succeed again without restarting the relay"
+    );
+    assert!(relay.metric("fp_relay_kafka_producer_rebuilds_total").await >= 1.0);
+    // Everything answered 200 after the restart is in the new broker; nothing else claimed.
+    let messages = consume(
+        &broker.bootstrap(),
+        "firstpromoter.lead_signup",
+        accepted,
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        messages.len() >= accepted,
+        "{} in Kafka, {accepted} answered 200",
+        messages.len()
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_broker_times_out_to_503_and_thawing_restores_service() {
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config.kafka.ack_timeout = Duration::from_secs(2);
+    let relay = TestRelay::start_ready(config).await;
+    let body = sample("v1/new_customer.json");
+    assert_eq!(relay.post(body.clone()).await.status, StatusCode::OK);
+
+    broker.freeze();
+    let started = Instant::now();
+    let reply = relay.post(body.clone()).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "bounded by ack_timeout, took {:?}",
+        started.elapsed()
+    );
+    broker.thaw();
+
+    assert!(
+        eventually(Duration::from_secs(20), async || relay
+            .post(body.clone())
+            .await
+            .status
+            == StatusCode::OK)
+        .await
+    );
+    let messages = consume_all(
+        &broker.bootstrap(),
+        "firstpromoter.new_customer",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        messages.len() >= 2,
+        "the first and the post-thaw events are in Kafka"
+    );
+    assert!(
+        relay
+            .metric(r#"fp_relay_kafka_produce_total{result="timeout"}"#)
+            .await
+            >= 1.0
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_produce_errors_are_503_and_the_next_write_succeeds() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster
+        .create_topic("firstpromoter.lead_signup", 1, 1)
+        .unwrap();
+    let mut config = common::test_config(&cluster.bootstrap_servers());
+    config.fulfilment.enabled = false;
+    config.kafka.ack_timeout = Duration::from_secs(2);
+    let relay = TestRelay::start_ready(config).await;
+    let body = sample("v1/lead_signup.json");
+
+    // A non-retriable error on every produce attempt for a while.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
+    );
+    let reply = relay.post(body.clone()).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        relay
+            .metric(r#"fp_relay_kafka_produce_total{result="error"}"#)
+            .await
+            >= 1.0
+    );
+
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    assert!(
+        eventually(Duration::from_secs(10), async || relay
+            .post(body.clone())
+            .await
+            .status
+            == StatusCode::OK)
+        .await
+    );
+    relay.shutdown().await;
+    drop(cluster);
+}
