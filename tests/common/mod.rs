@@ -463,3 +463,40 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// Produces one message to `topic` the way a downstream fulfiller would answer.
+pub async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    value: &str,
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .expect("producer");
+    let owned = headers.iter().fold(OwnedHeaders::new(), |acc, (k, v)| {
+        acc.insert(Header {
+            key: k,
+            value: Some(*v),
+        })
+    });
+    let mut record = FutureRecord::<str, str>::to(topic)
+        .payload(value)
+        .headers(owned);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(5))
+        .await
+        .expect("reply produced");
+}

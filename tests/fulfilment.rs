@@ -1,0 +1,479 @@
+//! fulfilment_pending against a real tansu broker: the request is published with correlation
+//! headers, held, and answered with the status the downstream reply (or its absence) decides.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::{consume, eventually, produce, sample, Consumed, Tansu, TestRelay};
+use fp_relay::config::Config;
+use http::StatusCode;
+
+const REQUESTS: &str = "firstpromoter.fulfilment_pending";
+const REPLIES: &str = "firstpromoter.fulfilment_replies";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(broker: &Tansu, timeout: Duration) -> Config {
+    let mut config = common::test_config(&broker.bootstrap());
+    config.fulfilment.timeout = timeout;
+    config
+}
+
+/// Waits for the `n`-th fulfilment request to appear on the request topic and returns them all.
+async fn requests(broker: &Tansu, n: usize) -> Vec<Consumed> {
+    let found = consume(&broker.bootstrap(), REQUESTS, n, WAIT, Duration::ZERO).await;
+    assert!(
+        found.len() >= n,
+        "expected {n} fulfilment requests, found {}",
+        found.len()
+    );
+    found
+}
+
+async fn reply(broker: &Tansu, correlation_id: &str, value: &str) {
+    produce(
+        &broker.bootstrap(),
+        REPLIES,
+        None,
+        Some("771204"),
+        &[("fp-correlation-id", correlation_id)],
+        value,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_outcome_becomes_the_status_firstpromoter_acts_on() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let cases = [
+        (r#"{"outcome":"fulfilled"}"#, StatusCode::OK, "fulfilled"),
+        (
+            r#"{"outcome":"pending","reason":"stock arrives Monday"}"#,
+            StatusCode::ACCEPTED,
+            "pending",
+        ),
+        (
+            r#"{"outcome":"failed","reason":"account closed"}"#,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed",
+        ),
+    ];
+    for (n, (value, status, outcome)) in cases.into_iter().enumerate() {
+        let started = tokio::time::Instant::now();
+        let post = tokio::spawn({
+            let (addr, path) = (relay.addr, relay.path.clone());
+            async move {
+                common::send(
+                    addr,
+                    "POST",
+                    &path,
+                    &[],
+                    sample("v1/fulfilment_pending.json"),
+                )
+                .await
+            }
+        });
+        let request = requests(&broker, n + 1).await.pop().unwrap();
+        assert_eq!(request.value, sample("v1/fulfilment_pending.json").to_vec());
+        assert_eq!(request.key.as_deref(), Some("771204"));
+        assert_eq!(request.header("fp-event-type"), Some("fulfilment_pending"));
+        assert_eq!(request.header("fp-reply-topic"), Some(REPLIES));
+        let deadline =
+            humantime::parse_rfc3339(request.header("fp-deadline").expect("fp-deadline")).unwrap();
+        let left = deadline
+            .duration_since(std::time::SystemTime::now())
+            .expect("deadline in the future");
+        assert!(
+            left <= Duration::from_secs(10),
+            "deadline is at most the timeout away: {left:?}"
+        );
+        let correlation_id = request
+            .header("fp-correlation-id")
+            .expect("fp-correlation-id")
+            .to_owned();
+        uuid::Uuid::parse_str(&correlation_id).expect("correlation id is a UUID");
+
+        reply(&broker, &correlation_id, value).await;
+        let response = post.await.unwrap();
+        assert_eq!(response.status, status, "{value}: {}", response.text());
+        let body = response.json();
+        assert_eq!(body["status"], outcome);
+        assert_eq!(body["correlation_id"], correlation_id.as_str());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "answered by the reply, not the timeout"
+        );
+        assert_eq!(
+            relay
+                .metric(&format!(
+                    r#"fp_relay_fulfilment_outcomes_total{{outcome="{outcome}"}}"#
+                ))
+                .await,
+            1.0
+        );
+    }
+    assert_eq!(relay.metric("fp_relay_fulfilment_in_flight").await, 0.0);
+    assert_eq!(
+        relay
+            .metric("fp_relay_fulfilment_reply_duration_seconds_count")
+            .await,
+        3.0
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_reply_in_time_answers_202_and_a_later_reply_is_counted_late() {
+    let broker = Tansu::start();
+    let timeout = Duration::from_secs(2);
+    let relay = TestRelay::start_ready(config(&broker, timeout)).await;
+    let started = Instant::now();
+    let response = relay.post(sample("v1/fulfilment_pending.json")).await;
+    let took = started.elapsed();
+    assert_eq!(
+        response.status,
+        StatusCode::ACCEPTED,
+        "a non-200 2xx keeps the reward pending"
+    );
+    assert_eq!(response.json()["status"], "timeout");
+    assert!(
+        took >= timeout - Duration::from_millis(100) && took < timeout + Duration::from_secs(2),
+        "took {took:?}"
+    );
+    assert_eq!(
+        relay
+            .metric(r#"fp_relay_fulfilment_outcomes_total{outcome="timeout"}"#)
+            .await,
+        1.0
+    );
+
+    let correlation_id = requests(&broker, 1).await[0]
+        .header("fp-correlation-id")
+        .unwrap()
+        .to_owned();
+    reply(&broker, &correlation_id, r#"{"outcome":"fulfilled"}"#).await;
+    assert!(
+        eventually(WAIT, async || relay
+            .metric(r#"fp_relay_fulfilment_replies_ignored_total{reason="late"}"#)
+            .await
+            == 1.0)
+        .await,
+        "the late reply is counted"
+    );
+    // And it disturbed nothing: the next request is served normally.
+    assert_eq!(
+        relay.post(sample("v1/lead_signup.json")).await.status,
+        StatusCode::OK
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_unmatched_replies_are_counted_and_harmless() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let post = tokio::spawn({
+        let (addr, path) = (relay.addr, relay.path.clone());
+        async move {
+            common::send(
+                addr,
+                "POST",
+                &path,
+                &[],
+                sample("v1/fulfilment_pending.json"),
+            )
+            .await
+        }
+    });
+    let correlation_id = requests(&broker, 1).await[0]
+        .header("fp-correlation-id")
+        .unwrap()
+        .to_owned();
+    // Not JSON; JSON with an unknown outcome; no correlation header; an id nobody holds.
+    reply(&broker, &correlation_id, "not json at all").await;
+    reply(&broker, &correlation_id, r#"{"outcome":"maybe"}"#).await;
+    produce(
+        &broker.bootstrap(),
+        REPLIES,
+        None,
+        None,
+        &[],
+        r#"{"outcome":"fulfilled"}"#,
+    )
+    .await;
+    reply(
+        &broker,
+        &uuid::Uuid::new_v4().to_string(),
+        r#"{"outcome":"fulfilled"}"#,
+    )
+    .await;
+    assert!(
+        eventually(WAIT, async || {
+            relay
+                .metric(r#"fp_relay_fulfilment_replies_ignored_total{reason="malformed"}"#)
+                .await
+                == 3.0
+                && relay
+                    .metric(r#"fp_relay_fulfilment_replies_ignored_total{reason="unmatched"}"#)
+                    .await
+                    == 1.0
+        })
+        .await
+    );
+    assert_eq!(
+        relay.metric("fp_relay_fulfilment_in_flight").await,
+        1.0,
+        "still held"
+    );
+    reply(&broker, &correlation_id, r#"{"outcome":"fulfilled"}"#).await;
+    assert_eq!(post.await.unwrap().status, StatusCode::OK);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_sharing_the_reply_topic_each_get_their_own_answers_from_any_partition() {
+    let broker = Tansu::start();
+    let a = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let b = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let post = |relay: &TestRelay| {
+        let (addr, path) = (relay.addr, relay.path.clone());
+        tokio::spawn(async move {
+            common::send(
+                addr,
+                "POST",
+                &path,
+                &[],
+                sample("v1/fulfilment_pending.json"),
+            )
+            .await
+        })
+    };
+    let (post_a, post_b) = (post(&a), post(&b));
+    let held = requests(&broker, 2).await;
+    let ids: Vec<String> = held
+        .iter()
+        .map(|m| m.header("fp-correlation-id").unwrap().to_owned())
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+    // Answer each on a different partition; which relay holds which id is not known here,
+    // so answer one "fulfilled" and the other "failed" and check each relay got one of them.
+    produce(
+        &broker.bootstrap(),
+        REPLIES,
+        Some(3),
+        None,
+        &[("fp-correlation-id", &ids[0])],
+        r#"{"outcome":"fulfilled"}"#,
+    )
+    .await;
+    produce(
+        &broker.bootstrap(),
+        REPLIES,
+        Some(0),
+        None,
+        &[("fp-correlation-id", &ids[1])],
+        r#"{"outcome":"failed"}"#,
+    )
+    .await;
+    let (ra, rb) = (post_a.await.unwrap(), post_b.await.unwrap());
+    let mut statuses = [ra.status.as_u16(), rb.status.as_u16()];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [200, 500],
+        "each replica answered with its own reply"
+    );
+    let answered: Vec<String> = [ra.json(), rb.json()]
+        .iter()
+        .map(|b| b["correlation_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(answered.contains(&ids[0]) && answered.contains(&ids[1]));
+    // Each replica also saw the other's reply and ignored it as unmatched.
+    for relay in [&a, &b] {
+        assert!(
+            eventually(WAIT, async || relay
+                .metric(r#"fp_relay_fulfilment_replies_ignored_total{reason="unmatched"}"#)
+                .await
+                == 1.0)
+            .await
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_hangs_up_frees_its_entry_at_once() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let body = sample("v1/fulfilment_pending.json");
+    let mut stream = std::net::TcpStream::connect(relay.addr).unwrap();
+    write!(
+        stream,
+        "POST {} HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        relay.path,
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body).unwrap();
+    assert!(
+        eventually(WAIT, async || relay
+            .metric("fp_relay_fulfilment_in_flight")
+            .await
+            == 1.0)
+        .await
+    );
+    let hung_up = Instant::now();
+    drop(stream);
+    assert!(
+        eventually(WAIT, async || relay
+            .metric("fp_relay_fulfilment_in_flight")
+            .await
+            == 0.0)
+        .await
+    );
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(5),
+        "freed long before the 10s timeout"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_max_in_flight_requests_are_published_and_answered_pending_at_once() {
+    let broker = Tansu::start();
+    let mut config = config(&broker, Duration::from_secs(10));
+    config.fulfilment.max_in_flight = 1;
+    let relay = TestRelay::start_ready(config).await;
+    let held = tokio::spawn({
+        let (addr, path) = (relay.addr, relay.path.clone());
+        async move {
+            common::send(
+                addr,
+                "POST",
+                &path,
+                &[],
+                sample("v1/fulfilment_pending.json"),
+            )
+            .await
+        }
+    });
+    assert!(
+        eventually(WAIT, async || relay
+            .metric("fp_relay_fulfilment_in_flight")
+            .await
+            == 1.0)
+        .await
+    );
+    let started = Instant::now();
+    let overflow = relay.post(sample("v1/fulfilment_pending.json")).await;
+    assert_eq!(overflow.status, StatusCode::ACCEPTED);
+    assert_eq!(overflow.json()["status"], "overflow");
+    assert!(started.elapsed() < Duration::from_secs(5), "not held");
+    let published = requests(&broker, 2).await;
+    assert_eq!(
+        published
+            .iter()
+            .filter(|m| m.header("fp-correlation-id").is_none())
+            .count(),
+        1,
+        "the overflow one carries no correlation id"
+    );
+    assert_eq!(
+        relay
+            .metric(r#"fp_relay_fulfilment_outcomes_total{outcome="overflow"}"#)
+            .await,
+        1.0
+    );
+    relay.shutdown().await;
+    assert_eq!(held.await.unwrap().json()["status"], "released");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_answers_every_held_request_with_the_pending_status() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let posts: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, path) = (relay.addr, relay.path.clone());
+            tokio::spawn(async move {
+                common::send(
+                    addr,
+                    "POST",
+                    &path,
+                    &[],
+                    sample("v1/fulfilment_pending.json"),
+                )
+                .await
+            })
+        })
+        .collect();
+    assert!(
+        eventually(WAIT, async || relay
+            .metric("fp_relay_fulfilment_in_flight")
+            .await
+            == 3.0)
+        .await
+    );
+    let started = Instant::now();
+    relay.shutdown().await;
+    for post in posts {
+        let response = post.await.unwrap();
+        assert_eq!(response.status, StatusCode::ACCEPTED);
+        assert_eq!(response.json()["status"], "released");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "released, not timed out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_cannot_be_published_gets_503_so_firstpromoter_retries() {
+    let broker = Tansu::start();
+    let mut config = config(&broker, Duration::from_secs(5));
+    config.kafka.ack_timeout = Duration::from_secs(2);
+    let relay = TestRelay::start_ready(config).await;
+    broker.freeze();
+    let response = relay.post(sample("v1/fulfilment_pending.json")).await;
+    broker.thaw();
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        relay
+            .metric(r#"fp_relay_fulfilment_outcomes_total{outcome="publish_error"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(relay.metric("fp_relay_fulfilment_in_flight").await, 0.0);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_responder_completes_the_round_trip() {
+    use fp_relay::fulfilment::correlator::Outcome;
+    use fp_relay::fulfilment::responder::{run, ResponderOptions};
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let responder = tokio::spawn(run(
+        ResponderOptions {
+            brokers: broker.bootstrap(),
+            properties: vec![("log_level".into(), "3".into())],
+            topic: REQUESTS.into(),
+            default_reply_topic: REPLIES.into(),
+            outcome: Outcome::Fulfilled,
+            reason: Some("granted".into()),
+            delay: Duration::ZERO,
+            group: format!("responder-{}", uuid::Uuid::new_v4()),
+        },
+        stop.clone().cancelled_owned(),
+    ));
+    let response = relay.post(sample("v1/fulfilment_pending.json")).await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    assert_eq!(response.json()["reason"], "granted");
+    stop.cancel();
+    responder.await.unwrap().unwrap();
+    relay.shutdown().await;
+}
