@@ -6,6 +6,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use crate::config::Config;
+use crate::webhook::routing::Router;
 
 /// Partitions of the topics the development broker creates up front.
 const DEV_PARTITIONS: i32 = 4;
@@ -16,11 +17,20 @@ pub struct DevBroker {
 }
 
 impl DevBroker {
-    /// Starts a one-broker cluster with the reply topic already created (the mock cluster does
-    /// not support CreateTopics).
+    /// Starts a one-broker cluster with the fulfilment request and reply topics already created
+    /// (the mock cluster does not support CreateTopics, and a responder started before the first
+    /// request needs its topic to exist).
     pub fn start(config: &Config) -> Result<Self, KafkaError> {
         let cluster = MockCluster::new(1)?;
-        cluster.create_topic(&config.fulfilment.reply_topic, DEV_PARTITIONS, 1)?;
+        let requests = Router::new(
+            &config.kafka.topic_template,
+            &config.kafka.topics,
+            &config.kafka.keys,
+        )
+        .topic(&config.fulfilment.event_type);
+        for topic in [requests.as_str(), config.fulfilment.reply_topic.as_str()] {
+            cluster.create_topic(topic, DEV_PARTITIONS, 1)?;
+        }
         Ok(Self { cluster })
     }
 

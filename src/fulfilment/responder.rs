@@ -66,7 +66,16 @@ pub async fn run(
     loop {
         let message = tokio::select! {
             _ = &mut stop => return Ok(()),
-            message = consumer.recv() => message?,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            // Typically "unknown topic" until the relay publishes its first request: keep waiting.
+            Err(error) => {
+                eprintln!("waiting for requests: {error}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
         };
         if !options.delay.is_zero() {
             tokio::time::sleep(options.delay).await;

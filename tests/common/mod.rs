@@ -500,3 +500,12 @@ pub async fn produce(
         .await
         .expect("reply produced");
 }
+
+/// The status of a GET, or `None` when nothing answers yet.
+pub async fn try_get(addr: SocketAddr, path: &str) -> Option<StatusCode> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client.request(request).await.ok().map(|r| r.status())
+}

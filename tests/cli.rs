@@ -1,0 +1,168 @@
+//! The `fp-relay` binary as an operator runs it: config checking, errors that name the field,
+//! and a real process serving against tansu that exits cleanly on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{consume, free_port, sample, Tansu};
+use http::StatusCode;
+
+fn fp_relay() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fp-relay"));
+    // The test's own environment must not leak configuration into the process under test.
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FP_RELAY_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example_and_masks_secrets() {
+    let output = fp_relay()
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/relay.toml"),
+        ])
+        .env("FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD", "hunter2")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("valid"));
+    assert!(
+        stdout.contains("sasl.password"),
+        "the override is shown: {stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "but masked: {stdout}");
+}
+
+#[test]
+fn config_errors_name_the_field_and_exit_2() {
+    let dir = std::env::temp_dir().join(format!("fp-relay-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("[kafka]\nack_timeout = \"20s\"\n", "kafka.ack_timeout"),
+        ("[kafka]\nbrokerz = \"x:1\"\n", "brokerz"),
+        (
+            "[fulfilment]\ntimeout_status = 200\n",
+            "fulfilment.timeout_status",
+        ),
+        ("[http\n", "relay.toml"),
+    ];
+    for (text, field) in cases {
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, text).unwrap();
+        for subcommand in [
+            &["check-config", "--config"][..],
+            &["serve", "--config"][..],
+        ] {
+            let output = fp_relay().args(subcommand).arg(&path).output().unwrap();
+            assert_eq!(output.status.code(), Some(2), "{text}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(stderr.contains(field), "{text}: {stderr}");
+        }
+    }
+    let output = fp_relay()
+        .args(["serve"])
+        .env("FP_RELAY_KAFKA_ACK_TIMEOUT", "1 fortnight")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("kafka.ack_timeout"));
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["check-config", "--help"],
+        &["respond", "--help"],
+    ] {
+        let output = fp_relay().args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("Usage: fp-relay"), "{args:?}: {text}");
+    }
+    let serve = fp_relay().args(["serve", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&serve.stdout);
+    for expected in [
+        "--config",
+        "--listen",
+        "--admin-listen",
+        "--brokers",
+        "--dev",
+        "FP_RELAY_KAFKA_BROKERS",
+    ] {
+        assert!(text.contains(expected), "serve --help mentions {expected}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_serves_against_a_real_broker_and_exits_0_on_sigterm() {
+    let broker = Tansu::start();
+    let (port, admin) = (free_port(), free_port());
+    let mut child = fp_relay()
+        .args(["serve", "--brokers", &broker.bootstrap()])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let started = Instant::now();
+    while common::try_get(admin_addr, "/readyz").await != Some(StatusCode::OK) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "relay never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let body = sample("v1/promoter_signed_up.json");
+    let reply = common::send(addr, "POST", "/webhooks/firstpromoter", &[], body.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(0), "clean exit on SIGTERM");
+    let logs = String::from_utf8_lossy(&status.stderr);
+    let lines: Vec<serde_json::Value> = BufReader::new(logs.as_bytes())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("every log line is JSON"))
+        .collect();
+    assert!(lines.iter().any(|l| l["message"] == "fp-relay stopped"));
+    assert!(
+        !logs.contains("temp_password") && !logs.contains("Xk29-tmp-pass"),
+        "no payload in logs"
+    );
+    let messages = consume(
+        &broker.bootstrap(),
+        "firstpromoter.promoter_signed_up",
+        1,
+        Duration::from_secs(10),
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(messages.len(), 1);
+}
