@@ -8,6 +8,18 @@ cd "$(dirname "$0")/.."
 TANSU_BIN="${TANSU_BIN:-$(scripts/ensure-tansu.sh)}"
 export TANSU_BIN
 
+# Prometheus and promtool (Debian's package) for the scrape test and the alert-rule check.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "test.sh: installing Debian's prometheus package" >&2
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2
+    else
+        echo "test.sh: prometheus and promtool are needed (e.g. apt-get install prometheus)" >&2
+        exit 1
+    fi
+fi
+
 if [ "${CI:-}" = "true" ]; then
     cargo fmt --all -- --check
     cargo clippy --all-targets --locked -- -D warnings

@@ -115,6 +115,9 @@ impl Server {
         let background = CancellationToken::new();
 
         let correlator = if config.fulfilment.enabled {
+            metrics
+                .fulfilment_max_in_flight
+                .set(i64::try_from(config.fulfilment.max_in_flight).unwrap_or(i64::MAX));
             let retention = MIN_LATE_RETENTION.max(config.fulfilment.timeout * 6);
             let correlator =
                 Correlator::new(config.fulfilment.max_in_flight, retention, metrics.clone());

@@ -3,6 +3,7 @@
 //! Names carry the `fp_relay_` prefix; labels are bounded (event types outside the known lists
 //! are `other`, never a raw path, id or unknown name). The doc comment of each field is its HELP.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -36,8 +37,12 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Unparseable bodies written to the dead-letter topic.
     pub dead_lettered: IntCounter,
+    /// 1 when `/readyz` would answer 200, else 0; refreshed at every scrape.
+    pub ready: IntGauge,
     /// fulfilment_pending requests currently held for an answer.
     pub fulfilment_in_flight: IntGauge,
+    /// `fulfilment.max_in_flight`, so dashboards and alerts can compare against the cap.
+    pub fulfilment_max_in_flight: IntGauge,
     /// fulfilment_pending outcomes: fulfilled, pending, failed, timeout, publish_error, overflow, shutdown.
     pub fulfilment_outcomes: IntCounterVec,
     /// Time from publishing a fulfilment request to receiving its answer.
@@ -123,6 +128,16 @@ impl Metrics {
                 "Unparseable bodies written to the dead-letter topic.",
             )
             .expect("valid metric"),
+            ready: IntGauge::new(
+                "fp_relay_ready",
+                "1 when /readyz would answer 200, else 0; refreshed at every scrape.",
+            )
+            .expect("valid metric"),
+            fulfilment_max_in_flight: IntGauge::new(
+                "fp_relay_fulfilment_max_in_flight",
+                "The configured cap on held fulfilment requests.",
+            )
+            .expect("valid metric"),
             fulfilment_in_flight: IntGauge::new(
                 "fp_relay_fulfilment_in_flight",
                 "fulfilment_pending requests currently held for an answer.",
@@ -170,8 +185,19 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(build_info),
+        self.registry
+            .register(Box::new(build_info))
+            .expect("metric names are unique");
+        for collector in self.collectors() {
+            self.registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+    }
+
+    /// Every metric this struct owns, in registration order.
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
             Box::new(self.http_requests.clone()),
             Box::new(self.http_request_duration.clone()),
             Box::new(self.kafka_produce.clone()),
@@ -182,16 +208,22 @@ impl Metrics {
             Box::new(self.kafka_broker_rtt_us.clone()),
             Box::new(self.rejected.clone()),
             Box::new(self.dead_lettered.clone()),
+            Box::new(self.ready.clone()),
             Box::new(self.fulfilment_in_flight.clone()),
+            Box::new(self.fulfilment_max_in_flight.clone()),
             Box::new(self.fulfilment_outcomes.clone()),
             Box::new(self.fulfilment_reply_duration.clone()),
             Box::new(self.fulfilment_replies_ignored.clone()),
-        ];
-        for collector in collectors {
-            self.registry
-                .register(collector)
-                .expect("metric names are unique");
+        ]
+    }
+
+    /// The name of every metric family the relay exports, with or without samples yet.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = vec!["fp_relay_build_info".to_owned()];
+        for collector in self.collectors() {
+            names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
         }
+        names
     }
 
     /// The text exposition format for `/metrics`.

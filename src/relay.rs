@@ -69,6 +69,15 @@ pub struct FulfilmentAnswer {
     pub reason: Option<String>,
 }
 
+/// What is known of a request's event once its body is parsed; for metrics and log lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventMeta {
+    /// The event type, when the body had one.
+    pub event_type: Option<String>,
+    /// The event id, when the body or `X-Event-Id` had one.
+    pub event_id: Option<String>,
+}
+
 /// What `/readyz` checks.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -131,20 +140,20 @@ impl Relay {
         }
     }
 
-    /// Parses, routes and publishes one webhook body. Returns the event type (when the body had
-    /// one) alongside the result, for metrics.
+    /// Parses, routes and publishes one webhook body. Returns what is known of the event
+    /// alongside the result, for metrics and logs.
     pub async fn ingest(
         &self,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> (Option<String>, Result<Accepted, RelayError>) {
+    ) -> (EventMeta, Result<Accepted, RelayError>) {
         let received = Received::now();
         let arrived = Instant::now();
         let envelope = match envelope::parse(&body, headers) {
             Ok(envelope) => envelope,
             Err(error) => {
                 return (
-                    None,
+                    EventMeta::default(),
                     Err(self.dead_letter(error, &received, body, arrived).await),
                 )
             }
@@ -166,7 +175,11 @@ impl Relay {
                     delivered,
                 })
         };
-        (Some(envelope.event_type), result)
+        let meta = EventMeta {
+            event_type: Some(envelope.event_type),
+            event_id: envelope.event_id,
+        };
+        (meta, result)
     }
 
     async fn publish(

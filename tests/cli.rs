@@ -110,7 +110,7 @@ fn help_explains_every_subcommand() {
 async fn the_binary_serves_against_a_real_broker_and_exits_0_on_sigterm() {
     let broker = Tansu::start();
     let (port, admin) = (free_port(), free_port());
-    let mut child = fp_relay()
+    let child = fp_relay()
         .args(["serve", "--brokers", &broker.bootstrap()])
         .args([
             "--listen",
@@ -120,6 +120,7 @@ async fn the_binary_serves_against_a_real_broker_and_exits_0_on_sigterm() {
         ])
         .args(["--log-format", "json"])
         .env("RUST_LOG", "info")
+        .env("FP_RELAY_KAFKA_ACK_TIMEOUT", "2s")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -136,6 +137,20 @@ async fn the_binary_serves_against_a_real_broker_and_exits_0_on_sigterm() {
     let body = sample("v1/promoter_signed_up.json");
     let reply = common::send(addr, "POST", "/webhooks/firstpromoter", &[], body.clone()).await;
     assert_eq!(reply.status, StatusCode::OK);
+    // A refusal with an event id (Kafka frozen) and one without (not JSON).
+    broker.freeze();
+    let refused = common::send(addr, "POST", "/webhooks/firstpromoter", &[], body.clone()).await;
+    broker.thaw();
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    let broken = common::send(
+        addr,
+        "POST",
+        "/webhooks/firstpromoter",
+        &[],
+        "{\"secret\":\"s3cr3t\"".into(),
+    )
+    .await;
+    assert_eq!(broken.status, StatusCode::BAD_REQUEST);
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -152,10 +167,26 @@ async fn the_binary_serves_against_a_real_broker_and_exits_0_on_sigterm() {
         .map(|l| serde_json::from_str(&l.unwrap()).expect("every log line is JSON"))
         .collect();
     assert!(lines.iter().any(|l| l["message"] == "fp-relay stopped"));
-    assert!(
-        !logs.contains("temp_password") && !logs.contains("Xk29-tmp-pass"),
-        "no payload in logs"
-    );
+    let refusal = |reason: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == "request refused" && l["reason"] == reason)
+            .cloned()
+    };
+    let unavailable = refusal("kafka_unavailable").expect("one line for the 503");
+    assert_eq!(unavailable["event_id"], "22736308");
+    assert_eq!(unavailable["event_type"], "promoter_signed_up");
+    assert_eq!(unavailable["status"], 503);
+    let bad = refusal("bad_json").expect("one line for the 400");
+    assert_eq!(bad["event_id"], "-");
+    for secret in [
+        "Xk29-tmp-pass",
+        "hjsmLQwMounBWxeqQS2cMXYp8epADJmB",
+        "s3cr3t",
+        "temp_password",
+    ] {
+        assert!(!logs.contains(secret), "logs must not contain {secret}");
+    }
     let messages = consume(
         &broker.bootstrap(),
         "firstpromoter.promoter_signed_up",

@@ -31,6 +31,7 @@ pub fn handle<B>(relay: &Relay, request: &Request<B>) -> Response<Full<Bytes>> {
             )
         }
         "/metrics" => {
+            relay.metrics.ready.set(i64::from(relay.health.report().0));
             let mut response = Response::new(Full::new(Bytes::from(relay.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use crate::error::{json_response, RelayError};
-use crate::relay::Relay;
+use crate::relay::{Accepted, EventMeta, Relay};
 use crate::webhook::event_type_label;
 
 /// Answers one request to the public listener.
@@ -20,8 +20,8 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let (event_type, result) = route(relay, request).await;
-    let label = event_type.as_deref().map_or("none", event_type_label);
+    let (event, result) = route(relay, request).await;
+    let label = event.event_type.as_deref().map_or("none", event_type_label);
     let response = match result {
         Ok(accepted) => {
             let (status, body) = accepted.status_and_body();
@@ -39,6 +39,7 @@ pub async fn handle(
                 %peer,
                 reason = error.code(),
                 event_type = label,
+                event_id = event.event_id.as_deref().unwrap_or("-"),
                 status = error.status().as_u16(),
                 detail = %error,
                 "request refused"
@@ -62,17 +63,17 @@ pub async fn handle(
 async fn route(
     relay: &Relay,
     request: Request<Incoming>,
-) -> (Option<String>, Result<crate::relay::Accepted, RelayError>) {
+) -> (EventMeta, Result<Accepted, RelayError>) {
     if request.uri().path() != relay.config.http.path {
-        return (None, Err(RelayError::NotFound));
+        return (EventMeta::default(), Err(RelayError::NotFound));
     }
     if request.method() != Method::POST {
-        return (None, Err(RelayError::MethodNotAllowed));
+        return (EventMeta::default(), Err(RelayError::MethodNotAllowed));
     }
     let (parts, body) = request.into_parts();
     match read_body(body, &parts.headers, relay.config.http.max_body_bytes).await {
         Ok(body) => relay.ingest(&parts.headers, body).await,
-        Err(error) => (None, Err(error)),
+        Err(error) => (EventMeta::default(), Err(error)),
     }
 }
 
