@@ -55,8 +55,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "LIST")]
     pub brokers: Option<String>,
     /// Start an embedded in-memory Kafka-protocol broker and relay to it (for trying it out).
+    /// Without [auth] settings, --dev accepts unauthenticated requests (with a warning).
     #[arg(long, conflicts_with = "brokers")]
     pub dev: bool,
+    /// Accept requests without any credential check. Only behind something that checks them.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

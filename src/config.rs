@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::webhook::routing::{is_valid_topic, TOPIC_PLACEHOLDER};
@@ -26,6 +27,10 @@ pub const ENV_PREFIX: &str = "FP_RELAY_";
 pub struct Config {
     /// The public listener FirstPromoter posts to.
     pub http: HttpConfig,
+    /// Who may post.
+    pub auth: AuthConfig,
+    /// Secrets taken out of payloads before they reach Kafka.
+    pub redact: RedactConfig,
     /// The private listener for probes and metrics.
     pub admin: AdminConfig,
     /// Where events go and how they are acknowledged.
@@ -47,6 +52,39 @@ pub struct HttpConfig {
     /// How long graceful shutdown waits for open requests before it closes them.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// A client must send its request headers within this (slow-loris guard). An idle HTTP/1
+    /// keep-alive connection waiting for its next request is also closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A client must send its whole body within this after its headers; else 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A connection with no request in progress is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers); larger is refused with 431.
+    pub max_header_bytes: usize,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 via ALPN) instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Native TLS on the public listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_path: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: std::path::PathBuf,
+    /// How often the files are checked for changes; they are also reloaded on SIGHUP.
+    #[serde(with = "humantime_serde", default = "default_tls_reload_interval")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for HttpConfig {
@@ -56,6 +94,79 @@ impl Default for HttpConfig {
             path: "/webhooks/firstpromoter".to_owned(),
             max_body_bytes: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(20),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_header_bytes: 16 * 1024,
+            tls: None,
+        }
+    }
+}
+
+/// Who may post. At least one credential mode, or `insecure_no_auth = true`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// FirstPromoter v2 signing secrets: `X-Webhook-Signature` is verified against each, so a
+    /// new secret can be added before the old one is removed.
+    pub signature_secrets: Vec<String>,
+    /// Refuse requests without `X-Webhook-Signature`.
+    pub require_signature: bool,
+    /// Header carrying a shared token; in `authorization` it is `Bearer <token>`.
+    pub token_header: String,
+    /// Accepted shared tokens (FirstPromoter v2 custom headers).
+    pub tokens: Vec<String>,
+    /// Accepted HTTP Basic users and passwords (FirstPromoter v2 subscriptions).
+    pub basic: BTreeMap<String, String>,
+    /// Accepted tokens in the path, `POST {http.path}/{token}` (FirstPromoter v1).
+    pub path_tokens: Vec<String>,
+    /// Client networks allowed to post (CIDR); empty allows any.
+    pub allow_sources: Vec<IpNet>,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers are believed (CIDR).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Run with no credential check at all (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            signature_secrets: Vec::new(),
+            require_signature: false,
+            token_header: "authorization".to_owned(),
+            tokens: Vec::new(),
+            basic: BTreeMap::new(),
+            path_tokens: Vec::new(),
+            allow_sources: Vec::new(),
+            trusted_proxies: Vec::new(),
+            insecure_no_auth: false,
+        }
+    }
+}
+
+/// Secrets removed from payloads before publishing (FirstPromoter sends the promoter's
+/// `auth_token` and `temp_password` in several events).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactConfig {
+    /// Field names redacted wherever they appear, at any depth.
+    pub fields: Vec<String>,
+    /// JSON pointers redacted at exactly that place, e.g. `/data/promoter/email`.
+    pub pointers: Vec<String>,
+    /// Remove the field instead of replacing its value.
+    pub remove: bool,
+    /// The value a redacted field gets when it is not removed.
+    pub replacement: String,
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        Self {
+            fields: vec!["auth_token".to_owned(), "temp_password".to_owned()],
+            pointers: Vec::new(),
+            remove: false,
+            replacement: "[redacted]".to_owned(),
         }
     }
 }
@@ -201,6 +312,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub brokers: Option<String>,
+    /// `--insecure-no-auth`: allow running with no credential check.
+    pub insecure_no_auth: bool,
 }
 
 /// librdkafka settings the relay owns through typed fields; setting them in a passthrough map
@@ -267,11 +380,14 @@ impl Config {
         if let Some(brokers) = &overrides.brokers {
             self.kafka.brokers = brokers.clone();
         }
+        self.auth.insecure_no_auth |= overrides.insecure_no_auth;
     }
 
     /// Checks every rule that serde's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_http()?;
+        self.validate_auth()?;
+        self.validate_redact()?;
         self.validate_kafka()?;
         self.validate_fulfilment()
     }
@@ -284,10 +400,98 @@ impl Config {
                 format!("{path:?} must start with '/' and not end with one"),
             ));
         }
+        for (field, value) in [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.request_timeout", self.http.request_timeout),
+            ("http.idle_timeout", self.http.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(field, "must be above 0"));
+            }
+        }
+        if self.http.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "http.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if !(8 * 1024..=1024 * 1024).contains(&self.http.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "http.max_header_bytes",
+                "must be between 8 KiB and 1 MiB",
+            ));
+        }
         if !(1..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
             return Err(ConfigError::invalid(
                 "http.max_body_bytes",
                 "must be between 1 byte and 64 MiB",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        let modes = !auth.signature_secrets.is_empty()
+            || !auth.tokens.is_empty()
+            || !auth.basic.is_empty()
+            || !auth.path_tokens.is_empty();
+        if !modes && !auth.insecure_no_auth {
+            return Err(ConfigError::invalid(
+                "auth",
+                "no authentication configured: set auth.path_tokens (v1), auth.tokens, auth.basic or \
+                 auth.signature_secrets (v2), or run with --insecure-no-auth",
+            ));
+        }
+        if auth.require_signature && auth.signature_secrets.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.require_signature",
+                "needs auth.signature_secrets",
+            ));
+        }
+        for (field, list) in [
+            ("auth.signature_secrets", &auth.signature_secrets),
+            ("auth.tokens", &auth.tokens),
+            ("auth.path_tokens", &auth.path_tokens),
+        ] {
+            if list.iter().any(|secret| secret.len() < MIN_SECRET_LEN) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("every entry needs at least {MIN_SECRET_LEN} characters"),
+                ));
+            }
+        }
+        if auth.path_tokens.iter().any(|t| {
+            !t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        }) {
+            return Err(ConfigError::invalid(
+                "auth.path_tokens",
+                "tokens may use only [A-Za-z0-9-._~] (they go in a URL)",
+            ));
+        }
+        for (user, password) in &auth.basic {
+            if user.is_empty() || user.contains(':') || password.len() < MIN_SECRET_LEN {
+                return Err(ConfigError::invalid(
+                    format!("auth.basic.{user}"),
+                    format!("needs a user without ':' and a password of at least {MIN_SECRET_LEN} characters"),
+                ));
+            }
+        }
+        if http::HeaderName::from_bytes(auth.token_header.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                "auth.token_header",
+                "is not a valid header name",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_redact(&self) -> Result<(), ConfigError> {
+        if let Some(pointer) = self.redact.pointers.iter().find(|p| !p.starts_with('/')) {
+            return Err(ConfigError::invalid(
+                "redact.pointers",
+                format!("{pointer:?} is not a JSON pointer (it must start with '/')"),
             ));
         }
         Ok(())
@@ -413,6 +617,17 @@ impl Config {
     /// The effective configuration as TOML, with every secret-looking value masked.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
+        let auth = &mut shown.auth;
+        for list in [
+            &mut auth.signature_secrets,
+            &mut auth.tokens,
+            &mut auth.path_tokens,
+        ] {
+            list.iter_mut().for_each(|secret| *secret = MASK.to_owned());
+        }
+        auth.basic
+            .values_mut()
+            .for_each(|password| *password = MASK.to_owned());
         for map in [
             &mut shown.kafka.properties,
             &mut shown.kafka.producer_properties,
@@ -427,6 +642,9 @@ impl Config {
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
+
+/// Shortest secret, token or password accepted: guessing must stay hopeless.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// What a masked secret looks like in output.
 pub const MASK: &str = "********";
@@ -459,12 +677,13 @@ fn check_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
 
 /// Sections that `FP_RELAY_{SECTION}_{KEY}` may address; other `FP_RELAY_*` variables are not
 /// configuration and are left alone.
-const SECTIONS: &[&str] = &["http", "admin", "kafka", "fulfilment"];
+const SECTIONS: &[&str] = &["http", "admin", "auth", "redact", "kafka", "fulfilment"];
 
 /// Overlays `FP_RELAY_{SECTION}_{KEY}=value` on the file's table. `FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD`
 /// sets the librdkafka property `sasl.password` (underscores become dots). Values are read as
-/// TOML scalars when they parse as one (`true`, `42`) and as strings otherwise, so `10s` and
-/// `host:9092` need no quoting. An unknown key is refused by the strict parse that follows.
+/// TOML scalars or arrays when they parse as one (`true`, `42`, `["a", "b"]`) and as strings
+/// otherwise, so `10s` and `host:9092` need no quoting. An unknown key is refused by the strict
+/// parse that follows.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -503,7 +722,10 @@ fn env_value(raw: &str) -> toml::Value {
     match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => match t.remove("v") {
             Some(
-                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)),
+                v @ (toml::Value::Integer(_)
+                | toml::Value::Boolean(_)
+                | toml::Value::Float(_)
+                | toml::Value::Array(_)),
             ) => v,
             _ => toml::Value::String(raw.to_owned()),
         },
@@ -515,7 +737,12 @@ fn env_value(raw: &str) -> toml::Value {
 mod tests {
     use super::*;
 
+    /// Loads `text` with `insecure_no_auth` added, so tests of other sections need no credentials.
     fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        load_exact(&format!("{text}\n[auth]\ninsecure_no_auth = true\n"), env)
+    }
+
+    fn load_exact(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir().join(format!("fp-relay-config-{}", uuid::Uuid::new_v4()));
         std::fs::write(&dir, text).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
@@ -527,13 +754,19 @@ mod tests {
     #[test]
     fn shipped_example_config_parses_and_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relay.toml");
-        let config = Config::load(Some(&path), Vec::new(), &Overrides::default()).unwrap();
+        // Credentials come from the environment, as the example's comments recommend.
+        let env = vec![(
+            "FP_RELAY_AUTH_PATH_TOKENS".to_owned(),
+            r#"["0123456789abcdef"]"#.to_owned(),
+        )];
+        let config = Config::load(Some(&path), env, &Overrides::default()).unwrap();
         assert_eq!(config.http.path, "/webhooks/firstpromoter");
     }
 
     #[test]
     fn empty_file_gives_documented_defaults() {
-        let config = load_str("", &[]).unwrap();
+        let mut config = load_str("", &[]).unwrap();
+        config.auth.insecure_no_auth = false;
         assert_eq!(config, Config::default());
         assert_eq!(config.http.max_body_bytes, 1 << 20);
         assert_eq!(config.kafka.topic_template, "firstpromoter.{event_type}");
@@ -644,6 +877,55 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("relay"), "{shown}");
         assert!(shown.contains(MASK));
+    }
+
+    #[test]
+    fn no_authentication_is_refused_unless_explicitly_insecure() {
+        let err = load_exact("", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("auth:"), "{err}");
+        assert!(load_exact("[auth]\npath_tokens = [\"0123456789abcdef\"]\n", &[]).is_ok());
+        let env = [("FP_RELAY_AUTH_TOKENS", r#"["0123456789abcdef0"]"#)];
+        assert_eq!(
+            load_exact("", &env).unwrap().auth.tokens,
+            vec!["0123456789abcdef0"]
+        );
+    }
+
+    #[test]
+    fn weak_or_malformed_credentials_are_refused_naming_the_field() {
+        for (text, field) in [
+            ("[auth]\ntokens = [\"short\"]\n", "auth.tokens"),
+            (
+                "[auth]\npath_tokens = [\"has/slash/0123456789\"]\n",
+                "auth.path_tokens",
+            ),
+            ("[auth]\nbasic = { fp = \"short\" }\n", "auth.basic.fp"),
+            (
+                "[auth]\nrequire_signature = true\ninsecure_no_auth = true\n",
+                "auth.require_signature",
+            ),
+            (
+                "[auth]\nallow_sources = [\"not-a-cidr\"]\ninsecure_no_auth = true\n",
+                "auth.allow_sources",
+            ),
+        ] {
+            let err = load_exact(text, &[]).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn masked_output_hides_every_auth_secret() {
+        let config = load_exact(
+            "[auth]\ntokens = [\"tok-0123456789abcdef\"]\nsignature_secrets = [\"sig-0123456789abcdef\"]\n\
+             path_tokens = [\"pth-0123456789abcdef\"]\nbasic = { fp = \"pw-0123456789abcdef\" }\n",
+            &[],
+        )
+        .unwrap();
+        let shown = config.to_masked_toml();
+        for secret in ["tok-", "sig-", "pth-", "pw-"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::kafka::publisher::PublishError;
+use crate::webhook::auth::AuthFailure;
 use crate::webhook::envelope::EnvelopeError;
 
 /// Seconds a client is told to wait after a 503.
@@ -26,6 +27,15 @@ pub enum RelayError {
     /// The body is larger than `http.max_body_bytes`.
     #[error("body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// Credentials missing or wrong. The reason is for logs and metrics, never for the client.
+    #[error("authentication failed ({})", .0.reason())]
+    Unauthorized(AuthFailure),
+    /// The client address is outside `auth.allow_sources`.
+    #[error("source address not allowed")]
+    Forbidden,
+    /// The body did not arrive within `http.request_timeout`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// The body could not be read to its end (client hung up, truncated chunked encoding).
     #[error("request body could not be read: {0}")]
     BodyRead(String),
@@ -47,8 +57,20 @@ impl RelayError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The auth check that failed, for `fp_relay_auth_failures_total`.
+    pub fn auth_failure(&self) -> Option<AuthFailure> {
+        match self {
+            Self::Unauthorized(failure) => Some(*failure),
+            Self::Forbidden => Some(AuthFailure::SourceNotAllowed),
+            _ => None,
         }
     }
 
@@ -58,6 +80,9 @@ impl RelayError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "too_large",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::RequestTimeout => "request_timeout",
             Self::BodyRead(_) => "body_read",
             Self::Invalid { error, .. } => error.reason(),
             Self::Unavailable(_) => "kafka_unavailable",
@@ -96,6 +121,7 @@ impl RelayError {
                 "the event was not accepted; Kafka did not acknowledge it in time".to_owned()
             }
             Self::BodyRead(_) => "the request body could not be read".to_owned(),
+            Self::Unauthorized(_) => "authentication failed".to_owned(),
             other => other.to_string(),
         }
     }
@@ -124,6 +150,8 @@ mod tests {
             "POST"
         );
         assert_eq!(RelayError::PayloadTooLarge { limit: 1 }.status(), 413);
+        let unauthorized = RelayError::Unauthorized(AuthFailure::BadSignature).into_response();
+        assert_eq!(unauthorized.status(), 401);
         let invalid = RelayError::Invalid {
             error: EnvelopeError::NotAnObject,
             dead_lettered: true,

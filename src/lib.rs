@@ -9,6 +9,7 @@
 //! - [`webhook`]: FirstPromoter's v1 and v2 envelopes, known event types, topic and key rules.
 //! - [`kafka`]: the publisher (idempotent, `acks=all`, rebuilt after fatal errors), records and headers.
 //! - [`fulfilment`]: the hold-and-reply correlator, the reply consumer, the reference responder.
+//! - [`pipeline`]: parse, redact and route: bytes and headers in, a Kafka record out.
 //! - [`relay`]: the request logic, bytes and headers in, an answer out.
 //! - [`http`]: the accept loop, graceful shutdown, the public and admin handlers.
 //! - [`error`]: the boundary error and its one mapping to HTTP responses.
@@ -23,6 +24,7 @@ pub mod fulfilment;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod pipeline;
 pub mod relay;
 pub mod telemetry;
 pub mod webhook;
@@ -53,6 +55,8 @@ pub enum StartError {
     },
     #[error("cannot create a Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("http.tls: {0}")]
+    Tls(#[from] http::tls::TlsError),
 }
 
 /// Shortest time a released fulfilment id is remembered, so its reply counts as late.
@@ -141,7 +145,6 @@ impl Server {
             background.clone(),
         ));
 
-        let grace = config.http.shutdown_timeout;
         let ack_timeout = config.kafka.ack_timeout;
         let relay = Arc::new(Relay::new(
             config,
@@ -158,26 +161,40 @@ impl Server {
             "fp-relay is serving"
         );
 
+        let tls = match &relay.config.http.tls {
+            Some(settings) => {
+                let (acceptor, cert) = http::tls::acceptor(settings)?;
+                tokio::spawn(http::tls::watch(
+                    cert,
+                    settings.reload_interval,
+                    background.clone(),
+                ));
+                Some(acceptor)
+            }
+            None => None,
+        };
         let admin_relay = relay.clone();
         let admin_task = tokio::spawn(http::server::serve(
             admin,
+            None,
+            http::server::Limits::admin(),
             move |request, _| {
                 let relay = admin_relay.clone();
                 async move { http::admin::handle(&relay, &request) }
             },
             background.clone().cancelled_owned(),
-            Duration::from_secs(1),
         ));
         let stop_accepting = CancellationToken::new();
         let public_relay = relay.clone();
         let public_task = tokio::spawn(http::server::serve(
             public,
+            tls,
+            http::server::Limits::public(&relay.config.http),
             move |request, peer| {
                 let relay = public_relay.clone();
                 async move { http::handler::handle(&relay, request, peer).await }
             },
             stop_accepting.clone().cancelled_owned(),
-            grace,
         ));
 
         shutdown.await;

@@ -8,6 +8,7 @@ use fp_relay::cli::{Cli, Command, RespondArgs, ServeArgs};
 use fp_relay::config::{Config, Overrides};
 use fp_relay::dev::DevBroker;
 use fp_relay::fulfilment::responder::{self, ResponderOptions};
+use fp_relay::webhook::auth::Authenticator;
 use fp_relay::{shutdown_signal, telemetry, Server};
 
 /// Exit status for an unusable configuration.
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
 fn serve(args: ServeArgs) -> ExitCode {
     telemetry::init(args.log_format);
     let overrides = Overrides {
+        insecure_no_auth: args.insecure_no_auth || args.dev,
         listen: args.listen,
         admin_listen: args.admin_listen,
         brokers: args.brokers.clone(),
@@ -51,6 +53,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if config.auth.insecure_no_auth && Authenticator::new(&config.auth).is_open() {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF: anyone who can reach {} can publish to Kafka. \
+             Configure [auth] before exposing this listener.",
+            config.http.listen
+        );
+    }
     // Declared before the runtime so it outlives every client that talks to it.
     let dev = if args.dev {
         match DevBroker::start(&config) {

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Unparseable bodies written to the dead-letter topic.
     pub dead_lettered: IntCounter,
+    /// Requests refused by authentication, by the check that failed.
+    pub auth_failures: IntCounterVec,
     /// 1 when `/readyz` would answer 200, else 0; refreshed at every scrape.
     pub ready: IntGauge,
     /// fulfilment_pending requests currently held for an answer.
@@ -138,6 +140,14 @@ impl Metrics {
                 "The configured cap on held fulfilment requests.",
             )
             .expect("valid metric"),
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "fp_relay_auth_failures_total",
+                    "Requests refused by authentication, by the check that failed.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             fulfilment_in_flight: IntGauge::new(
                 "fp_relay_fulfilment_in_flight",
                 "fulfilment_pending requests currently held for an answer.",
@@ -208,6 +218,7 @@ impl Metrics {
             Box::new(self.kafka_broker_rtt_us.clone()),
             Box::new(self.rejected.clone()),
             Box::new(self.dead_lettered.clone()),
+            Box::new(self.auth_failures.clone()),
             Box::new(self.ready.clone()),
             Box::new(self.fulfilment_in_flight.clone()),
             Box::new(self.fulfilment_max_in_flight.clone()),

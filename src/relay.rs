@@ -16,8 +16,9 @@ use crate::fulfilment::correlator::{Correlator, Outcome, Verdict};
 use crate::kafka::publisher::{Delivered, Publisher};
 use crate::kafka::record::{headers, rfc3339, OutboundRecord, Received};
 use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, Prepared};
+use crate::webhook::auth::Authenticator;
 use crate::webhook::envelope::{self, Envelope};
-use crate::webhook::routing::Router;
 
 /// Longest `reason` passed back to FirstPromoter in a response body.
 const MAX_REASON_CHARS: usize = 200;
@@ -104,8 +105,10 @@ impl Health {
 pub struct Relay {
     /// The validated configuration.
     pub config: Config,
-    /// Topic and key rules.
-    router: Router,
+    /// Parse, redact and route.
+    pipeline: Pipeline,
+    /// Credential and source checks.
+    pub authenticator: Authenticator,
     /// The one producer.
     pub publisher: Arc<Publisher>,
     /// Held fulfilment requests; `None` with fulfilment off.
@@ -125,14 +128,10 @@ impl Relay {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
-        let router = Router::new(
-            &config.kafka.topic_template,
-            &config.kafka.topics,
-            &config.kafka.keys,
-        );
         Self {
+            pipeline: Pipeline::new(&config),
+            authenticator: Authenticator::new(&config.auth),
             config,
-            router,
             publisher,
             correlator,
             metrics,
@@ -149,22 +148,18 @@ impl Relay {
     ) -> (EventMeta, Result<Accepted, RelayError>) {
         let received = Received::now();
         let arrived = Instant::now();
-        let envelope = match envelope::parse(&body, headers) {
-            Ok(envelope) => envelope,
+        let body_for_dead_letter = body.clone();
+        let Prepared {
+            envelope, record, ..
+        } = match self.pipeline.prepare(headers, body, &received) {
+            Ok(prepared) => prepared,
             Err(error) => {
-                return (
-                    EventMeta::default(),
-                    Err(self.dead_letter(error, &received, body, arrived).await),
-                )
+                let error = self
+                    .dead_letter(error, &received, body_for_dead_letter, arrived)
+                    .await;
+                return (EventMeta::default(), Err(error));
             }
         };
-        let record = OutboundRecord::for_event(
-            &envelope,
-            &self.router,
-            &self.config.kafka.cloudevents_source,
-            &received,
-            body,
-        );
         let result = if envelope.event_type == self.config.fulfilment.event_type {
             self.fulfil(&envelope, record, &received, arrived).await
         } else {

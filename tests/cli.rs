@@ -28,6 +28,10 @@ fn check_config_accepts_the_shipped_example_and_masks_secrets() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/config/relay.toml"),
         ])
         .env("FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD", "hunter2")
+        .env(
+            "FP_RELAY_AUTH_PATH_TOKENS",
+            r#"["v1-path-token-0123456789"]"#,
+        )
         .output()
         .unwrap();
     assert!(
@@ -42,6 +46,10 @@ fn check_config_accepts_the_shipped_example_and_masks_secrets() {
         "the override is shown: {stdout}"
     );
     assert!(!stdout.contains("hunter2"), "but masked: {stdout}");
+    assert!(
+        !stdout.contains("v1-path-token-0123456789"),
+        "auth secrets masked too: {stdout}"
+    );
 }
 
 #[test]
@@ -64,14 +72,19 @@ fn config_errors_name_the_field_and_exit_2() {
             &["check-config", "--config"][..],
             &["serve", "--config"][..],
         ] {
-            let output = fp_relay().args(subcommand).arg(&path).output().unwrap();
+            let output = fp_relay()
+                .args(subcommand)
+                .arg(&path)
+                .env("FP_RELAY_AUTH_INSECURE_NO_AUTH", "true")
+                .output()
+                .unwrap();
             assert_eq!(output.status.code(), Some(2), "{text}");
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert!(stderr.contains(field), "{text}: {stderr}");
         }
     }
     let output = fp_relay()
-        .args(["serve"])
+        .args(["serve", "--insecure-no-auth"])
         .env("FP_RELAY_KAFKA_ACK_TIMEOUT", "1 fortnight")
         .output()
         .unwrap();
@@ -111,7 +124,12 @@ async fn the_binary_serves_against_a_real_broker_and_exits_0_on_sigterm() {
     let broker = Tansu::start();
     let (port, admin) = (free_port(), free_port());
     let child = fp_relay()
-        .args(["serve", "--brokers", &broker.bootstrap()])
+        .args([
+            "serve",
+            "--brokers",
+            &broker.bootstrap(),
+            "--insecure-no-auth",
+        ])
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),

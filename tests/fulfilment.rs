@@ -46,7 +46,9 @@ async fn reply(broker: &Tansu, correlation_id: &str, value: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_outcome_becomes_the_status_firstpromoter_acts_on() {
     let broker = Tansu::start();
-    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let mut config = config(&broker, Duration::from_secs(10));
+    config.redact.fields.clear(); // so the request's value can be compared byte for byte
+    let relay = TestRelay::start_ready(config).await;
     let cases = [
         (r#"{"outcome":"fulfilled"}"#, StatusCode::OK, "fulfilled"),
         (
@@ -76,7 +78,10 @@ async fn each_outcome_becomes_the_status_firstpromoter_acts_on() {
             }
         });
         let request = requests(&broker, n + 1).await.pop().unwrap();
-        assert_eq!(request.value, sample("v1/fulfilment_pending.json").to_vec());
+        assert!(
+            request.value == sample("v1/fulfilment_pending.json"),
+            "the value is the posted body"
+        );
         assert_eq!(request.key.as_deref(), Some("771204"));
         assert_eq!(request.header("fp-event-type"), Some("fulfilment_pending"));
         assert_eq!(request.header("fp-reply-topic"), Some(REPLIES));

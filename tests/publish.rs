@@ -95,7 +95,10 @@ const CASES: &[(&str, &str, &str, &str, &str)] = &[
 #[tokio::test(flavor = "multi_thread")]
 async fn every_event_type_lands_on_its_topic_with_key_headers_and_exact_bytes() {
     let broker = Tansu::start();
-    let relay = TestRelay::start_ready(common::test_config(&broker.bootstrap())).await;
+    let mut config = common::test_config(&broker.bootstrap());
+    // Byte-for-byte needs nothing to redact; redaction has its own test below.
+    config.redact.fields.clear();
+    let relay = TestRelay::start_ready(config).await;
     for (file, topic, key, event_id, version) in CASES {
         let body = sample(file);
         let event_type = topic.strip_prefix("firstpromoter.").unwrap();
@@ -332,5 +335,49 @@ async fn probes_answer_on_the_admin_listener_only() {
         common::get(relay.addr, "/readyz").await.status,
         StatusCode::NOT_FOUND
     );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promoter_secrets_are_redacted_by_default_and_marked_in_a_header() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(common::test_config(&broker.bootstrap())).await;
+    let body = sample("v1/promoter_signed_up.json");
+    assert_eq!(relay.post(body.clone()).await.status, StatusCode::OK);
+    let messages = consume(
+        &broker.bootstrap(),
+        "firstpromoter.promoter_signed_up",
+        1,
+        WAIT,
+        SETTLE,
+    )
+    .await;
+    assert_eq!(messages.len(), 1);
+    let published = String::from_utf8(messages[0].value.clone()).unwrap();
+    for secret in ["hjsmLQwMounBWxeqQS2cMXYp8epADJmB", "Xk29-tmp-pass"] {
+        assert!(!published.contains(secret), "{secret} reached Kafka");
+    }
+    let value: serde_json::Value = serde_json::from_str(&published).unwrap();
+    let original: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["data"]["promoter"]["auth_token"], "[redacted]");
+    assert_eq!(value["data"]["promoter"]["temp_password"], "[redacted]");
+    assert_eq!(
+        value["data"]["promoter"]["email"], original["data"]["promoter"]["email"],
+        "the rest is intact"
+    );
+    assert_eq!(messages[0].header("fp-redacted"), Some("2"));
+    // A body with nothing to redact goes through byte for byte, without the header.
+    let clean = r#"{"event":{"id":5,"type":"lead_cancelled"},  "data":{"id":9}}"#;
+    assert_eq!(relay.post(clean).await.status, StatusCode::OK);
+    let messages = consume(
+        &broker.bootstrap(),
+        "firstpromoter.lead_cancelled",
+        1,
+        WAIT,
+        SETTLE,
+    )
+    .await;
+    assert_eq!(messages[0].value, clean.as_bytes());
+    assert_eq!(messages[0].header("fp-redacted"), None);
     relay.shutdown().await;
 }

@@ -20,7 +20,7 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let (event, result) = route(relay, request).await;
+    let (event, result) = route(relay, request, peer).await;
     let label = event.event_type.as_deref().map_or("none", event_type_label);
     let response = match result {
         Ok(accepted) => {
@@ -63,18 +63,51 @@ pub async fn handle(
 async fn route(
     relay: &Relay,
     request: Request<Incoming>,
+    peer: SocketAddr,
 ) -> (EventMeta, Result<Accepted, RelayError>) {
-    if request.uri().path() != relay.config.http.path {
-        return (EventMeta::default(), Err(RelayError::NotFound));
-    }
+    let refuse = |error| (EventMeta::default(), Err(error));
+    let path_token = match match_path(request.uri().path(), &relay.config.http.path) {
+        Some(None) => None,
+        Some(Some(token)) if relay.authenticator.accepts_path_tokens() => Some(token.to_owned()),
+        _ => return refuse(RelayError::NotFound),
+    };
     if request.method() != Method::POST {
-        return (EventMeta::default(), Err(RelayError::MethodNotAllowed));
+        return refuse(RelayError::MethodNotAllowed);
     }
     let (parts, body) = request.into_parts();
-    match read_body(body, &parts.headers, relay.config.http.max_body_bytes).await {
-        Ok(body) => relay.ingest(&parts.headers, body).await,
-        Err(error) => (EventMeta::default(), Err(error)),
+    let client = relay.authenticator.client_ip(peer.ip(), &parts.headers);
+    if relay.authenticator.check_source(client).is_err() {
+        return refuse(RelayError::Forbidden);
     }
+    let http = &relay.config.http;
+    let body = match tokio::time::timeout(
+        http.request_timeout,
+        read_body(body, &parts.headers, http.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => return refuse(error),
+        Err(_) => return refuse(RelayError::RequestTimeout),
+    };
+    if let Err(failure) = relay
+        .authenticator
+        .check(&parts.headers, path_token.as_deref(), &body)
+    {
+        return refuse(RelayError::Unauthorized(failure));
+    }
+    relay.ingest(&parts.headers, body).await
+}
+
+/// `Some(None)` for the webhook path itself, `Some(Some(token))` for `{path}/{token}`, `None`
+/// for anything else.
+fn match_path<'p>(path: &'p str, webhook_path: &str) -> Option<Option<&'p str>> {
+    let rest = path.strip_prefix(webhook_path)?;
+    if rest.is_empty() {
+        return Some(None);
+    }
+    let token = rest.strip_prefix('/')?;
+    (!token.is_empty() && !token.contains('/')).then_some(Some(token))
 }
 
 /// Reads the whole body, but never more than `limit` bytes: a declared length over the limit
@@ -95,5 +128,24 @@ async fn read_body(
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(RelayError::PayloadTooLarge { limit }),
         Err(error) => Err(RelayError::BodyRead(error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::match_path;
+
+    #[test]
+    fn path_tokens_are_one_segment_after_the_webhook_path() {
+        let path = "/webhooks/firstpromoter";
+        assert_eq!(match_path("/webhooks/firstpromoter", path), Some(None));
+        assert_eq!(
+            match_path("/webhooks/firstpromoter/t0k", path),
+            Some(Some("t0k"))
+        );
+        assert_eq!(match_path("/webhooks/firstpromoter/", path), None);
+        assert_eq!(match_path("/webhooks/firstpromoter/a/b", path), None);
+        assert_eq!(match_path("/webhooks/firstpromoterx", path), None);
+        assert_eq!(match_path("/other", path), None);
     }
 }

@@ -1,6 +1,7 @@
-//! HTTP: the accept loop with graceful shutdown, the public webhook handler and the private
-//! admin handler.
+//! HTTP: the accept loop (limits, TLS, graceful shutdown), the public webhook handler and the
+//! private admin handler.
 
 pub mod admin;
 pub mod handler;
 pub mod server;
+pub mod tls;

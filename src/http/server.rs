@@ -1,9 +1,16 @@
-//! The accept loop shared by both listeners, with graceful shutdown.
+//! The accept loop shared by both listeners: a cap on open connections, timeouts against slow
+//! and idle clients, a request-head size limit, optional TLS, and graceful shutdown.
+//!
+//! Connection lifetimes are managed here rather than by hyper-util's `GracefulShutdown`, because
+//! the idle timeout and the shutdown signal must both be able to close one connection, and the
+//! connection cap's semaphore doubles as the "all connections closed" signal at shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -12,19 +19,61 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
-/// How long a client may take to send its request headers (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config::HttpConfig;
 
-/// Serves `handle` on `listener` until `stop` resolves, then stops accepting and waits up to
-/// `grace` for open connections to finish their requests.
+/// What a listener tolerates from its clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time to send a request head (also bounds an idle HTTP/1 keep-alive wait, and the TLS handshake).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// How long shutdown waits for open connections.
+    pub grace: Duration,
+}
+
+impl Limits {
+    /// The public listener's limits, from `[http]`.
+    pub fn public(http: &HttpConfig) -> Self {
+        Self {
+            header_read_timeout: http.header_read_timeout,
+            idle_timeout: http.idle_timeout,
+            max_connections: http.max_connections,
+            max_header_bytes: http.max_header_bytes,
+            grace: http.shutdown_timeout,
+        }
+    }
+
+    /// The admin listener's limits: few, short-lived scrapers and probes.
+    pub fn admin() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 64,
+            max_header_bytes: 16 * 1024,
+            grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Serves `handle` on `listener` (through `tls` when given) until `stop` resolves, then stops
+/// accepting, asks every connection to finish its request and close, and waits up to
+/// `limits.grace` for them.
 pub async fn serve<H, F>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
     handle: H,
     stop: impl Future<Output = ()>,
-    grace: Duration,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -33,10 +82,21 @@ pub async fn serve<H, F>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing, closing_rx) = watch::channel(false);
     tokio::pin!(stop);
     loop {
+        // Take a connection slot first: at the cap, clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        };
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
@@ -50,30 +110,138 @@ pub async fn serve<H, F>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let handle = handle.clone();
-        let service = service_fn(move |request| {
-            let response = handle(request, peer);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let connection = Connection {
+            builder: builder.clone(),
+            handle: handle.clone(),
+            peer,
+            idle_timeout: limits.idle_timeout,
+            closing: closing_rx.clone(),
+        };
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            let _permit = permit;
+            match tls {
+                None => connection.serve(stream).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection.serve(stream).await,
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    let _ = closing.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.grace, permits.acquire_many(all))
         .await
         .is_err()
     {
-        tracing::warn!(
-            ?grace,
-            "connections still open after the grace period; closing them"
+        tracing::warn!(grace = ?limits.grace, "connections still open after the grace period; closing them");
+    }
+}
+
+/// One accepted connection and what it needs to serve itself.
+struct Connection<H> {
+    builder: auto::Builder<TokioExecutor>,
+    handle: H,
+    peer: SocketAddr,
+    idle_timeout: Duration,
+    /// Becomes true when the server shuts down.
+    closing: watch::Receiver<bool>,
+}
+
+impl<H, F> Connection<H>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    async fn serve<I>(mut self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::default());
+        let (handle, peer, tracked) = (self.handle.clone(), self.peer, activity.clone());
+        let service = service_fn(move |request| {
+            let busy = tracked.begin();
+            let response = handle(request, peer);
+            async move {
+                let response = response.await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let mut check = tokio::time::interval(
+            (self.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
         );
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(peer = %self.peer, %error, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = self.closing.changed(), if !closing => {
+                    if changed.is_err() || *self.closing.borrow() {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                _ = check.tick(), if !closing => {
+                    if activity.idle_for() >= self.idle_timeout {
+                        tracing::debug!(peer = %self.peer, "closing an idle connection");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a connection is busy, and since when it has been idle.
+struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    /// Marks a request in progress until the returned guard drops (also when a hung-up
+    /// client's request future is dropped).
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.idle_since.lock().expect("lock not poisoned").elapsed()
+    }
+}
+
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().expect("lock not poisoned") = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

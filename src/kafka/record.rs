@@ -19,6 +19,7 @@ pub mod headers {
     pub const CORRELATION_ID: &str = "fp-correlation-id";
     pub const REPLY_TOPIC: &str = "fp-reply-topic";
     pub const DEADLINE: &str = "fp-deadline";
+    pub const REDACTED: &str = "fp-redacted";
     pub const CONTENT_TYPE: &str = "content-type";
     pub const CE_SPECVERSION: &str = "ce_specversion";
     pub const CE_ID: &str = "ce_id";

@@ -1,7 +1,9 @@
 //! FirstPromoter's side of the relay: the two envelopes, the event types it is known to send,
 //! and the rules that turn an event into a topic and a key.
 
+pub mod auth;
 pub mod envelope;
+pub mod redact;
 pub mod routing;
 
 /// v1 event types from FirstPromoter's documentation and its own integration code.

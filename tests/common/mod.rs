@@ -167,6 +167,8 @@ pub fn test_config(bootstrap: &str) -> Config {
         .properties
         .insert("log_level".into(), "3".into());
     config.fulfilment.timeout = Duration::from_secs(2);
+    // Authentication has its own tests (tests/security.rs); elsewhere it would only add noise.
+    config.auth.insecure_no_auth = true;
     config.validate().expect("test config is valid");
     config
 }
@@ -403,26 +405,32 @@ fn consume_blocking(
     settle: Duration,
 ) -> Vec<Consumed> {
     let consumer: BaseConsumer = client_config(bootstrap).create().expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .expect("metadata");
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as i32);
+    let started = Instant::now();
     let mut out = Vec::new();
-    if partitions == 0 {
-        std::thread::sleep(settle.min(timeout));
-        return out;
-    }
+    // The topic may not exist yet (the relay creates it with its first write): keep looking.
+    let partitions = loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .expect("metadata");
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as i32);
+        if partitions > 0 {
+            break partitions;
+        }
+        if started.elapsed() >= timeout {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let mut list = TopicPartitionList::new();
     for partition in 0..partitions {
         list.add_partition_offset(topic, partition, Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&list).unwrap();
-    let started = Instant::now();
     let mut until = started + timeout;
     let mut settled = false;
     while Instant::now() < until {

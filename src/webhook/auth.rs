@@ -1,0 +1,477 @@
+//! Who may post: FirstPromoter v2's body signature, a shared token in a header, HTTP Basic, a
+//! token in the path (v1 cannot send headers), and an optional source-address allowlist.
+//!
+//! Every secret comparison is constant-time. A request passes when at least one configured
+//! credential matches and no credential it presents is wrong: a wrong signature is never
+//! excused by a right token. Failures carry a reason for metrics and logs only; the client is
+//! told nothing about which check failed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use ipnet::IpNet;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::config::AuthConfig;
+
+/// Header carrying FirstPromoter v2's signature: lowercase hex HMAC-SHA256 of the raw body.
+pub const SIGNATURE_HEADER: &str = "x-webhook-signature";
+
+/// Why a request was refused; the `reason` label of `fp_relay_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The client address is outside `auth.allow_sources`.
+    SourceNotAllowed,
+    /// No credential at all.
+    MissingCredentials,
+    /// `auth.require_signature` is set and the request carries no signature.
+    MissingSignature,
+    /// A signature that matches none of the secrets.
+    BadSignature,
+    /// A header token that matches none of the tokens.
+    BadToken,
+    /// Basic credentials that match no user.
+    BadBasic,
+    /// A path token that matches none of the path tokens.
+    BadPathToken,
+}
+
+impl AuthFailure {
+    /// Stable label for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::SourceNotAllowed => "source_not_allowed",
+            Self::MissingCredentials => "missing_credentials",
+            Self::MissingSignature => "missing_signature",
+            Self::BadSignature => "bad_signature",
+            Self::BadToken => "bad_token",
+            Self::BadBasic => "bad_basic",
+            Self::BadPathToken => "bad_path_token",
+        }
+    }
+}
+
+/// The parsed `[auth]` settings.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticator {
+    /// HMAC keys; several at once so a secret can be rotated without downtime.
+    signature_secrets: Vec<Vec<u8>>,
+    /// Refuse requests without a signature.
+    require_signature: bool,
+    /// Lowercase name of the header carrying a shared token.
+    token_header: String,
+    /// Accepted shared tokens.
+    tokens: Vec<Vec<u8>>,
+    /// Accepted Basic credentials, as `user:password` bytes.
+    basic: Vec<Vec<u8>>,
+    /// Accepted path tokens.
+    path_tokens: Vec<Vec<u8>>,
+    /// Allowed client networks; empty allows any.
+    allow_sources: Vec<IpNet>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Authenticator {
+    /// Builds the checks from validated configuration.
+    pub fn new(config: &AuthConfig) -> Self {
+        let bytes = |list: &[String]| list.iter().map(|s| s.as_bytes().to_vec()).collect();
+        Self {
+            signature_secrets: bytes(&config.signature_secrets),
+            require_signature: config.require_signature,
+            token_header: config.token_header.to_ascii_lowercase(),
+            tokens: bytes(&config.tokens),
+            basic: basic_pairs(&config.basic),
+            path_tokens: bytes(&config.path_tokens),
+            allow_sources: config.allow_sources.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+        }
+    }
+
+    /// True when no credential mode is configured (only allowed with `insecure_no_auth`).
+    pub fn is_open(&self) -> bool {
+        self.signature_secrets.is_empty()
+            && self.tokens.is_empty()
+            && self.basic.is_empty()
+            && self.path_tokens.is_empty()
+    }
+
+    /// True when tokens may arrive in the path (`POST {path}/{token}`).
+    pub fn accepts_path_tokens(&self) -> bool {
+        !self.path_tokens.is_empty()
+    }
+
+    /// The address the request came from: the peer, or, when the peer is a trusted proxy, the
+    /// nearest untrusted address in `X-Forwarded-For` (then `Forwarded`).
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !contains(&self.trusted_proxies, peer) {
+            return peer;
+        }
+        let chain = forwarded_chain(headers);
+        chain
+            .iter()
+            .rev()
+            .find(|ip| !contains(&self.trusted_proxies, **ip))
+            .or(chain.first())
+            .copied()
+            .unwrap_or(peer)
+    }
+
+    /// Checks the client address against `auth.allow_sources`.
+    pub fn check_source(&self, client: IpAddr) -> Result<(), AuthFailure> {
+        if self.allow_sources.is_empty() || contains(&self.allow_sources, client) {
+            Ok(())
+        } else {
+            Err(AuthFailure::SourceNotAllowed)
+        }
+    }
+
+    /// Checks the credentials of a request whose body is `body`.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        path_token: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), AuthFailure> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let mut passed = false;
+        if !self.signature_secrets.is_empty() {
+            match headers.get(SIGNATURE_HEADER) {
+                Some(signature)
+                    if verify_signature(&self.signature_secrets, signature.as_bytes(), body) =>
+                {
+                    passed = true
+                }
+                Some(_) => return Err(AuthFailure::BadSignature),
+                None if self.require_signature => return Err(AuthFailure::MissingSignature),
+                None => {}
+            }
+        }
+        if let Some(token) = path_token {
+            if !any_equal(&self.path_tokens, token.as_bytes()) {
+                return Err(AuthFailure::BadPathToken);
+            }
+            passed = true;
+        }
+        if let Some(value) = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+        {
+            if let Some(encoded) = strip_scheme(value, b"basic ") {
+                if self.basic.is_empty() {
+                    return Err(AuthFailure::BadBasic);
+                }
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim_ascii())
+                    .unwrap_or_default();
+                if !any_equal(&self.basic, &decoded) {
+                    return Err(AuthFailure::BadBasic);
+                }
+                passed = true;
+            }
+        }
+        if !self.tokens.is_empty() {
+            if let Some(token) = self.presented_token(headers) {
+                if !any_equal(&self.tokens, token) {
+                    return Err(AuthFailure::BadToken);
+                }
+                passed = true;
+            }
+        }
+        if passed {
+            Ok(())
+        } else {
+            Err(AuthFailure::MissingCredentials)
+        }
+    }
+
+    /// The shared token from `auth.token_header`; in `Authorization` it is a Bearer token.
+    fn presented_token<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        let value = headers.get(self.token_header.as_str())?.as_bytes();
+        if self.token_header == "authorization" {
+            strip_scheme(value, b"bearer ").map(<[u8]>::trim_ascii)
+        } else {
+            Some(value.trim_ascii())
+        }
+    }
+}
+
+/// Lowercase hex HMAC-SHA256 of `body` with one of `secrets`, compared in constant time.
+fn verify_signature(secrets: &[Vec<u8>], signature: &[u8], body: &[u8]) -> bool {
+    let Ok(expected) = hex::decode(signature.trim_ascii()) else {
+        return false;
+    };
+    // Check every secret so the time taken does not say which one matched.
+    secrets.iter().fold(false, |matched, secret| {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        mac.update(body);
+        mac.verify_slice(&expected).is_ok() | matched
+    })
+}
+
+/// True when `presented` equals one of `accepted`, comparing each in constant time.
+fn any_equal(accepted: &[Vec<u8>], presented: &[u8]) -> bool {
+    accepted.iter().fold(false, |matched, candidate| {
+        bool::from(candidate.as_slice().ct_eq(presented)) | matched
+    })
+}
+
+fn strip_scheme<'v>(value: &'v [u8], scheme: &[u8]) -> Option<&'v [u8]> {
+    (value.len() > scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme))
+        .then(|| &value[scheme.len()..])
+}
+
+fn basic_pairs(users: &BTreeMap<String, String>) -> Vec<Vec<u8>> {
+    users
+        .iter()
+        .map(|(user, password)| format!("{user}:{password}").into_bytes())
+        .collect()
+}
+
+fn contains(networks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    networks.iter().any(|net| net.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) as the IPv4 addresses they are.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Addresses from `X-Forwarded-For`, else from `Forwarded: for=...`, leftmost (client) first.
+fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
+    let xff: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .map(canonical)
+        .collect();
+    if !xff.is_empty() {
+        return xff;
+    }
+    headers
+        .get_all(http::header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("for")
+                .then(|| forwarded_ip(value.trim()))?
+        })
+        .map(canonical)
+        .collect()
+}
+
+/// `for=` values: `192.0.2.1`, `"192.0.2.1:4711"`, `"[2001:db8::1]:4711"`.
+fn forwarded_ip(value: &str) -> Option<IpAddr> {
+    let value = value.trim_matches('"');
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    value
+        .parse()
+        .ok()
+        .or_else(|| value.rsplit_once(':')?.0.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn auth(configure: impl FnOnce(&mut AuthConfig)) -> Authenticator {
+        let mut config = AuthConfig::default();
+        configure(&mut config);
+        Authenticator::new(&config)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    const SIGNED_BODY: &[u8] = br#"{"a":1}"#;
+    /// Well-formed hex, but no secret's signature of anything here.
+    const FORGED_SIGNATURE: &str =
+        "2b1f6bb5b4d5e2a4a5a3c7e7b1b5d1c02b1f6bb5b4d5e2a4a5a3c7e7b1b5d1c0";
+
+    fn hmac_hex(secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn signature_with_current_or_previous_secret_passes_and_others_fail() {
+        let a = auth(|c| c.signature_secrets = vec!["new".into(), "old".into()]);
+        for secret in ["new", "old"] {
+            let h = headers(&[(SIGNATURE_HEADER, &hmac_hex(secret, SIGNED_BODY))]);
+            assert_eq!(a.check(&h, None, SIGNED_BODY), Ok(()));
+        }
+        let h = headers(&[(SIGNATURE_HEADER, &hmac_hex("retired", SIGNED_BODY))]);
+        assert_eq!(
+            a.check(&h, None, SIGNED_BODY),
+            Err(AuthFailure::BadSignature)
+        );
+        let h = headers(&[(SIGNATURE_HEADER, &hmac_hex("new", b"other body"))]);
+        assert_eq!(
+            a.check(&h, None, SIGNED_BODY),
+            Err(AuthFailure::BadSignature)
+        );
+        let h = headers(&[(SIGNATURE_HEADER, FORGED_SIGNATURE)]);
+        assert_eq!(
+            a.check(&h, None, SIGNED_BODY),
+            Err(AuthFailure::BadSignature)
+        );
+        let h = headers(&[(SIGNATURE_HEADER, "not hex")]);
+        assert_eq!(
+            a.check(&h, None, SIGNED_BODY),
+            Err(AuthFailure::BadSignature)
+        );
+        assert_eq!(
+            a.check(&HeaderMap::new(), None, SIGNED_BODY),
+            Err(AuthFailure::MissingCredentials)
+        );
+    }
+
+    #[test]
+    fn hmac_matches_an_independent_reference_vector() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            hmac_hex("Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn required_signature_is_not_replaced_by_a_token() {
+        let a = auth(|c| {
+            c.signature_secrets = vec!["s".into()];
+            c.require_signature = true;
+            c.tokens = vec!["t".into()];
+        });
+        let h = headers(&[("authorization", "Bearer t")]);
+        assert_eq!(a.check(&h, None, b"{}"), Err(AuthFailure::MissingSignature));
+    }
+
+    #[test]
+    fn bearer_token_custom_header_basic_and_path_token() {
+        let bearer = auth(|c| c.tokens = vec!["tok".into()]);
+        assert_eq!(
+            bearer.check(&headers(&[("authorization", "Bearer tok")]), None, b""),
+            Ok(())
+        );
+        assert_eq!(
+            bearer.check(&headers(&[("authorization", "bearer tok")]), None, b""),
+            Ok(())
+        );
+        assert_eq!(
+            bearer.check(&headers(&[("authorization", "Bearer nope")]), None, b""),
+            Err(AuthFailure::BadToken)
+        );
+        assert_eq!(
+            bearer.check(&headers(&[("authorization", "tok")]), None, b""),
+            Err(AuthFailure::MissingCredentials)
+        );
+
+        let custom = auth(|c| {
+            c.tokens = vec!["tok".into()];
+            c.token_header = "X-Relay-Token".into();
+        });
+        assert_eq!(
+            custom.check(&headers(&[("x-relay-token", "tok")]), None, b""),
+            Ok(())
+        );
+        assert_eq!(
+            custom.check(&headers(&[("authorization", "Bearer tok")]), None, b""),
+            Err(AuthFailure::MissingCredentials)
+        );
+
+        let basic = auth(|c| c.basic = BTreeMap::from([("fp".into(), "pw".into())]));
+        let good = base64::engine::general_purpose::STANDARD.encode("fp:pw");
+        let bad = base64::engine::general_purpose::STANDARD.encode("fp:nope");
+        assert_eq!(
+            basic.check(
+                &headers(&[("authorization", &format!("Basic {good}"))]),
+                None,
+                b""
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            basic.check(
+                &headers(&[("authorization", &format!("Basic {bad}"))]),
+                None,
+                b""
+            ),
+            Err(AuthFailure::BadBasic)
+        );
+        assert_eq!(
+            basic.check(&headers(&[("authorization", "Basic !!!")]), None, b""),
+            Err(AuthFailure::BadBasic)
+        );
+
+        let path = auth(|c| c.path_tokens = vec!["p4th".into()]);
+        assert_eq!(path.check(&HeaderMap::new(), Some("p4th"), b""), Ok(()));
+        assert_eq!(
+            path.check(&HeaderMap::new(), Some("wrong"), b""),
+            Err(AuthFailure::BadPathToken)
+        );
+        assert_eq!(
+            path.check(&HeaderMap::new(), None, b""),
+            Err(AuthFailure::MissingCredentials)
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_proxies() {
+        let a = auth(|c| {
+            c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+            c.allow_sources = vec!["203.0.113.0/24".parse().unwrap()];
+        });
+        let xff = headers(&[("x-forwarded-for", "198.51.100.9, 203.0.113.7, 10.0.0.2")]);
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            a.client_ip(proxy, &xff),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            a.client_ip(stranger, &xff),
+            stranger,
+            "untrusted peers cannot claim an address"
+        );
+        let fwd = headers(&[(
+            "forwarded",
+            r#"for="[2001:db8::1]:80", for=203.0.113.8;proto=https"#,
+        )]);
+        assert_eq!(
+            a.client_ip(proxy, &fwd),
+            "203.0.113.8".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(a.check_source("203.0.113.8".parse().unwrap()), Ok(()));
+        assert_eq!(a.check_source(stranger), Err(AuthFailure::SourceNotAllowed));
+        assert_eq!(
+            a.check_source("::ffff:203.0.113.8".parse().unwrap()),
+            Ok(()),
+            "v4-mapped v6 is v4"
+        );
+    }
+}
