@@ -35,6 +35,13 @@ pub async fn handle(
                     .with_label_values(&[error.code()])
                     .inc();
             }
+            if let Some(failure) = error.auth_failure() {
+                relay
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[failure.reason()])
+                    .inc();
+            }
             tracing::warn!(
                 %peer,
                 reason = error.code(),

@@ -149,6 +149,7 @@ fn client_config(bootstrap: &str) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("session.timeout.ms", "2000")
         .set("heartbeat.interval.ms", "500")
+        .set("fetch.wait.max.ms", "50")
         .set("log_level", "3");
     config
 }
@@ -431,7 +432,8 @@ fn consume_blocking(
             .unwrap();
     }
     consumer.assign(&list).unwrap();
-    let mut until = started + timeout;
+    // The polling window starts once assigned: joining and the first fetch take a moment.
+    let mut until = Instant::now() + timeout;
     let mut settled = false;
     while Instant::now() < until {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
