@@ -25,3 +25,9 @@ if [ "${CI:-}" = "true" ]; then
     cargo clippy --all-targets --locked -- -D warnings
 fi
 cargo test --all-targets --locked "$@"
+
+# On CI, also fuzz the request-to-record path briefly (scripts/fuzz.sh; cargo-fuzz is cached in ~/.cargo/bin).
+if [ "${CI:-}" = "true" ] && [ "${FP_RELAY_SKIP_FUZZ:-}" != "1" ]; then
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    scripts/fuzz.sh 30
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Fuzzes the request-to-record path for a bounded time (default 60 s), starting from the
+# samples. Needs cargo-fuzz (`cargo install cargo-fuzz`); RUSTC_BOOTSTRAP lets the stable
+# toolchain accept the sanitizer flags cargo-fuzz passes.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+seconds="${1:-60}"
+RUSTC_BOOTSTRAP=1 cargo fuzz run pipeline corpus/pipeline -- -max_total_time="$seconds" -max_len=65536
