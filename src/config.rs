@@ -31,6 +31,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Secrets taken out of payloads before they reach Kafka.
     pub redact: RedactConfig,
+    /// The durable local spool for when Kafka is unreachable.
+    pub spool: SpoolConfig,
+    /// Duplicate suppression by event id.
+    pub dedup: DedupConfig,
     /// The private listener for probes and metrics.
     pub admin: AdminConfig,
     /// Where events go and how they are acknowledged.
@@ -167,6 +171,60 @@ impl Default for RedactConfig {
             pointers: Vec::new(),
             remove: false,
             replacement: "[redacted]".to_owned(),
+        }
+    }
+}
+
+/// The durable spool (off by default; recommended for FirstPromoter v1, which never retries).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Spool standard events Kafka cannot take within `handoff_after`, and answer 202.
+    pub enabled: bool,
+    /// Directory of the journal; must survive restarts (a volume, not tmpfs).
+    pub dir: std::path::PathBuf,
+    /// How long a request waits for Kafka before its event is spooled. Below `kafka.ack_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub handoff_after: Duration,
+    /// Largest journal; when full, the relay answers 503 again.
+    pub max_bytes: u64,
+    /// How long librdkafka keeps retrying a write that was handed off (its outcome decides
+    /// whether the spooled copy is replayed).
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dir: "/var/lib/fp-relay/spool".into(),
+            handoff_after: Duration::from_secs(2),
+            max_bytes: 1024 * 1024 * 1024,
+            delivery_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Duplicate suppression: a repeated event id is answered 200 `duplicate` without publishing.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// Remember published event ids (per relay instance).
+    pub enabled: bool,
+    /// How long an id is remembered.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Most ids remembered; the oldest are forgotten first.
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            window: Duration::from_secs(24 * 3600),
+            max_entries: 1_000_000,
         }
     }
 }
@@ -388,6 +446,7 @@ impl Config {
         self.validate_http()?;
         self.validate_auth()?;
         self.validate_redact()?;
+        self.validate_spool()?;
         self.validate_kafka()?;
         self.validate_fulfilment()
     }
@@ -482,6 +541,37 @@ impl Config {
             return Err(ConfigError::invalid(
                 "auth.token_header",
                 "is not a valid header name",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_spool(&self) -> Result<(), ConfigError> {
+        let spool = &self.spool;
+        if spool.enabled
+            && (spool.handoff_after.is_zero() || spool.handoff_after >= self.kafka.ack_timeout)
+        {
+            return Err(ConfigError::invalid(
+                "spool.handoff_after",
+                "must be above 0 and below kafka.ack_timeout (a request waits this long before spooling)",
+            ));
+        }
+        if spool.enabled && spool.max_bytes < 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "spool.max_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if spool.delivery_timeout < self.kafka.ack_timeout {
+            return Err(ConfigError::invalid(
+                "spool.delivery_timeout",
+                "must be at least kafka.ack_timeout",
+            ));
+        }
+        if self.dedup.enabled && (self.dedup.max_entries == 0 || self.dedup.window.is_zero()) {
+            return Err(ConfigError::invalid(
+                "dedup",
+                "window and max_entries must be above 0",
             ));
         }
         Ok(())
@@ -677,7 +767,16 @@ fn check_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
 
 /// Sections that `FP_RELAY_{SECTION}_{KEY}` may address; other `FP_RELAY_*` variables are not
 /// configuration and are left alone.
-const SECTIONS: &[&str] = &["http", "admin", "auth", "redact", "kafka", "fulfilment"];
+const SECTIONS: &[&str] = &[
+    "http",
+    "admin",
+    "auth",
+    "redact",
+    "spool",
+    "dedup",
+    "kafka",
+    "fulfilment",
+];
 
 /// Overlays `FP_RELAY_{SECTION}_{KEY}=value` on the file's table. `FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD`
 /// sets the librdkafka property `sasl.password` (underscores become dots). Values are read as

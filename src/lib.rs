@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dedup;
 pub mod dev;
 pub mod error;
 pub mod fulfilment;
@@ -26,6 +27,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod relay;
+pub mod spool;
 pub mod telemetry;
 pub mod webhook;
 
@@ -39,11 +41,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dedup::Dedup;
 use crate::fulfilment::consumer::ReplyConsumer;
 use crate::fulfilment::correlator::Correlator;
 use crate::kafka::publisher::Publisher;
 use crate::metrics::Metrics;
-use crate::relay::{Health, Relay};
+use crate::relay::{Health, Relay, Services};
+use crate::spool::Spool;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,8 @@ pub enum StartError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("http.tls: {0}")]
     Tls(#[from] http::tls::TlsError),
+    #[error("spool.dir: {0}")]
+    Spool(#[from] spool::SpoolError),
 }
 
 /// Shortest time a released fulfilment id is remembered, so its reply counts as late.
@@ -109,50 +115,11 @@ impl Server {
             public,
             admin,
         } = self;
-        let metrics = Arc::new(Metrics::new());
-        let publisher = Arc::new(Publisher::new(
-            kafka::producer_config(&config.kafka),
-            config.kafka.ack_timeout,
-            metrics.clone(),
-        )?);
-        let health = Arc::new(Health::default());
         let background = CancellationToken::new();
-
-        let correlator = if config.fulfilment.enabled {
-            metrics
-                .fulfilment_max_in_flight
-                .set(i64::try_from(config.fulfilment.max_in_flight).unwrap_or(i64::MAX));
-            let retention = MIN_LATE_RETENTION.max(config.fulfilment.timeout * 6);
-            let correlator =
-                Correlator::new(config.fulfilment.max_in_flight, retention, metrics.clone());
-            ReplyConsumer::new(
-                &config.kafka,
-                &config.fulfilment,
-                correlator.clone(),
-                metrics.clone(),
-                health.reply_consumer.clone(),
-            )?
-            .spawn(background.clone());
-            Some(correlator)
-        } else {
-            health.reply_consumer.store(true, Ordering::Release);
-            None
-        };
-        tokio::spawn(probe_cluster(
-            publisher.clone(),
-            health.clone(),
-            config.kafka.probe_interval,
-            background.clone(),
-        ));
-
+        let services = start_services(&config, &background)?;
+        let publisher = services.publisher.clone();
         let ack_timeout = config.kafka.ack_timeout;
-        let relay = Arc::new(Relay::new(
-            config,
-            publisher.clone(),
-            correlator,
-            metrics,
-            health,
-        ));
+        let relay = Arc::new(Relay::new(config, services));
         tracing::info!(
             listen = %public.local_addr().expect("bound"),
             admin = %admin.local_addr().expect("bound"),
@@ -214,6 +181,74 @@ impl Server {
         tracing::info!("fp-relay stopped");
         Ok(())
     }
+}
+
+/// Builds the producer, the reply consumer, the spool and the dedup table, and starts their
+/// background tasks (stopped by `background`).
+fn start_services(config: &Config, background: &CancellationToken) -> Result<Services, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    // A write handed to the spool keeps its chance of delivery for spool.delivery_timeout;
+    // its outcome decides whether the spooled copy is replayed.
+    let message_timeout = if config.spool.enabled {
+        config.spool.delivery_timeout
+    } else {
+        config.kafka.ack_timeout
+    };
+    let publisher = Arc::new(Publisher::new(
+        kafka::producer_config(&config.kafka, message_timeout),
+        config.kafka.ack_timeout,
+        metrics.clone(),
+    )?);
+    let health = Arc::new(Health::default());
+    let correlator = if config.fulfilment.enabled {
+        metrics
+            .fulfilment_max_in_flight
+            .set(i64::try_from(config.fulfilment.max_in_flight).unwrap_or(i64::MAX));
+        let retention = MIN_LATE_RETENTION.max(config.fulfilment.timeout * 6);
+        let correlator =
+            Correlator::new(config.fulfilment.max_in_flight, retention, metrics.clone());
+        ReplyConsumer::new(
+            &config.kafka,
+            &config.fulfilment,
+            correlator.clone(),
+            metrics.clone(),
+            health.reply_consumer.clone(),
+        )?
+        .spawn(background.clone());
+        Some(correlator)
+    } else {
+        health.reply_consumer.store(true, Ordering::Release);
+        None
+    };
+    let spool = if config.spool.enabled {
+        let spool = Spool::open(&config.spool.dir, config.spool.max_bytes, metrics.clone())?;
+        tokio::spawn(spool.clone().replay(
+            publisher.clone(),
+            config.kafka.ack_timeout,
+            background.clone(),
+        ));
+        Some(spool)
+    } else {
+        None
+    };
+    let dedup = config
+        .dedup
+        .enabled
+        .then(|| Dedup::new(config.dedup.window, config.dedup.max_entries));
+    tokio::spawn(probe_cluster(
+        publisher.clone(),
+        health.clone(),
+        config.kafka.probe_interval,
+        background.clone(),
+    ));
+    Ok(Services {
+        publisher,
+        correlator,
+        spool,
+        dedup,
+        metrics,
+        health,
+    })
 }
 
 /// Keeps `health.producer` current: a brokers-only metadata request every `interval`.

@@ -5,7 +5,7 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -39,6 +39,20 @@ pub struct Metrics {
     pub dead_lettered: IntCounter,
     /// Requests refused by authentication, by the check that failed.
     pub auth_failures: IntCounterVec,
+    /// Events written to the spool because Kafka could not take them in time.
+    pub spooled: IntCounter,
+    /// Spooled events replayed to Kafka.
+    pub spool_replayed: IntCounter,
+    /// Spool records found torn or corrupt; never replayed.
+    pub spool_corrupt_records: IntCounter,
+    /// Bytes of the spool's segment files.
+    pub spool_bytes: IntGauge,
+    /// Spooled events not yet in Kafka.
+    pub spool_records: IntGauge,
+    /// Age of the oldest spooled event not yet in Kafka.
+    pub spool_oldest_age_seconds: Gauge,
+    /// Requests answered as duplicates of an event id already published.
+    pub duplicates: IntCounter,
     /// 1 when `/readyz` would answer 200, else 0; refreshed at every scrape.
     pub ready: IntGauge,
     /// fulfilment_pending requests currently held for an answer.
@@ -148,6 +162,41 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            spooled: IntCounter::new(
+                "fp_relay_spooled_total",
+                "Events written to the spool because Kafka could not take them in time.",
+            )
+            .expect("valid metric"),
+            spool_replayed: IntCounter::new(
+                "fp_relay_spool_replayed_total",
+                "Spooled events replayed to Kafka.",
+            )
+            .expect("valid metric"),
+            spool_corrupt_records: IntCounter::new(
+                "fp_relay_spool_corrupt_records_total",
+                "Spool records found torn or corrupt; never replayed.",
+            )
+            .expect("valid metric"),
+            spool_bytes: IntGauge::new(
+                "fp_relay_spool_bytes",
+                "Bytes of the spool's segment files.",
+            )
+            .expect("valid metric"),
+            spool_records: IntGauge::new(
+                "fp_relay_spool_records",
+                "Spooled events not yet in Kafka.",
+            )
+            .expect("valid metric"),
+            spool_oldest_age_seconds: Gauge::new(
+                "fp_relay_spool_oldest_age_seconds",
+                "Age of the oldest spooled event not yet in Kafka.",
+            )
+            .expect("valid metric"),
+            duplicates: IntCounter::new(
+                "fp_relay_duplicates_total",
+                "Requests answered as duplicates of an event id already published.",
+            )
+            .expect("valid metric"),
             fulfilment_in_flight: IntGauge::new(
                 "fp_relay_fulfilment_in_flight",
                 "fulfilment_pending requests currently held for an answer.",
@@ -219,6 +268,13 @@ impl Metrics {
             Box::new(self.rejected.clone()),
             Box::new(self.dead_lettered.clone()),
             Box::new(self.auth_failures.clone()),
+            Box::new(self.spooled.clone()),
+            Box::new(self.spool_replayed.clone()),
+            Box::new(self.spool_corrupt_records.clone()),
+            Box::new(self.spool_bytes.clone()),
+            Box::new(self.spool_records.clone()),
+            Box::new(self.spool_oldest_age_seconds.clone()),
+            Box::new(self.duplicates.clone()),
             Box::new(self.ready.clone()),
             Box::new(self.fulfilment_in_flight.clone()),
             Box::new(self.fulfilment_max_in_flight.clone()),

@@ -73,7 +73,7 @@ impl Pipeline {
         if redacted > 0 {
             record
                 .headers
-                .push((headers::REDACTED, redacted.to_string()));
+                .push((headers::REDACTED.into(), redacted.to_string()));
         }
         Ok(Prepared {
             envelope,

@@ -11,12 +11,14 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::dedup::{Claim, Dedup};
 use crate::error::RelayError;
 use crate::fulfilment::correlator::{Correlator, Outcome, Verdict};
-use crate::kafka::publisher::{Delivered, Publisher};
+use crate::kafka::publisher::{Delivered, Handoff, PublishError, Publisher};
 use crate::kafka::record::{headers, rfc3339, OutboundRecord, Received};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Prepared};
+use crate::spool::Spool;
 use crate::webhook::auth::Authenticator;
 use crate::webhook::envelope::{self, Envelope};
 
@@ -28,6 +30,10 @@ const MAX_REASON_CHARS: usize = 200;
 pub enum Accepted {
     /// A standard event Kafka has acknowledged.
     Published { topic: String, delivered: Delivered },
+    /// A standard event safe in the durable spool, to be replayed to Kafka.
+    Spooled { seq: u64 },
+    /// An event id already published: nothing was published again.
+    Duplicate,
     /// A `fulfilment_pending` event and the decision about it.
     Fulfilment(FulfilmentAnswer),
 }
@@ -45,6 +51,11 @@ impl Accepted {
                     "offset": delivered.offset,
                 }),
             ),
+            Self::Spooled { seq } => (
+                StatusCode::ACCEPTED,
+                json!({ "status": "spooled", "spool_seq": seq }),
+            ),
+            Self::Duplicate => (StatusCode::OK, json!({ "status": "duplicate" })),
             Self::Fulfilment(answer) => {
                 let mut body =
                     json!({ "status": answer.outcome, "correlation_id": answer.correlation_id });
@@ -101,6 +112,16 @@ impl Health {
     }
 }
 
+/// The long-lived parts the request logic uses, built by [`crate::Server::run`].
+pub struct Services {
+    pub publisher: Arc<Publisher>,
+    pub correlator: Option<Arc<Correlator>>,
+    pub spool: Option<Arc<Spool>>,
+    pub dedup: Option<Arc<Dedup>>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
 /// The relay's request logic and everything it shares between requests.
 pub struct Relay {
     /// The validated configuration.
@@ -113,6 +134,10 @@ pub struct Relay {
     pub publisher: Arc<Publisher>,
     /// Held fulfilment requests; `None` with fulfilment off.
     pub correlator: Option<Arc<Correlator>>,
+    /// The durable spool; `None` unless `spool.enabled`.
+    pub spool: Option<Arc<Spool>>,
+    /// Published event ids; `None` unless `dedup.enabled`.
+    pub dedup: Option<Arc<Dedup>>,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
     /// Readiness state.
@@ -121,19 +146,23 @@ pub struct Relay {
 
 impl Relay {
     /// Assembles the request logic from its parts.
-    pub fn new(
-        config: Config,
-        publisher: Arc<Publisher>,
-        correlator: Option<Arc<Correlator>>,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-    ) -> Self {
+    pub fn new(config: Config, services: Services) -> Self {
+        let Services {
+            publisher,
+            correlator,
+            spool,
+            dedup,
+            metrics,
+            health,
+        } = services;
         Self {
             pipeline: Pipeline::new(&config),
             authenticator: Authenticator::new(&config.auth),
             config,
             publisher,
             correlator,
+            spool,
+            dedup,
             metrics,
             health,
         }
@@ -163,18 +192,92 @@ impl Relay {
         let result = if envelope.event_type == self.config.fulfilment.event_type {
             self.fulfil(&envelope, record, &received, arrived).await
         } else {
-            self.publish(&record, arrived)
-                .await
-                .map(|delivered| Accepted::Published {
-                    topic: record.topic,
-                    delivered,
-                })
+            self.standard(&envelope, record, &received, arrived).await
         };
         let meta = EventMeta {
             event_type: Some(envelope.event_type),
             event_id: envelope.event_id,
         };
         (meta, result)
+    }
+
+    /// A standard event: suppressed if its id was already published, otherwise into Kafka, or
+    /// into the spool when Kafka cannot take it in time.
+    async fn standard(
+        &self,
+        envelope: &Envelope,
+        record: OutboundRecord,
+        received: &Received,
+        arrived: Instant,
+    ) -> Result<Accepted, RelayError> {
+        let guard = match (&self.dedup, &envelope.event_id) {
+            (Some(dedup), Some(id)) => match dedup
+                .claim(&format!("{}:{id}", envelope.version.as_str()))
+                .await
+            {
+                Claim::Duplicate => {
+                    self.metrics.duplicates.inc();
+                    return Ok(Accepted::Duplicate);
+                }
+                Claim::Owner(guard) => Some(guard),
+            },
+            _ => None,
+        };
+        let accepted = match &self.spool {
+            Some(spool) => {
+                self.publish_or_spool(spool, record, received, arrived)
+                    .await?
+            }
+            None => {
+                let delivered = self.publish(&record, arrived).await?;
+                Accepted::Published {
+                    topic: record.topic,
+                    delivered,
+                }
+            }
+        };
+        if let Some(guard) = guard {
+            guard.commit();
+        }
+        Ok(accepted)
+    }
+
+    /// Publishes directly unless the spool has a backlog (receive order), and spools what Kafka
+    /// cannot take within `spool.handoff_after`. Only a full or failing spool means 503.
+    async fn publish_or_spool(
+        &self,
+        spool: &Arc<Spool>,
+        record: OutboundRecord,
+        received: &Received,
+        arrived: Instant,
+    ) -> Result<Accepted, RelayError> {
+        let attempt = if spool.has_backlog() {
+            None
+        } else {
+            let handoff = arrived + self.config.spool.handoff_after;
+            match self.publisher.publish_or_handoff(&record, handoff).await {
+                Ok(delivered) => {
+                    return Ok(Accepted::Published {
+                        topic: record.topic,
+                        delivered,
+                    })
+                }
+                Err(Handoff::Failed(error)) => {
+                    tracing::warn!(topic = %record.topic, kind = error.kind(), %error, "Kafka refused the event; spooling it");
+                    None
+                }
+                Err(Handoff::InFlight(pending)) => Some(pending),
+            }
+        };
+        match spool.append(&record, received.at, attempt).await {
+            Ok(seq) => Ok(Accepted::Spooled { seq }),
+            Err(error) => {
+                tracing::error!(%error, topic = %record.topic, "cannot spool an event Kafka did not take");
+                Err(RelayError::Unavailable(PublishError::Spool(
+                    error.to_string(),
+                )))
+            }
+        }
     }
 
     async fn publish(
@@ -247,13 +350,14 @@ impl Relay {
         let deadline = arrived + settings.timeout;
         record
             .headers
-            .push((headers::CORRELATION_ID, correlation_id.clone()));
+            .push((headers::CORRELATION_ID.into(), correlation_id.clone()));
         record
             .headers
-            .push((headers::REPLY_TOPIC, settings.reply_topic.clone()));
-        record
-            .headers
-            .push((headers::DEADLINE, rfc3339(received.at + settings.timeout)));
+            .push((headers::REPLY_TOPIC.into(), settings.reply_topic.clone()));
+        record.headers.push((
+            headers::DEADLINE.into(),
+            rfc3339(received.at + settings.timeout),
+        ));
         self.publish_fulfilment(&record, arrived).await?;
         let published = StdInstant::now();
         let (code, outcome, reason) = match hold.wait(deadline).await {

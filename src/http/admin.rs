@@ -32,6 +32,9 @@ pub fn handle<B>(relay: &Relay, request: &Request<B>) -> Response<Full<Bytes>> {
         }
         "/metrics" => {
             relay.metrics.ready.set(i64::from(relay.health.report().0));
+            if let Some(spool) = &relay.spool {
+                spool.refresh_metrics();
+            }
             let mut response = Response::new(Full::new(Bytes::from(relay.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

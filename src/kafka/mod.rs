@@ -11,7 +11,7 @@ use crate::config::KafkaConfig;
 
 /// Producer settings: the passthrough maps first, then the settings the relay's guarantee
 /// rests on, which config validation already refuses to let the maps override.
-pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+pub fn producer_config(kafka: &KafkaConfig, message_timeout: std::time::Duration) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("statistics.interval.ms", "5000");
     for (key, value) in kafka.properties.iter().chain(&kafka.producer_properties) {
@@ -21,10 +21,11 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("bootstrap.servers", &kafka.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // librdkafka gives up on a record after this; the relay answers 503 no later anyway.
+        // librdkafka gives up on a record after this: kafka.ack_timeout, or with the spool on,
+        // spool.delivery_timeout (the HTTP answer no longer waits for it).
         .set(
             "message.timeout.ms",
-            kafka.ack_timeout.as_millis().to_string(),
+            message_timeout.as_millis().to_string(),
         );
     config
 }

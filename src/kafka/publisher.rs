@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::context::RelayContext;
 use super::record::OutboundRecord;
@@ -27,6 +26,9 @@ use crate::metrics::Metrics;
 
 /// Consecutive unacknowledged writes after which the producer is presumed stuck.
 const STUCK_AFTER_FAILURES: u32 = 3;
+
+/// Pause between attempts to enqueue while the producer's queue is full.
+const QUEUE_FULL_RETRY: Duration = Duration::from_millis(10);
 
 /// Where Kafka put a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,9 @@ pub enum PublishError {
     /// The cluster refused or failed the write.
     #[error("Kafka refused the write: {0}")]
     Kafka(KafkaError),
+    /// Kafka did not take the event in time and the spool could not either.
+    #[error("Kafka did not take the event in time and the spool could not: {0}")]
+    Spool(String),
 }
 
 impl PublishError {
@@ -62,7 +67,57 @@ impl PublishError {
             Self::QueueFull => "queue_full",
             Self::Fatal(_) => "fatal",
             Self::Kafka(_) => "error",
+            Self::Spool(_) => "spool",
         }
+    }
+}
+
+/// A deadline passed before the delivery report came.
+pub enum Handoff {
+    /// The write failed: the record is not in Kafka.
+    Failed(PublishError),
+    /// The record is still in flight; [`PendingDelivery::outcome`] says how it ends.
+    InFlight(PendingDelivery),
+}
+
+/// A record handed to the producer whose delivery report has not come yet.
+pub struct PendingDelivery {
+    publisher: Arc<Publisher>,
+    /// Keeps the producer that holds the record alive until its report comes.
+    generation: Arc<Generation>,
+    delivery: DeliveryFuture,
+    started: Instant,
+}
+
+impl PendingDelivery {
+    /// Waits for the delivery report (bounded by librdkafka's `message.timeout.ms`).
+    pub async fn outcome(mut self) -> Result<Delivered, PublishError> {
+        let result = (&mut self.delivery).await;
+        self.resolve(result)
+    }
+
+    fn resolve(
+        self,
+        result: <DeliveryFuture as std::future::Future>::Output,
+    ) -> Result<Delivered, PublishError> {
+        let result = match result {
+            Ok(Ok(delivery)) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((error, _))) => Err(self.publisher.classify(error, &self.generation)),
+            Err(_) => Err(PublishError::Kafka(KafkaError::Canceled)),
+        };
+        self.publisher
+            .observe(result.as_ref().map(|_| ()), Some(self.started));
+        result
+    }
+
+    /// Gives up waiting: counts the write as timed out for metrics and the watchdog.
+    fn abandon(self) -> PublishError {
+        self.publisher
+            .observe(Err(&PublishError::Timeout), Some(self.started));
+        PublishError::Timeout
     }
 }
 
@@ -134,43 +189,92 @@ impl Publisher {
 
     /// Writes `record` and waits for Kafka's acknowledgement, until `deadline` at the latest.
     pub async fn publish(
-        &self,
+        self: &Arc<Self>,
         record: &OutboundRecord,
         deadline: tokio::time::Instant,
     ) -> Result<Delivered, PublishError> {
+        match self.publish_or_handoff(record, deadline).await {
+            Ok(delivered) => Ok(delivered),
+            Err(Handoff::Failed(error)) => Err(error),
+            // The record may still be delivered; the caller gave up on it.
+            Err(Handoff::InFlight(pending)) => Err(pending.abandon()),
+        }
+    }
+
+    /// Like [`Publisher::publish`], but when `deadline` passes while the record is still in
+    /// flight, hands back the unfinished delivery so the caller can learn its fate later (the
+    /// spool does: a record it took over must not be replayed if this attempt succeeds).
+    pub async fn publish_or_handoff(
+        self: &Arc<Self>,
+        record: &OutboundRecord,
+        deadline: tokio::time::Instant,
+    ) -> Result<Delivered, Handoff> {
+        let mut pending = match self.enqueue(record, deadline).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                self.observe(Err(&error), None);
+                return Err(Handoff::Failed(error));
+            }
+        };
+        match tokio::time::timeout_at(deadline, &mut pending.delivery).await {
+            Ok(result) => pending.resolve(result).map_err(Handoff::Failed),
+            Err(_) => Err(Handoff::InFlight(pending)),
+        }
+    }
+
+    /// Hands `record` to the producer, retrying while its queue is full until `deadline`.
+    async fn enqueue(
+        self: &Arc<Self>,
+        record: &OutboundRecord,
+        deadline: tokio::time::Instant,
+    ) -> Result<PendingDelivery, PublishError> {
         let mut generation = self.current();
         if generation.producer().client().fatal_error().is_some() {
             generation = self.replace(&generation);
         }
-        let started = Instant::now();
-        let mut future_record = FutureRecord::<str, [u8]>::to(&record.topic)
-            .payload(&record.payload[..])
-            .headers(record.owned_headers());
-        if let Some(key) = &record.key {
-            future_record = future_record.key(key.as_str());
+        loop {
+            let mut future_record = FutureRecord::<str, [u8]>::to(&record.topic)
+                .payload(&record.payload[..])
+                .headers(record.owned_headers());
+            if let Some(key) = &record.key {
+                future_record = future_record.key(key.as_str());
+            }
+            match generation.producer().send_result(future_record) {
+                Ok(delivery) => {
+                    return Ok(PendingDelivery {
+                        publisher: self.clone(),
+                        generation,
+                        delivery,
+                        started: Instant::now(),
+                    })
+                }
+                Err((error, _))
+                    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
+                {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(PublishError::QueueFull);
+                    }
+                    tokio::time::sleep(QUEUE_FULL_RETRY).await;
+                }
+                Err((error, _)) => return Err(self.classify(error, &generation)),
+            }
         }
-        let queue_timeout =
-            Timeout::After(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        let send = generation.producer().send(future_record, queue_timeout);
-        let result = match tokio::time::timeout_at(deadline, send).await {
-            Err(_) => Err(PublishError::Timeout),
-            Ok(Ok(delivery)) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Ok(Err((error, _))) => Err(self.classify(error, &generation)),
-        };
-        self.metrics
-            .kafka_produce_duration
-            .observe(started.elapsed().as_secs_f64());
-        self.watch_for_stuck(&result, &generation);
-        let label = match &result {
+    }
+
+    /// Records the outcome of one write in metrics and the stuck-producer watchdog.
+    fn observe(&self, result: Result<(), &PublishError>, started: Option<Instant>) {
+        if let Some(started) = started {
+            self.metrics
+                .kafka_produce_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.watch_for_stuck(result, &self.current());
+        let label = match result {
             Ok(_) => "ok",
             Err(PublishError::Timeout) => "timeout",
             Err(_) => "error",
         };
         self.metrics.kafka_produce.with_label_values(&[label]).inc();
-        result
     }
 
     /// Kafka failures, in one place (after Vector's sink): a full queue is backpressure, a
@@ -193,11 +297,7 @@ impl Publisher {
     }
 
     /// Counts writes that went unacknowledged in a row and replaces a producer that looks stuck.
-    fn watch_for_stuck(
-        &self,
-        result: &Result<Delivered, PublishError>,
-        generation: &Arc<Generation>,
-    ) {
+    fn watch_for_stuck(&self, result: Result<(), &PublishError>, generation: &Arc<Generation>) {
         match result {
             Ok(_) => self.failures_in_a_row.store(0, Ordering::Relaxed),
             Err(PublishError::QueueFull) => {}

@@ -1,6 +1,7 @@
 //! The Kafka record for an event: topic, key, the body byte for byte, and the headers
 //! (`fp-*` plus the CloudEvents Kafka binding's binary-mode `ce_*` headers).
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -65,8 +66,8 @@ pub struct OutboundRecord {
     pub key: Option<String>,
     /// The message value: the request body as received.
     pub payload: Bytes,
-    /// Headers in the order they are written.
-    pub headers: Vec<(&'static str, String)>,
+    /// Headers in the order they are written (names are static except for replayed records).
+    pub headers: Vec<(Cow<'static, str>, String)>,
 }
 
 impl OutboundRecord {
@@ -81,25 +82,25 @@ impl OutboundRecord {
         let mut h = Vec::with_capacity(12);
         let ce_id = match &envelope.event_id {
             Some(id) => {
-                h.push((headers::EVENT_ID, id.clone()));
+                h.push((headers::EVENT_ID.into(), id.clone()));
                 id.clone()
             }
             // CloudEvents requires an id; an event without one gets a fresh one so that
             // source + id stays unique as the spec asks.
             None => uuid::Uuid::new_v4().to_string(),
         };
-        h.push((headers::EVENT_TYPE, envelope.event_type.clone()));
+        h.push((headers::EVENT_TYPE.into(), envelope.event_type.clone()));
         h.push((
-            headers::WEBHOOK_VERSION,
+            headers::WEBHOOK_VERSION.into(),
             envelope.version.as_str().to_owned(),
         ));
-        h.push((headers::RECEIVED_AT, received.rfc3339.clone()));
-        h.push((headers::CONTENT_TYPE, "application/json".to_owned()));
-        h.push((headers::CE_SPECVERSION, "1.0".to_owned()));
-        h.push((headers::CE_ID, ce_id));
-        h.push((headers::CE_SOURCE, cloudevents_source.to_owned()));
+        h.push((headers::RECEIVED_AT.into(), received.rfc3339.clone()));
+        h.push((headers::CONTENT_TYPE.into(), "application/json".to_owned()));
+        h.push((headers::CE_SPECVERSION.into(), "1.0".to_owned()));
+        h.push((headers::CE_ID.into(), ce_id));
+        h.push((headers::CE_SOURCE.into(), cloudevents_source.to_owned()));
         h.push((
-            headers::CE_TYPE,
+            headers::CE_TYPE.into(),
             format!("{CE_TYPE_PREFIX}{}", envelope.event_type),
         ));
         if let Some(time) = envelope
@@ -107,7 +108,7 @@ impl OutboundRecord {
             .as_deref()
             .filter(|t| looks_like_rfc3339(t))
         {
-            h.push((headers::CE_TIME, time.to_owned()));
+            h.push((headers::CE_TIME.into(), time.to_owned()));
         }
         Self {
             topic: router.topic(&envelope.event_type),
@@ -124,8 +125,8 @@ impl OutboundRecord {
             key: None,
             payload: body,
             headers: vec![
-                (headers::DEAD_LETTER_REASON, reason.to_owned()),
-                (headers::RECEIVED_AT, received.rfc3339.clone()),
+                (headers::DEAD_LETTER_REASON.into(), reason.to_owned()),
+                (headers::RECEIVED_AT.into(), received.rfc3339.clone()),
             ],
         }
     }
@@ -136,7 +137,7 @@ impl OutboundRecord {
             OwnedHeaders::new_with_capacity(self.headers.len()),
             |acc, (k, v)| {
                 acc.insert(Header {
-                    key: k,
+                    key: k.as_ref(),
                     value: Some(v.as_bytes()),
                 })
             },
@@ -147,7 +148,7 @@ impl OutboundRecord {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(k, _)| *k == name)
+            .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
 }
