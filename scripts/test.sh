@@ -26,8 +26,10 @@ if [ "${CI:-}" = "true" ]; then
 fi
 cargo test --all-targets --locked "$@"
 
-# On CI, also fuzz the request-to-record path briefly (scripts/fuzz.sh; cargo-fuzz is cached in ~/.cargo/bin).
+# On CI, also run the load benchmark's smoke version (it must work; its numbers are not judged
+# here) and fuzz the request-to-record path briefly (scripts/fuzz.sh; cargo-fuzz is cached in ~/.cargo/bin).
 if [ "${CI:-}" = "true" ] && [ "${FP_RELAY_SKIP_FUZZ:-}" != "1" ]; then
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-    scripts/fuzz.sh 30
+        scripts/fuzz.sh 30
+    benches/load.sh --quick
 fi

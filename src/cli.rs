@@ -37,6 +37,74 @@ pub enum Command {
     /// Consumes the fulfilment topic and replies on the topic named by each request's
     /// fp-reply-topic header, as docs/fulfilment-protocol.md says a downstream service should.
     Respond(RespondArgs),
+    /// Simulate FirstPromoter: post built-in sample events (or a captured body) to a relay.
+    ///
+    /// Samples exist for every v1 event type and for promoter.created, referral.created,
+    /// referral.converted, commission.created, commission.updated and payout.completed (v2,
+    /// sent with X-Event-Id and X-Event-Type). Each copy gets a fresh event id. Exits 1 if any
+    /// request was not acknowledged with a 2xx.
+    Send(SendArgs),
+    /// Print what the relay wrote to Kafka: topic, partition, offset, key, headers and the
+    /// pretty-printed value with promoter secrets masked.
+    Tail(TailArgs),
+}
+
+/// `fp-relay send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The relay's webhook URL (http://); append /<token> when the relay expects a v1 path token.
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/firstpromoter")]
+    pub url: String,
+    /// An event type to send (repeatable), e.g. --event lead_signup --event payout.completed.
+    #[arg(long = "event", value_name = "TYPE")]
+    pub events: Vec<String>,
+    /// Send every built-in sample.
+    #[arg(long)]
+    pub all: bool,
+    /// Send a captured webhook body from this file (as it is).
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+    /// Copies of each event to send.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Requests per second (default: as fast as answers come).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Sign the body like a FirstPromoter v2 subscription (X-Webhook-Signature).
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<String>,
+    /// Send "Authorization: Bearer <TOKEN>" (a v2 custom header).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Send HTTP Basic credentials.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub basic: Option<String>,
+    /// Longest wait for one answer (fulfilment requests are held up to fulfilment.timeout).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    pub timeout: Duration,
+}
+
+/// `fp-relay tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Kafka bootstrap servers (the address `serve --dev` prints).
+    #[arg(long, value_name = "LIST", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// Only this event type's topic (repeatable); default: every topic starting with --prefix.
+    #[arg(long = "event", value_name = "TYPE")]
+    pub events: Vec<String>,
+    /// Topic name prefix of the relay's topics.
+    #[arg(long, default_value = "firstpromoter.")]
+    pub prefix: String,
+    /// Start at the beginning of each topic instead of its end.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Exit after this many messages.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Exit after this long without a message (e.g. 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_exit: Option<Duration>,
 }
 
 /// `fp-relay serve`.

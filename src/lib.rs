@@ -15,6 +15,7 @@
 //! - [`error`]: the boundary error and its one mapping to HTTP responses.
 //! - [`metrics`]: every Prometheus metric, in one struct.
 //! - [`dev`]: the embedded development broker behind `serve --dev`.
+//! - [`samples`], [`tools`]: built-in FirstPromoter samples, `fp-relay send` and `fp-relay tail`.
 
 pub mod cli;
 pub mod config;
@@ -27,8 +28,10 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod relay;
+pub mod samples;
 pub mod spool;
 pub mod telemetry;
+pub mod tools;
 pub mod webhook;
 
 use std::future::Future;

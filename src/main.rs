@@ -4,10 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fp_relay::cli::{Cli, Command, RespondArgs, ServeArgs};
+use fp_relay::cli::{Cli, Command, RespondArgs, SendArgs, ServeArgs, TailArgs};
 use fp_relay::config::{Config, Overrides};
 use fp_relay::dev::DevBroker;
 use fp_relay::fulfilment::responder::{self, ResponderOptions};
+use fp_relay::tools::send::{self, SendOptions};
+use fp_relay::tools::tail::{self, TailOptions};
 use fp_relay::webhook::auth::Authenticator;
 use fp_relay::{shutdown_signal, telemetry, Server};
 
@@ -35,6 +37,56 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => serve(args),
         Command::Respond(args) => respond(args),
+        Command::Send(args) => send(args),
+        Command::Tail(args) => tail(args),
+    }
+}
+
+fn send(args: SendArgs) -> ExitCode {
+    let options = SendOptions {
+        url: args.url,
+        events: args.events,
+        all: args.all,
+        from_file: args.from_file,
+        count: args.count,
+        rate: args.rate,
+        secret: args.secret,
+        token: args.token,
+        basic: args.basic,
+        timeout: args.timeout,
+    };
+    let result =
+        runtime().and_then(|runtime| runtime.block_on(send::run(&options, &mut std::io::stdout())));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn tail(args: TailArgs) -> ExitCode {
+    let topics = args
+        .events
+        .iter()
+        .map(|event| format!("{}{event}", args.prefix))
+        .collect();
+    let options = TailOptions {
+        brokers: args.brokers,
+        prefix: args.prefix,
+        topics,
+        from_beginning: args.from_beginning,
+        count: args.count,
+        idle_exit: args.idle_exit,
+    };
+    match tail::run(&options, &mut std::io::stdout().lock()) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

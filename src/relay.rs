@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Prepared};
 use crate::spool::Spool;
 use crate::webhook::auth::Authenticator;
-use crate::webhook::envelope::{self, Envelope};
+use crate::webhook::envelope::{self, Envelope, WebhookVersion};
 
 /// Longest `reason` passed back to FirstPromoter in a response body.
 const MAX_REASON_CHARS: usize = 200;
@@ -189,14 +189,27 @@ impl Relay {
                 return (EventMeta::default(), Err(error));
             }
         };
-        let result = if envelope.event_type == self.config.fulfilment.event_type {
-            self.fulfil(&envelope, record, &received, arrived).await
-        } else {
-            self.standard(&envelope, record, &received, arrived).await
-        };
+        // The parsed document is as large as the payload several times over; nothing below needs
+        // it, and a held fulfilment request must not keep it for seconds.
+        // (A partial move would keep it alive until the end of this function: drop it by name.)
+        let Envelope {
+            version,
+            event_type,
+            event_id,
+            document,
+            ..
+        } = envelope;
+        drop(document);
+        let is_fulfilment = event_type == self.config.fulfilment.event_type;
         let meta = EventMeta {
-            event_type: Some(envelope.event_type),
-            event_id: envelope.event_id,
+            event_type: Some(event_type),
+            event_id,
+        };
+        let result = if is_fulfilment {
+            self.fulfil(&meta, record, &received, arrived).await
+        } else {
+            self.standard(version, &meta, record, &received, arrived)
+                .await
         };
         (meta, result)
     }
@@ -205,22 +218,22 @@ impl Relay {
     /// into the spool when Kafka cannot take it in time.
     async fn standard(
         &self,
-        envelope: &Envelope,
+        version: WebhookVersion,
+        event: &EventMeta,
         record: OutboundRecord,
         received: &Received,
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {
-        let guard = match (&self.dedup, &envelope.event_id) {
-            (Some(dedup), Some(id)) => match dedup
-                .claim(&format!("{}:{id}", envelope.version.as_str()))
-                .await
-            {
-                Claim::Duplicate => {
-                    self.metrics.duplicates.inc();
-                    return Ok(Accepted::Duplicate);
+        let guard = match (&self.dedup, &event.event_id) {
+            (Some(dedup), Some(id)) => {
+                match dedup.claim(&format!("{}:{id}", version.as_str())).await {
+                    Claim::Duplicate => {
+                        self.metrics.duplicates.inc();
+                        return Ok(Accepted::Duplicate);
+                    }
+                    Claim::Owner(guard) => Some(guard),
                 }
-                Claim::Owner(guard) => Some(guard),
-            },
+            }
             _ => None,
         };
         let accepted = match &self.spool {
@@ -329,7 +342,7 @@ impl Relay {
     /// Publishes a `fulfilment_pending` event and holds the request for the fulfiller's answer.
     async fn fulfil(
         &self,
-        envelope: &Envelope,
+        event: &EventMeta,
         mut record: OutboundRecord,
         received: &Received,
         arrived: Instant,
@@ -343,7 +356,7 @@ impl Relay {
         let Some(mut hold) = correlator.hold() else {
             // Beyond max_in_flight: still publish (a fulfiller may act on it), but do not hold.
             self.publish_fulfilment(&record, arrived).await?;
-            tracing::warn!(event_id = ?envelope.event_id, "fulfilment in-flight cap reached; answered pending at once");
+            tracing::warn!(event_id = ?event.event_id, "fulfilment in-flight cap reached; answered pending at once");
             return Ok(self.answer(pending, "overflow", None, None));
         };
         let correlation_id = hold.id().to_string();
@@ -359,6 +372,7 @@ impl Relay {
             rfc3339(received.at + settings.timeout),
         ));
         self.publish_fulfilment(&record, arrived).await?;
+        drop(record); // in Kafka now; the hold needs only the correlation id
         let published = StdInstant::now();
         let (code, outcome, reason) = match hold.wait(deadline).await {
             Verdict::Answered(reply) => {

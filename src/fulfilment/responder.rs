@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 
@@ -49,11 +49,14 @@ pub async fn run(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
+        // A relay is holding an HTTP request for every message here: fetch eagerly.
+        .set("fetch.wait.max.ms", "10")
         .create()?;
     let producer: FutureProducer = base
         .clone()
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("linger.ms", "1")
         .create()?;
     consumer.subscribe(&[&options.topic])?;
     eprintln!(
@@ -77,18 +80,19 @@ pub async fn run(
                 continue;
             }
         };
-        if !options.delay.is_zero() {
-            tokio::time::sleep(options.delay).await;
-        }
-        answer(&producer, &options, &message).await;
+        // Replies are independent: each is sent on its own task so one slow delivery report
+        // does not hold up the next request.
+        let (producer, options, request) = (producer.clone(), options.clone(), message.detach());
+        tokio::spawn(async move {
+            if !options.delay.is_zero() {
+                tokio::time::sleep(options.delay).await;
+            }
+            answer(&producer, &options, &request).await;
+        });
     }
 }
 
-async fn answer(
-    producer: &FutureProducer,
-    options: &ResponderOptions,
-    request: &BorrowedMessage<'_>,
-) {
+async fn answer(producer: &FutureProducer, options: &ResponderOptions, request: &OwnedMessage) {
     let header = |name: &str| -> Option<String> {
         request
             .headers()?

@@ -1,0 +1,773 @@
+//! The load benchmark: the release relay against a real tansu broker on loopback, with both
+//! ceilings measured in the same run so the ratios hold on a noisy machine.
+//!
+//! - HTTP ceiling: the same load generator against a minimal hyper server answering 200.
+//! - Kafka ceiling: an rdkafka producer with the relay's settings (acks=all, idempotent)
+//!   sending the same payloads at the same concurrency, awaiting each delivery.
+//! - The relay at several concurrency levels, with CPU per request from /proc.
+//! - Fulfilment: round trips against an auto-responder, and 10,000 held requests with the
+//!   relay's peak RSS.
+//! - Start-up: process start to `/readyz` = 200.
+//!
+//! Run it with `benches/load.sh` (builds the release binary, fetches tansu, writes
+//! benches/RESULTS.md). `--quick` is the short smoke run CI uses.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+/// One measured run.
+#[derive(Clone)]
+struct Stats {
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+    /// CPU seconds the measured process used per request, when known.
+    cpu_per_request: Option<f64>,
+}
+
+impl Stats {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+    fn ms(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+struct Options {
+    quick: bool,
+    duration: Duration,
+    levels: Vec<usize>,
+    holds: usize,
+    out: Option<PathBuf>,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    Options {
+        quick,
+        duration: Duration::from_secs_f64(
+            value("--duration").map_or(if quick { 2.0 } else { 10.0 }, |v| v.parse().unwrap()),
+        ),
+        levels: if quick {
+            vec![1, 16]
+        } else {
+            vec![1, 16, 64, 256]
+        },
+        holds: if quick { 1_000 } else { 10_000 },
+        out: value("--out").map(PathBuf::from),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(port) = args
+        .iter()
+        .position(|a| a == "--baseline-server")
+        .map(|i| args[i + 1].parse::<u16>().unwrap())
+    {
+        return baseline_server(port);
+    }
+    if !args.iter().any(|a| a == "--quick" || a == "--full") {
+        // `cargo bench` and `cargo test --all-targets` run every bench binary; this one starts
+        // brokers and servers for minutes, so it runs only when asked (benches/load.sh).
+        eprintln!("load: skipped (run benches/load.sh, or cargo bench --bench load -- --full)");
+        return;
+    }
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime.block_on(run(&options));
+    println!("{report}");
+    if let Some(out) = &options.out {
+        std::fs::write(out, &report).unwrap();
+        eprintln!("load: wrote {}", out.display());
+    }
+}
+
+async fn run(options: &Options) -> String {
+    let broker = Process::tansu();
+    let bootstrap = format!("127.0.0.1:{}", broker.port);
+    let body = Bytes::from(std::fs::read(manifest("samples/v1/reward_created.json")).unwrap());
+    let fulfilment_body =
+        Bytes::from(std::fs::read(manifest("samples/v1/fulfilment_pending.json")).unwrap());
+    let mut rows = Vec::new();
+
+    // The HTTP ceiling.
+    let port = free_port();
+    let baseline = Process::spawn(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--baseline-server", &port.to_string()]),
+        port,
+        None,
+    );
+    let baseline_addr = baseline.addr();
+    wait_for(|| async { http_get(baseline_addr, "/").await == Some(200) }).await;
+    for &c in &options.levels {
+        let stats = http_load(
+            baseline_addr,
+            "/",
+            body.clone(),
+            c,
+            options.duration,
+            Some(baseline.pid()),
+        )
+        .await;
+        eprintln!(
+            "http ceiling c={c}: {:.0} req/s p99 {:.2} ms",
+            stats.rps(),
+            stats.ms(0.99)
+        );
+        rows.push(("http ceiling", c, stats));
+    }
+    drop(baseline);
+
+    // The Kafka ceiling.
+    let producer = producer(&bootstrap);
+    for &c in &options.levels {
+        let stats = producer_load(&producer, body.clone(), c, options.duration).await;
+        eprintln!(
+            "kafka ceiling c={c}: {:.0} msg/s p99 {:.2} ms",
+            stats.rps(),
+            stats.ms(0.99)
+        );
+        rows.push(("kafka ceiling", c, stats));
+    }
+    drop(producer);
+
+    // The relay.
+    let relay = Process::relay(&bootstrap, None);
+    wait_ready(relay.admin()).await;
+    for &c in &options.levels {
+        let stats = http_load(
+            relay.addr(),
+            "/webhooks/firstpromoter",
+            body.clone(),
+            c,
+            options.duration,
+            Some(relay.pid()),
+        )
+        .await;
+        eprintln!(
+            "relay c={c}: {:.0} req/s p99 {:.2} ms errors {}",
+            stats.rps(),
+            stats.ms(0.99),
+            stats.errors
+        );
+        rows.push(("relay", c, stats));
+    }
+
+    // Fulfilment round trips against an auto-responder.
+    let responder = Process::spawn(
+        Command::new(relay_bin()).args([
+            "respond",
+            "--brokers",
+            &bootstrap,
+            "--outcome",
+            "fulfilled",
+            "--group",
+            "bench",
+        ]),
+        0,
+        None,
+    );
+    // Let the responder join its group before measuring.
+    wait_for(|| {
+        let (addr, body) = (relay.addr(), fulfilment_body.clone());
+        async move { http_post(addr, "/webhooks/firstpromoter", body).await == Some(200) }
+    })
+    .await;
+    let round_trip = http_load(
+        relay.addr(),
+        "/webhooks/firstpromoter",
+        fulfilment_body.clone(),
+        64,
+        options.duration,
+        Some(relay.pid()),
+    )
+    .await;
+    eprintln!(
+        "fulfilment c=64: {:.0} req/s p99 {:.2} ms errors {}",
+        round_trip.rps(),
+        round_trip.ms(0.99),
+        round_trip.errors
+    );
+    drop(responder);
+    drop(relay);
+
+    // Held requests: a fresh relay so its peak RSS is this test's alone; nobody answers.
+    let relay = Process::relay(&bootstrap, Some(options.holds));
+    wait_ready(relay.admin()).await;
+    let baseline_rss = relay.peak_rss_kib();
+    let (held, holds_rss) = hold_many(&relay, fulfilment_body.clone(), options.holds).await;
+    eprintln!("holds: {held} held, peak RSS {holds_rss} KiB (idle {baseline_rss} KiB)");
+    drop(relay);
+
+    // Start-up to ready, against the running broker.
+    let mut startups = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let relay = Process::relay(&bootstrap, None);
+        wait_ready(relay.admin()).await;
+        startups.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    startups.sort_by(f64::total_cmp);
+    let startup_ms = startups[1];
+    eprintln!("start-up to ready: {startup_ms:.0} ms (median of 3)");
+
+    report(
+        options,
+        &rows,
+        &round_trip,
+        held,
+        holds_rss,
+        baseline_rss,
+        startup_ms,
+    )
+}
+
+fn report(
+    options: &Options,
+    rows: &[(&str, usize, Stats)],
+    round_trip: &Stats,
+    held: usize,
+    holds_rss: u64,
+    idle_rss: u64,
+    startup_ms: f64,
+) -> String {
+    let find = |name: &str, c: usize| {
+        rows.iter()
+            .find(|(n, level, _)| *n == name && *level == c)
+            .map(|(_, _, s)| s)
+    };
+    let headline = *options
+        .levels
+        .iter()
+        .find(|c| **c == 64)
+        .unwrap_or(options.levels.last().unwrap());
+    let (http, kafka, relay) = (
+        find("http ceiling", headline).unwrap(),
+        find("kafka ceiling", headline).unwrap(),
+        find("relay", headline).unwrap(),
+    );
+    let ceiling = http.rps().min(kafka.rps());
+    let mut out = String::new();
+    out.push_str("# fp-relay load benchmark\n\n");
+    out.push_str(&format!(
+        "Generated by `benches/load.sh{}` on {} ({} cores, {}). Each level ran {:.0} s; relay, broker, \
+         baselines and load generator share the machine over loopback. Payload: `samples/v1/reward_created.json` \
+         ({} bytes, realistic, with a promoter secret to redact).\n\n",
+        if options.quick { " --quick" } else { "" },
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        options.duration.as_secs_f64(),
+        std::fs::metadata(manifest("samples/v1/reward_created.json")).map_or(0, |m| m.len()),
+    ));
+    out.push_str(&format!("## Headline (concurrency {headline})\n\n| target | measured | goal | met |\n|---|---|---|---|\n"));
+    let mut goal = |name: &str, measured: String, goal: String, met: bool| {
+        out.push_str(&format!(
+            "| {name} | {measured} | {goal} | {} |\n",
+            if met { "yes" } else { "**no**" }
+        ));
+    };
+    goal(
+        "relay throughput / lower ceiling",
+        format!(
+            "{:.2} ({:.0} / {:.0} req/s)",
+            relay.rps() / ceiling,
+            relay.rps(),
+            ceiling
+        ),
+        "≥ 0.80".into(),
+        relay.rps() / ceiling >= 0.8,
+    );
+    goal(
+        "relay p99 − producer p99",
+        format!(
+            "{:+.2} ms ({:.2} vs {:.2})",
+            relay.ms(0.99) - kafka.ms(0.99),
+            relay.ms(0.99),
+            kafka.ms(0.99)
+        ),
+        "≤ +1 ms".into(),
+        relay.ms(0.99) <= kafka.ms(0.99) + 1.0,
+    );
+    goal(
+        "fulfilment round-trip p99 (c=64)",
+        format!(
+            "{:.2} ms ({:.0} req/s)",
+            round_trip.ms(0.99),
+            round_trip.rps()
+        ),
+        format!(
+            "≤ {:.2} ms (producer p99 × 2 + 2)",
+            kafka.ms(0.99) * 2.0 + 2.0
+        ),
+        round_trip.ms(0.99) <= kafka.ms(0.99) * 2.0 + 2.0,
+    );
+    goal(
+        &format!("peak RSS with {held} held requests"),
+        format!(
+            "{:.1} MiB (idle {:.1} MiB)",
+            holds_rss as f64 / 1024.0,
+            idle_rss as f64 / 1024.0
+        ),
+        "< 64 MiB".into(),
+        holds_rss < 64 * 1024 && held == options.holds,
+    );
+    goal(
+        "start-up to /readyz 200",
+        format!("{startup_ms:.0} ms"),
+        "< 300 ms".into(),
+        startup_ms < 300.0,
+    );
+    out.push_str("\n## Every level\n\n| target | concurrency | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU µs/req |\n|---|---|---|---|---|---|---|---|\n");
+    for (name, c, s) in rows.iter().chain(std::iter::once(&(
+        "fulfilment round trip",
+        64,
+        round_trip.clone(),
+    ))) {
+        out.push_str(&format!(
+            "| {name} | {c} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
+            s.rps(),
+            s.ms(0.5),
+            s.ms(0.99),
+            s.ms(0.999),
+            s.errors,
+            s.cpu_per_request
+                .map_or("–".into(), |c| format!("{:.0}", c * 1e6)),
+        ));
+    }
+    out
+}
+
+/// Drives `concurrency` keep-alive connections posting `body` for `duration`.
+async fn http_load(
+    addr: SocketAddr,
+    path: &str,
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+    pid: Option<u32>,
+) -> Stats {
+    let cpu_before = pid.and_then(cpu_seconds);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (path, body) = (path.to_owned(), body.clone());
+            tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new(3).unwrap();
+                let (mut requests, mut errors) = (0u64, 0u64);
+                let mut sender = None;
+                while Instant::now() < deadline {
+                    if sender.is_none() {
+                        sender = connect(addr).await;
+                    }
+                    let Some(s) = sender.as_mut() else {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let request = http::Request::post(&path)
+                        .header("host", "relay")
+                        .header("content-type", "application/json")
+                        .body(Full::new(body.clone()))
+                        .unwrap();
+                    let sent = Instant::now();
+                    match s.send_request(request).await {
+                        Ok(response) => {
+                            let ok = response.status().is_success();
+                            let _ = response.into_body().collect().await;
+                            latency.record(sent.elapsed().as_micros() as u64).unwrap();
+                            requests += 1;
+                            errors += u64::from(!ok);
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            sender = None;
+                        }
+                    }
+                }
+                (requests, errors, latency)
+            })
+        })
+        .collect();
+    collect(workers, started, pid, cpu_before).await
+}
+
+async fn collect(
+    workers: Vec<tokio::task::JoinHandle<(u64, u64, Histogram<u64>)>>,
+    started: Instant,
+    pid: Option<u32>,
+    cpu_before: Option<f64>,
+) -> Stats {
+    let mut stats = Stats {
+        requests: 0,
+        errors: 0,
+        seconds: 0.0,
+        latency: Histogram::new(3).unwrap(),
+        cpu_per_request: None,
+    };
+    for worker in workers {
+        let (requests, errors, latency) = worker.await.unwrap();
+        stats.requests += requests;
+        stats.errors += errors;
+        stats.latency.add(latency).unwrap();
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    if let (Some(before), Some(after)) = (cpu_before, pid.and_then(cpu_seconds)) {
+        stats.cpu_per_request = Some((after - before) / stats.requests.max(1) as f64);
+    }
+    stats
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Option<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    Some(sender)
+}
+
+/// The Kafka ceiling: `concurrency` tasks each sending and awaiting one record at a time.
+async fn producer_load(
+    producer: &FutureProducer,
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+) -> Stats {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (producer, body) = (producer.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new(3).unwrap();
+                let (mut requests, mut errors) = (0u64, 0u64);
+                let key = format!("key-{worker}");
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let record = FutureRecord::to("bench.baseline")
+                        .payload(&body[..])
+                        .key(&key);
+                    match producer.send(record, Duration::from_secs(5)).await {
+                        Ok(_) => {
+                            latency.record(sent.elapsed().as_micros() as u64).unwrap();
+                            requests += 1;
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (requests, errors, latency)
+            })
+        })
+        .collect();
+    collect(workers, started, None, None).await
+}
+
+fn producer(bootstrap: &str) -> FutureProducer {
+    // The relay's own settings (kafka::producer_config), nothing tuned beyond them.
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "10000")
+        .set("log_level", "3")
+        .create()
+        .unwrap()
+}
+
+/// Opens `count` fulfilment requests at once (nobody answers) and returns how many were held
+/// at the peak and the relay's peak RSS in KiB.
+async fn hold_many(relay: &Process, body: Bytes, count: usize) -> (usize, u64) {
+    let addr = relay.addr();
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut sender = connect(addr).await?;
+                let request = http::Request::post("/webhooks/firstpromoter")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .unwrap();
+                sender
+                    .send_request(request)
+                    .await
+                    .ok()
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let held = metric(relay.admin(), "fp_relay_fulfilment_in_flight").await as usize;
+        peak = peak.max(held);
+        if held >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss = relay.peak_rss_kib();
+    for task in tasks {
+        let _ = task.await;
+    }
+    (peak, rss)
+}
+
+async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let Some(stream) = tokio::net::TcpStream::connect(admin).await.ok() else {
+        return 0.0;
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
+    else {
+        return 0.0;
+    };
+    tokio::spawn(connection);
+    let request = http::Request::get("/metrics")
+        .header("host", "admin")
+        .body(Empty::new())
+        .unwrap();
+    let Ok(response) = sender.send_request(request).await else {
+        return 0.0;
+    };
+    let text = String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes())
+        .into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Option<u16> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header("host", "bench")
+        .body(Empty::new())
+        .unwrap();
+    sender
+        .send_request(request)
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+async fn http_post(addr: SocketAddr, path: &str, body: Bytes) -> Option<u16> {
+    let mut sender = connect(addr).await?;
+    let request = http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap();
+    sender
+        .send_request(request)
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    wait_for(|| async move { http_get(admin, "/readyz").await == Some(200) }).await;
+}
+
+async fn wait_for<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A child process killed on drop.
+struct Process {
+    child: Child,
+    port: u16,
+    admin: Option<u16>,
+}
+
+impl Process {
+    fn spawn(command: &mut Command, port: u16, admin: Option<u16>) -> Self {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, port, admin }
+    }
+
+    fn tansu() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let bin = std::env::var("TANSU_BIN").expect("TANSU_BIN: run benches/load.sh");
+        let process = Self::spawn(
+            Command::new(bin).args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ]),
+            port,
+            None,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        process
+    }
+
+    fn relay(bootstrap: &str, max_in_flight: Option<usize>) -> Self {
+        let (port, admin) = (free_port(), free_port());
+        let mut command = Command::new(relay_bin());
+        command
+            .args(["serve", "--insecure-no-auth", "--brokers", bootstrap])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .env("RUST_LOG", "error");
+        if let Some(max) = max_in_flight {
+            command
+                .env("FP_RELAY_FULFILMENT_MAX_IN_FLIGHT", max.to_string())
+                .env("FP_RELAY_HTTP_MAX_CONNECTIONS", (max + 100).to_string());
+        }
+        Self::spawn(&mut command, port, Some(admin))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+    fn admin(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.admin.expect("has an admin port")))
+    }
+    /// VmHWM: the process's peak resident set, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("VmHWM:")
+                        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+                })
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU seconds of `pid` so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn manifest(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn relay_bin() -> PathBuf {
+    std::env::var_os("FP_RELAY_BIN")
+        .map_or_else(|| manifest("target/release/fp-relay"), PathBuf::from)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The HTTP ceiling: hyper answering 200 to everything, reading the body like the relay does.
+fn baseline_server(port: u16) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        let _ = request.into_body().collect().await;
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                            b"{\"status\":\"ok\"}",
+                        ))))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole benchmark suite in one command (about 5 minutes on 2 cores):
+#   criterion micro-benchmarks of the request-to-record path, then the load benchmark (relay vs
+#   the HTTP and Kafka ceilings, fulfilment round trips, 10,000 held requests, start-up), which
+#   rewrites benches/RESULTS.md.
+# `benches/load.sh --quick` is the short smoke run CI uses (writes nothing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TANSU_BIN="${TANSU_BIN:-$(scripts/ensure-tansu.sh)}"
+export TANSU_BIN
+cargo build --release --locked --bin fp-relay
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "${1:-}" = "--quick" ]; then
+    cargo bench --locked --bench load -- --quick
+else
+    cargo bench --locked --bench pipeline -- --warm-up-time 1 --measurement-time 3 2>&1 | tee target/pipeline-bench.txt
+    cargo bench --locked --bench load -- --full --out benches/RESULTS.md "$@"
+    {
+        echo
+        echo "## Micro-benchmarks (criterion, \`cargo bench --bench pipeline\`)"
+        echo
+        echo '| benchmark | time per request |'
+        echo '|---|---|'
+        # criterion prints "name  time: [low mid high]", the name sometimes on a line of its own.
+        awk '/^(prepare|redaction)\//{name=$1} /time:/{sub(/.*\[/,""); print "| " name " | " $3 " " $4 " |"}' target/pipeline-bench.txt
+    } >> benches/RESULTS.md
+fi

@@ -1,0 +1,263 @@
+//! `fp-relay send`: post sample events to a relay exactly as FirstPromoter would (v1 or v2
+//! envelope, v2's `X-Event-Id` / `X-Event-Type`, a signature, token or Basic credentials when
+//! asked), print what each answer means, and exit non-zero if any was not acknowledged.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::Engine;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::samples::{self, Sample};
+use crate::webhook::envelope::{self, WebhookVersion};
+
+/// What to send, where, and how.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// The relay's webhook URL (http only), including a v1 path token if one is used.
+    pub url: String,
+    /// Event types to send (their built-in samples).
+    pub events: Vec<String>,
+    /// Send every built-in sample.
+    pub all: bool,
+    /// Send a captured body instead of a sample.
+    pub from_file: Option<PathBuf>,
+    /// Copies of each event, each with a fresh event id.
+    pub count: u32,
+    /// Requests per second; unlimited when `None`.
+    pub rate: Option<f64>,
+    /// v2 signing secret: adds `X-Webhook-Signature`.
+    pub secret: Option<String>,
+    /// Shared token: adds `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// `user:password` for HTTP Basic.
+    pub basic: Option<String>,
+    /// Longest wait for one answer (fulfilment requests are held up to 10 s by default).
+    pub timeout: Duration,
+}
+
+/// One request to make.
+struct Outgoing {
+    label: String,
+    version: WebhookVersion,
+    event_type: String,
+    event_id: Option<String>,
+    body: Bytes,
+}
+
+/// Sends everything; returns whether every request was acknowledged (2xx).
+pub async fn run(options: &SendOptions, out: &mut impl Write) -> anyhow::Result<bool> {
+    let requests = plan(options)?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut statuses: BTreeMap<String, u32> = BTreeMap::new();
+    let mut acknowledged = true;
+    let interval = options
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    for (n, request) in requests.iter().enumerate() {
+        if let (Some(interval), true) = (interval, n > 0) {
+            tokio::time::sleep(interval).await;
+        }
+        let outcome =
+            tokio::time::timeout(options.timeout, send_one(&client, options, request)).await;
+        let (status, meaning) = match outcome {
+            Ok(Ok((status, body))) => (
+                status.to_string(),
+                meaning(&request.event_type, status, &body),
+            ),
+            Ok(Err(error)) => ("---".to_owned(), format!("not delivered: {error:#}")),
+            Err(_) => (
+                "---".to_owned(),
+                format!("no answer within {:?}", options.timeout),
+            ),
+        };
+        acknowledged &= status.starts_with('2');
+        writeln!(
+            out,
+            "{:<26} {:<4} {status:>3}  {meaning}",
+            request.label,
+            request.version.as_str()
+        )?;
+        *statuses.entry(status).or_default() += 1;
+    }
+    writeln!(out, "\nstatus  requests")?;
+    for (status, count) in &statuses {
+        writeln!(out, "{status:>6}  {count}")?;
+    }
+    if !acknowledged {
+        writeln!(out, "\nsome requests were not acknowledged (see above)")?;
+    }
+    Ok(acknowledged)
+}
+
+fn plan(options: &SendOptions) -> anyhow::Result<Vec<Outgoing>> {
+    let mut chosen: Vec<(String, WebhookVersion, Bytes)> = Vec::new();
+    if let Some(path) = &options.from_file {
+        let body =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let envelope = envelope::parse(&body, &http::HeaderMap::new())
+            .with_context(|| format!("{} is not a FirstPromoter webhook", path.display()))?;
+        chosen.push((envelope.event_type, envelope.version, Bytes::from(body)));
+    }
+    let samples: Vec<&Sample> = if options.all {
+        samples::SAMPLES.iter().collect()
+    } else {
+        options
+            .events
+            .iter()
+            .map(|name| {
+                samples::find(name).with_context(|| {
+                    let known: Vec<&str> = samples::SAMPLES.iter().map(|s| s.event_type).collect();
+                    format!("no sample for {name:?}; known: {}", known.join(", "))
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    chosen.extend(samples.iter().map(|s| {
+        (
+            s.event_type.to_owned(),
+            s.version,
+            Bytes::from_static(s.body),
+        )
+    }));
+    if chosen.is_empty() {
+        bail!("nothing to send: name events with --event, or use --all or --from-file");
+    }
+    let mut requests = Vec::new();
+    for copy in 0..options.count.max(1) {
+        for (event_type, version, body) in &chosen {
+            // A captured body goes as it is; samples get a fresh id per copy, as real events would.
+            let (body, event_id) =
+                if options.from_file.is_some() && copy == 0 && requests.is_empty() {
+                    let id = envelope::parse(body, &http::HeaderMap::new())
+                        .ok()
+                        .and_then(|e| e.event_id);
+                    (body.clone(), id)
+                } else {
+                    fresh_id(body, *version)?
+                };
+            requests.push(Outgoing {
+                label: event_type.clone(),
+                version: *version,
+                event_type: event_type.clone(),
+                event_id,
+                body,
+            });
+        }
+    }
+    Ok(requests)
+}
+
+/// The body with a new, unique event id.
+fn fresh_id(body: &Bytes, version: WebhookVersion) -> anyhow::Result<(Bytes, Option<String>)> {
+    let mut document: Value = serde_json::from_slice(body)?;
+    let id = match version {
+        WebhookVersion::V1 => {
+            let id = unique_number();
+            document["event"]["id"] = Value::from(id);
+            id.to_string()
+        }
+        WebhookVersion::V2 => {
+            let id = uuid::Uuid::new_v4().to_string();
+            document["event_id"] = Value::from(id.clone());
+            id
+        }
+    };
+    Ok((Bytes::from(serde_json::to_vec_pretty(&document)?), Some(id)))
+}
+
+fn unique_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    base + NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn send_one(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    options: &SendOptions,
+    request: &Outgoing,
+) -> anyhow::Result<(u16, Value)> {
+    let mut builder = http::Request::post(&options.url).header("content-type", "application/json");
+    if request.version == WebhookVersion::V2 {
+        builder = builder.header("x-event-type", &request.event_type);
+        if let Some(id) = &request.event_id {
+            builder = builder.header("x-event-id", id);
+        }
+    }
+    if let Some(secret) = &options.secret {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+        mac.update(&request.body);
+        builder = builder.header(
+            "x-webhook-signature",
+            hex::encode(mac.finalize().into_bytes()),
+        );
+    }
+    if let Some(token) = &options.token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(basic) = &options.basic {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(basic);
+        builder = builder.header("authorization", format!("Basic {encoded}"));
+    }
+    let response = client
+        .request(
+            builder
+                .body(Full::new(request.body.clone()))
+                .context("invalid URL")?,
+        )
+        .await
+        .with_context(|| format!("cannot reach {}", options.url))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// What an answer means, in FirstPromoter's terms.
+fn meaning(event_type: &str, status: u16, body: &Value) -> String {
+    let text = |key: &str| {
+        body.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    if event_type == "fulfilment_pending" {
+        return match status {
+            200 => "fulfilled: FirstPromoter marks the reward fulfilled".into(),
+            201..=299 => format!(
+                "stays pending ({}): FirstPromoter asks again at its next fulfilment check",
+                text("status")
+            ),
+            _ => format!(
+                "error ({}): FirstPromoter retries, up to 7 times a day",
+                text("error")
+            ),
+        };
+    }
+    match (status, text("status").as_str()) {
+        (200, "published") => format!(
+            "published to {} [partition {}] @ offset {}",
+            text("topic"),
+            body["partition"],
+            body["offset"]
+        ),
+        (202, "spooled") => {
+            "spooled: safe on the relay's disk, replayed to Kafka when it is back".into()
+        }
+        (200, "duplicate") => "duplicate: this event id was already published".into(),
+        (200..=299, other) => other.to_owned(),
+        _ => format!("refused: {} {}", text("error"), text("message")),
+    }
+}

@@ -1,0 +1,138 @@
+//! `fp-relay tail`: print what the relay wrote to Kafka: topic, partition, offset, key,
+//! headers, and the JSON value pretty-printed with the promoter's secrets masked. Useful with
+//! `serve --dev`, where no other Kafka tooling is set up.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::RedactConfig;
+use crate::webhook::redact::Redactor;
+
+/// What to read and when to stop.
+#[derive(Debug, Clone)]
+pub struct TailOptions {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Read every topic whose name starts with this (the relay's topic template prefix).
+    pub prefix: String,
+    /// Only these topics (overrides `prefix`).
+    pub topics: Vec<String>,
+    /// Start at the beginning of each topic rather than its end.
+    pub from_beginning: bool,
+    /// Exit after this many messages.
+    pub count: Option<usize>,
+    /// Exit after this long without a message.
+    pub idle_exit: Option<Duration>,
+}
+
+/// How often new topics are looked for.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Prints messages until `count` or `idle_exit` (or forever). Blocking: run it on its own thread.
+pub fn run(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set(
+            "group.id",
+            format!("fp-relay-tail-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .set("log_level", "3")
+        .create()?;
+    let mask = Redactor::new(&RedactConfig::default());
+    let mut assigned: HashSet<(String, i32)> = HashSet::new();
+    let mut list = TopicPartitionList::new();
+    let (mut printed, mut last_message, mut last_refresh) =
+        (0usize, Instant::now(), None::<Instant>);
+    loop {
+        if last_refresh.is_none_or(|at| at.elapsed() >= REFRESH) {
+            // Topics found at start begin at their end (or beginning, if asked); a topic that
+            // appears later was created by new events, so it is read whole.
+            let start = if options.from_beginning || last_refresh.is_some() {
+                Offset::Beginning
+            } else {
+                Offset::End
+            };
+            last_refresh = Some(Instant::now());
+            let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
+            let mut added = false;
+            for topic in metadata.topics() {
+                let wanted = if options.topics.is_empty() {
+                    topic.name().starts_with(&options.prefix)
+                } else {
+                    options.topics.iter().any(|t| t == topic.name())
+                };
+                for partition in topic.partitions().iter().filter(|_| wanted) {
+                    if assigned.insert((topic.name().to_owned(), partition.id())) {
+                        list.add_partition_offset(topic.name(), partition.id(), start)?;
+                        added = true;
+                    }
+                }
+            }
+            if added {
+                consumer.assign(&list)?;
+            }
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                print(&message, &mask, out)?;
+                printed += 1;
+                last_message = Instant::now();
+                if options.count.is_some_and(|count| printed >= count) {
+                    return Ok(printed);
+                }
+            }
+            Some(Err(error)) => writeln!(out, "(consumer error: {error})")?,
+            None => {}
+        }
+        if options
+            .idle_exit
+            .is_some_and(|idle| last_message.elapsed() >= idle)
+        {
+            return Ok(printed);
+        }
+    }
+}
+
+fn print(
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    mask: &Redactor,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let key = message
+        .key()
+        .map_or("-".into(), |k| String::from_utf8_lossy(k).into_owned());
+    writeln!(
+        out,
+        "── {} [{}] @{}  key={key}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    )?;
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            let value = header
+                .value
+                .map_or("".into(), |v| String::from_utf8_lossy(v).into_owned());
+            writeln!(out, "   {}: {value}", header.key)?;
+        }
+    }
+    let payload = message.payload().unwrap_or_default();
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(mut value) => {
+            mask.apply(&mut value);
+            for line in serde_json::to_string_pretty(&value)?.lines() {
+                writeln!(out, "   {line}")?;
+            }
+        }
+        Err(_) => writeln!(out, "   (not JSON, {} bytes)", payload.len())?,
+    }
+    writeln!(out)?;
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! The newcomer's tools as a newcomer runs them: `fp-relay send` against a relay on a real
+//! broker, `fp-relay tail` showing what arrived, and `--help` of every subcommand pinned by
+//! snapshots (regenerate with UPDATE_SNAPSHOTS=1).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{consume, free_port, Tansu, TestRelay};
+use fp_relay::samples::SAMPLES;
+
+fn fp_relay(args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fp-relay"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FP_RELAY_")) {
+        command.env_remove(name);
+    }
+    command.args(args).env("COLUMNS", "100").output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_all_publishes_one_message_per_event_type_and_exits_0() {
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config.fulfilment.timeout = Duration::from_millis(500);
+    let relay = TestRelay::start_ready(config).await;
+    let url = format!("http://{}{}", relay.addr, relay.path);
+    let output = tokio::task::spawn_blocking(move || fp_relay(&["send", "--url", &url, "--all"]))
+        .await
+        .unwrap();
+    let text = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("stays pending"),
+        "fulfilment_pending's answer is explained: {text}"
+    );
+    // The summary: every standard event 200, fulfilment_pending 202 (nobody answers it here).
+    assert!(
+        text.contains(&format!("\n   200  {}\n", SAMPLES.len() - 1)),
+        "{text}"
+    );
+    assert!(text.contains("\n   202  1\n"), "{text}");
+    for sample in SAMPLES {
+        let topic = format!("firstpromoter.{}", sample.event_type);
+        let messages = consume(
+            &broker.bootstrap(),
+            &topic,
+            1,
+            Duration::from_secs(10),
+            Duration::from_millis(500),
+        )
+        .await;
+        assert_eq!(messages.len(), 1, "{topic}");
+        if sample.version == fp_relay::webhook::envelope::WebhookVersion::V2 {
+            let id = messages[0].header("fp-event-id").unwrap();
+            assert!(
+                uuid::Uuid::parse_str(id).is_ok(),
+                "v2 sends carry a fresh X-Event-Id: {id}"
+            );
+        }
+    }
+    relay.shutdown().await;
+}
+
+#[test]
+fn send_against_a_stopped_relay_exits_non_zero_with_a_readable_message() {
+    let url = format!("http://127.0.0.1:{}/webhooks/firstpromoter", free_port());
+    let output = fp_relay(&[
+        "send",
+        "--url",
+        &url,
+        "--event",
+        "lead_signup",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(text.contains("not delivered: cannot reach"), "{text}");
+    assert!(text.contains("not acknowledged"), "{text}");
+    let unknown = fp_relay(&["send", "--url", &url, "--event", "no_such_event"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("known: lead_signup"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_signs_v2_events_and_carries_tokens_as_configured() {
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config.auth.insecure_no_auth = false;
+    config.auth.signature_secrets = vec!["send-signing-secret-0123".into()];
+    config.auth.require_signature = true;
+    let relay = TestRelay::start_ready(config).await;
+    let url = format!("http://{}{}", relay.addr, relay.path);
+    let signed = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            fp_relay(&[
+                "send",
+                "--url",
+                &url,
+                "--event",
+                "referral.created",
+                "--secret",
+                "send-signing-secret-0123",
+            ])
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(signed.status.code(), Some(0), "{}", stdout(&signed));
+    let unsigned = tokio::task::spawn_blocking(move || {
+        fp_relay(&["send", "--url", &url, "--event", "referral.created"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(unsigned.status.code(), Some(1));
+    assert!(stdout(&unsigned).contains("401"), "{}", stdout(&unsigned));
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_prints_what_send_sent_with_secrets_masked() {
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config.redact.fields.clear(); // so only tail's own masking stands between the token and the screen
+    let relay = TestRelay::start_ready(config).await;
+    let url = format!("http://{}{}", relay.addr, relay.path);
+    let sent = tokio::task::spawn_blocking(move || {
+        fp_relay(&[
+            "send",
+            "--url",
+            &url,
+            "--event",
+            "lead_signup",
+            "--event",
+            "promoter_accepted",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent.status.code(), Some(0));
+    let bootstrap = broker.bootstrap();
+    let tailed = tokio::task::spawn_blocking(move || {
+        fp_relay(&[
+            "tail",
+            "--brokers",
+            &bootstrap,
+            "--from-beginning",
+            "--count",
+            "2",
+            "--idle-exit",
+            "20s",
+        ])
+    })
+    .await
+    .unwrap();
+    let text = stdout(&tailed);
+    assert_eq!(tailed.status.code(), Some(0), "{text}");
+    for expected in [
+        "── firstpromoter.lead_signup",
+        "── firstpromoter.promoter_accepted",
+        "fp-event-id: ",
+        "ce_type: com.firstpromoter.lead_signup",
+        "\"auth_token\": \"[redacted]\"",
+    ] {
+        assert!(
+            text.contains(expected),
+            "tail output lacks {expected:?}:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("hjsmLQwMounBWxeqQS2cMXYp8epADJmB"),
+        "the promoter's token is masked"
+    );
+    relay.shutdown().await;
+}
+
+#[test]
+fn help_of_every_subcommand_matches_its_snapshot() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    for subcommand in ["", "serve", "check-config", "respond", "send", "tail"] {
+        let args: Vec<&str> = [subcommand, "--help"]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
+        let output = fp_relay(&args);
+        assert!(output.status.success());
+        let name = if subcommand.is_empty() {
+            "fp-relay"
+        } else {
+            subcommand
+        };
+        let path = dir.join(format!("help-{name}.txt"));
+        if update {
+            std::fs::write(&path, &output.stdout).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{}: run with UPDATE_SNAPSHOTS=1", path.display()));
+        assert_eq!(
+            stdout(&output),
+            expected,
+            "`fp-relay {name} --help` changed; if intended, run with UPDATE_SNAPSHOTS=1"
+        );
+    }
+}
