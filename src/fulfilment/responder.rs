@@ -49,8 +49,9 @@ pub async fn run(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
-        // A relay is holding an HTTP request for every message here: fetch eagerly.
-        .set("fetch.wait.max.ms", "10")
+        // A relay is holding an HTTP request for every message here: fetch eagerly (see
+        // kafka::consumer_config for the measurement behind 5 ms).
+        .set("fetch.wait.max.ms", "5")
         .create()?;
     let producer: FutureProducer = base
         .clone()
