@@ -383,12 +383,7 @@ async fn duplicate_event_ids_concurrent_and_sequential_are_published_once() {
     config.dedup.enabled = true;
     let relay = TestRelay::start_ready(config).await;
     let concurrent: Vec<_> = (0..10)
-        .map(|_| {
-            let (addr, path) = (relay.addr, relay.path.clone());
-            tokio::spawn(
-                async move { common::send(addr, "POST", &path, &[], event(7).into()).await },
-            )
-        })
+        .map(|_| relay.post_in_background(event(7).into()))
         .collect();
     let mut statuses = Vec::new();
     for post in concurrent {

@@ -64,19 +64,7 @@ async fn each_outcome_becomes_the_status_firstpromoter_acts_on() {
     ];
     for (n, (value, status, outcome)) in cases.into_iter().enumerate() {
         let started = tokio::time::Instant::now();
-        let post = tokio::spawn({
-            let (addr, path) = (relay.addr, relay.path.clone());
-            async move {
-                common::send(
-                    addr,
-                    "POST",
-                    &path,
-                    &[],
-                    sample("v1/fulfilment_pending.json"),
-                )
-                .await
-            }
-        });
+        let post = relay.post_in_background(sample("v1/fulfilment_pending.json"));
         let request = requests(&broker, n + 1).await.pop().unwrap();
         assert!(
             request.value == sample("v1/fulfilment_pending.json"),
@@ -179,19 +167,7 @@ async fn no_reply_in_time_answers_202_and_a_later_reply_is_counted_late() {
 async fn malformed_and_unmatched_replies_are_counted_and_harmless() {
     let broker = Tansu::start();
     let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
-    let post = tokio::spawn({
-        let (addr, path) = (relay.addr, relay.path.clone());
-        async move {
-            common::send(
-                addr,
-                "POST",
-                &path,
-                &[],
-                sample("v1/fulfilment_pending.json"),
-            )
-            .await
-        }
-    });
+    let post = relay.post_in_background(sample("v1/fulfilment_pending.json"));
     let correlation_id = requests(&broker, 1).await[0]
         .header("fp-correlation-id")
         .unwrap()
@@ -242,19 +218,7 @@ async fn two_replicas_sharing_the_reply_topic_each_get_their_own_answers_from_an
     let broker = Tansu::start();
     let a = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
     let b = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
-    let post = |relay: &TestRelay| {
-        let (addr, path) = (relay.addr, relay.path.clone());
-        tokio::spawn(async move {
-            common::send(
-                addr,
-                "POST",
-                &path,
-                &[],
-                sample("v1/fulfilment_pending.json"),
-            )
-            .await
-        })
-    };
+    let post = |relay: &TestRelay| relay.post_in_background(sample("v1/fulfilment_pending.json"));
     let (post_a, post_b) = (post(&a), post(&b));
     let held = requests(&broker, 2).await;
     let ids: Vec<String> = held
@@ -352,19 +316,7 @@ async fn beyond_max_in_flight_requests_are_published_and_answered_pending_at_onc
     let mut config = config(&broker, Duration::from_secs(10));
     config.fulfilment.max_in_flight = 1;
     let relay = TestRelay::start_ready(config).await;
-    let held = tokio::spawn({
-        let (addr, path) = (relay.addr, relay.path.clone());
-        async move {
-            common::send(
-                addr,
-                "POST",
-                &path,
-                &[],
-                sample("v1/fulfilment_pending.json"),
-            )
-            .await
-        }
-    });
+    let held = relay.post_in_background(sample("v1/fulfilment_pending.json"));
     assert!(
         eventually(WAIT, async || relay
             .metric("fp_relay_fulfilment_in_flight")
@@ -401,19 +353,7 @@ async fn shutdown_answers_every_held_request_with_the_pending_status() {
     let broker = Tansu::start();
     let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
     let posts: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, path) = (relay.addr, relay.path.clone());
-            tokio::spawn(async move {
-                common::send(
-                    addr,
-                    "POST",
-                    &path,
-                    &[],
-                    sample("v1/fulfilment_pending.json"),
-                )
-                .await
-            })
-        })
+        .map(|_| relay.post_in_background(sample("v1/fulfilment_pending.json")))
         .collect();
     assert!(
         eventually(WAIT, async || relay

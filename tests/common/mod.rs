@@ -239,6 +239,12 @@ impl TestRelay {
         send(self.addr, "POST", &self.path, headers, body.into()).await
     }
 
+    /// POSTs `body` on a task of its own, for requests the test answers or watches while they wait.
+    pub fn post_in_background(&self, body: Bytes) -> JoinHandle<Reply> {
+        let (addr, path) = (self.addr, self.path.clone());
+        tokio::spawn(async move { send(addr, "POST", &path, &[], body).await })
+    }
+
     /// The value of one sample of the admin listener's `/metrics`, 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = get(self.admin, "/metrics").await.text();
