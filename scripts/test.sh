@@ -24,12 +24,18 @@ if [ "${CI:-}" = "true" ]; then
     cargo fmt --all -- --check
     cargo clippy --all-targets --locked -- -D warnings
 fi
-cargo test --all-targets --locked "$@"
+mkdir -p target
+cargo test --all-targets --locked "$@" 2>&1 | tee target/test-output.txt
+
 
 # On CI, also run the load benchmark's smoke version (it must work; its numbers are not judged
 # here) and fuzz the request-to-record path briefly (scripts/fuzz.sh; cargo-fuzz is cached in ~/.cargo/bin).
 if [ "${CI:-}" = "true" ] && [ "${FP_RELAY_SKIP_FUZZ:-}" != "1" ]; then
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
         scripts/fuzz.sh 30
-    benches/load.sh --quick
+        benches/load.sh --quick
 fi
+
+# One closing line for the whole run (the fuzz and benchmark output above would otherwise end it).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.txt
