@@ -81,11 +81,6 @@ impl Pipeline {
             redacted,
         })
     }
-
-    /// The topic an event type is routed to.
-    pub fn topic(&self, event_type: &str) -> String {
-        self.router.topic(event_type)
-    }
 }
 
 #[cfg(test)]

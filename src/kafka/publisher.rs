@@ -108,15 +108,21 @@ impl PendingDelivery {
             Ok(Err((error, _))) => Err(self.publisher.classify(error, &self.generation)),
             Err(_) => Err(PublishError::Kafka(KafkaError::Canceled)),
         };
-        self.publisher
-            .observe(result.as_ref().map(|_| ()), Some(self.started));
+        self.publisher.observe(
+            result.as_ref().map(|_| ()),
+            Some(self.started),
+            &self.generation,
+        );
         result
     }
 
     /// Gives up waiting: counts the write as timed out for metrics and the watchdog.
     fn abandon(self) -> PublishError {
-        self.publisher
-            .observe(Err(&PublishError::Timeout), Some(self.started));
+        self.publisher.observe(
+            Err(&PublishError::Timeout),
+            Some(self.started),
+            &self.generation,
+        );
         PublishError::Timeout
     }
 }
@@ -212,7 +218,8 @@ impl Publisher {
         let mut pending = match self.enqueue(record, deadline).await {
             Ok(pending) => pending,
             Err(error) => {
-                self.observe(Err(&error), None);
+                // Enqueueing uses the current producer (classify already replaced a fatal one).
+                self.observe(Err(&error), None, &self.current());
                 return Err(Handoff::Failed(error));
             }
         };
@@ -261,14 +268,20 @@ impl Publisher {
         }
     }
 
-    /// Records the outcome of one write in metrics and the stuck-producer watchdog.
-    fn observe(&self, result: Result<(), &PublishError>, started: Option<Instant>) {
+    /// Records the outcome of one write by `generation` in metrics and the stuck-producer
+    /// watchdog; a late failure of an already-replaced producer never retires its successor.
+    fn observe(
+        &self,
+        result: Result<(), &PublishError>,
+        started: Option<Instant>,
+        generation: &Arc<Generation>,
+    ) {
         if let Some(started) = started {
             self.metrics
                 .kafka_produce_duration
                 .observe(started.elapsed().as_secs_f64());
         }
-        self.watch_for_stuck(result, &self.current());
+        self.watch_for_stuck(result, generation);
         let label = match result {
             Ok(_) => "ok",
             Err(PublishError::Timeout) => "timeout",

@@ -13,7 +13,6 @@ pub mod journal;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -88,8 +87,6 @@ pub struct Spool {
     /// Wakes the replay task.
     wake: Notify,
     metrics: Arc<Metrics>,
-    /// Records found damaged at start-up or when read back.
-    corrupt: AtomicU64,
 }
 
 impl Spool {
@@ -161,7 +158,6 @@ impl Spool {
             state: Mutex::new(state),
             wake: Notify::new(),
             metrics,
-            corrupt: AtomicU64::new(corrupt),
         });
         spool.delete_finished_segments();
         spool.refresh_metrics();
@@ -176,11 +172,6 @@ impl Spool {
             .expect("lock not poisoned")
             .pending
             .is_empty()
-    }
-
-    /// Records damaged on disk so far.
-    pub fn corrupt_records(&self) -> u64 {
-        self.corrupt.load(Ordering::Relaxed)
     }
 
     /// Appends `record` durably. With `attempt`, the record's direct publish is still in flight:
@@ -387,7 +378,7 @@ impl Spool {
                 Ok(Ok(event)) => event,
                 Ok(Err(error)) => {
                     tracing::error!(%error, seq, "a spooled record is damaged; skipping it");
-                    self.corrupt.fetch_add(1, Ordering::Relaxed);
+
                     self.metrics.spool_corrupt_records.inc();
                     self.mark_done(seq).await;
                     continue;

@@ -473,13 +473,6 @@ pub fn sample(name: &str) -> Bytes {
     Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
-pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("TEST_LOG").unwrap_or("info".into()))
-        .with_test_writer()
-        .try_init();
-}
-
 /// Produces one message to `topic` the way a downstream fulfiller would answer.
 pub async fn produce(
     bootstrap: &str,
