@@ -15,12 +15,10 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 async fn broker_down_gives_503_within_ack_timeout_and_recovery_needs_no_restart() {
     let mut broker = Tansu::start();
     let port = broker.port;
-    let mut config = common::test_config(&broker.bootstrap());
-    // tansu forgets every topic when it restarts; librdkafka's consumer then crashes on the
-    // nameless topic tansu returns for the lost reply topic (a null name passed to strcmp in
-    // rd_kafka_metadata_update_op). Real clusters keep their topics, so this test restarts the
-    // broker with the reply consumer off; the freeze test below keeps it on.
-    config.fulfilment.enabled = false;
+    // Fulfilment stays on (the default): tansu forgets every topic when it restarts, which
+    // used to crash librdkafka's reply consumer (vendor/README.md); tests/recovery.rs covers
+    // that recovery in depth.
+    let config = common::test_config(&broker.bootstrap());
     let ack_timeout = config.kafka.ack_timeout;
     let relay = TestRelay::start_ready(config).await;
     let body = sample("v1/lead_signup.json");
