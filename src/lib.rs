@@ -121,6 +121,7 @@ impl Server {
         let background = CancellationToken::new();
         let services = start_services(&config, &background)?;
         let publisher = services.publisher.clone();
+        let watch = services.health.cluster.clone();
         let ack_timeout = config.kafka.ack_timeout;
         let relay = Arc::new(Relay::new(config, services));
         tracing::info!(
@@ -181,6 +182,8 @@ impl Server {
         }
         background.cancel();
         let _ = admin_task.await;
+        // Kafka clients still being torn down have nothing left to tell the operator.
+        watch.silence();
         tracing::info!("fp-relay stopped");
         Ok(())
     }
@@ -197,12 +200,13 @@ fn start_services(config: &Config, background: &CancellationToken) -> Result<Ser
     } else {
         config.kafka.ack_timeout
     };
+    let health = Arc::new(Health::default());
     let publisher = Arc::new(Publisher::new(
         kafka::producer_config(&config.kafka, message_timeout),
         config.kafka.ack_timeout,
         metrics.clone(),
+        health.cluster.clone(),
     )?);
-    let health = Arc::new(Health::default());
     let correlator = if config.fulfilment.enabled {
         metrics
             .fulfilment_max_in_flight
@@ -215,6 +219,7 @@ fn start_services(config: &Config, background: &CancellationToken) -> Result<Ser
             &config.fulfilment,
             correlator.clone(),
             metrics.clone(),
+            health.cluster.clone(),
             health.reply_consumer.clone(),
         )?
         .spawn(background.clone());
@@ -254,7 +259,8 @@ fn start_services(config: &Config, background: &CancellationToken) -> Result<Ser
     })
 }
 
-/// Keeps `health.producer` current: a brokers-only metadata request every `interval`.
+/// Keeps `health.producer` current with a brokers-only metadata request every `interval`, and
+/// tells the [`ClusterWatch`](kafka::outage::ClusterWatch) (which logs outages once, with summaries).
 async fn probe_cluster(
     publisher: Arc<Publisher>,
     health: Arc<Health>,
@@ -266,13 +272,8 @@ async fn probe_cluster(
         let reachable = tokio::task::spawn_blocking(move || probe.probe(interval))
             .await
             .unwrap_or(false);
-        if health.producer.swap(reachable, Ordering::AcqRel) != reachable {
-            if reachable {
-                tracing::info!("Kafka cluster reachable");
-            } else {
-                tracing::warn!("Kafka cluster unreachable; /readyz answers 503");
-            }
-        }
+        health.producer.store(reachable, Ordering::Release);
+        health.cluster.observe(reachable);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub fulfilment_reply_duration: Histogram,
     /// Replies that matched no held request, by reason: late, unmatched, malformed.
     pub fulfilment_replies_ignored: IntCounterVec,
+    /// Reply consumers rebuilt because the reply topic vanished, shrank or was recreated.
+    pub fulfilment_reply_consumer_rebuilds: IntCounter,
 }
 
 impl Metrics {
@@ -226,6 +228,11 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            fulfilment_reply_consumer_rebuilds: IntCounter::new(
+                "fp_relay_fulfilment_reply_consumer_rebuilds_total",
+                "Reply consumers rebuilt because the reply topic vanished, shrank or was recreated.",
+            )
+            .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -279,6 +286,7 @@ impl Metrics {
             Box::new(self.fulfilment_in_flight.clone()),
             Box::new(self.fulfilment_max_in_flight.clone()),
             Box::new(self.fulfilment_outcomes.clone()),
+            Box::new(self.fulfilment_reply_consumer_rebuilds.clone()),
             Box::new(self.fulfilment_reply_duration.clone()),
             Box::new(self.fulfilment_replies_ignored.clone()),
         ]

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::dedup::{Claim, Dedup};
 use crate::error::RelayError;
 use crate::fulfilment::correlator::{Correlator, Outcome, Verdict};
+use crate::kafka::outage::ClusterWatch;
 use crate::kafka::publisher::{Delivered, Handoff, PublishError, Publisher};
 use crate::kafka::record::{headers, rfc3339, OutboundRecord, Received};
 use crate::metrics::Metrics;
@@ -97,6 +98,8 @@ pub struct Health {
     pub producer: AtomicBool,
     /// The reply consumer is assigned and positioned (always true with fulfilment off).
     pub reply_consumer: Arc<AtomicBool>,
+    /// Outage reporting shared with the probe, the handler and the Kafka clients.
+    pub cluster: Arc<ClusterWatch>,
 }
 
 impl Health {
@@ -302,9 +305,7 @@ impl Relay {
             .publisher
             .publish(record, arrived + self.config.kafka.ack_timeout)
             .await;
-        if let Err(error) = &result {
-            tracing::warn!(topic = %record.topic, kind = error.kind(), %error, "event not acknowledged by Kafka");
-        }
+        // The refusal is logged once, by the handler (rate-limited during an outage).
         Ok(result?)
     }
 

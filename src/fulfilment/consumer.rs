@@ -4,18 +4,26 @@
 //! Why no group: replies for a replica's held requests may land on any partition, and a group
 //! would give each partition to one replica only. Reading everything costs a little bandwidth
 //! (replies are small) and makes any number of replicas work with no coordination.
+//!
+//! Why it rebuilds itself: a cluster can come back without the reply topic (a broker restarted
+//! with in-memory storage) or with a new one under the same name (deleted and recreated). A
+//! client that keeps its old assignment then reports "unknown topic" forever, or reads from
+//! offsets that no longer mean anything. So every `kafka.probe_interval` the consumer checks its
+//! topic; when the topic is gone, has fewer partitions, or (after any consumption error) its
+//! offsets went back, the consumer is marked not ready, dropped, built afresh and positioned
+//! at the end again (recreating the topic when `create_reply_topic` is on). Requests held
+//! meanwhile end by their timeout with the pending status, never 200.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -24,6 +32,7 @@ use super::correlator::{Correlator, Reply};
 use crate::config::{FulfilmentConfig, KafkaConfig};
 use crate::kafka::consumer_config;
 use crate::kafka::context::RelayContext;
+use crate::kafka::outage::ClusterWatch;
 use crate::kafka::record::headers;
 use crate::metrics::Metrics;
 
@@ -31,21 +40,44 @@ use crate::metrics::Metrics;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between positioning attempts while the cluster is unreachable.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
-/// How often the consumer looks for partitions added to the reply topic.
-const PARTITION_REFRESH: Duration = Duration::from_secs(30);
 
 /// Everything the consumer task needs.
 pub struct ReplyConsumer {
+    /// The client in use; replaced (never mutated) when the reply topic is lost.
     consumer: Arc<StreamConsumer<RelayContext>>,
+    /// Settings every consumer instance is built from.
+    consumer_config: ClientConfig,
     /// Settings for creating the reply topic; the same client properties as the consumer.
-    admin_config: rdkafka::ClientConfig,
+    admin_config: ClientConfig,
+    /// Given to each client's context: outage-aware logs, silenced after shutdown.
+    watch: Arc<ClusterWatch>,
     topic: String,
     create_topic: bool,
     partitions: i32,
+    /// How often the reply topic is checked (`kafka.probe_interval`).
+    check_interval: Duration,
     correlator: Arc<Correlator>,
     metrics: Arc<Metrics>,
     /// Set once every partition is assigned at a concrete offset; drives `/readyz`.
     ready: Arc<AtomicBool>,
+}
+
+/// Why [`ReplyConsumer::serve`] returned.
+enum Served {
+    /// `stop` was cancelled.
+    Stopped,
+    /// The reply topic is not the one the consumer was positioned on; the reason says how.
+    TopicLost(&'static str),
+}
+
+/// What a periodic check of the reply topic found.
+enum Check {
+    /// The cluster did not answer; nothing is known.
+    Unknown,
+    /// The topic is as assigned (or grew; the new partitions are now read too).
+    Healthy { partitions: i32 },
+    /// The consumer must be rebuilt and positioned again.
+    Lost(&'static str),
 }
 
 impl ReplyConsumer {
@@ -55,27 +87,30 @@ impl ReplyConsumer {
         fulfilment: &FulfilmentConfig,
         correlator: Arc<Correlator>,
         metrics: Arc<Metrics>,
+        watch: Arc<ClusterWatch>,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, KafkaError> {
         // A group id is required by librdkafka but never joined: partitions are assigned.
         let group = format!("fp-relay-replies-{}", Uuid::new_v4());
-        let mut config = consumer_config(kafka, &group);
+        let mut consumer_config = consumer_config(kafka, &group);
         // An offset out of range means the reply log moved; rereading old replies is harmless
         // (they are unmatched), skipping new ones is not.
-        config.set("auto.offset.reset", "earliest");
-        let consumer =
-            config.create_with_context(RelayContext::new(metrics.clone(), "reply-consumer"))?;
-        let mut admin_config = rdkafka::ClientConfig::new();
+        consumer_config.set("auto.offset.reset", "earliest");
+        let consumer = build(&consumer_config, &metrics, &watch)?;
+        let mut admin_config = ClientConfig::new();
         for (key, value) in &kafka.properties {
             admin_config.set(key, value);
         }
         admin_config.set("bootstrap.servers", &kafka.brokers);
         Ok(Self {
-            consumer: Arc::new(consumer),
+            consumer,
+            consumer_config,
             admin_config,
+            watch,
             topic: fulfilment.reply_topic.clone(),
             create_topic: fulfilment.create_reply_topic,
             partitions: fulfilment.reply_topic_partitions,
+            check_interval: kafka.probe_interval,
             correlator,
             metrics,
             ready,
@@ -83,39 +118,146 @@ impl ReplyConsumer {
     }
 
     /// Positions the consumer (retrying until the cluster answers), then delivers replies
-    /// until `stop` is cancelled.
-    pub fn spawn(self, stop: CancellationToken) -> JoinHandle<()> {
+    /// until `stop` is cancelled, rebuilding itself whenever the reply topic is lost.
+    pub fn spawn(mut self, stop: CancellationToken) -> JoinHandle<()> {
         tokio::spawn(async move {
-            let mut assigned = loop {
-                match self.position().await {
-                    Ok(assigned) => break assigned,
-                    Err(error) => {
-                        tracing::warn!(topic = %self.topic, %error, "reply consumer not positioned yet; retrying");
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(RETRY_PAUSE) => {}
+            loop {
+                let Some(assigned) = self.position_until_done(&stop).await else {
+                    return;
+                };
+                self.ready.store(true, Ordering::Release);
+                tracing::info!(topic = %self.topic, partitions = assigned, "reply consumer positioned at the end of every partition");
+                match self.serve(assigned, &stop).await {
+                    Served::Stopped => return,
+                    Served::TopicLost(reason) => {
+                        self.ready.store(false, Ordering::Release);
+                        self.metrics.fulfilment_reply_consumer_rebuilds.inc();
+                        tracing::warn!(topic = %self.topic, reason, "reply topic lost; rebuilding the reply consumer (/readyz answers 503 until it is positioned again)");
+                        while let Err(error) = self.rebuild() {
+                            tracing::error!(%error, "cannot build a new reply consumer; retrying");
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                            }
                         }
                     }
                 }
-            };
-            self.ready.store(true, Ordering::Release);
-            tracing::info!(topic = %self.topic, partitions = assigned, "reply consumer positioned at the end of every partition");
-            let mut refresh = tokio::time::interval(PARTITION_REFRESH);
-            refresh.tick().await;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    message = self.consumer.recv() => match message {
-                        Ok(message) => self.handle(&message),
-                        Err(error) => tracing::warn!(%error, "reply consumer error"),
-                    },
-                    _ = refresh.tick() => match self.add_new_partitions(assigned).await {
-                        Ok(count) => assigned = count,
-                        Err(error) => tracing::warn!(%error, "cannot refresh reply topic partitions"),
-                    },
-                }
             }
         })
+    }
+
+    /// Retries [`ReplyConsumer::position`] until it succeeds (`Some(partitions)`) or `stop`
+    /// is cancelled (`None`). Logs the first failure of a series only.
+    async fn position_until_done(&self, stop: &CancellationToken) -> Option<i32> {
+        let mut failures = 0u32;
+        loop {
+            match self.position().await {
+                Ok(assigned) => return Some(assigned),
+                Err(error) => {
+                    if failures == 0 {
+                        tracing::warn!(topic = %self.topic, %error, "reply consumer not positioned yet; retrying every second");
+                    }
+                    failures += 1;
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands replies to the correlator and checks the reply topic every `check_interval`.
+    async fn serve(&self, mut assigned: i32, stop: &CancellationToken) -> Served {
+        let mut check = tokio::time::interval(self.check_interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
+        // Set by any consumption error: the next check also looks for offsets gone back.
+        let mut disturbed = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Served::Stopped,
+                message = self.consumer.recv() => match message {
+                    Ok(message) => self.handle(&message),
+                    Err(error) => {
+                        if !disturbed && !self.watch.is_down() {
+                            tracing::warn!(%error, "reply consumer error; checking the reply topic");
+                        } else {
+                            tracing::debug!(%error, "reply consumer error");
+                        }
+                        disturbed = true;
+                    }
+                },
+                _ = check.tick() => match self.check(assigned, disturbed).await {
+                    Check::Unknown => {}
+                    Check::Healthy { partitions } => {
+                        assigned = partitions;
+                        disturbed = false;
+                    }
+                    Check::Lost(reason) => return Served::TopicLost(reason),
+                },
+            }
+        }
+    }
+
+    /// Compares the reply topic with what is assigned.
+    async fn check(&self, assigned: i32, disturbed: bool) -> Check {
+        let Ok(count) = self.partition_count().await else {
+            return Check::Unknown;
+        };
+        if count == 0 {
+            return Check::Lost("the reply topic no longer exists");
+        }
+        if count < assigned {
+            return Check::Lost("the reply topic has fewer partitions than before");
+        }
+        if disturbed {
+            match self.offsets_went_back(assigned).await {
+                Ok(true) => return Check::Lost("the reply topic's offsets went back (recreated)"),
+                Ok(false) => {}
+                Err(_) => return Check::Unknown,
+            }
+        }
+        match self.add_new_partitions(assigned, count) {
+            Ok(()) => Check::Healthy { partitions: count },
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the reply topic's new partitions");
+                Check::Unknown
+            }
+        }
+    }
+
+    /// True when some partition's end is now before the position this consumer reached: the
+    /// log this consumer was reading was replaced.
+    async fn offsets_went_back(&self, assigned: i32) -> Result<bool, KafkaError> {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        blocking(move || {
+            let positions = consumer.position()?;
+            for partition in 0..assigned {
+                let Some(Offset::Offset(position)) = positions
+                    .find_partition(&topic, partition)
+                    .map(|entry| entry.offset())
+                else {
+                    continue;
+                };
+                let (_, high) = consumer.fetch_watermarks(&topic, partition, CALL_TIMEOUT)?;
+                if high < position {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+
+    /// Replaces the client with a fresh one that holds no state about the old topic.
+    fn rebuild(&mut self) -> Result<(), KafkaError> {
+        let fresh = build(&self.consumer_config, &self.metrics, &self.watch)?;
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        // Destroying a librdkafka client joins its threads; never on an async worker.
+        std::thread::spawn(move || drop(old));
+        Ok(())
     }
 
     /// Assigns every partition of the reply topic at its current end. Returns the partition count.
@@ -165,7 +307,8 @@ impl ReplyConsumer {
     }
 
     async fn create(&self) -> Result<(), KafkaError> {
-        let admin: AdminClient<DefaultClientContext> = self.admin_config.create()?;
+        let context = RelayContext::new(self.metrics.clone(), self.watch.clone(), "admin");
+        let admin: AdminClient<RelayContext> = self.admin_config.create_with_context(context)?;
         let new_topic = NewTopic::new(&self.topic, self.partitions, TopicReplication::Fixed(-1));
         let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
         for result in admin.create_topics([&new_topic], &options).await? {
@@ -180,12 +323,11 @@ impl ReplyConsumer {
         Ok(())
     }
 
-    /// Partitions added to the reply topic after start-up are read from their beginning: every
-    /// reply on them is newer than this consumer.
-    async fn add_new_partitions(&self, assigned: i32) -> Result<i32, KafkaError> {
-        let count = self.partition_count().await?;
+    /// Partitions added to the reply topic after positioning are read from their beginning:
+    /// every reply on them is newer than this consumer.
+    fn add_new_partitions(&self, assigned: i32, count: i32) -> Result<(), KafkaError> {
         if count <= assigned {
-            return Ok(assigned);
+            return Ok(());
         }
         let mut list = TopicPartitionList::new();
         for partition in assigned..count {
@@ -193,7 +335,7 @@ impl ReplyConsumer {
         }
         self.consumer.incremental_assign(&list)?;
         tracing::info!(topic = %self.topic, from = assigned, to = count, "reply topic grew; reading the new partitions");
-        Ok(count)
+        Ok(())
     }
 
     fn handle(&self, message: &BorrowedMessage<'_>) {
@@ -228,6 +370,15 @@ impl ReplyConsumer {
             tracing::debug!(correlation_id = %id, reason, "ignored a fulfilment reply");
         }
     }
+}
+
+fn build(
+    config: &ClientConfig,
+    metrics: &Arc<Metrics>,
+    watch: &Arc<ClusterWatch>,
+) -> Result<Arc<StreamConsumer<RelayContext>>, KafkaError> {
+    let context = RelayContext::new(metrics.clone(), watch.clone(), "reply-consumer");
+    Ok(Arc::new(config.create_with_context(context)?))
 }
 
 async fn blocking<T: Send + 'static>(

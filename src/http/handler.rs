@@ -42,7 +42,12 @@ pub async fn handle(
                     .with_label_values(&[failure.reason()])
                     .inc();
             }
-            tracing::warn!(
+            // During an outage every request is refused the same way: log one every few
+            // seconds and let the outage summary count the rest.
+            let logged =
+                !matches!(error, RelayError::Unavailable(_)) || relay.health.cluster.note_refusal();
+            if logged {
+                tracing::warn!(
                 %peer,
                 reason = error.code(),
                 event_type = label,
@@ -50,7 +55,8 @@ pub async fn handle(
                 status = error.status().as_u16(),
                 detail = %error,
                 "request refused"
-            );
+                );
+            }
             error.into_response()
         }
     };

@@ -1,4 +1,9 @@
-//! The librdkafka client context: statistics into metrics, client errors into logs.
+//! The librdkafka client context: statistics into metrics, client events into logs, each once.
+//!
+//! librdkafka reports most events twice: as a log line and through the error callback. The log
+//! line is the one kept (it says which broker thread saw what); the error callback only adds
+//! what is not connection trouble. Connection trouble (`FAIL` lines, "all brokers down") is
+//! debug-level: [`ClusterWatch`] reports outages once, with their length.
 
 use std::sync::Arc;
 
@@ -8,6 +13,7 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::Statistics;
 
+use super::outage::ClusterWatch;
 use crate::metrics::Metrics;
 
 /// Context shared by the relay's Kafka clients.
@@ -15,20 +21,50 @@ use crate::metrics::Metrics;
 pub struct RelayContext {
     /// Where statistics go.
     metrics: Arc<Metrics>,
+    /// Outage reporting, and whether the relay has stopped (then nothing is logged).
+    watch: Arc<ClusterWatch>,
     /// Which client this is, for log lines (`producer`, `reply-consumer`).
     role: &'static str,
 }
 
 impl RelayContext {
     /// A context for the client playing `role`.
-    pub fn new(metrics: Arc<Metrics>, role: &'static str) -> Self {
-        Self { metrics, role }
+    pub fn new(metrics: Arc<Metrics>, watch: Arc<ClusterWatch>, role: &'static str) -> Self {
+        Self {
+            metrics,
+            watch,
+            role,
+        }
     }
+}
+
+/// librdkafka log facilities that report a connection going down or failing to come up.
+const CONNECTION_FACILITIES: &[&str] = &["FAIL", "BROKERFAIL", "CONNECT", "ALLBROKERSDOWN"];
+
+/// True for errors that only say a broker cannot be reached right now.
+fn is_connection_trouble(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+                | Code::Resolve
+                | Code::NetworkException
+        )
+    )
 }
 
 impl ClientContext for RelayContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if self.watch.is_silenced() {
+            return;
+        }
         let role = self.role;
+        if CONNECTION_FACILITIES.contains(&fac) {
+            tracing::debug!(target: "librdkafka", role, fac, "{message}");
+            return;
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -47,9 +83,16 @@ impl ClientContext for RelayContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // Connection losses are reported here every few seconds while a broker is away; they are
-        // worth a warning, not an error: the relay answers 503 and recovers on its own.
-        tracing::warn!(target: "librdkafka", role = self.role, %error, "{reason}");
+        if self.watch.is_silenced() {
+            return;
+        }
+        // Connection losses come here every few seconds while a broker is away, and were
+        // already logged by `log`; the outage itself is reported by the ClusterWatch.
+        if is_connection_trouble(&error) {
+            tracing::debug!(target: "librdkafka", role = self.role, %error, "{reason}");
+        } else {
+            tracing::warn!(target: "librdkafka", role = self.role, %error, "{reason}");
+        }
     }
 
     fn stats(&self, stats: Statistics) {

@@ -1,6 +1,7 @@
 //! Kafka: the publisher, the records it writes, client settings, and the readiness probe.
 
 pub mod context;
+pub mod outage;
 pub mod probe;
 pub mod publisher;
 pub mod record;

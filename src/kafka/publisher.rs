@@ -21,6 +21,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::context::RelayContext;
+use super::outage::ClusterWatch;
 use super::record::OutboundRecord;
 use crate::metrics::Metrics;
 
@@ -167,6 +168,8 @@ pub struct Publisher {
     ack_timeout: Duration,
     /// Shared metrics; also given to each producer's context for statistics.
     metrics: Arc<Metrics>,
+    /// Given to each producer's context: outage-aware, silenced after shutdown.
+    watch: Arc<ClusterWatch>,
 }
 
 impl Publisher {
@@ -176,8 +179,9 @@ impl Publisher {
         client_config: ClientConfig,
         ack_timeout: Duration,
         metrics: Arc<Metrics>,
+        watch: Arc<ClusterWatch>,
     ) -> Result<Self, KafkaError> {
-        let first = build(&client_config, &metrics, 0)?;
+        let first = build(&client_config, &metrics, &watch, 0)?;
         Ok(Self {
             current: RwLock::new(Arc::new(first)),
             client_config,
@@ -186,6 +190,7 @@ impl Publisher {
             last_unstuck: Mutex::new(Instant::now()),
             ack_timeout,
             metrics,
+            watch,
         })
     }
 
@@ -338,7 +343,7 @@ impl Publisher {
             return current.clone();
         }
         let id = self.generations.fetch_add(1, Ordering::Relaxed);
-        match build(&self.client_config, &self.metrics, id) {
+        match build(&self.client_config, &self.metrics, &self.watch, id) {
             Ok(fresh) => {
                 let reason = broken
                     .producer()
@@ -368,9 +373,14 @@ impl Publisher {
     }
 }
 
-fn build(config: &ClientConfig, metrics: &Arc<Metrics>, id: u64) -> Result<Generation, KafkaError> {
-    let producer: FutureProducer<RelayContext> =
-        config.create_with_context(RelayContext::new(metrics.clone(), "producer"))?;
+fn build(
+    config: &ClientConfig,
+    metrics: &Arc<Metrics>,
+    watch: &Arc<ClusterWatch>,
+    id: u64,
+) -> Result<Generation, KafkaError> {
+    let context = RelayContext::new(metrics.clone(), watch.clone(), "producer");
+    let producer: FutureProducer<RelayContext> = config.create_with_context(context)?;
     Ok(Generation {
         id,
         producer: Some(producer),
