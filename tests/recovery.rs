@@ -3,8 +3,9 @@
 //! default configuration (fulfilment on) and traffic running. The relay runs as its own process
 //! so that a crash is an exit status and its log lines can be counted.
 //!
-//! Before the librdkafka patch in vendor/ the first test died with SIGSEGV within seconds of
-//! the first restart (in the reply consumer, vendor/README.md), 4 runs out of 4.
+//! Before the librdkafka patch in vendor/ the relay died with SIGSEGV within seconds of the
+//! first restart (in the reply consumer, vendor/README.md); the regression test for that patch
+//! is `reply_consumer_fetching_a_topic_the_broker_forgot_does_not_crash_the_relay`.
 
 mod common;
 
@@ -41,6 +42,11 @@ impl RelayProcess {
     /// Starts the binary against `broker` with the default configuration, except shorter
     /// Kafka and fulfilment timeouts so the test does not wait 10 s per refusal.
     async fn start(broker: &Tansu) -> Self {
+        Self::start_with(broker, &[]).await
+    }
+
+    /// [`RelayProcess::start`] with extra environment variables.
+    async fn start_with(broker: &Tansu, env: &[(&str, &str)]) -> Self {
         let (port, admin) = (free_port(), free_port());
         let log =
             std::env::temp_dir().join(format!("fp-relay-recovery-{}.log", uuid::Uuid::new_v4()));
@@ -57,6 +63,7 @@ impl RelayProcess {
             .env("RUST_LOG", "info")
             .env("FP_RELAY_KAFKA_ACK_TIMEOUT", "3s")
             .env("FP_RELAY_FULFILMENT_TIMEOUT", "5s")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
@@ -319,6 +326,30 @@ async fn broker_restarted_empty_three_times_under_load_with_fulfilment_on_recove
         rebuilds >= 1,
         "the reply consumer noticed its topic was gone"
     );
+}
+
+/// The regression test for the librdkafka patch in vendor/: with a long probe interval the old
+/// reply consumer keeps fetching the forgotten topic, the broker answers with leader-change tags
+/// and unpatched librdkafka 2.12.1 dies in strcmp(NULL) (2 runs out of 2 when measured).
+#[tokio::test(flavor = "multi_thread")]
+async fn reply_consumer_fetching_a_topic_the_broker_forgot_does_not_crash_the_relay() {
+    let mut broker = Tansu::start();
+    let port = broker.port;
+    let mut relay =
+        RelayProcess::start_with(&broker, &[("FP_RELAY_KAFKA_PROBE_INTERVAL", "10s")]).await;
+    let load = Load::start(relay.addr, 2, Duration::from_millis(200), 3_000_000);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        broker.stop();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        broker = Tansu::start_on(port);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        relay.assert_alive();
+    }
+    load.finish().await;
+    until_ok(&relay, || lead_signup(1), RECOVERY_LIMIT).await;
+    let (status, _) = relay.terminate().await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
