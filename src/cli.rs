@@ -113,7 +113,7 @@ pub struct ServeArgs {
     /// TOML configuration file (see config/relay.toml for every setting).
     #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address of the public webhook listener [default: 0.0.0.0:8080].
+    /// Address of the public webhook listener [default: 0.0.0.0:8080; 127.0.0.1:8080 with --dev].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Address of the private listener for /healthz, /readyz and /metrics [default: 127.0.0.1:9090].
@@ -140,6 +140,10 @@ pub struct CheckConfigArgs {
     /// TOML configuration file to validate.
     #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
     pub config: PathBuf,
+    /// Check the file as `serve --insecure-no-auth` would read it (no warning when it
+    /// configures no credentials).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 /// `fp-relay respond`.

@@ -489,6 +489,16 @@ impl Config {
         Ok(())
     }
 
+    /// A development relay answers unauthenticated requests: it listens on 127.0.0.1 unless
+    /// its address was chosen (by flag, environment or file, i.e. differs from the default).
+    pub fn listen_locally_unless_chosen(&mut self) {
+        if self.http.listen == Config::default().http.listen {
+            self.http
+                .listen
+                .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+    }
+
     fn validate_auth(&self) -> Result<(), ConfigError> {
         let auth = &self.auth;
         let modes = !auth.signature_secrets.is_empty()
@@ -1033,5 +1043,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("kafka.topics.lead_signup"), "{err}");
+    }
+
+    #[test]
+    fn dev_mode_listens_on_localhost_unless_an_address_was_chosen() {
+        let mut config = Config::default();
+        config.listen_locally_unless_chosen();
+        assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
+        let mut chosen = Config::default();
+        chosen.http.listen = "0.0.0.0:9000".parse().unwrap();
+        chosen.listen_locally_unless_chosen();
+        assert_eq!(chosen.http.listen, "0.0.0.0:9000".parse().unwrap());
     }
 }

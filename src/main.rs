@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fp_relay::cli::{Cli, Command, RespondArgs, SendArgs, ServeArgs, TailArgs};
-use fp_relay::config::{Config, Overrides};
+use fp_relay::cli::{CheckConfigArgs, Cli, Command, RespondArgs, SendArgs, ServeArgs, TailArgs};
+use fp_relay::config::{Config, ConfigError, Overrides};
 use fp_relay::dev::DevBroker;
 use fp_relay::fulfilment::responder::{self, ResponderOptions};
 use fp_relay::tools::send::{self, SendOptions};
@@ -19,27 +19,66 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig(args) => {
-            match Config::load(Some(&args.config), std::env::vars(), &Overrides::default()) {
-                Ok(config) => {
-                    println!(
-                        "# {}: valid. Effective configuration (secrets masked):",
-                        args.config.display()
-                    );
-                    print!("{}", config.to_masked_toml());
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
-            }
-        }
+        Command::CheckConfig(args) => check_config(args),
         Command::Serve(args) => serve(args),
         Command::Respond(args) => respond(args),
         Command::Send(args) => send(args),
         Command::Tail(args) => tail(args),
     }
+}
+
+fn check_config(args: CheckConfigArgs) -> ExitCode {
+    let load = |insecure_no_auth| {
+        let overrides = Overrides {
+            insecure_no_auth,
+            ..Overrides::default()
+        };
+        Config::load(Some(&args.config), std::env::vars(), &overrides)
+    };
+    // A file without credentials is valid (secrets belong in the environment); say what
+    // `serve` will need instead of failing the check.
+    let (result, no_auth) = match load(args.insecure_no_auth) {
+        Err(ConfigError::Invalid { field, .. }) if field == "auth" => (load(true), true),
+        result => (result, false),
+    };
+    match result {
+        Ok(config) => {
+            if no_auth {
+                eprintln!(
+                    "warning: auth: no authentication configured; `fp-relay serve` refuses to start \
+                     with this until you set auth.path_tokens (v1), auth.tokens, auth.basic or \
+                     auth.signature_secrets (v2), e.g. FP_RELAY_AUTH_PATH_TOKENS='[\"<token>\"]', or \
+                     run it with --insecure-no-auth behind something that checks credentials"
+                );
+            }
+            println!(
+                "# {}: valid. Effective configuration (secrets masked):",
+                args.config.display()
+            );
+            print!("{}", config.to_masked_toml());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause only when the text before does not already
+/// say it (many errors embed their source's message, and `{:#}` would print it twice).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn send(args: SendArgs) -> ExitCode {
@@ -61,7 +100,7 @@ fn send(args: SendArgs) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             ExitCode::from(EXIT_CONFIG)
         }
     }
@@ -84,7 +123,7 @@ fn tail(args: TailArgs) -> ExitCode {
     match tail::run(&options, &mut std::io::stdout().lock()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             ExitCode::FAILURE
         }
     }
@@ -105,6 +144,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if args.dev {
+        config.listen_locally_unless_chosen();
+    }
     if config.auth.insecure_no_auth && Authenticator::new(&config.auth).is_open() {
         tracing::warn!(
             "AUTHENTICATION IS OFF: anyone who can reach {} can publish to Kafka. \
@@ -118,10 +160,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             Ok(dev) => {
                 config.kafka.brokers = dev.bootstrap_servers();
                 config.fulfilment.create_reply_topic = false;
+                let brokers = &config.kafka.brokers;
                 eprintln!(
-                    "\n  fp-relay --dev: embedded Kafka-protocol broker at {}\n  \
-                     (in memory; consume with `fp-relay respond --brokers {}` or any Kafka client)\n",
-                    config.kafka.brokers, config.kafka.brokers
+                    "\n  fp-relay --dev: embedded Kafka-protocol broker at {brokers} (in memory)\n  \
+                     webhooks: POST http://{}{}\n  \
+                     watch what reaches Kafka:      fp-relay tail --brokers {brokers}\n  \
+                     answer fulfilment requests:    fp-relay respond --brokers {brokers}\n",
+                    config.http.listen, config.http.path
                 );
                 Some(dev)
             }
@@ -144,7 +189,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!("{}", describe(&error));
             ExitCode::FAILURE
         }
     }
@@ -166,7 +211,7 @@ fn respond(args: RespondArgs) -> ExitCode {
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             ExitCode::FAILURE
         }
     }

@@ -53,6 +53,54 @@ fn check_config_accepts_the_shipped_example_and_masks_secrets() {
 }
 
 #[test]
+fn check_config_passes_the_shipped_file_as_it_is_with_a_warning_about_auth() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/relay.toml");
+    let plain = fp_relay()
+        .args(["check-config", "--config", file])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with("warning: auth: no authentication configured")
+            && stderr.contains("--insecure-no-auth")
+            && stderr.contains("FP_RELAY_AUTH_PATH_TOKENS"),
+        "the warning says how to fix it: {stderr}"
+    );
+    let insecure = fp_relay()
+        .args(["check-config", "--config", file, "--insecure-no-auth"])
+        .output()
+        .unwrap();
+    assert_eq!(insecure.status.code(), Some(0));
+    assert!(insecure.stderr.is_empty(), "no warning when told");
+}
+
+#[test]
+fn a_port_in_use_is_reported_once_without_repeating_the_cause() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let output = fp_relay()
+        .args(["serve", "--insecure-no-auth", "--brokers", "127.0.0.1:1"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot bind"), "{stderr}");
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "the cause once: {stderr}"
+    );
+}
+
+#[test]
 fn config_errors_name_the_field_and_exit_2() {
     let dir = std::env::temp_dir().join(format!("fp-relay-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();

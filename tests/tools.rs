@@ -186,6 +186,65 @@ async fn tail_prints_what_send_sent_with_secrets_masked() {
     relay.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_started_before_send_all_prints_every_record_exactly_once() {
+    use std::io::{BufRead, BufReader, Read};
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(common::test_config(&broker.bootstrap())).await;
+    let url = format!("http://{}{}", relay.addr, relay.path);
+    // One topic exists before tail starts (its old record must not be shown), the rest are
+    // created by `send --all` while tail runs (each read whole, none rewinding the others).
+    let first = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            fp_relay(&["send", "--url", &url, "--event", "lead_signup"])
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(first.status.code(), Some(0));
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_fp-relay"))
+        .args([
+            "tail",
+            "--brokers",
+            &broker.bootstrap(),
+            "--idle-exit",
+            "6s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(tail.stderr.take().unwrap());
+    let mut watching = String::new();
+    stderr.read_line(&mut watching).unwrap();
+    assert!(watching.starts_with("tail: watching"), "{watching}");
+    let sent = tokio::task::spawn_blocking(move || fp_relay(&["send", "--url", &url, "--all"]))
+        .await
+        .unwrap();
+    assert_eq!(sent.status.code(), Some(0), "{}", stdout(&sent));
+    let mut text = String::new();
+    tail.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(tail.wait().unwrap().code(), Some(0));
+    let records: Vec<&str> = text.lines().filter(|l| l.starts_with("── ")).collect();
+    let distinct: std::collections::HashSet<&str> = records
+        .iter()
+        .map(|r| r.split("  key=").next().unwrap())
+        .collect();
+    assert_eq!(
+        records.len(),
+        SAMPLES.len(),
+        "one record per event sent while tail ran:\n{}",
+        records.join("\n")
+    );
+    assert_eq!(distinct.len(), records.len(), "no record printed twice");
+    relay.shutdown().await;
+}
+
 #[test]
 fn help_of_every_subcommand_matches_its_snapshot() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");

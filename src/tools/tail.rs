@@ -47,36 +47,28 @@ pub fn run(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize>
         .create()?;
     let mask = Redactor::new(&RedactConfig::default());
     let mut assigned: HashSet<(String, i32)> = HashSet::new();
-    let mut list = TopicPartitionList::new();
     let (mut printed, mut last_message, mut last_refresh) =
         (0usize, Instant::now(), None::<Instant>);
     loop {
         if last_refresh.is_none_or(|at| at.elapsed() >= REFRESH) {
-            // Topics found at start begin at their end (or beginning, if asked); a topic that
-            // appears later was created by new events, so it is read whole.
-            let start = if options.from_beginning || last_refresh.is_some() {
-                Offset::Beginning
-            } else {
-                Offset::End
-            };
+            let first = last_refresh.is_none();
             last_refresh = Some(Instant::now());
-            let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
-            let mut added = false;
-            for topic in metadata.topics() {
-                let wanted = if options.topics.is_empty() {
-                    topic.name().starts_with(&options.prefix)
-                } else {
-                    options.topics.iter().any(|t| t == topic.name())
-                };
-                for partition in topic.partitions().iter().filter(|_| wanted) {
-                    if assigned.insert((topic.name().to_owned(), partition.id())) {
-                        list.add_partition_offset(topic.name(), partition.id(), start)?;
-                        added = true;
-                    }
-                }
+            let added = new_partitions(&consumer, options, &mut assigned, first)?;
+            // Only the new partitions: assigning the whole list again would rewind every
+            // partition already being read to its starting offset (records shown twice).
+            if added.count() > 0 {
+                consumer.incremental_assign(&added)?;
             }
-            if added {
-                consumer.assign(&list)?;
+            if first {
+                let from = if options.from_beginning {
+                    "beginning"
+                } else {
+                    "end"
+                };
+                eprintln!(
+                    "tail: watching {} partition(s) from their {from}; new topics are read whole",
+                    assigned.len()
+                );
             }
         }
         match consumer.poll(Duration::from_millis(200)) {
@@ -98,6 +90,47 @@ pub fn run(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize>
             return Ok(printed);
         }
     }
+}
+
+/// Partitions of wanted topics not read yet, each at the offset to start from. Topics found at
+/// start begin at their current end, resolved now (a lazily resolved end would skip what is
+/// written meanwhile), or at the beginning if asked; a topic that appears later was created by
+/// new events, so it is read whole.
+fn new_partitions(
+    consumer: &BaseConsumer,
+    options: &TailOptions,
+    assigned: &mut HashSet<(String, i32)>,
+    first: bool,
+) -> anyhow::Result<TopicPartitionList> {
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
+    let mut added = TopicPartitionList::new();
+    for topic in metadata.topics() {
+        let wanted = if options.topics.is_empty() {
+            topic.name().starts_with(&options.prefix)
+        } else {
+            options.topics.iter().any(|t| t == topic.name())
+        };
+        if !wanted || topic.error().is_some() {
+            continue;
+        }
+        for partition in topic.partitions() {
+            if !assigned.insert((topic.name().to_owned(), partition.id())) {
+                continue;
+            }
+            let start = if first && !options.from_beginning {
+                let (_, high) = consumer.fetch_watermarks(
+                    topic.name(),
+                    partition.id(),
+                    Duration::from_secs(5),
+                )?;
+                Offset::Offset(high)
+            } else {
+                Offset::Beginning
+            };
+            added.add_partition_offset(topic.name(), partition.id(), start)?;
+        }
+    }
+    Ok(added)
 }
 
 fn print(
