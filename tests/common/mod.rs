@@ -518,3 +518,23 @@ pub async fn try_get(addr: SocketAddr, path: &str) -> Option<StatusCode> {
         .unwrap();
     client.request(request).await.ok().map(|r| r.status())
 }
+
+/// Creates `topic` with `partitions` partitions (already existing is fine), as an operator
+/// would before traffic arrives.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .expect("admin client");
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+    for result in admin.create_topics([&new_topic], &options).await.unwrap() {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => panic!("cannot create {name}: {code}"),
+        }
+    }
+}
