@@ -295,7 +295,7 @@ mod tests {
             seq,
             received_ms: 1_700_000_000_000 + seq,
             topic: "firstpromoter.lead_signup".into(),
-            key: (seq % 2 == 0).then(|| format!("key-{seq}")),
+            key: seq.is_multiple_of(2).then(|| format!("key-{seq}")),
             headers: vec![
                 ("fp-event-id".into(), seq.to_string()),
                 ("content-type".into(), "application/json".into()),
