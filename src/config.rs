@@ -96,7 +96,7 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             path: "/webhooks/firstpromoter".to_owned(),
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
@@ -275,6 +275,18 @@ pub struct KafkaConfig {
     pub consumer_properties: BTreeMap<String, String>,
 }
 
+impl KafkaConfig {
+    /// The producer's `message.max.bytes`: a producer property, else a client property, else
+    /// librdkafka's default.
+    pub fn message_max_bytes(&self) -> u64 {
+        self.producer_properties
+            .get("message.max.bytes")
+            .or_else(|| self.properties.get("message.max.bytes"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES)
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -373,6 +385,14 @@ pub struct Overrides {
     /// `--insecure-no-auth`: allow running with no credential check.
     pub insecure_no_auth: bool,
 }
+
+/// librdkafka's default `message.max.bytes`, the largest record the producer sends.
+pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+/// Room kept under `message.max.bytes` for a record's headers, key and framing.
+pub const RECORD_OVERHEAD_BYTES: u64 = 16 * 1024;
+/// Default `http.max_body_bytes`: 960 KiB, under librdkafka's default `message.max.bytes`
+/// less [`RECORD_OVERHEAD_BYTES`] (FirstPromoter's bodies are a few KiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 960 * 1024;
 
 /// librdkafka settings the relay owns through typed fields; setting them in a passthrough map
 /// would silently weaken the acknowledgement guarantee, so it is refused.
@@ -484,6 +504,19 @@ impl Config {
             return Err(ConfigError::invalid(
                 "http.max_body_bytes",
                 "must be between 1 byte and 64 MiB",
+            ));
+        }
+        // A body the producer cannot send would be accepted by HTTP and then refused by Kafka
+        // and by the dead-letter topic alike: refuse it up front with 413 instead.
+        let message_max = self.kafka.message_max_bytes();
+        if self.http.max_body_bytes as u64 + RECORD_OVERHEAD_BYTES > message_max {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes",
+                format!(
+                    "must leave {RECORD_OVERHEAD_BYTES} bytes (headers, key) under the producer's \
+                     message.max.bytes ({message_max}): at most {}",
+                    message_max.saturating_sub(RECORD_OVERHEAD_BYTES)
+                ),
             ));
         }
         Ok(())
@@ -877,7 +910,7 @@ mod tests {
         let mut config = load_str("", &[]).unwrap();
         config.auth.insecure_no_auth = false;
         assert_eq!(config, Config::default());
-        assert_eq!(config.http.max_body_bytes, 1 << 20);
+        assert_eq!(config.http.max_body_bytes, 960 * 1024);
         assert_eq!(config.kafka.topic_template, "firstpromoter.{event_type}");
         assert_eq!(config.kafka.ack_timeout, Duration::from_secs(10));
     }

@@ -230,11 +230,12 @@ fn start_services(config: &Config, background: &CancellationToken) -> Result<Ser
     };
     let spool = if config.spool.enabled {
         let spool = Spool::open(&config.spool.dir, config.spool.max_bytes, metrics.clone())?;
-        tokio::spawn(spool.clone().replay(
-            publisher.clone(),
-            config.kafka.ack_timeout,
-            background.clone(),
-        ));
+        let replay = spool::replay::Replay {
+            publisher: publisher.clone(),
+            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            enqueue_timeout: config.kafka.ack_timeout,
+        };
+        tokio::spawn(spool.clone().replay(replay, background.clone()));
         Some(spool)
     } else {
         None

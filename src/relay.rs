@@ -33,6 +33,9 @@ pub enum Accepted {
     Published { topic: String, delivered: Delivered },
     /// A standard event safe in the durable spool, to be replayed to Kafka.
     Spooled { seq: u64 },
+    /// A standard event Kafka refused for good (too large, not authorised, no such topic),
+    /// kept on the dead-letter topic with the reason.
+    DeadLettered { topic: String, delivered: Delivered },
     /// An event id already published: nothing was published again.
     Duplicate,
     /// A `fulfilment_pending` event and the decision about it.
@@ -55,6 +58,18 @@ impl Accepted {
             Self::Spooled { seq } => (
                 StatusCode::ACCEPTED,
                 json!({ "status": "spooled", "spool_seq": seq }),
+            ),
+            // 2xx: the event is durably in Kafka, and no retry by the sender could ever put it
+            // on its topic (v1 would not retry a non-2xx anyway; v2 would, pointlessly).
+            Self::DeadLettered { topic, delivered } => (
+                StatusCode::ACCEPTED,
+                json!({
+                    "status": "dead_lettered",
+                    "reason": "kafka_refused",
+                    "topic": topic,
+                    "partition": delivered.partition,
+                    "offset": delivered.offset,
+                }),
             ),
             Self::Duplicate => (StatusCode::OK, json!({ "status": "duplicate" })),
             Self::Fulfilment(answer) => {
@@ -103,15 +118,24 @@ pub struct Health {
 }
 
 impl Health {
-    /// `(ready, checks)` for `/readyz`.
-    pub fn report(&self) -> (bool, serde_json::Value) {
+    /// `(ready, checks)` for `/readyz`: ready means webhooks can be accepted safely. Without
+    /// the spool that needs Kafka; with it, Kafka or a spool with room (during an outage the
+    /// relay answers 202 `spooled`, which is better than a load balancer's 502 or 503).
+    pub fn report(&self, spool: Option<&Spool>) -> (bool, serde_json::Value) {
         let producer = self.producer.load(Ordering::Acquire);
         let replies = self.reply_consumer.load(Ordering::Acquire);
         let state = |ok: bool| if ok { "ok" } else { "failing" };
-        (
-            producer && replies,
-            json!({ "kafka_producer": state(producer), "reply_consumer": state(replies) }),
-        )
+        let mut checks =
+            json!({ "kafka_producer": state(producer), "reply_consumer": state(replies) });
+        let accepting = match spool {
+            Some(spool) => {
+                let room = spool.accepting();
+                checks["spool"] = json!(if room { "ok" } else { "full_or_failing" });
+                producer || room
+            }
+            None => producer,
+        };
+        (accepting && replies, checks)
     }
 }
 
@@ -245,10 +269,17 @@ impl Relay {
                     .await?
             }
             None => {
-                let delivered = self.publish(&record, arrived).await?;
-                Accepted::Published {
-                    topic: record.topic,
-                    delivered,
+                let deadline = arrived + self.config.kafka.ack_timeout;
+                match self.publisher.publish(&record, deadline).await {
+                    Ok(delivered) => Accepted::Published {
+                        topic: record.topic,
+                        delivered,
+                    },
+                    Err(error) if error.is_permanent() => {
+                        self.dead_letter_refused(record, &error, arrived).await?
+                    }
+                    // The refusal is logged once, by the handler (rate-limited during an outage).
+                    Err(error) => return Err(error.into()),
                 }
             }
         };
@@ -278,8 +309,18 @@ impl Relay {
                         delivered,
                     })
                 }
+                Err(Handoff::Failed(error)) if error.is_permanent() => {
+                    match self
+                        .dead_letter_refused(record.clone(), &error, arrived)
+                        .await
+                    {
+                        Ok(accepted) => return Ok(accepted),
+                        // Replay dead-letters it once Kafka takes writes again.
+                        Err(_) => None,
+                    }
+                }
                 Err(Handoff::Failed(error)) => {
-                    tracing::warn!(topic = %record.topic, kind = error.kind(), %error, "Kafka refused the event; spooling it");
+                    tracing::warn!(topic = %record.topic, kind = error.kind(), %error, "Kafka did not take the event; spooling it");
                     None
                 }
                 Err(Handoff::InFlight(pending)) => Some(pending),
@@ -294,6 +335,26 @@ impl Relay {
                 )))
             }
         }
+    }
+
+    /// Keeps a standard event Kafka refused for good on the dead-letter topic (see
+    /// [`crate::kafka::classify`]); 503 if even that fails.
+    async fn dead_letter_refused(
+        &self,
+        record: OutboundRecord,
+        error: &PublishError,
+        arrived: Instant,
+    ) -> Result<Accepted, RelayError> {
+        let original = record.topic.clone();
+        let record =
+            record.into_dead_letter(&self.config.kafka.dead_letter_topic, &refusal_reason(error));
+        let delivered = self.publish(&record, arrived).await?;
+        self.metrics.dead_lettered.inc();
+        tracing::warn!(topic = %original, %error, "Kafka refused the event for good; kept it on the dead-letter topic");
+        Ok(Accepted::DeadLettered {
+            topic: record.topic,
+            delivered,
+        })
     }
 
     async fn publish(
@@ -441,4 +502,16 @@ impl Relay {
 /// A status from validated configuration.
 fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).expect("validated at start-up")
+}
+
+/// The `fp-dead-letter-reason` of a record Kafka refused for good, e.g.
+/// `kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed)`.
+pub fn refusal_reason(error: &PublishError) -> String {
+    match error {
+        PublishError::Refused(kafka) => match kafka.rdkafka_error_code() {
+            Some(code) => format!("kafka_refused: {code}"),
+            None => format!("kafka_refused: {kafka}"),
+        },
+        other => format!("kafka_refused: {other}"),
+    }
 }

@@ -144,7 +144,7 @@ async fn frozen_broker_times_out_to_503_and_thawing_restores_service() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn injected_produce_errors_are_503_and_the_next_write_succeeds() {
+async fn refusals_that_even_the_dead_letter_topic_gets_are_503_and_the_next_write_succeeds() {
     let cluster = MockCluster::new(1).unwrap();
     cluster
         .create_topic("firstpromoter.lead_signup", 1, 1)
@@ -155,7 +155,8 @@ async fn injected_produce_errors_are_503_and_the_next_write_succeeds() {
     let relay = TestRelay::start_ready(config).await;
     let body = sample("v1/lead_signup.json");
 
-    // A non-retriable error on every produce attempt for a while.
+    // A permanent refusal on every produce attempt for a while: the event is refused, and so
+    // is its copy for the dead-letter topic, so nothing is in Kafka and the answer is 503.
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
@@ -169,7 +170,7 @@ async fn injected_produce_errors_are_503_and_the_next_write_succeeds() {
     );
     assert!(
         relay
-            .metric(r#"fp_relay_kafka_produce_total{result="error"}"#)
+            .metric(r#"fp_relay_kafka_produce_total{result="refused"}"#)
             .await
             >= 1.0
     );
@@ -185,4 +186,71 @@ async fn injected_produce_errors_are_503_and_the_next_write_succeeds() {
     );
     relay.shutdown().await;
     drop(cluster);
+}
+
+/// One permanent refusal (here: topic authorisation) with and without the spool: the event is
+/// kept on the dead-letter topic with where it was going and why, answered 202, and the next
+/// event goes to its topic as usual (nothing waits behind it in the spool).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_kafka_refuses_for_good_is_dead_lettered_and_answered_202() {
+    for spool in [false, true] {
+        let cluster = MockCluster::new(1).unwrap();
+        for topic in ["firstpromoter.lead_signup", "firstpromoter.dead_letter"] {
+            cluster.create_topic(topic, 1, 1).unwrap();
+        }
+        let mut config = common::test_config(&cluster.bootstrap_servers());
+        config.fulfilment.enabled = false;
+        let dir = std::env::temp_dir().join(format!("fp-relay-refused-{}", uuid::Uuid::new_v4()));
+        config.spool.enabled = spool;
+        config.spool.dir = dir.clone();
+        let relay = TestRelay::start_ready(config).await;
+        let body = sample("v1/lead_signup.json");
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+        );
+        let reply = relay.post(body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::ACCEPTED,
+            "spool {spool}: {}",
+            reply.text()
+        );
+        assert_eq!(reply.json()["status"], "dead_lettered");
+        assert_eq!(reply.json()["topic"], "firstpromoter.dead_letter");
+        let dead = consume(
+            &cluster.bootstrap_servers(),
+            "firstpromoter.dead_letter",
+            1,
+            Duration::from_secs(10),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert_eq!(dead.len(), 1, "spool {spool}");
+        assert_eq!(
+            dead[0].header("fp-original-topic"),
+            Some("firstpromoter.lead_signup")
+        );
+        assert_eq!(
+            dead[0].header("fp-dead-letter-reason"),
+            Some("kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed)")
+        );
+        assert_eq!(dead[0].header("fp-event-id"), Some("22736304"));
+        assert_eq!(relay.metric("fp_relay_dead_lettered_total").await, 1.0);
+
+        let next = relay.post(body.clone()).await;
+        assert_eq!(
+            next.status,
+            StatusCode::OK,
+            "spool {spool}: {}",
+            next.text()
+        );
+        assert_eq!(next.json()["topic"], "firstpromoter.lead_signup");
+        if spool {
+            assert_eq!(relay.metric("fp_relay_spool_records").await, 0.0);
+        }
+        relay.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir);
+        drop(cluster);
+    }
 }

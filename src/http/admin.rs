@@ -19,7 +19,7 @@ pub fn handle<B>(relay: &Relay, request: &Request<B>) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         "/readyz" => {
-            let (ready, checks) = relay.health.report();
+            let (ready, checks) = relay.health.report(relay.spool.as_deref());
             let status = if ready {
                 StatusCode::OK
             } else {
@@ -31,7 +31,10 @@ pub fn handle<B>(relay: &Relay, request: &Request<B>) -> Response<Full<Bytes>> {
             )
         }
         "/metrics" => {
-            relay.metrics.ready.set(i64::from(relay.health.report().0));
+            relay
+                .metrics
+                .ready
+                .set(i64::from(relay.health.report(relay.spool.as_deref()).0));
             if let Some(spool) = &relay.spool {
                 spool.refresh_metrics();
             }

@@ -1,5 +1,6 @@
 //! Kafka: the publisher, the records it writes, client settings, and the readiness probe.
 
+pub mod classify;
 pub mod context;
 pub mod outage;
 pub mod probe;

@@ -20,6 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use super::classify::{classify, Class};
 use super::context::RelayContext;
 use super::outage::ClusterWatch;
 use super::record::OutboundRecord;
@@ -52,9 +53,13 @@ pub enum PublishError {
     /// The producer was fatally broken; a fresh one takes the next request.
     #[error("the producer hit a fatal error and is being replaced: {0}")]
     Fatal(KafkaError),
-    /// The cluster refused or failed the write.
-    #[error("Kafka refused the write: {0}")]
+    /// The write failed in a way a retry may fix.
+    #[error("Kafka failed the write: {0}")]
     Kafka(KafkaError),
+    /// Kafka will never accept this record as it is (too large, not authorised, no such
+    /// topic): dead-letter it, never retry it.
+    #[error("Kafka refused the record for good: {0}")]
+    Refused(KafkaError),
     /// Kafka did not take the event in time and the spool could not either.
     #[error("Kafka did not take the event in time and the spool could not: {0}")]
     Spool(String),
@@ -68,8 +73,14 @@ impl PublishError {
             Self::QueueFull => "queue_full",
             Self::Fatal(_) => "fatal",
             Self::Kafka(_) => "error",
+            Self::Refused(_) => "refused",
             Self::Spool(_) => "spool",
         }
+    }
+
+    /// True when no retry can succeed ([`super::classify::Class::Permanent`]).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Refused(_))
     }
 }
 
@@ -234,6 +245,20 @@ impl Publisher {
         }
     }
 
+    /// Hands `record` to the producer (retrying while its queue is full until `deadline`) and
+    /// returns its unfinished delivery, whose [`PendingDelivery::outcome`] is the final word
+    /// (bounded by librdkafka's `message.timeout.ms`). Spool replay uses it to have many
+    /// records in flight at once and never a second copy of any.
+    pub async fn send(
+        self: &Arc<Self>,
+        record: &OutboundRecord,
+        deadline: tokio::time::Instant,
+    ) -> Result<PendingDelivery, PublishError> {
+        self.enqueue(record, deadline).await.inspect_err(|error| {
+            self.observe(Err(error), None, &self.current());
+        })
+    }
+
     /// Hands `record` to the producer, retrying while its queue is full until `deadline`.
     async fn enqueue(
         self: &Arc<Self>,
@@ -290,27 +315,29 @@ impl Publisher {
         let label = match result {
             Ok(_) => "ok",
             Err(PublishError::Timeout) => "timeout",
+            Err(PublishError::Refused(_)) => "refused",
             Err(_) => "error",
         };
         self.metrics.kafka_produce.with_label_values(&[label]).inc();
     }
 
-    /// Kafka failures, in one place (after Vector's sink): a full queue is backpressure, a
-    /// fatal producer is replaced, everything else is reported as it is. All of them mean the
-    /// record is not known to be in Kafka.
+    /// Turns a failure into a [`PublishError`] by its [`Class`] (see [`super::classify`]); a
+    /// broken producer is replaced here, whatever the error that revealed it.
     fn classify(&self, error: KafkaError, generation: &Arc<Generation>) -> PublishError {
-        let code = error.rdkafka_error_code();
-        if code == Some(RDKafkaErrorCode::QueueFull) {
-            PublishError::QueueFull
-        } else if code == Some(RDKafkaErrorCode::Fatal)
-            || generation.producer().client().fatal_error().is_some()
-        {
+        let class = classify(&error);
+        if class == Class::Backpressure {
+            return PublishError::QueueFull;
+        }
+        if class == Class::Fatal || generation.producer().client().fatal_error().is_some() {
             self.replace(generation);
-            PublishError::Fatal(error)
-        } else if code == Some(RDKafkaErrorCode::MessageTimedOut) {
-            PublishError::Timeout
-        } else {
-            PublishError::Kafka(error)
+            return PublishError::Fatal(error);
+        }
+        match class {
+            Class::Permanent => PublishError::Refused(error),
+            _ if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) => {
+                PublishError::Timeout
+            }
+            _ => PublishError::Kafka(error),
         }
     }
 
@@ -318,7 +345,8 @@ impl Publisher {
     fn watch_for_stuck(&self, result: Result<(), &PublishError>, generation: &Arc<Generation>) {
         match result {
             Ok(_) => self.failures_in_a_row.store(0, Ordering::Relaxed),
-            Err(PublishError::QueueFull) => {}
+            // Backpressure and a refused record say nothing about the producer's health.
+            Err(PublishError::QueueFull | PublishError::Refused(_)) => {}
             Err(_) => {
                 let failures = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
                 if failures < STUCK_AFTER_FAILURES {

@@ -17,6 +17,7 @@ pub mod headers {
     pub const WEBHOOK_VERSION: &str = "fp-webhook-version";
     pub const RECEIVED_AT: &str = "fp-received-at";
     pub const DEAD_LETTER_REASON: &str = "fp-dead-letter-reason";
+    pub const ORIGINAL_TOPIC: &str = "fp-original-topic";
     pub const CORRELATION_ID: &str = "fp-correlation-id";
     pub const REPLY_TOPIC: &str = "fp-reply-topic";
     pub const DEADLINE: &str = "fp-deadline";
@@ -129,6 +130,17 @@ impl OutboundRecord {
                 (headers::RECEIVED_AT.into(), received.rfc3339.clone()),
             ],
         }
+    }
+
+    /// The same record moved to the dead-letter `topic`, because Kafka refused it for good:
+    /// key, value and headers kept, plus where it was going and why it did not get there.
+    pub fn into_dead_letter(mut self, topic: &str, reason: &str) -> Self {
+        let original = std::mem::replace(&mut self.topic, topic.to_owned());
+        self.headers
+            .push((headers::DEAD_LETTER_REASON.into(), reason.to_owned()));
+        self.headers
+            .push((headers::ORIGINAL_TOPIC.into(), original));
+        self
     }
 
     /// The headers in librdkafka's form.

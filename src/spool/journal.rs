@@ -275,6 +275,7 @@ impl ActiveSegment {
     /// Appends framed records; returns the offset of the first. Not durable until [`Self::sync`].
     pub fn append(&mut self, frame: &[u8]) -> io::Result<u64> {
         let offset = self.len;
+        // On failure part of the frame may be in the file: the caller truncates back to `len`.
         self.file.write_all(frame)?;
         self.len += frame.len() as u64;
         Ok(offset)
@@ -283,6 +284,15 @@ impl ActiveSegment {
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Cuts the segment back to `len` bytes, undoing appends whose write or sync failed: a
+    /// partial frame left in place would shift every later record and end every later scan.
+    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.file.sync_data()?;
+        self.len = len;
+        Ok(())
     }
 }
 
@@ -363,5 +373,25 @@ mod tests {
         let scan = scan(&dir, 1).unwrap();
         assert!(scan.events.is_empty());
         assert_eq!(scan.corrupt, 1);
+    }
+
+    #[test]
+    fn a_partial_frame_cut_back_leaves_a_segment_that_scans_whole() {
+        let dir = std::env::temp_dir().join(format!("fp-relay-journal-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut segment = ActiveSegment::create(&dir, 0).unwrap();
+        segment.append(&encode(&Entry::Event(event(0)))).unwrap();
+        let good = segment.len;
+        // What a failed write leaves: half a frame, the recorded length not advanced.
+        let frame = encode(&Entry::Event(event(1)));
+        segment.file.write_all(&frame[..frame.len() / 2]).unwrap();
+        segment.truncate(good).unwrap();
+        segment.append(&encode(&Entry::Event(event(2)))).unwrap();
+        segment.sync().unwrap();
+        let scan = scan(&dir, 0).unwrap();
+        assert_eq!(scan.corrupt, 0);
+        let seqs: Vec<u64> = scan.events.iter().map(|(e, _)| e.seq).collect();
+        assert_eq!(seqs, vec![0, 2], "the record after the failure is found");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
