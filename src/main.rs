@@ -131,6 +131,12 @@ fn tail(args: TailArgs) -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     telemetry::init(args.log_format);
+    // A write past a file-size limit (RLIMIT_FSIZE) then fails with EFBIG, which the spool
+    // answers with 503, instead of killing the process with SIGXFSZ.
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread exists is sound.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let overrides = Overrides {
         insecure_no_auth: args.insecure_no_auth || args.dev,
         listen: args.listen,

@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -536,5 +538,129 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => panic!("cannot create {name}: {code}"),
         }
+    }
+}
+
+/// `fp-relay serve` as a child process, its stderr (JSON log lines) in a file.
+pub struct RelayProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// Where stderr goes.
+    log: std::path::PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts the binary against `broker` with the default configuration, except shorter
+    /// Kafka and fulfilment timeouts so the test does not wait 10 s per refusal.
+    pub async fn start(broker: &Tansu) -> Self {
+        Self::start_with(broker, &[]).await
+    }
+
+    /// [`RelayProcess::start`] with extra environment variables.
+    pub async fn start_with(broker: &Tansu, env: &[(&str, &str)]) -> Self {
+        Self::start_wrapped(broker, env, &[]).await
+    }
+
+    /// [`RelayProcess::start_with`], run under `wrapper` (e.g. `prlimit --fsize=N`).
+    pub async fn start_wrapped(broker: &Tansu, env: &[(&str, &str)], wrapper: &[&str]) -> Self {
+        let (port, admin) = (free_port(), free_port());
+        let log =
+            std::env::temp_dir().join(format!("fp-relay-recovery-{}.log", uuid::Uuid::new_v4()));
+        let binary = env!("CARGO_BIN_EXE_fp-relay");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
+            .args([
+                "serve",
+                "--brokers",
+                &broker.bootstrap(),
+                "--insecure-no-auth",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .env("FP_RELAY_KAFKA_ACK_TIMEOUT", "3s")
+            .env("FP_RELAY_FULFILMENT_TIMEOUT", "5s")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let relay = Self {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+            log,
+        };
+        assert!(
+            relay.wait_ready(Duration::from_secs(20)).await.is_some(),
+            "relay never became ready"
+        );
+        relay
+    }
+
+    /// Waits for `/readyz` 200; how long it took, or `None` after `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if try_get(self.admin, "/readyz").await == Some(StatusCode::OK) {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    pub async fn post(&self, body: Bytes) -> StatusCode {
+        send(self.addr, "POST", "/webhooks/firstpromoter", &[], body)
+            .await
+            .status
+    }
+
+    /// Panics (naming the signal) if the process has died.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "the relay died: {status:?} (signal {:?}); last log lines:\n{}",
+                status.signal(),
+                self.log_tail()
+            );
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// SIGTERM, then the exit status and every log line.
+    pub async fn terminate(self) -> (std::process::ExitStatus, Vec<serde_json::Value>) {
+        let log = self.log;
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let mut child = self.child;
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        let lines = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
+            .collect();
+        (status, lines)
     }
 }
