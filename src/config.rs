@@ -60,7 +60,8 @@ pub struct HttpConfig {
     /// keep-alive connection waiting for its next request is also closed after it.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A client must send its whole body within this after its headers; else 408.
+    /// A client must send its whole body within this after its headers (and within
+    /// `kafka.ack_timeout`, which bounds everything after the head); else 408.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// A connection with no request in progress is closed after this.
@@ -70,6 +71,13 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Largest request head (request line and headers); larger is refused with 431.
     pub max_header_bytes: usize,
+    /// Most body bytes buffered across all requests at once (a memory budget): a request
+    /// that would exceed it is answered 503 with Retry-After before its body is read.
+    pub max_buffered_body_bytes: u64,
+    /// Accept HTTP/2 without TLS (h2c, prior knowledge). Off: plain-text connections are
+    /// HTTP/1.1 only, so every request counts against `max_connections` and
+    /// `header_read_timeout` (HTTP/2 streams would not). With TLS, HTTP/2 is always offered.
+    pub h2c: bool,
     /// Serve HTTPS (HTTP/1.1 and HTTP/2 via ALPN) instead of plain HTTP.
     pub tls: Option<TlsConfig>,
 }
@@ -99,10 +107,12 @@ impl Default for HttpConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_header_bytes: 16 * 1024,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
+            h2c: false,
             tls: None,
         }
     }
@@ -127,8 +137,11 @@ pub struct AuthConfig {
     pub path_tokens: Vec<String>,
     /// Client networks allowed to post (CIDR); empty allows any.
     pub allow_sources: Vec<IpNet>,
-    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers are believed (CIDR).
+    /// Proxies whose forwarding header is believed (CIDR).
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header those proxies set: `x-forwarded-for` or `forwarded`. Only it is read,
+    /// so a client cannot slip in the other one.
+    pub forwarded_header: ForwardedHeader,
     /// Run with no credential check at all (`--insecure-no-auth`).
     pub insecure_no_auth: bool,
 }
@@ -144,9 +157,22 @@ impl Default for AuthConfig {
             path_tokens: Vec::new(),
             allow_sources: Vec::new(),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
             insecure_no_auth: false,
         }
     }
+}
+
+/// The header a trusted proxy records the client address in.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, ...` (most load balancers).
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for=proxy1`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 /// Secrets removed from payloads before publishing (FirstPromoter sends the promoter's
@@ -348,7 +374,7 @@ impl Default for FulfilmentConfig {
             pending_status: 202,
             failed_status: 500,
             timeout_status: 202,
-            max_in_flight: 10_000,
+            max_in_flight: 2048,
         }
     }
 }
@@ -504,6 +530,15 @@ impl Config {
             return Err(ConfigError::invalid(
                 "http.max_body_bytes",
                 "must be between 1 byte and 64 MiB",
+            ));
+        }
+        if self.http.max_buffered_body_bytes < self.http.max_body_bytes as u64 {
+            return Err(ConfigError::invalid(
+                "http.max_buffered_body_bytes",
+                format!(
+                    "must be at least http.max_body_bytes ({}), or no large body could ever be read",
+                    self.http.max_body_bytes
+                ),
             ));
         }
         // A body the producer cannot send would be accepted by HTTP and then refused by Kafka
@@ -729,6 +764,16 @@ impl Config {
                 format!(
                     "{} must be a non-2xx status from 300 to 599 so FirstPromoter retries",
                     f.failed_status
+                ),
+            ));
+        }
+        if self.fulfilment.enabled && f.max_in_flight > self.http.max_connections / 2 {
+            return Err(ConfigError::invalid(
+                "fulfilment.max_in_flight",
+                format!(
+                    "must be at most half of http.max_connections ({}): held requests each keep a \
+                     connection, and standard events must always find one",
+                    self.http.max_connections
                 ),
             ));
         }

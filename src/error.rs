@@ -33,6 +33,9 @@ pub enum RelayError {
     /// The client address is outside `auth.allow_sources`.
     #[error("source address not allowed")]
     Forbidden,
+    /// Buffering this body would exceed `http.max_buffered_body_bytes` (the memory budget).
+    #[error("too many request bodies in memory right now")]
+    Busy,
     /// The body did not arrive within `http.request_timeout`.
     #[error("the request body did not arrive in time")]
     RequestTimeout,
@@ -61,7 +64,7 @@ impl RelayError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -86,6 +89,7 @@ impl RelayError {
             Self::BodyRead(_) => "body_read",
             Self::Invalid { error, .. } => error.reason(),
             Self::Unavailable(_) => "kafka_unavailable",
+            Self::Busy => "busy",
         }
     }
 
@@ -103,7 +107,7 @@ impl RelayError {
                     .headers_mut()
                     .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::Busy => {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
                     header::HeaderValue::from_static(RETRY_AFTER_SECS),

@@ -8,6 +8,7 @@ use std::time::Instant as StdInstant;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -19,7 +20,7 @@ use crate::kafka::publisher::{Delivered, Handoff, PublishError, Publisher};
 use crate::kafka::record::{headers, rfc3339, OutboundRecord, Received};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Prepared};
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolError};
 use crate::webhook::auth::Authenticator;
 use crate::webhook::envelope::{self, Envelope, WebhookVersion};
 
@@ -169,9 +170,22 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
     /// Readiness state.
     pub health: Arc<Health>,
+    /// `http.max_buffered_body_bytes` in KiB permits: the memory budget for request bodies.
+    body_budget: Semaphore,
 }
 
 impl Relay {
+    /// Reserves room for a body of `declared` bytes (or `http.max_body_bytes` when undeclared)
+    /// in the memory budget; `None` when the budget is spent right now.
+    pub fn reserve_body(&self, declared: Option<u64>) -> Option<SemaphorePermit<'_>> {
+        let limit = self.config.http.max_body_bytes as u64;
+        let bytes = declared.unwrap_or(limit).min(limit);
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.body_budget.try_acquire_many(kib).ok()
+    }
+
     /// Assembles the request logic from its parts.
     pub fn new(config: Config, services: Services) -> Self {
         let Services {
@@ -182,7 +196,11 @@ impl Relay {
             metrics,
             health,
         } = services;
+        let budget_kib = usize::try_from(config.http.max_buffered_body_bytes / 1024)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         Self {
+            body_budget: Semaphore::new(budget_kib),
             pipeline: Pipeline::new(&config),
             authenticator: Authenticator::new(&config.auth),
             config,
@@ -197,13 +215,15 @@ impl Relay {
 
     /// Parses, routes and publishes one webhook body. Returns what is known of the event
     /// alongside the result, for metrics and logs.
+    /// `arrived` is when the request's head arrived: Kafka's acknowledgement (or the spool)
+    /// must come within `kafka.ack_timeout` of it.
     pub async fn ingest(
         &self,
         headers: &HeaderMap,
         body: Bytes,
+        arrived: Instant,
     ) -> (EventMeta, Result<Accepted, RelayError>) {
         let received = Received::now();
-        let arrived = Instant::now();
         let body_for_dead_letter = body.clone();
         let Prepared {
             envelope, record, ..
@@ -326,7 +346,18 @@ impl Relay {
                 Err(Handoff::InFlight(pending)) => Some(pending),
             }
         };
-        match spool.append(&record, received.at, attempt).await {
+        // Bounded like everything after the head; a write that finishes after the deadline
+        // is replayed all the same (a duplicate at worst, never a loss).
+        let deadline = arrived + self.config.kafka.ack_timeout;
+        let appended =
+            tokio::time::timeout_at(deadline, spool.append(&record, received.at, attempt))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SpoolError::Io(std::io::Error::other(
+                        "the spool did not take the event before the deadline",
+                    )))
+                });
+        match appended {
             Ok(seq) => Ok(Accepted::Spooled { seq }),
             Err(error) => {
                 tracing::error!(%error, topic = %record.topic, "cannot spool an event Kafka did not take");

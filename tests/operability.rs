@@ -75,7 +75,7 @@ async fn metrics_count_exactly_the_traffic_sent() {
             1.0,
         ),
         ("fp_relay_fulfilment_in_flight", 0.0),
-        ("fp_relay_fulfilment_max_in_flight", 10000.0),
+        ("fp_relay_fulfilment_max_in_flight", 2048.0),
         ("fp_relay_fulfilment_reply_duration_seconds_count", 0.0),
         ("fp_relay_ready", 1.0),
         (

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use crate::error::{json_response, RelayError};
 use crate::relay::{Accepted, EventMeta, Relay};
+use crate::webhook::auth::HeadVerdict;
 use crate::webhook::event_type_label;
 
 /// Answers one request to the public listener.
@@ -78,6 +79,9 @@ async fn route(
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> (EventMeta, Result<Accepted, RelayError>) {
+    // The request's one deadline starts with its head: the body must arrive and Kafka must
+    // acknowledge within kafka.ack_timeout of it (below FirstPromoter's 15 s by validation).
+    let arrived = tokio::time::Instant::now();
     let refuse = |error| (EventMeta::default(), Err(error));
     let path_token = match match_path(request.uri().path(), &relay.config.http.path) {
         Some(None) => None,
@@ -92,9 +96,21 @@ async fn route(
     if relay.authenticator.check_source(client).is_err() {
         return refuse(RelayError::Forbidden);
     }
+    // Credentials that need no body are checked before a byte of it is read or buffered.
+    let verdict = match relay
+        .authenticator
+        .check_head(&parts.headers, path_token.as_deref())
+    {
+        Ok(verdict) => verdict,
+        Err(failure) => return refuse(RelayError::Unauthorized(failure)),
+    };
     let http = &relay.config.http;
-    let body = match tokio::time::timeout(
-        http.request_timeout,
+    let Some(_budget) = relay.reserve_body(declared_length(&parts.headers)) else {
+        return refuse(RelayError::Busy);
+    };
+    let body_deadline = arrived + http.request_timeout.min(relay.config.kafka.ack_timeout);
+    let body = match tokio::time::timeout_at(
+        body_deadline,
         read_body(body, &parts.headers, http.max_body_bytes),
     )
     .await
@@ -103,13 +119,20 @@ async fn route(
         Ok(Err(error)) => return refuse(error),
         Err(_) => return refuse(RelayError::RequestTimeout),
     };
-    if let Err(failure) = relay
-        .authenticator
-        .check(&parts.headers, path_token.as_deref(), &body)
-    {
-        return refuse(RelayError::Unauthorized(failure));
+    if verdict == HeadVerdict::NeedsBody {
+        if let Err(failure) = relay.authenticator.check_body(&parts.headers, &body) {
+            return refuse(RelayError::Unauthorized(failure));
+        }
     }
-    relay.ingest(&parts.headers, body).await
+    relay.ingest(&parts.headers, body, arrived).await
+}
+
+/// The `Content-Length` the client declared, if any.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// `Some(None)` for the webhook path itself, `Some(Some(token))` for `{path}/{token}`, `None`
@@ -130,11 +153,7 @@ async fn read_body(
     headers: &http::HeaderMap,
     limit: usize,
 ) -> Result<Bytes, RelayError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
+    if declared_length(headers).is_some_and(|length| length > limit as u64) {
         return Err(RelayError::PayloadTooLarge { limit });
     }
     match Limited::new(body, limit).collect().await {

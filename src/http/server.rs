@@ -39,7 +39,15 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// How long shutdown waits for open connections.
     pub grace: Duration,
+    /// Offer HTTP/2 (always with TLS; on plain text only with `http.h2c`). Off, connections
+    /// are HTTP/1.1 only: each request then counts against the connection cap and the head
+    /// timeout, which HTTP/2 streams would not.
+    pub http2: bool,
 }
+
+/// Most concurrent HTTP/2 streams on one connection (hyper's default is 200; FirstPromoter
+/// sends one request at a time per connection).
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
 impl Limits {
     /// The public listener's limits, from `[http]`.
@@ -50,6 +58,7 @@ impl Limits {
             max_connections: http.max_connections,
             max_header_bytes: http.max_header_bytes,
             grace: http.shutdown_timeout,
+            http2: http.tls.is_some() || http.h2c,
         }
     }
 
@@ -61,6 +70,7 @@ impl Limits {
             max_connections: 64,
             max_header_bytes: 16 * 1024,
             grace: Duration::from_secs(1),
+            http2: false,
         }
     }
 }
@@ -87,7 +97,11 @@ pub async fn serve<H, F>(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    if !limits.http2 {
+        builder = builder.http1_only();
+    }
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_rx) = watch::channel(false);
     tokio::pin!(stop);

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, ForwardedHeader};
 
 /// Header carrying FirstPromoter v2's signature: lowercase hex HMAC-SHA256 of the raw body.
 pub const SIGNATURE_HEADER: &str = "x-webhook-signature";
@@ -55,6 +55,15 @@ impl AuthFailure {
     }
 }
 
+/// What the request head alone says about a request's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadVerdict {
+    /// A credential matched and nothing presented is wrong: read the body.
+    Passed,
+    /// A signature is presented: it is verified over the body once read.
+    NeedsBody,
+}
+
 /// The parsed `[auth]` settings.
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
@@ -72,8 +81,10 @@ pub struct Authenticator {
     path_tokens: Vec<Vec<u8>>,
     /// Allowed client networks; empty allows any.
     allow_sources: Vec<IpNet>,
-    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    /// Peers whose forwarding header is believed.
     trusted_proxies: Vec<IpNet>,
+    /// The one forwarding header they set.
+    forwarded_header: ForwardedHeader,
 }
 
 impl Authenticator {
@@ -89,6 +100,7 @@ impl Authenticator {
             path_tokens: bytes(&config.path_tokens),
             allow_sources: config.allow_sources.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            forwarded_header: config.forwarded_header,
         }
     }
 
@@ -106,12 +118,12 @@ impl Authenticator {
     }
 
     /// The address the request came from: the peer, or, when the peer is a trusted proxy, the
-    /// nearest untrusted address in `X-Forwarded-For` (then `Forwarded`).
+    /// nearest untrusted address in the configured forwarding header (`auth.forwarded_header`).
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !contains(&self.trusted_proxies, peer) {
             return peer;
         }
-        let chain = forwarded_chain(headers);
+        let chain = forwarded_chain(headers, self.forwarded_header);
         chain
             .iter()
             .rev()
@@ -130,29 +142,37 @@ impl Authenticator {
         }
     }
 
-    /// Checks the credentials of a request whose body is `body`.
+    /// Checks the credentials of a request whose body is `body`: [`Self::check_head`], then
+    /// [`Self::check_body`].
     pub fn check(
         &self,
         headers: &HeaderMap,
         path_token: Option<&str>,
         body: &[u8],
     ) -> Result<(), AuthFailure> {
+        match self.check_head(headers, path_token)? {
+            HeadVerdict::Passed => Ok(()),
+            HeadVerdict::NeedsBody => self.check_body(headers, body),
+        }
+    }
+
+    /// Everything that can be checked before the body is read: path token, Bearer or custom
+    /// token, Basic, and whether a required signature is present. A request that fails here is
+    /// refused without reading (or buffering) its body. "A request passes when one configured
+    /// credential matches and none it presents is wrong."
+    pub fn check_head(
+        &self,
+        headers: &HeaderMap,
+        path_token: Option<&str>,
+    ) -> Result<HeadVerdict, AuthFailure> {
         if self.is_open() {
-            return Ok(());
+            return Ok(HeadVerdict::Passed);
+        }
+        let signed = !self.signature_secrets.is_empty() && headers.contains_key(SIGNATURE_HEADER);
+        if !signed && !self.signature_secrets.is_empty() && self.require_signature {
+            return Err(AuthFailure::MissingSignature);
         }
         let mut passed = false;
-        if !self.signature_secrets.is_empty() {
-            match headers.get(SIGNATURE_HEADER) {
-                Some(signature)
-                    if verify_signature(&self.signature_secrets, signature.as_bytes(), body) =>
-                {
-                    passed = true
-                }
-                Some(_) => return Err(AuthFailure::BadSignature),
-                None if self.require_signature => return Err(AuthFailure::MissingSignature),
-                None => {}
-            }
-        }
         if let Some(token) = path_token {
             if !any_equal(&self.path_tokens, token.as_bytes()) {
                 return Err(AuthFailure::BadPathToken);
@@ -184,10 +204,25 @@ impl Authenticator {
                 passed = true;
             }
         }
-        if passed {
-            Ok(())
-        } else {
-            Err(AuthFailure::MissingCredentials)
+        match (signed, passed) {
+            // A signature that is presented must verify, even next to a good token.
+            (true, _) => Ok(HeadVerdict::NeedsBody),
+            (false, true) => Ok(HeadVerdict::Passed),
+            (false, false) => Err(AuthFailure::MissingCredentials),
+        }
+    }
+
+    /// Verifies `X-Webhook-Signature` over `body`; call it when [`Self::check_head`] said
+    /// [`HeadVerdict::NeedsBody`].
+    pub fn check_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), AuthFailure> {
+        match headers.get(SIGNATURE_HEADER) {
+            Some(signature)
+                if verify_signature(&self.signature_secrets, signature.as_bytes(), body) =>
+            {
+                Ok(())
+            }
+            Some(_) => Err(AuthFailure::BadSignature),
+            None => Err(AuthFailure::MissingSignature),
         }
     }
 
@@ -248,32 +283,31 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Addresses from `X-Forwarded-For`, else from `Forwarded: for=...`, leftmost (client) first.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
-    let xff: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .map(canonical)
-        .collect();
-    if !xff.is_empty() {
-        return xff;
+/// Addresses from the one configured forwarding header, leftmost (client) first.
+fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<IpAddr> {
+    match header {
+        ForwardedHeader::XForwardedFor => headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .map(canonical)
+            .collect(),
+        ForwardedHeader::Forwarded => headers
+            .get_all(http::header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| forwarded_ip(value.trim()))?
+            })
+            .map(canonical)
+            .collect(),
     }
-    headers
-        .get_all(http::header::FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .filter_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            key.trim()
-                .eq_ignore_ascii_case("for")
-                .then(|| forwarded_ip(value.trim()))?
-        })
-        .map(canonical)
-        .collect()
 }
 
 /// `for=` values: `192.0.2.1`, `"192.0.2.1:4711"`, `"[2001:db8::1]:4711"`.
@@ -464,7 +498,25 @@ mod tests {
         )]);
         assert_eq!(
             a.client_ip(proxy, &fwd),
+            proxy,
+            "only the configured header (x-forwarded-for) is read"
+        );
+        let rfc = auth(|c| {
+            c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+            c.forwarded_header = ForwardedHeader::Forwarded;
+        });
+        assert_eq!(
+            rfc.client_ip(proxy, &fwd),
             "203.0.113.8".parse::<IpAddr>().unwrap()
+        );
+        let both = headers(&[
+            ("x-forwarded-for", "198.51.100.66"),
+            ("forwarded", "for=203.0.113.8"),
+        ]);
+        assert_eq!(
+            rfc.client_ip(proxy, &both),
+            "203.0.113.8".parse::<IpAddr>().unwrap(),
+            "a client-supplied X-Forwarded-For cannot override the proxy's Forwarded"
         );
         assert_eq!(a.check_source("203.0.113.8".parse().unwrap()), Ok(()));
         assert_eq!(a.check_source(stranger), Err(AuthFailure::SourceNotAllowed));

@@ -626,6 +626,11 @@ impl RelayProcess {
             .status
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Panics (naming the signal) if the process has died.
     pub fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
