@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The whole benchmark suite in one command (about 5 minutes on 2 cores):
-#   criterion micro-benchmarks of the request-to-record path, then the load benchmark (relay vs
-#   the HTTP and Kafka ceilings, fulfilment round trips, 10,000 held requests, start-up), which
-#   rewrites benches/RESULTS.md.
+# The whole benchmark suite in one command (about 8 minutes on 2 cores):
+#   criterion micro-benchmarks of the request-to-record path, then the load benchmark, which
+#   rewrites benches/RESULTS.md: in one run, the HTTP ceiling, the best bare producer per
+#   concurrency (linger.ms 0, 1 or 5), a bare relay (hyper + rdkafka, nothing else), the
+#   hand-written peer receiver (../shared/peer), fp-relay with its defaults, fulfilment round
+#   trips, 10,000 held requests and start-up.
 # `benches/load.sh --quick` is the short smoke run CI uses (writes nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TANSU_BIN="${TANSU_BIN:-$(scripts/ensure-tansu.sh)}"
 export TANSU_BIN
+# The peer receiver (../shared/peer) needs aiohttp and confluent-kafka; without them it is skipped.
+if PEER_PYTHON="$(benches/ensure-peer.sh)"; then export PEER_PYTHON; fi
 cargo build --release --locked --bin fp-relay
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "${1:-}" = "--quick" ]; then
