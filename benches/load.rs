@@ -127,23 +127,16 @@ async fn run(options: &Options) -> String {
     );
     let baseline_addr = baseline.addr();
     wait_for(|| async { http_get(baseline_addr, "/").await == Some(200) }).await;
-    for &c in &options.levels {
-        let stats = http_load(
-            baseline_addr,
-            "/",
-            body.clone(),
-            c,
-            options.duration,
-            Some(baseline.pid()),
-        )
-        .await;
-        eprintln!(
-            "http ceiling c={c}: {:.0} req/s p99 {:.2} ms",
-            stats.rps(),
-            stats.ms(0.99)
-        );
-        rows.push(("http ceiling", c, stats));
-    }
+    sweep(
+        &mut rows,
+        "http ceiling",
+        &baseline,
+        "/",
+        &body,
+        options,
+        &options.levels,
+    )
+    .await;
     drop(baseline);
 
     // The Kafka ceiling: the best a bare producer does at each concurrency, over LINGERS
@@ -188,21 +181,7 @@ async fn run(options: &Options) -> String {
             async move { http_post(addr, "/", body).await == Some(200) }
         })
         .await;
-        let stats = http_load(
-            addr,
-            "/",
-            body.clone(),
-            c,
-            options.duration,
-            Some(bare.pid()),
-        )
-        .await;
-        eprintln!(
-            "bare relay c={c}: {:.0} req/s p99 {:.2} ms",
-            stats.rps(),
-            stats.ms(0.99)
-        );
-        rows.push(("bare relay", c, stats));
+        sweep(&mut rows, "bare relay", &bare, "/", &body, options, &[c]).await;
     }
 
     // The peer: the receiver a team would write by hand (../shared/peer), when Python can
@@ -226,24 +205,17 @@ async fn run(options: &Options) -> String {
                 Some(admin),
             );
             wait_ready(peer.admin()).await;
-            for &c in &options.levels {
-                let stats = http_load(
-                    peer.addr(),
-                    "/webhooks/firstpromoter",
-                    body.clone(),
-                    c,
-                    options.duration,
-                    Some(peer.pid()),
-                )
-                .await;
-                eprintln!(
-                    "peer c={c}: {:.0} req/s p99 {:.2} ms errors {}",
-                    stats.rps(),
-                    stats.ms(0.99),
-                    stats.errors
-                );
-                rows.push(("peer (aiohttp + confluent-kafka)", c, stats));
-            }
+            let path = "/webhooks/firstpromoter";
+            sweep(
+                &mut rows,
+                PEER,
+                &peer,
+                path,
+                &body,
+                options,
+                &options.levels,
+            )
+            .await;
         }
         _ => eprintln!("peer: not measured (PEER_PYTHON unset or ../shared/peer missing)"),
     }
@@ -251,24 +223,17 @@ async fn run(options: &Options) -> String {
     // The relay.
     let relay = Process::relay(&bootstrap, None);
     wait_ready(relay.admin()).await;
-    for &c in &options.levels {
-        let stats = http_load(
-            relay.addr(),
-            "/webhooks/firstpromoter",
-            body.clone(),
-            c,
-            options.duration,
-            Some(relay.pid()),
-        )
-        .await;
-        eprintln!(
-            "relay c={c}: {:.0} req/s p99 {:.2} ms errors {}",
-            stats.rps(),
-            stats.ms(0.99),
-            stats.errors
-        );
-        rows.push(("relay", c, stats));
-    }
+    let path = "/webhooks/firstpromoter";
+    sweep(
+        &mut rows,
+        "relay",
+        &relay,
+        path,
+        &body,
+        options,
+        &options.levels,
+    )
+    .await;
 
     // Fulfilment round trips against an auto-responder.
     let responder = Process::spawn(
@@ -359,7 +324,7 @@ fn report(
         .find(|c| **c == 64)
         .unwrap_or(options.levels.last().unwrap());
     let relay_at = |c: usize| find("relay", c).unwrap();
-    let peer_at = |c: usize| find("peer (aiohttp + confluent-kafka)", c);
+    let peer_at = |c: usize| find(PEER, c);
     let bare_at = |c: usize| find("bare relay", c).unwrap();
     let mut out = String::new();
     out.push_str("# fp-relay load benchmark\n\n");
@@ -486,6 +451,32 @@ fn report(
         ));
     }
     out
+}
+
+/// The peer receiver's row name.
+const PEER: &str = "peer (aiohttp + confluent-kafka)";
+
+/// Loads `target` at each of `levels` for `options.duration`; logs and records each result.
+async fn sweep(
+    rows: &mut Vec<(&'static str, usize, Stats)>,
+    name: &'static str,
+    target: &Process,
+    path: &str,
+    body: &Bytes,
+    options: &Options,
+    levels: &[usize],
+) {
+    for &c in levels {
+        let pid = Some(target.pid());
+        let stats = http_load(target.addr(), path, body.clone(), c, options.duration, pid).await;
+        eprintln!(
+            "{name} c={c}: {:.0} req/s p99 {:.2} ms errors {}",
+            stats.rps(),
+            stats.ms(0.99),
+            stats.errors
+        );
+        rows.push((name, c, stats));
+    }
 }
 
 /// Drives `concurrency` keep-alive connections posting `body` for `duration`.
