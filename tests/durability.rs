@@ -132,11 +132,9 @@ async fn with_the_spool_every_acknowledged_event_is_in_kafka_exactly_once_after_
         "the outage was long enough to spool"
     );
     assert!(
-        eventually(Duration::from_secs(30), async || relay
-            .metric("fp_relay_spool_records")
-            .await
-            == 0.0)
-        .await,
+        relay
+            .wait_for_metric("fp_relay_spool_records", 0.0, Duration::from_secs(30))
+            .await,
         "the spool drains once Kafka is back"
     );
     let messages = consume(

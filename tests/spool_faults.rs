@@ -126,11 +126,9 @@ async fn clients_that_hang_up_while_their_event_is_spooled_do_not_stall_replay()
     }
     broker.thaw();
     assert!(
-        eventually(Duration::from_secs(30), async || relay
-            .metric("fp_relay_spool_records")
-            .await
-            == 0.0)
-        .await,
+        relay
+            .wait_for_metric("fp_relay_spool_records", 0.0, Duration::from_secs(30))
+            .await,
         "replay drained everything, hung-up clients' records included"
     );
     let held = ids_in_kafka(&broker, Duration::from_secs(4)).await;
@@ -248,11 +246,9 @@ async fn a_backlog_drains_in_full_and_reports_its_rate() {
     let thawed = Instant::now();
     broker.thaw();
     assert!(
-        eventually(Duration::from_secs(60), async || relay
-            .metric("fp_relay_spool_records")
-            .await
-            == 0.0)
-        .await,
+        relay
+            .wait_for_metric("fp_relay_spool_records", 0.0, Duration::from_secs(60))
+            .await,
         "the backlog drains"
     );
     let took = thawed.elapsed();

@@ -247,6 +247,11 @@ impl TestRelay {
         tokio::spawn(async move { send(addr, "POST", &path, &[], body).await })
     }
 
+    /// Waits until `series` reads `value` (or `timeout` passes); whether it did.
+    pub async fn wait_for_metric(&self, series: &str, value: f64, timeout: Duration) -> bool {
+        eventually(timeout, async || self.metric(series).await == value).await
+    }
+
     /// The value of one sample of the admin listener's `/metrics`, 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = get(self.admin, "/metrics").await.text();
