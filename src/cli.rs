@@ -105,6 +105,10 @@ pub struct TailArgs {
     /// Exit after this long without a message (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_exit: Option<Duration>,
+    /// A librdkafka property for the Kafka client, e.g. `-X security.protocol=SASL_SSL
+    /// -X sasl.mechanisms=SCRAM-SHA-512` (repeatable).
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
 }
 
 /// `fp-relay serve`.
@@ -152,6 +156,10 @@ pub struct RespondArgs {
     /// Kafka bootstrap servers, comma separated.
     #[arg(long, value_name = "LIST", default_value = "localhost:9092")]
     pub brokers: String,
+    /// A librdkafka property for the Kafka client, e.g. `-X security.protocol=SASL_SSL
+    /// -X sasl.mechanisms=SCRAM-SHA-512` (repeatable).
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
     /// The answer to give every request.
     #[arg(long, value_enum, default_value_t = Outcome::Fulfilled)]
     pub outcome: Outcome,
@@ -170,4 +178,14 @@ pub struct RespondArgs {
     /// Consumer group; responders in one group share the requests.
     #[arg(long, default_value = "fp-relay-responder")]
     pub group: String,
+}
+
+/// `KEY=VALUE` for `--property`.
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }

@@ -868,9 +868,11 @@ const SECTIONS: &[&str] = &[
 
 /// Overlays `FP_RELAY_{SECTION}_{KEY}=value` on the file's table. `FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD`
 /// sets the librdkafka property `sasl.password` (underscores become dots). Values are read as
-/// TOML scalars or arrays when they parse as one (`true`, `42`, `["a", "b"]`) and as strings
-/// otherwise, so `10s` and `host:9092` need no quoting. An unknown key is refused by the strict
-/// parse that follows.
+/// TOML scalars, arrays or inline tables when they parse as one (`true`, `42`, `["a", "b"]`,
+/// `{ firstpromoter = "..." }`) and as strings otherwise, so `10s` and `host:9092` need no
+/// quoting. A table is merged into the file's entry by entry, and one entry can be set with a
+/// double underscore: `FP_RELAY_AUTH_BASIC__FIRSTPROMOTER=secret` sets `auth.basic.firstpromoter`.
+/// An unknown key is refused by the strict parse that follows.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -900,7 +902,22 @@ fn apply_env(
             properties.insert(property.replace('_', "."), toml::Value::String(raw));
             continue;
         }
-        section_table.insert(key.to_owned(), env_value(&raw));
+        let (key, value) = match key.split_once("__") {
+            Some((table, entry)) => {
+                let mut single = toml::Table::new();
+                single.insert(entry.to_owned(), env_value(&raw));
+                (table, toml::Value::Table(single))
+            }
+            None => (key, env_value(&raw)),
+        };
+        match (section_table.get_mut(key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(entries)) => {
+                existing.extend(entries);
+            }
+            (_, value) => {
+                section_table.insert(key.to_owned(), value);
+            }
+        }
     }
     Ok(())
 }
@@ -912,7 +929,8 @@ fn env_value(raw: &str) -> toml::Value {
                 v @ (toml::Value::Integer(_)
                 | toml::Value::Boolean(_)
                 | toml::Value::Float(_)
-                | toml::Value::Array(_)),
+                | toml::Value::Array(_)
+                | toml::Value::Table(_)),
             ) => v,
             _ => toml::Value::String(raw.to_owned()),
         },
@@ -1132,5 +1150,30 @@ mod tests {
         chosen.http.listen = "0.0.0.0:9000".parse().unwrap();
         chosen.listen_locally_unless_chosen();
         assert_eq!(chosen.http.listen, "0.0.0.0:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn environment_variables_set_tables_whole_or_one_entry_at_a_time() {
+        let config = load_exact(
+            "[auth]\nbasic = { from_file = \"password-in-file-0001\" }\n",
+            &[
+                ("FP_RELAY_AUTH_BASIC__FIRSTPROMOTER", "password-from-env-01"),
+                (
+                    "FP_RELAY_KAFKA_TOPICS",
+                    r#"{ reward_created = "affiliate.rewards", "referral.created" = "affiliate.referrals" }"#,
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.auth.basic["firstpromoter"], "password-from-env-01");
+        assert_eq!(
+            config.auth.basic["from_file"], "password-in-file-0001",
+            "merged, not replaced"
+        );
+        assert_eq!(config.kafka.topics["reward_created"], "affiliate.rewards");
+        assert_eq!(
+            config.kafka.topics["referral.created"],
+            "affiliate.referrals"
+        );
     }
 }

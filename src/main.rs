@@ -119,6 +119,7 @@ fn tail(args: TailArgs) -> ExitCode {
         from_beginning: args.from_beginning,
         count: args.count,
         idle_exit: args.idle_exit,
+        properties: args.properties,
     };
     match tail::run(&options, &mut std::io::stdout().lock()) {
         Ok(_) => ExitCode::SUCCESS,
@@ -205,7 +206,7 @@ fn respond(args: RespondArgs) -> ExitCode {
     telemetry::init(telemetry::LogFormat::Human);
     let options = ResponderOptions {
         brokers: args.brokers,
-        properties: Vec::new(),
+        properties: args.properties,
         topic: args.topic,
         default_reply_topic: args.reply_topic,
         outcome: args.outcome,

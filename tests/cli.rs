@@ -101,6 +101,27 @@ fn a_port_in_use_is_reported_once_without_repeating_the_cause() {
 }
 
 #[test]
+fn tail_and_respond_pass_kafka_properties_to_their_client() {
+    for tool in ["tail", "respond"] {
+        let output = fp_relay()
+            .args([tool, "--brokers", "127.0.0.1:1", "-X", "no.such.property=1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{tool}: {stderr}");
+        assert!(
+            stderr.contains("no.such.property"),
+            "{tool} hands -X to librdkafka, which names what it refuses: {stderr}"
+        );
+        let malformed = fp_relay()
+            .args([tool, "-X", "no-equals-sign"])
+            .output()
+            .unwrap();
+        assert_eq!(malformed.status.code(), Some(2), "{tool}: clap refuses it");
+    }
+}
+
+#[test]
 fn config_errors_name_the_field_and_exit_2() {
     let dir = std::env::temp_dir().join(format!("fp-relay-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -164,8 +164,11 @@ impl Drop for Generation {
 
 /// The relay's single producer, shared by every request.
 pub struct Publisher {
-    /// The producer in use; swapped, never mutated. The lock is never held across `.await`.
+    /// The producer in use; swapped, never mutated. The lock is never held across `.await`,
+    /// nor while a client is built.
     current: RwLock<Arc<Generation>>,
+    /// Held while a replacement is built, so only one is.
+    replacing: Mutex<()>,
     /// Settings every generation is built from.
     client_config: ClientConfig,
     /// Source of generation ids.
@@ -195,6 +198,7 @@ impl Publisher {
         let first = build(&client_config, &metrics, &watch, 0)?;
         Ok(Self {
             current: RwLock::new(Arc::new(first)),
+            replacing: Mutex::new(()),
             client_config,
             generations: AtomicU64::new(1),
             failures_in_a_row: AtomicU32::new(0),
@@ -364,11 +368,14 @@ impl Publisher {
         }
     }
 
-    /// Replaces `broken` with a fresh producer unless another request already did.
+    /// Replaces `broken` with a fresh producer unless another request already did. The new
+    /// client is built outside the lock every publish reads (building one takes milliseconds);
+    /// `replacing` makes concurrent callers wait for one build instead of each doing their own.
     fn replace(&self, broken: &Arc<Generation>) -> Arc<Generation> {
-        let mut current = self.current.write().expect("lock not poisoned");
+        let _building = self.replacing.lock().expect("lock not poisoned");
+        let current = self.current();
         if current.id != broken.id {
-            return current.clone();
+            return current;
         }
         let id = self.generations.fetch_add(1, Ordering::Relaxed);
         match build(&self.client_config, &self.metrics, &self.watch, id) {
@@ -380,11 +387,15 @@ impl Publisher {
                     .map_or_else(|| "no acknowledgements".to_owned(), |(_, r)| r);
                 tracing::warn!(generation = id, %reason, "replaced the Kafka producer");
                 self.metrics.kafka_producer_rebuilds.inc();
-                *current = Arc::new(fresh);
+                let fresh = Arc::new(fresh);
+                *self.current.write().expect("lock not poisoned") = fresh.clone();
+                fresh
             }
-            Err(error) => tracing::error!(%error, "cannot build a replacement Kafka producer"),
+            Err(error) => {
+                tracing::error!(%error, "cannot build a replacement Kafka producer");
+                current
+            }
         }
-        current.clone()
     }
 
     /// Waits until everything queued is delivered or `timeout` passes. Call it on shutdown:

@@ -28,6 +28,8 @@ pub struct TailOptions {
     pub count: Option<usize>,
     /// Exit after this long without a message.
     pub idle_exit: Option<Duration>,
+    /// librdkafka properties for the consumer (SASL, TLS ...).
+    pub properties: Vec<(String, String)>,
 }
 
 /// How often new topics are looked for.
@@ -35,7 +37,11 @@ const REFRESH: Duration = Duration::from_secs(1);
 
 /// Prints messages until `count` or `idle_exit` (or forever). Blocking: run it on its own thread.
 pub fn run(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    for (key, value) in &options.properties {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config
         .set("bootstrap.servers", &options.brokers)
         .set(
             "group.id",
