@@ -1,7 +1,9 @@
 //! Every metric the relay exports, in one struct that owns its registry.
 //!
 //! Names carry the `fp_relay_` prefix; labels are bounded (event types outside the known lists
-//! are `other`, never a raw path, id or unknown name). The doc comment of each field is its HELP.
+//! are `other`, never a raw path, id or unknown name). Each metric is declared once, in the
+//! [`metrics!`] list below: its field, name and labels, and its doc comment, which is also its
+//! HELP text.
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -14,231 +16,132 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
 ];
 
-/// The relay's metrics.
-pub struct Metrics {
-    registry: Registry,
+/// A metric type the [`metrics!`] list can declare.
+trait Family: Collector + Clone + 'static {
+    /// Builds the metric; `labels` is empty for a single series.
+    fn create(name: &str, help: &str, labels: &[&str]) -> Self;
+}
+
+macro_rules! family {
+    ($kind:ty, |$name:ident, $help:ident, $labels:ident| $make:expr) => {
+        impl Family for $kind {
+            fn create($name: &str, $help: &str, $labels: &[&str]) -> Self {
+                $make.expect("valid metric")
+            }
+        }
+    };
+}
+
+family!(IntCounter, |name, help, _labels| IntCounter::new(
+    name, help
+));
+family!(IntGauge, |name, help, _labels| IntGauge::new(name, help));
+family!(Gauge, |name, help, _labels| Gauge::new(name, help));
+family!(IntCounterVec, |name, help, labels| IntCounterVec::new(
+    Opts::new(name, help),
+    labels
+));
+family!(IntGaugeVec, |name, help, labels| IntGaugeVec::new(
+    Opts::new(name, help),
+    labels
+));
+family!(Histogram, |name, help, _labels| Histogram::with_opts(
+    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+));
+family!(HistogramVec, |name, help, labels| HistogramVec::new(
+    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+    labels
+));
+
+/// Declares the [`Metrics`] struct, its constructor and its registration list from one entry
+/// per metric: `/// HELP text` then `field: Type = "name" [labels],`.
+macro_rules! metrics {
+    ($( $(#[doc = $help:literal])+ $field:ident: $kind:ty = $name:literal [$($label:literal),*], )*) => {
+        /// The relay's metrics.
+        pub struct Metrics {
+            registry: Registry,
+            $( $(#[doc = $help])+ pub $field: $kind, )*
+        }
+
+        impl Metrics {
+            /// Creates and registers every metric.
+            pub fn new() -> Self {
+                let metrics = Self {
+                    registry: Registry::new(),
+                    $( $field: <$kind as Family>::create(
+                        $name,
+                        concat!($($help),+).trim(),
+                        &[$($label),*],
+                    ), )*
+                };
+                metrics.register_all();
+                metrics
+            }
+
+            /// Every metric this struct owns, in declaration order.
+            fn collectors(&self) -> Vec<Box<dyn Collector>> {
+                vec![$(Box::new(self.$field.clone()) as Box<dyn Collector>),*]
+            }
+        }
+    };
+}
+
+metrics! {
     /// Webhook requests answered, by event type and HTTP status.
-    pub http_requests: IntCounterVec,
+    http_requests: IntCounterVec = "fp_relay_http_requests_total" ["event_type", "status"],
     /// Time from request arrival to response, by event type.
-    pub http_request_duration: HistogramVec,
-    /// Kafka writes by result: ok, error, timeout.
-    pub kafka_produce: IntCounterVec,
+    http_request_duration: HistogramVec = "fp_relay_http_request_duration_seconds" ["event_type"],
+    /// Kafka writes by result: ok, error, timeout, refused (permanently, e.g. not authorised).
+    kafka_produce: IntCounterVec = "fp_relay_kafka_produce_total" ["result"],
     /// Time from handing a record to the producer to its delivery report.
-    pub kafka_produce_duration: Histogram,
-    /// Producers rebuilt after a fatal error (e.g. the cluster forgot the idempotent producer id).
-    pub kafka_producer_rebuilds: IntCounter,
+    kafka_produce_duration: Histogram = "fp_relay_kafka_produce_duration_seconds" [],
+    /// Producers replaced after a fatal error or several unacknowledged writes in a row (e.g.
+    /// the cluster forgot the idempotent producer id).
+    kafka_producer_rebuilds: IntCounter = "fp_relay_kafka_producer_rebuilds_total" [],
     /// Messages waiting in the producer's queue (librdkafka statistics).
-    pub kafka_queue_messages: IntGauge,
+    kafka_queue_messages: IntGauge = "fp_relay_kafka_queue_messages" [],
     /// Requests sent to a broker and not yet answered (librdkafka statistics).
-    pub kafka_broker_in_flight: IntGaugeVec,
+    kafka_broker_in_flight: IntGaugeVec = "fp_relay_kafka_broker_in_flight_requests" ["broker"],
     /// Average broker round-trip time in microseconds (librdkafka statistics).
-    pub kafka_broker_rtt_us: IntGaugeVec,
+    kafka_broker_rtt_us: IntGaugeVec = "fp_relay_kafka_broker_rtt_microseconds" ["broker"],
     /// Requests refused before anything was published, by reason.
-    pub rejected: IntCounterVec,
-    /// Unparseable bodies written to the dead-letter topic.
-    pub dead_lettered: IntCounter,
+    rejected: IntCounterVec = "fp_relay_rejected_total" ["reason"],
+    /// Records kept on the dead-letter topic: unparseable bodies and events Kafka refused for good.
+    dead_lettered: IntCounter = "fp_relay_dead_lettered_total" [],
     /// Requests refused by authentication, by the check that failed.
-    pub auth_failures: IntCounterVec,
+    auth_failures: IntCounterVec = "fp_relay_auth_failures_total" ["reason"],
     /// Events written to the spool because Kafka could not take them in time.
-    pub spooled: IntCounter,
+    spooled: IntCounter = "fp_relay_spooled_total" [],
     /// Spooled events replayed to Kafka.
-    pub spool_replayed: IntCounter,
+    spool_replayed: IntCounter = "fp_relay_spool_replayed_total" [],
     /// Spool records found torn or corrupt; never replayed.
-    pub spool_corrupt_records: IntCounter,
+    spool_corrupt_records: IntCounter = "fp_relay_spool_corrupt_records_total" [],
     /// Bytes of the spool's segment files.
-    pub spool_bytes: IntGauge,
+    spool_bytes: IntGauge = "fp_relay_spool_bytes" [],
     /// Spooled events not yet in Kafka.
-    pub spool_records: IntGauge,
+    spool_records: IntGauge = "fp_relay_spool_records" [],
     /// Age of the oldest spooled event not yet in Kafka.
-    pub spool_oldest_age_seconds: Gauge,
+    spool_oldest_age_seconds: Gauge = "fp_relay_spool_oldest_age_seconds" [],
     /// Requests answered as duplicates of an event id already published.
-    pub duplicates: IntCounter,
+    duplicates: IntCounter = "fp_relay_duplicates_total" [],
     /// 1 when `/readyz` would answer 200, else 0; refreshed at every scrape.
-    pub ready: IntGauge,
+    ready: IntGauge = "fp_relay_ready" [],
     /// fulfilment_pending requests currently held for an answer.
-    pub fulfilment_in_flight: IntGauge,
+    fulfilment_in_flight: IntGauge = "fp_relay_fulfilment_in_flight" [],
     /// `fulfilment.max_in_flight`, so dashboards and alerts can compare against the cap.
-    pub fulfilment_max_in_flight: IntGauge,
-    /// fulfilment_pending outcomes: fulfilled, pending, failed, timeout, publish_error, overflow, shutdown.
-    pub fulfilment_outcomes: IntCounterVec,
-    /// Time from publishing a fulfilment request to receiving its answer.
-    pub fulfilment_reply_duration: Histogram,
-    /// Replies that matched no held request, by reason: late, unmatched, malformed.
-    pub fulfilment_replies_ignored: IntCounterVec,
+    fulfilment_max_in_flight: IntGauge = "fp_relay_fulfilment_max_in_flight" [],
+    /// fulfilment_pending outcomes: fulfilled, pending, failed, timeout, publish_error, overflow,
+    /// released, disabled.
+    fulfilment_outcomes: IntCounterVec = "fp_relay_fulfilment_outcomes_total" ["outcome"],
     /// Reply consumers rebuilt because the reply topic vanished, shrank or was recreated.
-    pub fulfilment_reply_consumer_rebuilds: IntCounter,
+    fulfilment_reply_consumer_rebuilds: IntCounter = "fp_relay_fulfilment_reply_consumer_rebuilds_total" [],
+    /// Time from publishing a fulfilment request to receiving its answer.
+    fulfilment_reply_duration: Histogram = "fp_relay_fulfilment_reply_duration_seconds" [],
+    /// Replies that matched no held request, by reason: late, unmatched, malformed.
+    fulfilment_replies_ignored: IntCounterVec = "fp_relay_fulfilment_replies_ignored_total" ["reason"],
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        let m = Self {
-            http_requests: IntCounterVec::new(
-                Opts::new(
-                    "fp_relay_http_requests_total",
-                    "Webhook requests answered, by event type and HTTP status.",
-                ),
-                &["event_type", "status"],
-            )
-            .expect("valid metric"),
-            http_request_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "fp_relay_http_request_duration_seconds",
-                    "Time from request arrival to response, by event type.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["event_type"],
-            )
-            .expect("valid metric"),
-            kafka_produce: IntCounterVec::new(
-                Opts::new(
-                    "fp_relay_kafka_produce_total",
-                    "Kafka writes by result: ok, error, timeout.",
-                ),
-                &["result"],
-            )
-            .expect("valid metric"),
-            kafka_produce_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "fp_relay_kafka_produce_duration_seconds",
-                    "Time from handing a record to the producer to its delivery report.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            kafka_producer_rebuilds: IntCounter::new(
-                "fp_relay_kafka_producer_rebuilds_total",
-                "Producers rebuilt after a fatal error.",
-            )
-            .expect("valid metric"),
-            kafka_queue_messages: IntGauge::new(
-                "fp_relay_kafka_queue_messages",
-                "Messages waiting in the producer's queue (librdkafka statistics).",
-            )
-            .expect("valid metric"),
-            kafka_broker_in_flight: IntGaugeVec::new(
-                Opts::new(
-                    "fp_relay_kafka_broker_in_flight_requests",
-                    "Requests sent to a broker and not yet answered (librdkafka statistics).",
-                ),
-                &["broker"],
-            )
-            .expect("valid metric"),
-            kafka_broker_rtt_us: IntGaugeVec::new(
-                Opts::new(
-                    "fp_relay_kafka_broker_rtt_microseconds",
-                    "Average broker round-trip time in microseconds (librdkafka statistics).",
-                ),
-                &["broker"],
-            )
-            .expect("valid metric"),
-            rejected: IntCounterVec::new(
-                Opts::new(
-                    "fp_relay_rejected_total",
-                    "Requests refused before anything was published, by reason.",
-                ),
-                &["reason"],
-            )
-            .expect("valid metric"),
-            dead_lettered: IntCounter::new(
-                "fp_relay_dead_lettered_total",
-                "Unparseable bodies written to the dead-letter topic.",
-            )
-            .expect("valid metric"),
-            ready: IntGauge::new(
-                "fp_relay_ready",
-                "1 when /readyz would answer 200, else 0; refreshed at every scrape.",
-            )
-            .expect("valid metric"),
-            fulfilment_max_in_flight: IntGauge::new(
-                "fp_relay_fulfilment_max_in_flight",
-                "The configured cap on held fulfilment requests.",
-            )
-            .expect("valid metric"),
-            auth_failures: IntCounterVec::new(
-                Opts::new(
-                    "fp_relay_auth_failures_total",
-                    "Requests refused by authentication, by the check that failed.",
-                ),
-                &["reason"],
-            )
-            .expect("valid metric"),
-            spooled: IntCounter::new(
-                "fp_relay_spooled_total",
-                "Events written to the spool because Kafka could not take them in time.",
-            )
-            .expect("valid metric"),
-            spool_replayed: IntCounter::new(
-                "fp_relay_spool_replayed_total",
-                "Spooled events replayed to Kafka.",
-            )
-            .expect("valid metric"),
-            spool_corrupt_records: IntCounter::new(
-                "fp_relay_spool_corrupt_records_total",
-                "Spool records found torn or corrupt; never replayed.",
-            )
-            .expect("valid metric"),
-            spool_bytes: IntGauge::new(
-                "fp_relay_spool_bytes",
-                "Bytes of the spool's segment files.",
-            )
-            .expect("valid metric"),
-            spool_records: IntGauge::new(
-                "fp_relay_spool_records",
-                "Spooled events not yet in Kafka.",
-            )
-            .expect("valid metric"),
-            spool_oldest_age_seconds: Gauge::new(
-                "fp_relay_spool_oldest_age_seconds",
-                "Age of the oldest spooled event not yet in Kafka.",
-            )
-            .expect("valid metric"),
-            duplicates: IntCounter::new(
-                "fp_relay_duplicates_total",
-                "Requests answered as duplicates of an event id already published.",
-            )
-            .expect("valid metric"),
-            fulfilment_in_flight: IntGauge::new(
-                "fp_relay_fulfilment_in_flight",
-                "fulfilment_pending requests currently held for an answer.",
-            )
-            .expect("valid metric"),
-            fulfilment_outcomes: IntCounterVec::new(
-                Opts::new(
-                    "fp_relay_fulfilment_outcomes_total",
-                    "fulfilment_pending outcomes.",
-                ),
-                &["outcome"],
-            )
-            .expect("valid metric"),
-            fulfilment_reply_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "fp_relay_fulfilment_reply_duration_seconds",
-                    "Time from publishing a fulfilment request to receiving its answer.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            fulfilment_replies_ignored: IntCounterVec::new(
-                Opts::new(
-                    "fp_relay_fulfilment_replies_ignored_total",
-                    "Replies that matched no held request, by reason: late, unmatched, malformed.",
-                ),
-                &["reason"],
-            )
-            .expect("valid metric"),
-            fulfilment_reply_consumer_rebuilds: IntCounter::new(
-                "fp_relay_fulfilment_reply_consumer_rebuilds_total",
-                "Reply consumers rebuilt because the reply topic vanished, shrank or was recreated.",
-            )
-            .expect("valid metric"),
-            registry,
-        };
-        m.register_all();
-        m
-    }
-
     fn register_all(&self) {
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -259,37 +162,6 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
-    }
-
-    /// Every metric this struct owns, in registration order.
-    fn collectors(&self) -> Vec<Box<dyn Collector>> {
-        vec![
-            Box::new(self.http_requests.clone()),
-            Box::new(self.http_request_duration.clone()),
-            Box::new(self.kafka_produce.clone()),
-            Box::new(self.kafka_produce_duration.clone()),
-            Box::new(self.kafka_producer_rebuilds.clone()),
-            Box::new(self.kafka_queue_messages.clone()),
-            Box::new(self.kafka_broker_in_flight.clone()),
-            Box::new(self.kafka_broker_rtt_us.clone()),
-            Box::new(self.rejected.clone()),
-            Box::new(self.dead_lettered.clone()),
-            Box::new(self.auth_failures.clone()),
-            Box::new(self.spooled.clone()),
-            Box::new(self.spool_replayed.clone()),
-            Box::new(self.spool_corrupt_records.clone()),
-            Box::new(self.spool_bytes.clone()),
-            Box::new(self.spool_records.clone()),
-            Box::new(self.spool_oldest_age_seconds.clone()),
-            Box::new(self.duplicates.clone()),
-            Box::new(self.ready.clone()),
-            Box::new(self.fulfilment_in_flight.clone()),
-            Box::new(self.fulfilment_max_in_flight.clone()),
-            Box::new(self.fulfilment_outcomes.clone()),
-            Box::new(self.fulfilment_reply_consumer_rebuilds.clone()),
-            Box::new(self.fulfilment_reply_duration.clone()),
-            Box::new(self.fulfilment_replies_ignored.clone()),
-        ]
     }
 
     /// The name of every metric family the relay exports, with or without samples yet.
@@ -314,5 +186,27 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_metric_is_declared_once_with_its_doc_comment_as_help() {
+        let metrics = Metrics::new();
+        metrics.kafka_producer_rebuilds.inc();
+        let text = metrics.render();
+        assert!(text.contains(
+            "# HELP fp_relay_kafka_producer_rebuilds_total Producers replaced after a fatal error \
+             or several unacknowledged writes in a row (e.g. the cluster forgot the idempotent \
+             producer id).\n"
+        ), "two doc lines make one HELP line:\n{text}");
+        assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
+        let names = metrics.names();
+        assert_eq!(names.len(), 26, "25 declared plus build_info: {names:?}");
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
     }
 }
