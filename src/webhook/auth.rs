@@ -5,6 +5,8 @@
 //! credential matches and no credential it presents is wrong: a wrong signature is never
 //! excused by a right token. Failures carry a reason for metrics and logs only; the client is
 //! told nothing about which check failed.
+//!
+//! Over 450 lines with its unit tests (the checks themselves are about 320 lines).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

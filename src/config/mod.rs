@@ -1,0 +1,570 @@
+//! Typed configuration: defaults, the TOML file, `FP_RELAY_*` environment overrides and
+//! command-line overrides, merged in that order and validated once at start-up.
+//!
+//! Every error names the field it is about (`kafka.ack_timeout: ...`), so an operator never has
+//! to guess which line of a file or which variable was wrong.
+//!
+//! Layout: this file holds the settings themselves (every field with its doc and its default,
+//! which is why it is over 450 lines: it is the typed reference of config/relay.toml) and
+//! loading; `validate.rs` holds the rules, `env.rs` the environment layer, `tests.rs` their tests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::webhook::routing::TOPIC_PLACEHOLDER;
+
+mod env;
+mod validate;
+
+use env::apply_env;
+
+/// FirstPromoter v1 gives up on a webhook after 15 seconds; anything the relay waits for must
+/// finish before that or the answer is never read.
+pub const FIRSTPROMOTER_V1_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Prefix of the environment variables that override the file: `FP_RELAY_{SECTION}_{KEY}`.
+pub const ENV_PREFIX: &str = "FP_RELAY_";
+
+/// The whole configuration of one relay process.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The public listener FirstPromoter posts to.
+    pub http: HttpConfig,
+    /// Who may post.
+    pub auth: AuthConfig,
+    /// Secrets taken out of payloads before they reach Kafka.
+    pub redact: RedactConfig,
+    /// The durable local spool for when Kafka is unreachable.
+    pub spool: SpoolConfig,
+    /// Duplicate suppression by event id.
+    pub dedup: DedupConfig,
+    /// The private listener for probes and metrics.
+    pub admin: AdminConfig,
+    /// Where events go and how they are acknowledged.
+    pub kafka: KafkaConfig,
+    /// The hold-and-reply exchange for `fulfilment_pending`.
+    pub fulfilment: FulfilmentConfig,
+}
+
+/// The public webhook listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the webhook listener binds.
+    pub listen: SocketAddr,
+    /// Path FirstPromoter posts to; everything else is 404.
+    pub path: String,
+    /// Largest body accepted; a larger one is refused with 413 before it is read further.
+    pub max_body_bytes: usize,
+    /// How long graceful shutdown waits for open requests before it closes them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// A client must send its request headers within this (slow-loris guard). An idle HTTP/1
+    /// keep-alive connection waiting for its next request is also closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A client must send its whole body within this after its headers (and within
+    /// `kafka.ack_timeout`, which bounds everything after the head); else 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A connection with no request in progress is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers); larger is refused with 431.
+    pub max_header_bytes: usize,
+    /// Most body bytes buffered across all requests at once (a memory budget): a request
+    /// that would exceed it is answered 503 with Retry-After before its body is read.
+    pub max_buffered_body_bytes: u64,
+    /// Accept HTTP/2 without TLS (h2c, prior knowledge). Off: plain-text connections are
+    /// HTTP/1.1 only, so every request counts against `max_connections` and
+    /// `header_read_timeout` (HTTP/2 streams would not). With TLS, HTTP/2 is always offered.
+    pub h2c: bool,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 via ALPN) instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Native TLS on the public listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_path: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: std::path::PathBuf,
+    /// How often the files are checked for changes; they are also reloaded on SIGHUP.
+    #[serde(with = "humantime_serde", default = "default_tls_reload_interval")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            path: "/webhooks/firstpromoter".to_owned(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            shutdown_timeout: Duration::from_secs(20),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_header_bytes: 16 * 1024,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
+            h2c: false,
+            tls: None,
+        }
+    }
+}
+
+/// Who may post. At least one credential mode, or `insecure_no_auth = true`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// FirstPromoter v2 signing secrets: `X-Webhook-Signature` is verified against each, so a
+    /// new secret can be added before the old one is removed.
+    pub signature_secrets: Vec<String>,
+    /// Refuse requests without `X-Webhook-Signature`.
+    pub require_signature: bool,
+    /// Header carrying a shared token; in `authorization` it is `Bearer <token>`.
+    pub token_header: String,
+    /// Accepted shared tokens (FirstPromoter v2 custom headers).
+    pub tokens: Vec<String>,
+    /// Accepted HTTP Basic users and passwords (FirstPromoter v2 subscriptions).
+    pub basic: BTreeMap<String, String>,
+    /// Accepted tokens in the path, `POST {http.path}/{token}` (FirstPromoter v1).
+    pub path_tokens: Vec<String>,
+    /// Client networks allowed to post (CIDR); empty allows any.
+    pub allow_sources: Vec<IpNet>,
+    /// Proxies whose forwarding header is believed (CIDR).
+    pub trusted_proxies: Vec<IpNet>,
+    /// The one header those proxies set: `x-forwarded-for` or `forwarded`. Only it is read,
+    /// so a client cannot slip in the other one.
+    pub forwarded_header: ForwardedHeader,
+    /// Run with no credential check at all (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            signature_secrets: Vec::new(),
+            require_signature: false,
+            token_header: "authorization".to_owned(),
+            tokens: Vec::new(),
+            basic: BTreeMap::new(),
+            path_tokens: Vec::new(),
+            allow_sources: Vec::new(),
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::XForwardedFor,
+            insecure_no_auth: false,
+        }
+    }
+}
+
+/// The header a trusted proxy records the client address in.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, ...` (most load balancers).
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for=proxy1`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+/// Secrets removed from payloads before publishing (FirstPromoter sends the promoter's
+/// `auth_token` and `temp_password` in several events).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactConfig {
+    /// Field names redacted wherever they appear, at any depth.
+    pub fields: Vec<String>,
+    /// JSON pointers redacted at exactly that place, e.g. `/data/promoter/email`.
+    pub pointers: Vec<String>,
+    /// Remove the field instead of replacing its value.
+    pub remove: bool,
+    /// The value a redacted field gets when it is not removed.
+    pub replacement: String,
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        Self {
+            fields: vec!["auth_token".to_owned(), "temp_password".to_owned()],
+            pointers: Vec::new(),
+            remove: false,
+            replacement: "[redacted]".to_owned(),
+        }
+    }
+}
+
+/// The durable spool (off by default; recommended for FirstPromoter v1, which never retries).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Spool standard events Kafka cannot take within `handoff_after`, and answer 202.
+    pub enabled: bool,
+    /// Directory of the journal; must survive restarts (a volume, not tmpfs).
+    pub dir: std::path::PathBuf,
+    /// How long a request waits for Kafka before its event is spooled. Below `kafka.ack_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub handoff_after: Duration,
+    /// Largest journal; when full, the relay answers 503 again.
+    pub max_bytes: u64,
+    /// How long librdkafka keeps retrying a write that was handed off (its outcome decides
+    /// whether the spooled copy is replayed).
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dir: "/var/lib/fp-relay/spool".into(),
+            handoff_after: Duration::from_secs(2),
+            max_bytes: 1024 * 1024 * 1024,
+            delivery_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Duplicate suppression: a repeated event id is answered 200 `duplicate` without publishing.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// Remember published event ids (per relay instance).
+    pub enabled: bool,
+    /// How long an id is remembered.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Most ids remembered; the oldest are forgotten first.
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            window: Duration::from_secs(24 * 3600),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// The private listener: `/healthz`, `/readyz`, `/metrics`. Keep it off the internet.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address the admin listener binds; loopback by default so nothing leaks by accident.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// Kafka: brokers, topic routing, acknowledgement and client passthrough settings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated (`host:port,host:port`).
+    pub brokers: String,
+    /// Topic for an event type; `{event_type}` is replaced by the sanitised event type.
+    pub topic_template: String,
+    /// Per-event-type topic overrides, e.g. `reward_created = "rewards"`.
+    pub topics: BTreeMap<String, String>,
+    /// Per-event-type message key overrides as JSON pointers, e.g. `reward_created = "/data/promoter/id"`.
+    pub keys: BTreeMap<String, String>,
+    /// Where bodies that cannot be parsed go, raw, so an operator can recover them.
+    pub dead_letter_topic: String,
+    /// Longest wait for Kafka's acknowledgement before the relay answers 503. Below 15 s.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// The CloudEvents `ce_source` header of every message.
+    pub cloudevents_source: String,
+    /// How often the relay checks that it can still reach the cluster (drives `/readyz`).
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// librdkafka settings for every client (SASL, TLS, ...), passed through as they are.
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka settings for the producer only (`linger.ms`, `compression.type`, ...).
+    pub producer_properties: BTreeMap<String, String>,
+    /// librdkafka settings for the reply consumer only.
+    pub consumer_properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// The producer's `message.max.bytes`: a producer property, else a client property, else
+    /// librdkafka's default.
+    pub fn message_max_bytes(&self) -> u64 {
+        self.producer_properties
+            .get("message.max.bytes")
+            .or_else(|| self.properties.get("message.max.bytes"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES)
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".to_owned(),
+            topic_template: format!("firstpromoter.{TOPIC_PLACEHOLDER}"),
+            topics: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            dead_letter_topic: "firstpromoter.dead_letter".to_owned(),
+            ack_timeout: Duration::from_secs(10),
+            cloudevents_source: "https://firstpromoter.com".to_owned(),
+            probe_interval: Duration::from_secs(2),
+            properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// The `fulfilment_pending` request/reply exchange (see `docs/fulfilment-protocol.md`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FulfilmentConfig {
+    /// Off: `fulfilment_pending` is published like any other event and answered 202 so the
+    /// reward stays pending instead of being marked fulfilled by a mere acknowledgement.
+    pub enabled: bool,
+    /// The event type that is held for a reply.
+    pub event_type: String,
+    /// Topic downstream fulfillers answer on; every replica reads all of its partitions.
+    pub reply_topic: String,
+    /// Create the reply topic at start-up when it is missing.
+    pub create_reply_topic: bool,
+    /// Partitions of the reply topic when the relay creates it.
+    pub reply_topic_partitions: i32,
+    /// How long a request is held for its answer, counted from its arrival.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Accept a `timeout` of 15 s or more (only useful for v2 subscriptions with a longer timeout).
+    pub allow_long_timeout: bool,
+    /// Status for a `pending` answer: any 2xx except 200.
+    pub pending_status: u16,
+    /// Status for a `failed` answer: any non-2xx, so FirstPromoter retries.
+    pub failed_status: u16,
+    /// Status when no answer came in time: any 2xx except 200, so the reward stays pending.
+    pub timeout_status: u16,
+    /// Most requests held at once; beyond it a request is published and answered pending at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for FulfilmentConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            event_type: "fulfilment_pending".to_owned(),
+            reply_topic: "firstpromoter.fulfilment_replies".to_owned(),
+            create_reply_topic: true,
+            reply_topic_partitions: 4,
+            timeout: Duration::from_secs(10),
+            allow_long_timeout: false,
+            pending_status: 202,
+            failed_status: 500,
+            timeout_status: 202,
+            max_in_flight: 2048,
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Command-line values that win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub brokers: Option<String>,
+    /// `--insecure-no-auth`: allow running with no credential check.
+    pub insecure_no_auth: bool,
+}
+
+/// librdkafka's default `message.max.bytes`, the largest record the producer sends.
+pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+/// Room kept under `message.max.bytes` for a record's headers, key and framing.
+pub const RECORD_OVERHEAD_BYTES: u64 = 16 * 1024;
+/// Default `http.max_body_bytes`: 960 KiB, under librdkafka's default `message.max.bytes`
+/// less [`RECORD_OVERHEAD_BYTES`] (FirstPromoter's bodies are a few KiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 960 * 1024;
+
+/// librdkafka settings the relay owns through typed fields; setting them in a passthrough map
+/// would silently weaken the acknowledgement guarantee, so it is refused.
+const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.brokers"),
+    ("metadata.broker.list", "kafka.brokers"),
+    ("enable.idempotence", "the relay (always true)"),
+    ("acks", "the relay (always all)"),
+    ("request.required.acks", "the relay (always all)"),
+    ("message.timeout.ms", "kafka.ack_timeout"),
+    ("delivery.timeout.ms", "kafka.ack_timeout"),
+    (
+        "enable.auto.commit",
+        "the relay (replies are never committed)",
+    ),
+];
+
+impl Config {
+    /// Loads defaults, then `path` (if any), then `FP_RELAY_*` variables from `env`, then
+    /// `overrides`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                (table, path.display().to_string())
+            }
+            None => (toml::Table::new(), "defaults".to_owned()),
+        };
+        apply_env(&mut table, env)?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let field = e.path().to_string();
+                ConfigError::Invalid {
+                    field: if field == "." { origin.clone() } else { field },
+                    message: e.into_inner().message().to_owned(),
+                }
+            })?;
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, overrides: &Overrides) {
+        if let Some(listen) = overrides.listen {
+            self.http.listen = listen;
+        }
+        if let Some(listen) = overrides.admin_listen {
+            self.admin.listen = listen;
+        }
+        if let Some(brokers) = &overrides.brokers {
+            self.kafka.brokers = brokers.clone();
+        }
+        self.auth.insecure_no_auth |= overrides.insecure_no_auth;
+    }
+
+    /// Checks every rule that serde's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_http()?;
+        self.validate_auth()?;
+        self.validate_redact()?;
+        self.validate_spool()?;
+        self.validate_kafka()?;
+        self.validate_fulfilment()
+    }
+
+    /// A development relay answers unauthenticated requests: it listens on 127.0.0.1 unless
+    /// its address was chosen (by flag, environment or file, i.e. differs from the default).
+    pub fn listen_locally_unless_chosen(&mut self) {
+        if self.http.listen == Config::default().http.listen {
+            self.http
+                .listen
+                .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+    }
+
+    /// The effective configuration as TOML, with every secret-looking value masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        let auth = &mut shown.auth;
+        for list in [
+            &mut auth.signature_secrets,
+            &mut auth.tokens,
+            &mut auth.path_tokens,
+        ] {
+            list.iter_mut().for_each(|secret| *secret = MASK.to_owned());
+        }
+        auth.basic
+            .values_mut()
+            .for_each(|password| *password = MASK.to_owned());
+        for map in [
+            &mut shown.kafka.properties,
+            &mut shown.kafka.producer_properties,
+            &mut shown.kafka.consumer_properties,
+        ] {
+            for (key, value) in map.iter_mut() {
+                if is_secret_property(key) {
+                    *value = MASK.to_owned();
+                }
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Shortest secret, token or password accepted: guessing must stay hopeless.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// What a masked secret looks like in output.
+pub const MASK: &str = "********";
+
+/// True for librdkafka settings that hold credentials or key material.
+pub fn is_secret_property(key: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "password",
+        "secret",
+        "jaas",
+        "oauthbearer.config",
+        "key.pem",
+        "ssl.key",
+        "token",
+    ];
+    let key = key.to_ascii_lowercase();
+    MARKERS.iter().any(|m| key.contains(m))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! Configuration tests: defaults, the shipped file, layers and every validation rule.
+
+use super::*;
+
+/// Loads `text` with `insecure_no_auth` added, so tests of other sections need no credentials.
+fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    load_exact(&format!("{text}\n[auth]\ninsecure_no_auth = true\n"), env)
+}
+
+fn load_exact(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("fp-relay-config-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&dir, text).unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let result = Config::load(Some(&dir), env, &Overrides::default());
+    std::fs::remove_file(&dir).ok();
+    result
+}
+
+#[test]
+fn shipped_example_config_parses_and_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/relay.toml");
+    // Credentials come from the environment, as the example's comments recommend.
+    let env = vec![(
+        "FP_RELAY_AUTH_PATH_TOKENS".to_owned(),
+        r#"["0123456789abcdef"]"#.to_owned(),
+    )];
+    let config = Config::load(Some(&path), env, &Overrides::default()).unwrap();
+    assert_eq!(config.http.path, "/webhooks/firstpromoter");
+}
+
+#[test]
+fn empty_file_gives_documented_defaults() {
+    let mut config = load_str("", &[]).unwrap();
+    config.auth.insecure_no_auth = false;
+    assert_eq!(config, Config::default());
+    assert_eq!(config.http.max_body_bytes, 960 * 1024);
+    assert_eq!(config.kafka.topic_template, "firstpromoter.{event_type}");
+    assert_eq!(config.kafka.ack_timeout, Duration::from_secs(10));
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_it() {
+    let err = load_str("[kafka]\nbrokerz = \"x:1\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("brokerz"), "{err}");
+}
+
+#[test]
+fn bad_value_names_the_field_path() {
+    let err = load_str("[kafka]\nack_timeout = \"soon\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("kafka.ack_timeout"), "{err}");
+}
+
+#[test]
+fn ack_timeout_must_stay_below_firstpromoter_timeout() {
+    let err = load_str("[kafka]\nack_timeout = \"15s\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("kafka.ack_timeout:"), "{err}");
+}
+
+#[test]
+fn passthrough_property_conflicting_with_typed_setting_is_refused() {
+    let err = load_str(
+        "[kafka.properties]\n\"enable.idempotence\" = \"false\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("enable.idempotence"), "{err}");
+}
+
+#[test]
+fn environment_overrides_file_and_flags_override_environment() {
+    let env = [
+        ("FP_RELAY_KAFKA_BROKERS", "env:9092"),
+        ("FP_RELAY_KAFKA_ACK_TIMEOUT", "3s"),
+        ("FP_RELAY_FULFILMENT_MAX_IN_FLIGHT", "7"),
+        ("FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD", "hunter2"),
+        ("FP_RELAY_UNRELATED", "ignored"),
+    ];
+    let config = load_str("[kafka]\nbrokers = \"file:9092\"\n", &env).unwrap();
+    assert_eq!(config.kafka.brokers, "env:9092");
+    assert_eq!(config.kafka.ack_timeout, Duration::from_secs(3));
+    assert_eq!(config.fulfilment.max_in_flight, 7);
+    assert_eq!(config.kafka.properties["sasl.password"], "hunter2");
+
+    let mut overridden = config.clone();
+    overridden.apply(&Overrides {
+        brokers: Some("flag:9092".into()),
+        ..Default::default()
+    });
+    assert_eq!(overridden.kafka.brokers, "flag:9092");
+}
+
+#[test]
+fn unknown_environment_key_in_a_known_section_is_refused() {
+    let err = load_str("", &[("FP_RELAY_KAFKA_BROKER", "x:1")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("broker"), "{err}");
+}
+
+#[test]
+fn fulfilment_statuses_are_checked_against_the_protocol() {
+    for (text, field) in [
+        (
+            "[fulfilment]\npending_status = 200\n",
+            "fulfilment.pending_status",
+        ),
+        (
+            "[fulfilment]\ntimeout_status = 500\n",
+            "fulfilment.timeout_status",
+        ),
+        (
+            "[fulfilment]\nfailed_status = 204\n",
+            "fulfilment.failed_status",
+        ),
+        ("[fulfilment]\ntimeout = \"20s\"\n", "fulfilment.timeout"),
+    ] {
+        let err = load_str(text, &[]).unwrap_err().to_string();
+        assert!(err.starts_with(field), "{text}: {err}");
+    }
+    let long = load_str(
+        "[fulfilment]\ntimeout = \"20s\"\nallow_long_timeout = true\n",
+        &[],
+    );
+    assert!(long.is_ok());
+}
+
+#[test]
+fn masked_output_hides_credentials() {
+    let config = load_str(
+        "[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"sasl.username\" = \"relay\"\n",
+        &[],
+    )
+    .unwrap();
+    let shown = config.to_masked_toml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("relay"), "{shown}");
+    assert!(shown.contains(MASK));
+}
+
+#[test]
+fn no_authentication_is_refused_unless_explicitly_insecure() {
+    let err = load_exact("", &[]).unwrap_err().to_string();
+    assert!(err.starts_with("auth:"), "{err}");
+    assert!(load_exact("[auth]\npath_tokens = [\"0123456789abcdef\"]\n", &[]).is_ok());
+    let env = [("FP_RELAY_AUTH_TOKENS", r#"["0123456789abcdef0"]"#)];
+    assert_eq!(
+        load_exact("", &env).unwrap().auth.tokens,
+        vec!["0123456789abcdef0"]
+    );
+}
+
+#[test]
+fn weak_or_malformed_credentials_are_refused_naming_the_field() {
+    for (text, field) in [
+        ("[auth]\ntokens = [\"short\"]\n", "auth.tokens"),
+        (
+            "[auth]\npath_tokens = [\"has/slash/0123456789\"]\n",
+            "auth.path_tokens",
+        ),
+        ("[auth]\nbasic = { fp = \"short\" }\n", "auth.basic.fp"),
+        (
+            "[auth]\nrequire_signature = true\ninsecure_no_auth = true\n",
+            "auth.require_signature",
+        ),
+        (
+            "[auth]\nallow_sources = [\"not-a-cidr\"]\ninsecure_no_auth = true\n",
+            "auth.allow_sources",
+        ),
+    ] {
+        let err = load_exact(text, &[]).unwrap_err().to_string();
+        assert!(err.starts_with(field), "{text}: {err}");
+    }
+}
+
+#[test]
+fn masked_output_hides_every_auth_secret() {
+    let config = load_exact(
+        "[auth]\ntokens = [\"tok-0123456789abcdef\"]\nsignature_secrets = [\"sig-0123456789abcdef\"]\n\
+         path_tokens = [\"pth-0123456789abcdef\"]\nbasic = { fp = \"pw-0123456789abcdef\" }\n",
+        &[],
+    )
+    .unwrap();
+    let shown = config.to_masked_toml();
+    for secret in ["tok-", "sig-", "pth-", "pw-"] {
+        assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+    }
+}
+
+#[test]
+fn invalid_topic_names_are_refused() {
+    let err = load_str("[kafka.topics]\nlead_signup = \"bad topic\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("kafka.topics.lead_signup"), "{err}");
+}
+
+#[test]
+fn dev_mode_listens_on_localhost_unless_an_address_was_chosen() {
+    let mut config = Config::default();
+    config.listen_locally_unless_chosen();
+    assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
+    let mut chosen = Config::default();
+    chosen.http.listen = "0.0.0.0:9000".parse().unwrap();
+    chosen.listen_locally_unless_chosen();
+    assert_eq!(chosen.http.listen, "0.0.0.0:9000".parse().unwrap());
+}
+
+#[test]
+fn environment_variables_set_tables_whole_or_one_entry_at_a_time() {
+    let config = load_exact(
+        "[auth]\nbasic = { from_file = \"password-in-file-0001\" }\n",
+        &[
+            ("FP_RELAY_AUTH_BASIC__FIRSTPROMOTER", "password-from-env-01"),
+            (
+                "FP_RELAY_KAFKA_TOPICS",
+                r#"{ reward_created = "affiliate.rewards", "referral.created" = "affiliate.referrals" }"#,
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.auth.basic["firstpromoter"], "password-from-env-01");
+    assert_eq!(
+        config.auth.basic["from_file"], "password-in-file-0001",
+        "merged, not replaced"
+    );
+    assert_eq!(config.kafka.topics["reward_created"], "affiliate.rewards");
+    assert_eq!(
+        config.kafka.topics["referral.created"],
+        "affiliate.referrals"
+    );
+}

@@ -1,0 +1,302 @@
+//! Start-up validation: every rule a configuration must meet, each failure naming its field.
+
+use super::*;
+use crate::webhook::routing::is_valid_topic;
+
+impl Config {
+    pub(super) fn validate_http(&self) -> Result<(), ConfigError> {
+        let path = &self.http.path;
+        if !path.starts_with('/') || (path.len() > 1 && path.ends_with('/')) {
+            return Err(ConfigError::invalid(
+                "http.path",
+                format!("{path:?} must start with '/' and not end with one"),
+            ));
+        }
+        for (field, value) in [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.request_timeout", self.http.request_timeout),
+            ("http.idle_timeout", self.http.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(field, "must be above 0"));
+            }
+        }
+        if self.http.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "http.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if !(8 * 1024..=1024 * 1024).contains(&self.http.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "http.max_header_bytes",
+                "must be between 8 KiB and 1 MiB",
+            ));
+        }
+        if !(1..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes",
+                "must be between 1 byte and 64 MiB",
+            ));
+        }
+        if self.http.max_buffered_body_bytes < self.http.max_body_bytes as u64 {
+            return Err(ConfigError::invalid(
+                "http.max_buffered_body_bytes",
+                format!(
+                    "must be at least http.max_body_bytes ({}), or no large body could ever be read",
+                    self.http.max_body_bytes
+                ),
+            ));
+        }
+        // A body the producer cannot send would be accepted by HTTP and then refused by Kafka
+        // and by the dead-letter topic alike: refuse it up front with 413 instead.
+        let message_max = self.kafka.message_max_bytes();
+        if self.http.max_body_bytes as u64 + RECORD_OVERHEAD_BYTES > message_max {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes",
+                format!(
+                    "must leave {RECORD_OVERHEAD_BYTES} bytes (headers, key) under the producer's \
+                     message.max.bytes ({message_max}): at most {}",
+                    message_max.saturating_sub(RECORD_OVERHEAD_BYTES)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        let modes = !auth.signature_secrets.is_empty()
+            || !auth.tokens.is_empty()
+            || !auth.basic.is_empty()
+            || !auth.path_tokens.is_empty();
+        if !modes && !auth.insecure_no_auth {
+            return Err(ConfigError::invalid(
+                "auth",
+                "no authentication configured: set auth.path_tokens (v1), auth.tokens, auth.basic or \
+                 auth.signature_secrets (v2), or run with --insecure-no-auth",
+            ));
+        }
+        if auth.require_signature && auth.signature_secrets.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.require_signature",
+                "needs auth.signature_secrets",
+            ));
+        }
+        for (field, list) in [
+            ("auth.signature_secrets", &auth.signature_secrets),
+            ("auth.tokens", &auth.tokens),
+            ("auth.path_tokens", &auth.path_tokens),
+        ] {
+            if list.iter().any(|secret| secret.len() < MIN_SECRET_LEN) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("every entry needs at least {MIN_SECRET_LEN} characters"),
+                ));
+            }
+        }
+        if auth.path_tokens.iter().any(|t| {
+            !t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        }) {
+            return Err(ConfigError::invalid(
+                "auth.path_tokens",
+                "tokens may use only [A-Za-z0-9-._~] (they go in a URL)",
+            ));
+        }
+        for (user, password) in &auth.basic {
+            if user.is_empty() || user.contains(':') || password.len() < MIN_SECRET_LEN {
+                return Err(ConfigError::invalid(
+                    format!("auth.basic.{user}"),
+                    format!("needs a user without ':' and a password of at least {MIN_SECRET_LEN} characters"),
+                ));
+            }
+        }
+        if http::HeaderName::from_bytes(auth.token_header.as_bytes()).is_err() {
+            return Err(ConfigError::invalid(
+                "auth.token_header",
+                "is not a valid header name",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_spool(&self) -> Result<(), ConfigError> {
+        let spool = &self.spool;
+        if spool.enabled
+            && (spool.handoff_after.is_zero() || spool.handoff_after >= self.kafka.ack_timeout)
+        {
+            return Err(ConfigError::invalid(
+                "spool.handoff_after",
+                "must be above 0 and below kafka.ack_timeout (a request waits this long before spooling)",
+            ));
+        }
+        if spool.enabled && spool.max_bytes < 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "spool.max_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if spool.delivery_timeout < self.kafka.ack_timeout {
+            return Err(ConfigError::invalid(
+                "spool.delivery_timeout",
+                "must be at least kafka.ack_timeout",
+            ));
+        }
+        if self.dedup.enabled && (self.dedup.max_entries == 0 || self.dedup.window.is_zero()) {
+            return Err(ConfigError::invalid(
+                "dedup",
+                "window and max_entries must be above 0",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_redact(&self) -> Result<(), ConfigError> {
+        if let Some(pointer) = self.redact.pointers.iter().find(|p| !p.starts_with('/')) {
+            return Err(ConfigError::invalid(
+                "redact.pointers",
+                format!("{pointer:?} is not a JSON pointer (it must start with '/')"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_kafka(&self) -> Result<(), ConfigError> {
+        let kafka = &self.kafka;
+        if kafka.brokers.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "kafka.brokers",
+                "must name at least one broker",
+            ));
+        }
+        if !is_valid_topic(&kafka.topic_template.replace(TOPIC_PLACEHOLDER, "x")) {
+            return Err(ConfigError::invalid(
+                "kafka.topic_template",
+                format!(
+                    "{:?} does not make a valid Kafka topic name",
+                    kafka.topic_template
+                ),
+            ));
+        }
+        for (event_type, topic) in &kafka.topics {
+            check_topic(&format!("kafka.topics.{event_type}"), topic)?;
+        }
+        check_topic("kafka.dead_letter_topic", &kafka.dead_letter_topic)?;
+        for (event_type, pointer) in &kafka.keys {
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("kafka.keys.{event_type}"),
+                    format!("{pointer:?} is not a JSON pointer (it must start with '/')"),
+                ));
+            }
+        }
+        if kafka.ack_timeout.is_zero() || kafka.ack_timeout >= FIRSTPROMOTER_V1_TIMEOUT {
+            return Err(ConfigError::invalid(
+                "kafka.ack_timeout",
+                "must be above 0 and below 15s (FirstPromoter v1 gives up at 15 s)",
+            ));
+        }
+        if kafka.probe_interval < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "kafka.probe_interval",
+                "must be at least 100ms",
+            ));
+        }
+        for (section, map) in [
+            ("kafka.properties", &kafka.properties),
+            ("kafka.producer_properties", &kafka.producer_properties),
+            ("kafka.consumer_properties", &kafka.consumer_properties),
+        ] {
+            for key in map.keys() {
+                if let Some((_, owner)) = OWNED_PROPERTIES.iter().find(|(k, _)| k == key) {
+                    return Err(ConfigError::invalid(
+                        format!("{section}.\"{key}\""),
+                        format!("conflicts with a typed setting; set {owner} instead"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn validate_fulfilment(&self) -> Result<(), ConfigError> {
+        let f = &self.fulfilment;
+        check_topic("fulfilment.reply_topic", &f.reply_topic)?;
+        if f.event_type.is_empty() {
+            return Err(ConfigError::invalid(
+                "fulfilment.event_type",
+                "must not be empty",
+            ));
+        }
+        if f.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "fulfilment.timeout",
+                "must be above 0",
+            ));
+        }
+        if f.timeout >= FIRSTPROMOTER_V1_TIMEOUT && !f.allow_long_timeout {
+            return Err(ConfigError::invalid(
+                "fulfilment.timeout",
+                "must be below 15s, where FirstPromoter v1 gives up \
+                 (set fulfilment.allow_long_timeout = true for v2 subscriptions with a longer timeout)",
+            ));
+        }
+        for (field, status) in [
+            ("fulfilment.pending_status", f.pending_status),
+            ("fulfilment.timeout_status", f.timeout_status),
+        ] {
+            if !(201..=299).contains(&status) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!(
+                        "{status} must be a 2xx other than 200 (200 marks the reward fulfilled)"
+                    ),
+                ));
+            }
+        }
+        if !(300..=599).contains(&f.failed_status) {
+            return Err(ConfigError::invalid(
+                "fulfilment.failed_status",
+                format!(
+                    "{} must be a non-2xx status from 300 to 599 so FirstPromoter retries",
+                    f.failed_status
+                ),
+            ));
+        }
+        if self.fulfilment.enabled && f.max_in_flight > self.http.max_connections / 2 {
+            return Err(ConfigError::invalid(
+                "fulfilment.max_in_flight",
+                format!(
+                    "must be at most half of http.max_connections ({}): held requests each keep a \
+                     connection, and standard events must always find one",
+                    self.http.max_connections
+                ),
+            ));
+        }
+        if f.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "fulfilment.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=10_000).contains(&f.reply_topic_partitions) {
+            return Err(ConfigError::invalid(
+                "fulfilment.reply_topic_partitions",
+                "must be between 1 and 10000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
+    if is_valid_topic(topic) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            format!("{topic:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-], not '.' or '..')"),
+        ))
+    }
+}
