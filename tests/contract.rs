@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use fp_relay::config::Config;
-use fp_relay::webhook::{V1_EVENT_TYPES, V2_EVENT_TYPES};
+use fp_relay::webhook::known_event_types;
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
@@ -24,7 +24,7 @@ fn the_asyncapi_document_parses_and_has_a_channel_for_every_known_event_type() {
         .map(|channel| channel["address"].as_str().unwrap().to_owned())
         .collect();
     let config = Config::default();
-    for event_type in V1_EVENT_TYPES.iter().chain(V2_EVENT_TYPES) {
+    for event_type in known_event_types() {
         let topic = config
             .kafka
             .topic_template
