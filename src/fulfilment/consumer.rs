@@ -97,11 +97,7 @@ impl ReplyConsumer {
         // (they are unmatched), skipping new ones is not.
         consumer_config.set("auto.offset.reset", "earliest");
         let consumer = build(&consumer_config, &metrics, &watch)?;
-        let mut admin_config = ClientConfig::new();
-        for (key, value) in &kafka.properties {
-            admin_config.set(key, value);
-        }
-        admin_config.set("bootstrap.servers", &kafka.brokers);
+        let admin_config = crate::kafka::admin_config(kafka);
         Ok(Self {
             consumer,
             consumer_config,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 
 use super::correlator::Outcome;
 use crate::kafka::record::headers;
@@ -38,11 +38,8 @@ pub async fn run(
     options: ResponderOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut base = ClientConfig::new();
-    for (key, value) in &options.properties {
-        base.set(key, value);
-    }
-    base.set("bootstrap.servers", &options.brokers);
+    let properties = options.properties.iter().map(|(k, v)| (k, v));
+    let base = crate::kafka::client_config(&[], properties, &options.brokers);
     let consumer: StreamConsumer = base
         .clone()
         .set("group.id", &options.group)

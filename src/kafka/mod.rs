@@ -14,23 +14,41 @@ use crate::config::KafkaConfig;
 /// The producer's default `linger.ms` (see [`producer_config`]).
 pub const DEFAULT_LINGER_MS: &str = "0";
 
-/// Producer settings: the relay's defaults, then the passthrough maps, then the settings the relay's guarantee
-/// rests on, which config validation already refuses to let the maps override.
-pub fn producer_config(kafka: &KafkaConfig, message_timeout: std::time::Duration) -> ClientConfig {
+/// Every Kafka client's settings start here: `defaults`, then the user's `properties` (which
+/// may override them), then the bootstrap servers. The producer, the reply consumer, its
+/// admin client and the `tail` and `respond` tools all build on it.
+pub fn client_config<'a>(
+    defaults: &[(&str, &str)],
+    properties: impl IntoIterator<Item = (&'a String, &'a String)>,
+    brokers: &str,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("statistics.interval.ms", "5000");
+    for (key, value) in defaults {
+        config.set(*key, *value);
+    }
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config.set("bootstrap.servers", brokers);
+    config
+}
+
+/// Producer settings: the relay's defaults, then the passthrough maps, then the settings the
+/// relay's guarantee rests on, which config validation already refuses to let the maps override.
+pub fn producer_config(kafka: &KafkaConfig, message_timeout: std::time::Duration) -> ClientConfig {
     // No fixed linger (librdkafka's default is 5 ms): every request would wait it, capping
     // throughput at concurrency / 6 ms. With 0, a record goes out at once when the connection
     // is idle, and records queue into the next batch while requests are in flight, so high
     // concurrency still batches. Measured with benches/load.sh (best bare producer, msg/s):
     // c=1: 842 (0 ms) / 445 (1 ms) / 95 (5 ms); c=16: 3139 / 3123 / 1068; benches/RESULTS.md
     // has every level. Overridable in kafka.producer_properties.
-    config.set("linger.ms", DEFAULT_LINGER_MS);
-    for (key, value) in kafka.properties.iter().chain(&kafka.producer_properties) {
-        config.set(key, value);
-    }
+    let defaults = [
+        ("statistics.interval.ms", "5000"),
+        ("linger.ms", DEFAULT_LINGER_MS),
+    ];
+    let properties = kafka.properties.iter().chain(&kafka.producer_properties);
+    let mut config = client_config(&defaults, properties, &kafka.brokers);
     config
-        .set("bootstrap.servers", &kafka.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         // librdkafka gives up on a record after this: kafka.ack_timeout, or with the spool on,
@@ -44,21 +62,21 @@ pub fn producer_config(kafka: &KafkaConfig, message_timeout: std::time::Duration
 
 /// Settings for a consumer that reads by assignment and never commits.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
     // Replies are waited for by a held HTTP request: fetch eagerly. 5 ms (librdkafka's default
     // is 500) took the fulfilment round trip's p99 from 21.4 to 16.7 ms against tansu
     // (benches/load.sh); the cost is one fetch request per 5 ms per broker while idle.
+    let defaults = [("fetch.wait.max.ms", "5"), ("fetch.min.bytes", "1")];
+    let properties = kafka.properties.iter().chain(&kafka.consumer_properties);
+    let mut config = client_config(&defaults, properties, &kafka.brokers);
     config
-        .set("fetch.wait.max.ms", "5")
-        .set("fetch.min.bytes", "1");
-    for (key, value) in kafka.properties.iter().chain(&kafka.consumer_properties) {
-        config.set(key, value);
-    }
-    config
-        .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
     config
+}
+
+/// Settings for an admin client (creating the reply topic).
+pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
+    client_config(&[], &kafka.properties, &kafka.brokers)
 }

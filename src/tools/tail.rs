@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::RedactConfig;
 use crate::webhook::redact::Redactor;
@@ -37,20 +37,16 @@ const REFRESH: Duration = Duration::from_secs(1);
 
 /// Prints messages until `count` or `idle_exit` (or forever). Blocking: run it on its own thread.
 pub fn run(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize> {
-    let mut config = ClientConfig::new();
-    for (key, value) in &options.properties {
-        config.set(key, value);
-    }
-    let consumer: BaseConsumer = config
-        .set("bootstrap.servers", &options.brokers)
-        .set(
-            "group.id",
-            format!("fp-relay-tail-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .set("log_level", "3")
-        .create()?;
+    let defaults = [("fetch.wait.max.ms", "100"), ("log_level", "3")];
+    let properties = options.properties.iter().map(|(k, v)| (k, v));
+    let consumer: BaseConsumer =
+        crate::kafka::client_config(&defaults, properties, &options.brokers)
+            .set(
+                "group.id",
+                format!("fp-relay-tail-{}", uuid::Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false")
+            .create()?;
     let mask = Redactor::new(&RedactConfig::default());
     let mut assigned: HashSet<(String, i32)> = HashSet::new();
     let (mut printed, mut last_message, mut last_refresh) =
