@@ -8,19 +8,18 @@
 //! - [`config`]: typed configuration, defaults, environment overrides, validation.
 //! - [`webhook`]: FirstPromoter's v1 and v2 envelopes, known event types, topic and key rules.
 //! - [`kafka`]: the publisher (idempotent, `acks=all`, rebuilt after fatal errors), records and headers.
-//! - [`fulfilment`]: the hold-and-reply correlator, the reply consumer, the reference responder.
+//! - [`fulfilment`]: the hold-and-reply correlator and the reply consumer.
 //! - [`pipeline`]: parse, redact and route: bytes and headers in, a Kafka record out.
 //! - [`relay`]: the request logic, bytes and headers in, an answer out.
 //! - [`http`]: the accept loop, graceful shutdown, the public and admin handlers.
 //! - [`error`]: the boundary error and its one mapping to HTTP responses.
 //! - [`metrics`]: every Prometheus metric, in one struct.
-//! - [`dev`]: the embedded development broker behind `serve --dev`.
-//! - [`samples`], [`tools`]: built-in FirstPromoter samples, `fp-relay send` and `fp-relay tail`.
+//! - [`tools`]: `fp-relay send`, `tail` and `respond`, the built-in samples, and the embedded
+//!   development broker behind `serve --dev`.
 
 pub mod cli;
 pub mod config;
 pub mod dedup;
-pub mod dev;
 pub mod error;
 pub mod fulfilment;
 pub mod http;
@@ -28,7 +27,6 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod relay;
-pub mod samples;
 pub mod spool;
 pub mod telemetry;
 pub mod tools;

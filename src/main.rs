@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fp_relay::cli::{CheckConfigArgs, Cli, Command, RespondArgs, SendArgs, ServeArgs, TailArgs};
+use fp_relay::cli::{CheckConfigArgs, Cli, Command, ServeArgs};
 use fp_relay::config::{Config, ConfigError, Overrides};
-use fp_relay::dev::DevBroker;
-use fp_relay::fulfilment::responder::{self, ResponderOptions};
+use fp_relay::tools::dev::DevBroker;
+use fp_relay::tools::respond::{self, ResponderOptions};
 use fp_relay::tools::send::{self, SendOptions};
 use fp_relay::tools::tail::{self, TailOptions};
 use fp_relay::webhook::auth::Authenticator;
@@ -81,19 +81,7 @@ fn describe(error: &anyhow::Error) -> String {
     text
 }
 
-fn send(args: SendArgs) -> ExitCode {
-    let options = SendOptions {
-        url: args.url,
-        events: args.events,
-        all: args.all,
-        from_file: args.from_file,
-        count: args.count,
-        rate: args.rate,
-        secret: args.secret,
-        token: args.token,
-        basic: args.basic,
-        timeout: args.timeout,
-    };
+fn send(options: SendOptions) -> ExitCode {
     let result =
         runtime().and_then(|runtime| runtime.block_on(send::run(&options, &mut std::io::stdout())));
     match result {
@@ -106,21 +94,7 @@ fn send(args: SendArgs) -> ExitCode {
     }
 }
 
-fn tail(args: TailArgs) -> ExitCode {
-    let topics = args
-        .events
-        .iter()
-        .map(|event| format!("{}{event}", args.prefix))
-        .collect();
-    let options = TailOptions {
-        brokers: args.brokers,
-        prefix: args.prefix,
-        topics,
-        from_beginning: args.from_beginning,
-        count: args.count,
-        idle_exit: args.idle_exit,
-        properties: args.properties,
-    };
+fn tail(options: TailOptions) -> ExitCode {
     match tail::run(&options, &mut std::io::stdout().lock()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
@@ -202,20 +176,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn respond(args: RespondArgs) -> ExitCode {
+fn respond(options: ResponderOptions) -> ExitCode {
     telemetry::init(telemetry::LogFormat::Human);
-    let options = ResponderOptions {
-        brokers: args.brokers,
-        properties: args.properties,
-        topic: args.topic,
-        default_reply_topic: args.reply_topic,
-        outcome: args.outcome,
-        reason: args.reason,
-        delay: args.delay,
-        group: args.group,
-    };
-    match runtime().and_then(|runtime| runtime.block_on(responder::run(options, shutdown_signal())))
-    {
+    match runtime().and_then(|runtime| runtime.block_on(respond::run(options, shutdown_signal()))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", describe(&error));

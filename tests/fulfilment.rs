@@ -414,7 +414,7 @@ async fn a_request_that_cannot_be_published_gets_503_so_firstpromoter_retries() 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reference_responder_completes_the_round_trip() {
     use fp_relay::fulfilment::correlator::Outcome;
-    use fp_relay::fulfilment::responder::{run, ResponderOptions};
+    use fp_relay::tools::respond::{run, ResponderOptions};
     let broker = Tansu::start();
     let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
     let stop = tokio_util::sync::CancellationToken::new();

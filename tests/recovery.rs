@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{consume, eventually, sample, RelayProcess, Tansu};
 use fp_relay::fulfilment::correlator::Outcome;
-use fp_relay::fulfilment::responder::{self, ResponderOptions};
+use fp_relay::tools::respond::{self, ResponderOptions};
 use http::StatusCode;
 use tokio_util::sync::CancellationToken;
 
@@ -143,11 +143,7 @@ fn start_responder(broker: &Tansu) -> (CancellationToken, tokio::task::JoinHandl
     };
     let task = tokio::spawn({
         let stop = stop.clone();
-        async move {
-            responder::run(options, stop.cancelled_owned())
-                .await
-                .unwrap()
-        }
+        async move { respond::run(options, stop.cancelled_owned()).await.unwrap() }
     });
     (stop, task)
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{consume, free_port, Tansu, TestRelay};
-use fp_relay::samples::SAMPLES;
+use fp_relay::tools::samples::SAMPLES;
 
 fn fp_relay(args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fp-relay"));

@@ -4,4 +4,3 @@
 
 pub mod consumer;
 pub mod correlator;
-pub mod responder;

@@ -17,31 +17,41 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::samples::{self, Sample};
+use crate::tools::samples::{self, Sample};
 use crate::webhook::envelope::{self, WebhookVersion};
 
 /// What to send, where, and how.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SendOptions {
-    /// The relay's webhook URL (http only), including a v1 path token if one is used.
+    /// The relay's webhook URL (http://); append /<token> when the relay expects a v1 path token.
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/firstpromoter")]
     pub url: String,
-    /// Event types to send (their built-in samples).
+    /// An event type to send (repeatable), e.g. --event lead_signup --event payout.completed.
+    #[arg(long = "event", value_name = "TYPE")]
     pub events: Vec<String>,
     /// Send every built-in sample.
+    #[arg(long)]
     pub all: bool,
-    /// Send a captured body instead of a sample.
+    /// Send a captured webhook body from this file (as it is).
+    #[arg(long, value_name = "FILE")]
     pub from_file: Option<PathBuf>,
-    /// Copies of each event, each with a fresh event id.
+    /// Copies of each event to send.
+    #[arg(long, default_value_t = 1)]
     pub count: u32,
-    /// Requests per second; unlimited when `None`.
+    /// Requests per second (default: as fast as answers come).
+    #[arg(long)]
     pub rate: Option<f64>,
-    /// v2 signing secret: adds `X-Webhook-Signature`.
+    /// Sign the body like a FirstPromoter v2 subscription (X-Webhook-Signature).
+    #[arg(long, value_name = "SECRET")]
     pub secret: Option<String>,
-    /// Shared token: adds `Authorization: Bearer <token>`.
+    /// Send "Authorization: Bearer <TOKEN>" (a v2 custom header).
+    #[arg(long)]
     pub token: Option<String>,
-    /// `user:password` for HTTP Basic.
+    /// Send HTTP Basic credentials.
+    #[arg(long, value_name = "USER:PASSWORD")]
     pub basic: Option<String>,
-    /// Longest wait for one answer (fulfilment requests are held up to 10 s by default).
+    /// Longest wait for one answer (fulfilment requests are held up to fulfilment.timeout).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     pub timeout: Duration,
 }
 

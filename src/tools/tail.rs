@@ -14,21 +14,29 @@ use crate::config::RedactConfig;
 use crate::webhook::redact::Redactor;
 
 /// What to read and when to stop.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TailOptions {
-    /// Bootstrap servers.
+    /// Kafka bootstrap servers (the address `serve --dev` prints).
+    #[arg(long, value_name = "LIST", default_value = "localhost:9092")]
     pub brokers: String,
-    /// Read every topic whose name starts with this (the relay's topic template prefix).
+    /// Only this event type's topic (repeatable); default: every topic starting with --prefix.
+    #[arg(long = "event", value_name = "TYPE")]
+    pub events: Vec<String>,
+    /// Topic name prefix of the relay's topics.
+    #[arg(long, default_value = "firstpromoter.")]
     pub prefix: String,
-    /// Only these topics (overrides `prefix`).
-    pub topics: Vec<String>,
-    /// Start at the beginning of each topic rather than its end.
+    /// Start at the beginning of each topic instead of its end.
+    #[arg(long)]
     pub from_beginning: bool,
     /// Exit after this many messages.
+    #[arg(long)]
     pub count: Option<usize>,
-    /// Exit after this long without a message.
+    /// Exit after this long without a message (e.g. 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_exit: Option<Duration>,
-    /// librdkafka properties for the consumer (SASL, TLS ...).
+    /// A librdkafka property for the Kafka client, e.g. `-X security.protocol=SASL_SSL
+    /// -X sasl.mechanisms=SCRAM-SHA-512` (repeatable).
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = super::parse_property)]
     pub properties: Vec<(String, String)>,
 }
 
@@ -107,10 +115,14 @@ fn new_partitions(
     let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
     let mut added = TopicPartitionList::new();
     for topic in metadata.topics() {
-        let wanted = if options.topics.is_empty() {
+        // --event lead_signup means the topic {prefix}lead_signup.
+        let wanted = if options.events.is_empty() {
             topic.name().starts_with(&options.prefix)
         } else {
-            options.topics.iter().any(|t| t == topic.name())
+            options
+                .events
+                .iter()
+                .any(|event| topic.name().strip_prefix(options.prefix.as_str()) == Some(event))
         };
         if !wanted || topic.error().is_some() {
             continue;

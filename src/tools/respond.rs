@@ -9,27 +9,40 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
-use super::correlator::Outcome;
+use crate::fulfilment::correlator::Outcome;
 use crate::kafka::record::headers;
 
 /// What the responder consumes and how it answers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ResponderOptions {
-    /// Bootstrap servers.
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, value_name = "LIST", default_value = "localhost:9092")]
     pub brokers: String,
-    /// Extra librdkafka settings for both clients (SASL, TLS).
+    /// A librdkafka property for the Kafka client, e.g. `-X security.protocol=SASL_SSL
+    /// -X sasl.mechanisms=SCRAM-SHA-512` (repeatable).
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = super::parse_property)]
     pub properties: Vec<(String, String)>,
-    /// The fulfilment topic the relay publishes to.
-    pub topic: String,
-    /// Reply topic used when a request carries no `fp-reply-topic` header.
-    pub default_reply_topic: String,
-    /// The answer given to every request.
+    /// The answer to give every request.
+    #[arg(long, value_enum, default_value_t = Outcome::Fulfilled)]
     pub outcome: Outcome,
-    /// Text sent as the reply's `reason`.
+    /// Text to send as the reply's reason.
+    #[arg(long)]
     pub reason: Option<String>,
-    /// Wait before answering, to demonstrate timeouts.
+    /// Topic the relay publishes fulfilment requests to.
+    #[arg(long, default_value = "firstpromoter.fulfilment_pending")]
+    pub topic: String,
+    /// Reply topic for requests that carry no fp-reply-topic header.
+    #[arg(
+        long = "reply-topic",
+        value_name = "REPLY_TOPIC",
+        default_value = "firstpromoter.fulfilment_replies"
+    )]
+    pub default_reply_topic: String,
+    /// Wait this long before each answer (e.g. 20s to watch the relay time out).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub delay: Duration,
     /// Consumer group; responders in one group share the requests.
+    #[arg(long, default_value = "fp-relay-responder")]
     pub group: String,
 }
 

@@ -20,7 +20,7 @@ macro_rules! sample {
         Sample {
             event_type: $name,
             version: WebhookVersion::$version,
-            body: include_bytes!(concat!("../samples/", $dir, "/", $name, ".json")),
+            body: include_bytes!(concat!("../../samples/", $dir, "/", $name, ".json")),
         }
     };
 }
