@@ -82,8 +82,8 @@ fn describe(error: &anyhow::Error) -> String {
 }
 
 fn send(options: SendOptions) -> ExitCode {
-    let result =
-        runtime().and_then(|runtime| runtime.block_on(send::run(&options, &mut std::io::stdout())));
+    let result = runtime()
+        .and_then(|runtime| Ok(runtime.block_on(send::run(&options, &mut std::io::stdout()))?));
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -98,7 +98,7 @@ fn tail(options: TailOptions) -> ExitCode {
     match tail::run(&options, &mut std::io::stdout().lock()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", describe(&error));
+            eprintln!("error: {}", describe(&error.into()));
             ExitCode::FAILURE
         }
     }
@@ -178,7 +178,9 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 fn respond(options: ResponderOptions) -> ExitCode {
     telemetry::init(telemetry::LogFormat::Human);
-    match runtime().and_then(|runtime| runtime.block_on(respond::run(options, shutdown_signal()))) {
+    match runtime()
+        .and_then(|runtime| Ok(runtime.block_on(respond::run(options, shutdown_signal()))?))
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", describe(&error));

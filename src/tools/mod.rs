@@ -2,6 +2,10 @@
 //! built-in [`samples`], `fp-relay tail` shows what reached Kafka, `fp-relay respond` is a
 //! reference fulfiller, and [`dev`] is the embedded broker behind `serve --dev`.
 
+use std::path::PathBuf;
+
+use rdkafka::error::KafkaError;
+
 pub mod dev;
 pub mod respond;
 pub mod samples;
@@ -16,4 +20,30 @@ pub fn parse_property(text: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
     }
+}
+
+/// Why a developer tool stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The command line asks for something that cannot be done.
+    #[error("{0}")]
+    Usage(String),
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Writing the tool's output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+    /// The relay did not answer.
+    #[error("cannot reach {url}: {detail}")]
+    Http { url: String, detail: String },
+    /// A Kafka client failed.
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    /// A body that should be JSON is not.
+    #[error("not JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }

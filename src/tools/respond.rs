@@ -50,7 +50,7 @@ pub struct ResponderOptions {
 pub async fn run(
     options: ResponderOptions,
     stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), super::ToolError> {
     let properties = options.properties.iter().map(|(k, v)| (k, v));
     let base = crate::kafka::client_config(&[], properties, &options.brokers);
     let consumer: StreamConsumer = base

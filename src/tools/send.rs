@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -18,6 +17,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::tools::samples::{self, Sample};
+use crate::tools::ToolError;
 use crate::webhook::envelope::{self, WebhookVersion};
 
 /// What to send, where, and how.
@@ -65,7 +65,7 @@ struct Outgoing {
 }
 
 /// Sends everything; returns whether every request was acknowledged (2xx).
-pub async fn run(options: &SendOptions, out: &mut impl Write) -> anyhow::Result<bool> {
+pub async fn run(options: &SendOptions, out: &mut impl Write) -> Result<bool, ToolError> {
     let requests = plan(options)?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut statuses: BTreeMap<String, u32> = BTreeMap::new();
@@ -110,13 +110,19 @@ pub async fn run(options: &SendOptions, out: &mut impl Write) -> anyhow::Result<
     Ok(acknowledged)
 }
 
-fn plan(options: &SendOptions) -> anyhow::Result<Vec<Outgoing>> {
+fn plan(options: &SendOptions) -> Result<Vec<Outgoing>, ToolError> {
     let mut chosen: Vec<(String, WebhookVersion, Bytes)> = Vec::new();
     if let Some(path) = &options.from_file {
-        let body =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let envelope = envelope::parse(&body, &http::HeaderMap::new())
-            .with_context(|| format!("{} is not a FirstPromoter webhook", path.display()))?;
+        let body = std::fs::read(path).map_err(|source| ToolError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let envelope = envelope::parse(&body, &http::HeaderMap::new()).map_err(|error| {
+            ToolError::Usage(format!(
+                "{} is not a FirstPromoter webhook: {error}",
+                path.display()
+            ))
+        })?;
         chosen.push((envelope.event_type, envelope.version, Bytes::from(body)));
     }
     let samples: Vec<&Sample> = if options.all {
@@ -126,12 +132,15 @@ fn plan(options: &SendOptions) -> anyhow::Result<Vec<Outgoing>> {
             .events
             .iter()
             .map(|name| {
-                samples::find(name).with_context(|| {
+                samples::find(name).ok_or_else(|| {
                     let known: Vec<&str> = samples::SAMPLES.iter().map(|s| s.event_type).collect();
-                    format!("no sample for {name:?}; known: {}", known.join(", "))
+                    ToolError::Usage(format!(
+                        "no sample for {name:?}; known: {}",
+                        known.join(", ")
+                    ))
                 })
             })
-            .collect::<anyhow::Result<_>>()?
+            .collect::<Result<_, ToolError>>()?
     };
     chosen.extend(samples.iter().map(|s| {
         (
@@ -141,7 +150,9 @@ fn plan(options: &SendOptions) -> anyhow::Result<Vec<Outgoing>> {
         )
     }));
     if chosen.is_empty() {
-        bail!("nothing to send: name events with --event, or use --all or --from-file");
+        return Err(ToolError::Usage(
+            "nothing to send: name events with --event, or use --all or --from-file".into(),
+        ));
     }
     let mut requests = Vec::new();
     for copy in 0..options.count.max(1) {
@@ -169,7 +180,7 @@ fn plan(options: &SendOptions) -> anyhow::Result<Vec<Outgoing>> {
 }
 
 /// The body with a new, unique event id.
-fn fresh_id(body: &Bytes, version: WebhookVersion) -> anyhow::Result<(Bytes, Option<String>)> {
+fn fresh_id(body: &Bytes, version: WebhookVersion) -> Result<(Bytes, Option<String>), ToolError> {
     let mut document: Value = serde_json::from_slice(body)?;
     let id = match version {
         WebhookVersion::V1 => {
@@ -199,7 +210,7 @@ async fn send_one(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     options: &SendOptions,
     request: &Outgoing,
-) -> anyhow::Result<(u16, Value)> {
+) -> Result<(u16, Value), ToolError> {
     let mut builder = http::Request::post(&options.url).header("content-type", "application/json");
     if request.version == WebhookVersion::V2 {
         builder = builder.header("x-event-type", &request.event_type);
@@ -222,16 +233,24 @@ async fn send_one(
         let encoded = base64::engine::general_purpose::STANDARD.encode(basic);
         builder = builder.header("authorization", format!("Basic {encoded}"));
     }
+    let unreachable = |detail: String| ToolError::Http {
+        url: options.url.clone(),
+        detail,
+    };
+    let request = builder
+        .body(Full::new(request.body.clone()))
+        .map_err(|error| ToolError::Usage(format!("invalid URL {}: {error}", options.url)))?;
     let response = client
-        .request(
-            builder
-                .body(Full::new(request.body.clone()))
-                .context("invalid URL")?,
-        )
+        .request(request)
         .await
-        .with_context(|| format!("cannot reach {}", options.url))?;
+        .map_err(|error| unreachable(error.to_string()))?;
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|error| unreachable(error.to_string()))?
+        .to_bytes();
     Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 

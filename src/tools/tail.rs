@@ -11,6 +11,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::RedactConfig;
+use crate::tools::ToolError;
 use crate::webhook::redact::Redactor;
 
 /// What to read and when to stop.
@@ -44,7 +45,7 @@ pub struct TailOptions {
 const REFRESH: Duration = Duration::from_secs(1);
 
 /// Prints messages until `count` or `idle_exit` (or forever). Blocking: run it on its own thread.
-pub fn run(options: &TailOptions, out: &mut impl Write) -> anyhow::Result<usize> {
+pub fn run(options: &TailOptions, out: &mut impl Write) -> Result<usize, ToolError> {
     let defaults = [("fetch.wait.max.ms", "100"), ("log_level", "3")];
     let properties = options.properties.iter().map(|(k, v)| (k, v));
     let consumer: BaseConsumer =
@@ -111,7 +112,7 @@ fn new_partitions(
     options: &TailOptions,
     assigned: &mut HashSet<(String, i32)>,
     first: bool,
-) -> anyhow::Result<TopicPartitionList> {
+) -> Result<TopicPartitionList, ToolError> {
     let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
     let mut added = TopicPartitionList::new();
     for topic in metadata.topics() {
@@ -151,7 +152,7 @@ fn print(
     message: &rdkafka::message::BorrowedMessage<'_>,
     mask: &Redactor,
     out: &mut impl Write,
-) -> anyhow::Result<()> {
+) -> Result<(), ToolError> {
     let key = message
         .key()
         .map_or("-".into(), |k| String::from_utf8_lossy(k).into_owned());
