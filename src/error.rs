@@ -1,12 +1,10 @@
-//! Errors at the HTTP boundary and the one place they become responses.
+//! Errors at the HTTP boundary: what went wrong, its status and stable code, and what the
+//! client may be told. [`crate::http::answer`] turns them into responses.
 //!
 //! The client gets a status and a short JSON body (`{"error": code, "message": ...}`); the log
 //! line carries the detail. Nothing here ever echoes a body, a header value or a credential.
 
-use bytes::Bytes;
-use http::{header, Response, StatusCode};
-use http_body_util::Full;
-use serde_json::json;
+use http::StatusCode;
 
 use crate::kafka::publisher::PublishError;
 use crate::webhook::auth::AuthFailure;
@@ -93,33 +91,8 @@ impl RelayError {
         }
     }
 
-    /// The response the client sees.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let status = self.status();
-        let mut body = json!({ "error": self.code(), "message": self.client_message() });
-        if let Self::Invalid { dead_lettered, .. } = &self {
-            body["dead_lettered"] = json!(dead_lettered);
-        }
-        let mut response = json_response(status, &body);
-        match self {
-            Self::MethodNotAllowed => {
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-            }
-            Self::Unavailable(_) | Self::Busy => {
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    header::HeaderValue::from_static(RETRY_AFTER_SECS),
-                );
-            }
-            _ => {}
-        }
-        response
-    }
-
     /// What the client is told: short, and for Kafka failures without internal detail.
-    fn client_message(&self) -> String {
+    pub fn client_message(&self) -> String {
         match self {
             Self::Unavailable(_) => {
                 "the event was not accepted; Kafka did not acknowledge it in time".to_owned()
@@ -131,37 +104,27 @@ impl RelayError {
     }
 }
 
-/// A JSON response with `status` and `body`.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::answer::refused;
 
     #[test]
     fn client_mistakes_map_to_4xx_and_kafka_to_503_with_retry_after() {
         assert_eq!(RelayError::NotFound.status(), 404);
         assert_eq!(
-            RelayError::MethodNotAllowed.into_response().headers()["allow"],
+            refused(RelayError::MethodNotAllowed).headers()["allow"],
             "POST"
         );
         assert_eq!(RelayError::PayloadTooLarge { limit: 1 }.status(), 413);
-        let unauthorized = RelayError::Unauthorized(AuthFailure::BadSignature).into_response();
+        let unauthorized = refused(RelayError::Unauthorized(AuthFailure::BadSignature));
         assert_eq!(unauthorized.status(), 401);
         let invalid = RelayError::Invalid {
             error: EnvelopeError::NotAnObject,
             dead_lettered: true,
         };
         assert_eq!(invalid.status(), 400);
-        let unavailable = RelayError::Unavailable(PublishError::Timeout).into_response();
+        let unavailable = refused(RelayError::Unavailable(PublishError::Timeout));
         assert_eq!(unavailable.status(), 503);
         assert_eq!(unavailable.headers()["retry-after"], RETRY_AFTER_SECS);
     }

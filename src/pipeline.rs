@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 
 use crate::config::Config;
-use crate::kafka::record::{headers, OutboundRecord, Received};
+use crate::kafka::record::{OutboundRecord, Received};
 use crate::webhook::envelope::{self, Envelope, EnvelopeError};
 use crate::webhook::redact::Redactor;
 use crate::webhook::routing::Router;
@@ -71,9 +71,7 @@ impl Pipeline {
             payload,
         );
         if redacted > 0 {
-            record
-                .headers
-                .push((headers::REDACTED.into(), redacted.to_string()));
+            record.mark_redacted(redacted);
         }
         Ok(Prepared {
             envelope,
@@ -86,6 +84,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::record::headers;
 
     fn pipeline(configure: impl FnOnce(&mut Config)) -> Pipeline {
         let mut config = Config::default();

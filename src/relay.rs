@@ -18,18 +18,16 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::dedup::{Claim, Dedup};
 use crate::error::RelayError;
-use crate::fulfilment::correlator::{Correlator, Outcome, Verdict};
+use crate::fulfilment::correlator::{Correlator, Verdict};
+use crate::fulfilment::exchange::{self, status, FulfilmentAnswer};
 use crate::kafka::outage::ClusterWatch;
 use crate::kafka::publisher::{Delivered, Handoff, PublishError, Publisher};
-use crate::kafka::record::{headers, rfc3339, OutboundRecord, Received};
+use crate::kafka::record::{rfc3339, OutboundRecord, Received};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Prepared};
 use crate::spool::{Spool, SpoolError};
 use crate::webhook::auth::Authenticator;
 use crate::webhook::envelope::{self, Envelope, WebhookVersion};
-
-/// Longest `reason` passed back to FirstPromoter in a response body.
-const MAX_REASON_CHARS: usize = 200;
 
 /// What the relay answers when a request was accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,61 +43,6 @@ pub enum Accepted {
     Duplicate,
     /// A `fulfilment_pending` event and the decision about it.
     Fulfilment(FulfilmentAnswer),
-}
-
-impl Accepted {
-    /// The HTTP status and JSON body.
-    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
-        match self {
-            Self::Published { topic, delivered } => (
-                StatusCode::OK,
-                json!({
-                    "status": "published",
-                    "topic": topic,
-                    "partition": delivered.partition,
-                    "offset": delivered.offset,
-                }),
-            ),
-            Self::Spooled { seq } => (
-                StatusCode::ACCEPTED,
-                json!({ "status": "spooled", "spool_seq": seq }),
-            ),
-            // 2xx: the event is durably in Kafka, and no retry by the sender could ever put it
-            // on its topic (v1 would not retry a non-2xx anyway; v2 would, pointlessly).
-            Self::DeadLettered { topic, delivered } => (
-                StatusCode::ACCEPTED,
-                json!({
-                    "status": "dead_lettered",
-                    "reason": "kafka_refused",
-                    "topic": topic,
-                    "partition": delivered.partition,
-                    "offset": delivered.offset,
-                }),
-            ),
-            Self::Duplicate => (StatusCode::OK, json!({ "status": "duplicate" })),
-            Self::Fulfilment(answer) => {
-                let mut body =
-                    json!({ "status": answer.outcome, "correlation_id": answer.correlation_id });
-                if let Some(reason) = &answer.reason {
-                    body["reason"] = json!(reason);
-                }
-                (answer.status, body)
-            }
-        }
-    }
-}
-
-/// The answer to a `fulfilment_pending` request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FulfilmentAnswer {
-    /// The status FirstPromoter acts on.
-    pub status: StatusCode,
-    /// fulfilled, pending, failed, timeout, overflow, released or disabled.
-    pub outcome: &'static str,
-    /// The `fp-correlation-id`, when the request was held.
-    pub correlation_id: Option<String>,
-    /// The fulfiller's text, shortened.
-    pub reason: Option<String>,
 }
 
 /// What is known of a request's event once its body is parsed; for metrics and log lines.
@@ -458,37 +401,21 @@ impl Relay {
         };
         let correlation_id = hold.id().to_string();
         let deadline = arrived + settings.timeout;
-        record
-            .headers
-            .push((headers::CORRELATION_ID.into(), correlation_id.clone()));
-        record
-            .headers
-            .push((headers::REPLY_TOPIC.into(), settings.reply_topic.clone()));
-        record.headers.push((
-            headers::DEADLINE.into(),
+        record.add_fulfilment_request(
+            &correlation_id,
+            &settings.reply_topic,
             rfc3339(received.at + settings.timeout),
-        ));
+        );
         self.publish_fulfilment(&record, arrived).await?;
         drop(record); // in Kafka now; the hold needs only the correlation id
         let published = StdInstant::now();
-        let (code, outcome, reason) = match hold.wait(deadline).await {
-            Verdict::Answered(reply) => {
-                self.metrics
-                    .fulfilment_reply_duration
-                    .observe(published.elapsed().as_secs_f64());
-                let code = match reply.outcome {
-                    Outcome::Fulfilled => StatusCode::OK,
-                    Outcome::Pending => pending,
-                    Outcome::Failed => status(settings.failed_status),
-                };
-                let reason = reply
-                    .reason
-                    .map(|r| r.chars().take(MAX_REASON_CHARS).collect());
-                (code, reply.outcome.as_str(), reason)
-            }
-            Verdict::TimedOut => (status(settings.timeout_status), "timeout", None),
-            Verdict::Released => (pending, "released", None),
-        };
+        let verdict = hold.wait(deadline).await;
+        if matches!(verdict, Verdict::Answered(_)) {
+            self.metrics
+                .fulfilment_reply_duration
+                .observe(published.elapsed().as_secs_f64());
+        }
+        let (code, outcome, reason) = exchange::decide(verdict, settings);
         Ok(self.answer(code, outcome, Some(correlation_id), reason))
     }
 
@@ -532,11 +459,6 @@ impl Relay {
             correlator.release_all();
         }
     }
-}
-
-/// A status from validated configuration.
-fn status(code: u16) -> StatusCode {
-    StatusCode::from_u16(code).expect("validated at start-up")
 }
 
 /// The `fp-dead-letter-reason` of a record Kafka refused for good, e.g.

@@ -4,3 +4,4 @@
 
 pub mod consumer;
 pub mod correlator;
+pub mod exchange;

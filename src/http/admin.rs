@@ -5,7 +5,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::error::json_response;
+use crate::http::answer::json_response;
 use crate::relay::Relay;
 
 /// Answers one admin request.

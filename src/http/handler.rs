@@ -9,7 +9,8 @@ use http::{header, Method, Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
-use crate::error::{json_response, RelayError};
+use crate::error::RelayError;
+use crate::http::answer;
 use crate::relay::{Accepted, EventMeta, Relay};
 use crate::webhook::auth::HeadVerdict;
 use crate::webhook::event_type_label;
@@ -23,44 +24,10 @@ pub async fn handle(
     let started = Instant::now();
     let (event, result) = route(relay, request, peer).await;
     let label = event.event_type.as_deref().map_or("none", event_type_label);
-    let response = match result {
-        Ok(accepted) => {
-            let (status, body) = accepted.status_and_body();
-            json_response(status, &body)
-        }
-        Err(error) => {
-            if !matches!(error, RelayError::Unavailable(_)) {
-                relay
-                    .metrics
-                    .rejected
-                    .with_label_values(&[error.code()])
-                    .inc();
-            }
-            if let Some(failure) = error.auth_failure() {
-                relay
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[failure.reason()])
-                    .inc();
-            }
-            // During an outage every request is refused the same way: log one every few
-            // seconds and let the outage summary count the rest.
-            let logged =
-                !matches!(error, RelayError::Unavailable(_)) || relay.health.cluster.note_refusal();
-            if logged {
-                tracing::warn!(
-                %peer,
-                reason = error.code(),
-                event_type = label,
-                event_id = event.event_id.as_deref().unwrap_or("-"),
-                status = error.status().as_u16(),
-                detail = %error,
-                "request refused"
-                );
-            }
-            error.into_response()
-        }
-    };
+    if let Err(error) = &result {
+        record_refusal(relay, error, peer, label, event.event_id.as_deref());
+    }
+    let response = answer::answer(result);
     relay
         .metrics
         .http_requests
@@ -72,6 +39,45 @@ pub async fn handle(
         .with_label_values(&[label])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Counts a refusal and logs it (without the body); during a Kafka outage every request is
+/// refused the same way, so those are logged one every few seconds and the outage summary
+/// counts the rest.
+fn record_refusal(
+    relay: &Relay,
+    error: &RelayError,
+    peer: SocketAddr,
+    event_type: &str,
+    event_id: Option<&str>,
+) {
+    if !matches!(error, RelayError::Unavailable(_)) {
+        relay
+            .metrics
+            .rejected
+            .with_label_values(&[error.code()])
+            .inc();
+    }
+    if let Some(failure) = error.auth_failure() {
+        relay
+            .metrics
+            .auth_failures
+            .with_label_values(&[failure.reason()])
+            .inc();
+    }
+    let logged =
+        !matches!(error, RelayError::Unavailable(_)) || relay.health.cluster.note_refusal();
+    if logged {
+        tracing::warn!(
+            %peer,
+            reason = error.code(),
+            event_type,
+            event_id = event_id.unwrap_or("-"),
+            status = error.status().as_u16(),
+            detail = %error,
+            "request refused"
+        );
+    }
 }
 
 async fn route(

@@ -2,6 +2,7 @@
 //! private admin handler.
 
 pub mod admin;
+pub mod answer;
 pub mod handler;
 pub mod server;
 pub mod tls;

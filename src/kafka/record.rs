@@ -132,6 +132,27 @@ impl OutboundRecord {
         }
     }
 
+    /// Marks a record whose payload had `count` values redacted (`fp-redacted`).
+    pub fn mark_redacted(&mut self, count: usize) {
+        self.headers
+            .push((headers::REDACTED.into(), count.to_string()));
+    }
+
+    /// Adds the fulfilment request headers: the id the fulfiller echoes, where it replies, and
+    /// until when an answer is useful (docs/fulfilment-protocol.md).
+    pub fn add_fulfilment_request(
+        &mut self,
+        correlation_id: &str,
+        reply_topic: &str,
+        deadline: String,
+    ) {
+        self.headers
+            .push((headers::CORRELATION_ID.into(), correlation_id.to_owned()));
+        self.headers
+            .push((headers::REPLY_TOPIC.into(), reply_topic.to_owned()));
+        self.headers.push((headers::DEADLINE.into(), deadline));
+    }
+
     /// The same record moved to the dead-letter `topic`, because Kafka refused it for good:
     /// key, value and headers kept, plus where it was going and why it did not get there.
     pub fn into_dead_letter(mut self, topic: &str, reason: &str) -> Self {

@@ -1,0 +1,97 @@
+//! The one place where outcomes become HTTP responses: an accepted event's status and what
+//! happened to it, a refusal's status, short JSON error and `Retry-After` where a retry helps.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::error::{RelayError, RETRY_AFTER_SECS};
+use crate::relay::Accepted;
+
+/// The response to one webhook request.
+pub fn answer(result: Result<Accepted, RelayError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(accepted) => {
+            let (status, body) = status_and_body(&accepted);
+            json_response(status, &body)
+        }
+        Err(error) => refused(error),
+    }
+}
+
+/// The HTTP status and JSON body for an accepted request.
+pub fn status_and_body(accepted: &Accepted) -> (StatusCode, serde_json::Value) {
+    match accepted {
+        Accepted::Published { topic, delivered } => (
+            StatusCode::OK,
+            json!({
+                "status": "published",
+                "topic": topic,
+                "partition": delivered.partition,
+                "offset": delivered.offset,
+            }),
+        ),
+        Accepted::Spooled { seq } => (
+            StatusCode::ACCEPTED,
+            json!({ "status": "spooled", "spool_seq": seq }),
+        ),
+        // 2xx: the event is durably in Kafka, and no retry by the sender could ever put it
+        // on its topic (v1 would not retry a non-2xx anyway; v2 would, pointlessly).
+        Accepted::DeadLettered { topic, delivered } => (
+            StatusCode::ACCEPTED,
+            json!({
+                "status": "dead_lettered",
+                "reason": "kafka_refused",
+                "topic": topic,
+                "partition": delivered.partition,
+                "offset": delivered.offset,
+            }),
+        ),
+        Accepted::Duplicate => (StatusCode::OK, json!({ "status": "duplicate" })),
+        Accepted::Fulfilment(answer) => {
+            let mut body =
+                json!({ "status": answer.outcome, "correlation_id": answer.correlation_id });
+            if let Some(reason) = &answer.reason {
+                body["reason"] = json!(reason);
+            }
+            (answer.status, body)
+        }
+    }
+}
+
+/// The response a refused request gets.
+pub fn refused(error: RelayError) -> Response<Full<Bytes>> {
+    let status = error.status();
+    let mut body = json!({ "error": error.code(), "message": error.client_message() });
+    if let RelayError::Invalid { dead_lettered, .. } = &error {
+        body["dead_lettered"] = json!(dead_lettered);
+    }
+    let mut response = json_response(status, &body);
+    match error {
+        RelayError::MethodNotAllowed => {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        }
+        RelayError::Unavailable(_) | RelayError::Busy => {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        _ => {}
+    }
+    response
+}
+
+/// A JSON response with `status` and `body`.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
