@@ -125,12 +125,12 @@ impl Server {
         tracing::info!(
             listen = %public.local_addr().expect("bound"),
             admin = %admin.local_addr().expect("bound"),
-            path = %relay.config.http.path,
-            brokers = %relay.config.kafka.brokers,
+            path = %relay.config().http.path,
+            brokers = %relay.config().kafka.brokers,
             "fp-relay is serving"
         );
 
-        let tls = match &relay.config.http.tls {
+        let tls = match &relay.config().http.tls {
             Some(settings) => {
                 let (acceptor, cert) = http::tls::acceptor(settings)?;
                 tokio::spawn(http::tls::watch(
@@ -158,7 +158,7 @@ impl Server {
         let public_task = tokio::spawn(http::server::serve(
             public,
             tls,
-            http::server::Limits::public(&relay.config.http),
+            http::server::Limits::public(&relay.config().http),
             move |request, peer| {
                 let relay = public_relay.clone();
                 async move { http::handler::handle(&relay, request, peer).await }

@@ -1,9 +1,7 @@
 //! The request logic: bytes and headers in, an acknowledgement or an error out. No sockets.
 //!
-//! Over 450 lines because the answer types, readiness and the fulfilment exchange still live
-//! here beside the request logic; moving them to `http/` and `fulfilment/`, and putting the
-//! publisher behind a trait so a unit test can build a `Relay` without a broker, is the open
-//! part of the restructure (issue 16).
+//! A unit test builds a `Relay` from [`Services`] without a broker (see `http/handler.rs`);
+//! paths that publish are tested against a real one in `tests/`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -87,24 +85,9 @@ impl Health {
     }
 }
 
-/// The long-lived parts the request logic uses, built by [`crate::Server::run`].
+/// The long-lived parts the request logic uses, built by [`crate::Server::run`] (a unit test
+/// can build them without a broker: librdkafka connects lazily).
 pub struct Services {
-    pub publisher: Arc<Publisher>,
-    pub correlator: Option<Arc<Correlator>>,
-    pub spool: Option<Arc<Spool>>,
-    pub dedup: Option<Arc<Dedup>>,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
-}
-
-/// The relay's request logic and everything it shares between requests.
-pub struct Relay {
-    /// The validated configuration.
-    pub config: Config,
-    /// Parse, redact and route.
-    pipeline: Pipeline,
-    /// Credential and source checks.
-    pub authenticator: Authenticator,
     /// The one producer.
     pub publisher: Arc<Publisher>,
     /// Held fulfilment requests; `None` with fulfilment off.
@@ -117,6 +100,19 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
     /// Readiness state.
     pub health: Arc<Health>,
+}
+
+/// The relay's request logic and everything it shares between requests. Its parts are
+/// private: the HTTP layer asks through the methods below.
+pub struct Relay {
+    /// The validated configuration.
+    config: Config,
+    /// Parse, redact and route.
+    pipeline: Pipeline,
+    /// Credential and source checks.
+    authenticator: Authenticator,
+    /// The producer, correlator, spool, dedup table, metrics and readiness, as built.
+    services: Services,
     /// `http.max_buffered_body_bytes` in KiB permits: the memory budget for request bodies.
     body_budget: Semaphore,
 }
@@ -135,14 +131,6 @@ impl Relay {
 
     /// Assembles the request logic from its parts.
     pub fn new(config: Config, services: Services) -> Self {
-        let Services {
-            publisher,
-            correlator,
-            spool,
-            dedup,
-            metrics,
-            health,
-        } = services;
         let budget_kib = usize::try_from(config.http.max_buffered_body_bytes / 1024)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -151,13 +139,47 @@ impl Relay {
             pipeline: Pipeline::new(&config),
             authenticator: Authenticator::new(&config.auth),
             config,
-            publisher,
-            correlator,
-            spool,
-            dedup,
-            metrics,
-            health,
+            services,
         }
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Credential and source checks.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
+
+    /// Shared metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.services.metrics
+    }
+
+    /// `(ready, checks)` for `/readyz` (see [`Health::report`]).
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        self.services.health.report(self.services.spool.as_deref())
+    }
+
+    /// The text exposition of every metric, with the gauges that are computed at scrape time
+    /// (readiness, the spool's size and oldest age) brought up to date first.
+    pub fn render_metrics(&self) -> String {
+        self.services
+            .metrics
+            .ready
+            .set(i64::from(self.readiness().0));
+        if let Some(spool) = &self.services.spool {
+            spool.refresh_metrics();
+        }
+        self.services.metrics.render()
+    }
+
+    /// Counts a request refused because Kafka did not take its event; true when it should be
+    /// logged (see [`ClusterWatch::note_refusal`]).
+    pub fn note_kafka_refusal(&self) -> bool {
+        self.services.health.cluster.note_refusal()
     }
 
     /// Parses, routes and publishes one webhook body. Returns what is known of the event
@@ -218,11 +240,11 @@ impl Relay {
         received: &Received,
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {
-        let guard = match (&self.dedup, &event.event_id) {
+        let guard = match (&self.services.dedup, &event.event_id) {
             (Some(dedup), Some(id)) => {
                 match dedup.claim(&format!("{}:{id}", version.as_str())).await {
                     Claim::Duplicate => {
-                        self.metrics.duplicates.inc();
+                        self.services.metrics.duplicates.inc();
                         return Ok(Accepted::Duplicate);
                     }
                     Claim::Owner(guard) => Some(guard),
@@ -230,14 +252,14 @@ impl Relay {
             }
             _ => None,
         };
-        let accepted = match &self.spool {
+        let accepted = match &self.services.spool {
             Some(spool) => {
                 self.publish_or_spool(spool, record, received, arrived)
                     .await?
             }
             None => {
                 let deadline = arrived + self.config.kafka.ack_timeout;
-                match self.publisher.publish(&record, deadline).await {
+                match self.services.publisher.publish(&record, deadline).await {
                     Ok(delivered) => Accepted::Published {
                         topic: record.topic,
                         delivered,
@@ -269,7 +291,12 @@ impl Relay {
             None
         } else {
             let handoff = arrived + self.config.spool.handoff_after;
-            match self.publisher.publish_or_handoff(&record, handoff).await {
+            match self
+                .services
+                .publisher
+                .publish_or_handoff(&record, handoff)
+                .await
+            {
                 Ok(delivered) => {
                     return Ok(Accepted::Published {
                         topic: record.topic,
@@ -327,7 +354,7 @@ impl Relay {
         let record =
             record.into_dead_letter(&self.config.kafka.dead_letter_topic, &refusal_reason(error));
         let delivered = self.publish(&record, arrived).await?;
-        self.metrics.dead_lettered.inc();
+        self.services.metrics.dead_lettered.inc();
         tracing::warn!(topic = %original, %error, "Kafka refused the event for good; kept it on the dead-letter topic");
         Ok(Accepted::DeadLettered {
             topic: record.topic,
@@ -341,6 +368,7 @@ impl Relay {
         arrived: Instant,
     ) -> Result<Delivered, RelayError> {
         let result = self
+            .services
             .publisher
             .publish(record, arrived + self.config.kafka.ack_timeout)
             .await;
@@ -363,9 +391,9 @@ impl Relay {
             body,
         );
         let deadline = arrived + self.config.kafka.ack_timeout;
-        let dead_lettered = match self.publisher.publish(&record, deadline).await {
+        let dead_lettered = match self.services.publisher.publish(&record, deadline).await {
             Ok(_) => {
-                self.metrics.dead_lettered.inc();
+                self.services.metrics.dead_lettered.inc();
                 true
             }
             Err(publish_error) => {
@@ -389,7 +417,7 @@ impl Relay {
     ) -> Result<Accepted, RelayError> {
         let settings = &self.config.fulfilment;
         let pending = status(settings.pending_status);
-        let Some(correlator) = &self.correlator else {
+        let Some(correlator) = &self.services.correlator else {
             self.publish_fulfilment(&record, arrived).await?;
             return Ok(self.answer(pending, "disabled", None, None));
         };
@@ -411,7 +439,8 @@ impl Relay {
         let published = StdInstant::now();
         let verdict = hold.wait(deadline).await;
         if matches!(verdict, Verdict::Answered(_)) {
-            self.metrics
+            self.services
+                .metrics
                 .fulfilment_reply_duration
                 .observe(published.elapsed().as_secs_f64());
         }
@@ -426,7 +455,8 @@ impl Relay {
         arrived: Instant,
     ) -> Result<Delivered, RelayError> {
         self.publish(record, arrived).await.inspect_err(|_| {
-            self.metrics
+            self.services
+                .metrics
                 .fulfilment_outcomes
                 .with_label_values(&["publish_error"])
                 .inc();
@@ -440,7 +470,8 @@ impl Relay {
         correlation_id: Option<String>,
         reason: Option<String>,
     ) -> Accepted {
-        self.metrics
+        self.services
+            .metrics
             .fulfilment_outcomes
             .with_label_values(&[outcome])
             .inc();
@@ -455,7 +486,7 @@ impl Relay {
     /// Everything held is answered with the pending status now, and every later fulfilment
     /// request at once: the relay is shutting down.
     pub fn release_holds(&self) {
-        if let Some(correlator) = &self.correlator {
+        if let Some(correlator) = &self.services.correlator {
             correlator.release_all();
         }
     }

@@ -19,7 +19,7 @@ pub fn handle<B>(relay: &Relay, request: &Request<B>) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         "/readyz" => {
-            let (ready, checks) = relay.health.report(relay.spool.as_deref());
+            let (ready, checks) = relay.readiness();
             let status = if ready {
                 StatusCode::OK
             } else {
@@ -31,14 +31,7 @@ pub fn handle<B>(relay: &Relay, request: &Request<B>) -> Response<Full<Bytes>> {
             )
         }
         "/metrics" => {
-            relay
-                .metrics
-                .ready
-                .set(i64::from(relay.health.report(relay.spool.as_deref()).0));
-            if let Some(spool) = &relay.spool {
-                spool.refresh_metrics();
-            }
-            let mut response = Response::new(Full::new(Bytes::from(relay.metrics.render())));
+            let mut response = Response::new(Full::new(Bytes::from(relay.render_metrics())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

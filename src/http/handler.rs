@@ -1,5 +1,8 @@
 //! The public webhook endpoint: path and method checks, the bounded body read, then the request
 //! logic; every answer is counted and every refusal logged (never with the body).
+//!
+//! Generic over the request body, so the path, method, credential and limit rules are driven
+//! by unit tests below with in-memory bodies, without a socket or a broker.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -7,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use hyper::body::Body;
 
 use crate::error::RelayError;
 use crate::http::answer;
@@ -16,11 +19,15 @@ use crate::webhook::auth::HeadVerdict;
 use crate::webhook::event_type_label;
 
 /// Answers one request to the public listener.
-pub async fn handle(
+pub async fn handle<B>(
     relay: &Relay,
-    request: Request<Incoming>,
+    request: Request<B>,
     peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+) -> Response<Full<Bytes>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
     let (event, result) = route(relay, request, peer).await;
     let label = event.event_type.as_deref().map_or("none", event_type_label);
@@ -29,12 +36,12 @@ pub async fn handle(
     }
     let response = answer::answer(result);
     relay
-        .metrics
+        .metrics()
         .http_requests
         .with_label_values(&[label, response.status().as_str()])
         .inc();
     relay
-        .metrics
+        .metrics()
         .http_request_duration
         .with_label_values(&[label])
         .observe(started.elapsed().as_secs_f64());
@@ -53,20 +60,19 @@ fn record_refusal(
 ) {
     if !matches!(error, RelayError::Unavailable(_)) {
         relay
-            .metrics
+            .metrics()
             .rejected
             .with_label_values(&[error.code()])
             .inc();
     }
     if let Some(failure) = error.auth_failure() {
         relay
-            .metrics
+            .metrics()
             .auth_failures
             .with_label_values(&[failure.reason()])
             .inc();
     }
-    let logged =
-        !matches!(error, RelayError::Unavailable(_)) || relay.health.cluster.note_refusal();
+    let logged = !matches!(error, RelayError::Unavailable(_)) || relay.note_kafka_refusal();
     if logged {
         tracing::warn!(
             %peer,
@@ -80,41 +86,45 @@ fn record_refusal(
     }
 }
 
-async fn route(
+async fn route<B>(
     relay: &Relay,
-    request: Request<Incoming>,
+    request: Request<B>,
     peer: SocketAddr,
-) -> (EventMeta, Result<Accepted, RelayError>) {
+) -> (EventMeta, Result<Accepted, RelayError>)
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     // The request's one deadline starts with its head: the body must arrive and Kafka must
     // acknowledge within kafka.ack_timeout of it (below FirstPromoter's 15 s by validation).
     let arrived = tokio::time::Instant::now();
     let refuse = |error| (EventMeta::default(), Err(error));
-    let path_token = match match_path(request.uri().path(), &relay.config.http.path) {
+    let path_token = match match_path(request.uri().path(), &relay.config().http.path) {
         Some(None) => None,
-        Some(Some(token)) if relay.authenticator.accepts_path_tokens() => Some(token.to_owned()),
+        Some(Some(token)) if relay.authenticator().accepts_path_tokens() => Some(token.to_owned()),
         _ => return refuse(RelayError::NotFound),
     };
     if request.method() != Method::POST {
         return refuse(RelayError::MethodNotAllowed);
     }
     let (parts, body) = request.into_parts();
-    let client = relay.authenticator.client_ip(peer.ip(), &parts.headers);
-    if relay.authenticator.check_source(client).is_err() {
+    let client = relay.authenticator().client_ip(peer.ip(), &parts.headers);
+    if relay.authenticator().check_source(client).is_err() {
         return refuse(RelayError::Forbidden);
     }
     // Credentials that need no body are checked before a byte of it is read or buffered.
     let verdict = match relay
-        .authenticator
+        .authenticator()
         .check_head(&parts.headers, path_token.as_deref())
     {
         Ok(verdict) => verdict,
         Err(failure) => return refuse(RelayError::Unauthorized(failure)),
     };
-    let http = &relay.config.http;
+    let http = &relay.config().http;
     let Some(_budget) = relay.reserve_body(declared_length(&parts.headers)) else {
         return refuse(RelayError::Busy);
     };
-    let body_deadline = arrived + http.request_timeout.min(relay.config.kafka.ack_timeout);
+    let body_deadline = arrived + http.request_timeout.min(relay.config().kafka.ack_timeout);
     let body = match tokio::time::timeout_at(
         body_deadline,
         read_body(body, &parts.headers, http.max_body_bytes),
@@ -126,7 +136,7 @@ async fn route(
         Err(_) => return refuse(RelayError::RequestTimeout),
     };
     if verdict == HeadVerdict::NeedsBody {
-        if let Err(failure) = relay.authenticator.check_body(&parts.headers, &body) {
+        if let Err(failure) = relay.authenticator().check_body(&parts.headers, &body) {
             return refuse(RelayError::Unauthorized(failure));
         }
     }
@@ -154,11 +164,11 @@ fn match_path<'p>(path: &'p str, webhook_path: &str) -> Option<Option<&'p str>> 
 
 /// Reads the whole body, but never more than `limit` bytes: a declared length over the limit
 /// is refused before a byte is read, an undeclared one as soon as it crosses the limit.
-async fn read_body(
-    body: Incoming,
-    headers: &http::HeaderMap,
-    limit: usize,
-) -> Result<Bytes, RelayError> {
+async fn read_body<B>(body: B, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, RelayError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if declared_length(headers).is_some_and(|length| length > limit as u64) {
         return Err(RelayError::PayloadTooLarge { limit });
     }
@@ -171,7 +181,175 @@ async fn read_body(
 
 #[cfg(test)]
 mod tests {
-    use super::match_path;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+    use hyper::body::Frame;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::kafka::outage::ClusterWatch;
+    use crate::kafka::publisher::Publisher;
+    use crate::metrics::Metrics;
+    use crate::relay::{Health, Services};
+
+    /// A request body that must never be read: the rule under test refuses from the head.
+    struct Untouchable;
+
+    impl Body for Untouchable {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            panic!("the body was read although the head alone should decide");
+        }
+    }
+
+    /// A relay with no broker behind it (librdkafka connects lazily; nothing here publishes).
+    fn relay(configure: impl FnOnce(&mut Config)) -> Relay {
+        let mut config = Config::default();
+        config.kafka.brokers = "127.0.0.1:1".into();
+        config
+            .kafka
+            .properties
+            .insert("log_level".into(), "0".into());
+        config.fulfilment.enabled = false;
+        config.auth.tokens = vec!["unit-test-token-0123456789".into()];
+        configure(&mut config);
+        config.validate().expect("valid test config");
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let publisher = Publisher::new(
+            crate::kafka::producer_config(&config.kafka, config.kafka.ack_timeout),
+            config.kafka.ack_timeout,
+            metrics.clone(),
+            Arc::new(ClusterWatch::default()),
+        )
+        .expect("a producer needs no broker to be built");
+        let services = Services {
+            publisher: Arc::new(publisher),
+            correlator: None,
+            spool: None,
+            dedup: None,
+            metrics,
+            health,
+        };
+        Relay::new(config, services)
+    }
+
+    async fn call<B>(
+        relay: &Relay,
+        request: Request<B>,
+    ) -> (StatusCode, serde_json::Value, http::HeaderMap)
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let response = handle(relay, request, "127.0.0.1:40000".parse().unwrap()).await;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            serde_json::from_slice(&bytes).unwrap(),
+            parts.headers,
+        )
+    }
+
+    fn post(path: &str) -> http::request::Builder {
+        Request::post(path).header("content-type", "application/json")
+    }
+
+    #[tokio::test]
+    async fn paths_methods_credentials_and_sizes_are_decided_from_the_head() {
+        let relay = relay(|_| {});
+        let path = "/webhooks/firstpromoter";
+        let (status, body, _) = call(&relay, post("/elsewhere").body(Untouchable).unwrap()).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found"))
+        );
+        let (status, _, headers) =
+            call(&relay, Request::get(path).body(Untouchable).unwrap()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers["allow"], "POST");
+        let (status, body, _) = call(&relay, post(path).body(Untouchable).unwrap()).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+        );
+        let wrong = post(path).header("authorization", "Bearer wrong-token-00000000000");
+        assert_eq!(
+            call(&relay, wrong.body(Untouchable).unwrap()).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let huge = post(path)
+            .header("authorization", "Bearer unit-test-token-0123456789")
+            .header("content-length", "999999999");
+        let (status, body, _) = call(&relay, huge.body(Untouchable).unwrap()).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large"))
+        );
+        assert_eq!(
+            relay
+                .metrics()
+                .auth_failures
+                .with_label_values(&["missing_credentials"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_spent_body_budget_is_503_busy_with_retry_after_before_the_body_is_read() {
+        let relay = relay(|config| {
+            config.http.max_body_bytes = 4096;
+            config.http.max_buffered_body_bytes = 4096;
+        });
+        let held = relay.reserve_body(None).expect("the whole budget");
+        let request = post("/webhooks/firstpromoter")
+            .header("authorization", "Bearer unit-test-token-0123456789")
+            .header("content-length", "100");
+        let (status, body, headers) = call(&relay, request.body(Untouchable).unwrap()).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("busy"))
+        );
+        assert!(headers.contains_key("retry-after"));
+        drop(held);
+        assert!(
+            relay.reserve_body(Some(100)).is_some(),
+            "released with the request"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_json_is_400_with_its_reason() {
+        let relay =
+            relay(|config| config.kafka.ack_timeout = std::time::Duration::from_millis(200));
+        let request = post("/webhooks/firstpromoter")
+            .header("authorization", "Bearer unit-test-token-0123456789");
+        let (status, body, _) = call(
+            &relay,
+            request
+                .body(Full::new(Bytes::from_static(b"{nope")))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_json"))
+        );
+        assert_eq!(
+            body["dead_lettered"], false,
+            "no broker: the dead-letter write failed"
+        );
+    }
 
     #[test]
     fn path_tokens_are_one_segment_after_the_webhook_path() {
