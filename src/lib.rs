@@ -11,6 +11,7 @@
 //! - [`fulfilment`]: the hold-and-reply correlator and the reply consumer.
 //! - [`pipeline`]: parse, redact and route: bytes and headers in, a Kafka record out.
 //! - [`relay`]: the request logic, bytes and headers in, an answer out.
+//! - [`health`]: readiness (`/readyz`).
 //! - [`http`]: the accept loop, graceful shutdown, the public and admin handlers.
 //! - [`error`]: the boundary error and its one mapping to HTTP responses.
 //! - [`metrics`]: every Prometheus metric, in one struct.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod dedup;
 pub mod error;
 pub mod fulfilment;
+pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

@@ -2,14 +2,16 @@
 //!
 //! A unit test builds a `Relay` from [`Services`] without a broker (see `http/handler.rs`);
 //! paths that publish are tested against a real one in `tests/`.
+//!
+//! Just over 450 lines: it is every path a webhook can take after its body is read (standard
+//! events, the spool handoff, dead letters, fulfilment holds), each a short method; splitting
+//! them would scatter one decision table over several files.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use serde_json::json;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
@@ -18,8 +20,8 @@ use crate::dedup::{Claim, Dedup};
 use crate::error::RelayError;
 use crate::fulfilment::correlator::{Correlator, Verdict};
 use crate::fulfilment::exchange::{self, status, FulfilmentAnswer};
-use crate::kafka::outage::ClusterWatch;
-use crate::kafka::publisher::{Delivered, Handoff, PublishError, Publisher};
+pub use crate::health::Health;
+use crate::kafka::publisher::{refusal_reason, Delivered, Handoff, PublishError, Publisher};
 use crate::kafka::record::{rfc3339, OutboundRecord, Received};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Prepared};
@@ -50,39 +52,6 @@ pub struct EventMeta {
     pub event_type: Option<String>,
     /// The event id, when the body or `X-Event-Id` had one.
     pub event_id: Option<String>,
-}
-
-/// What `/readyz` checks.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The producer reached the cluster at the last probe.
-    pub producer: AtomicBool,
-    /// The reply consumer is assigned and positioned (always true with fulfilment off).
-    pub reply_consumer: Arc<AtomicBool>,
-    /// Outage reporting shared with the probe, the handler and the Kafka clients.
-    pub cluster: Arc<ClusterWatch>,
-}
-
-impl Health {
-    /// `(ready, checks)` for `/readyz`: ready means webhooks can be accepted safely. Without
-    /// the spool that needs Kafka; with it, Kafka or a spool with room (during an outage the
-    /// relay answers 202 `spooled`, which is better than a load balancer's 502 or 503).
-    pub fn report(&self, spool: Option<&Spool>) -> (bool, serde_json::Value) {
-        let producer = self.producer.load(Ordering::Acquire);
-        let replies = self.reply_consumer.load(Ordering::Acquire);
-        let state = |ok: bool| if ok { "ok" } else { "failing" };
-        let mut checks =
-            json!({ "kafka_producer": state(producer), "reply_consumer": state(replies) });
-        let accepting = match spool {
-            Some(spool) => {
-                let room = spool.accepting();
-                checks["spool"] = json!(if room { "ok" } else { "full_or_failing" });
-                producer || room
-            }
-            None => producer,
-        };
-        (accepting && replies, checks)
-    }
 }
 
 /// The long-lived parts the request logic uses, built by [`crate::Server::run`] (a unit test
@@ -489,17 +458,5 @@ impl Relay {
         if let Some(correlator) = &self.services.correlator {
             correlator.release_all();
         }
-    }
-}
-
-/// The `fp-dead-letter-reason` of a record Kafka refused for good, e.g.
-/// `kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed)`.
-pub fn refusal_reason(error: &PublishError) -> String {
-    match error {
-        PublishError::Refused(kafka) => match kafka.rdkafka_error_code() {
-            Some(code) => format!("kafka_refused: {code}"),
-            None => format!("kafka_refused: {kafka}"),
-        },
-        other => format!("kafka_refused: {other}"),
     }
 }

@@ -425,3 +425,15 @@ fn build(
         producer: Some(producer),
     })
 }
+
+/// The `fp-dead-letter-reason` of a record Kafka refused for good, e.g.
+/// `kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed)`.
+pub fn refusal_reason(error: &PublishError) -> String {
+    match error {
+        PublishError::Refused(kafka) => match kafka.rdkafka_error_code() {
+            Some(code) => format!("kafka_refused: {code}"),
+            None => format!("kafka_refused: {kafka}"),
+        },
+        other => format!("kafka_refused: {other}"),
+    }
+}

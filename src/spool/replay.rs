@@ -19,9 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, Location};
 use super::{from_spooled, Spool};
-use crate::kafka::publisher::{PendingDelivery, PublishError, Publisher};
+use crate::kafka::publisher::{refusal_reason, PendingDelivery, PublishError, Publisher};
 use crate::kafka::record::OutboundRecord;
-use crate::relay::refusal_reason;
 
 /// Most records handed to the producer per batch.
 pub const BATCH: usize = 512;
