@@ -227,8 +227,7 @@ impl Relay {
                     .await?
             }
             None => {
-                let deadline = arrived + self.config.kafka.ack_timeout;
-                match self.services.publisher.publish(&record, deadline).await {
+                match self.publish(&record, arrived).await {
                     Ok(delivered) => Accepted::Published {
                         topic: record.topic,
                         delivered,
@@ -331,18 +330,15 @@ impl Relay {
         })
     }
 
+    /// Publishes `record`, acknowledged within `kafka.ack_timeout` of the request's arrival.
+    /// A failure is logged once, by the handler (rate-limited during an outage).
     async fn publish(
         &self,
         record: &OutboundRecord,
         arrived: Instant,
-    ) -> Result<Delivered, RelayError> {
-        let result = self
-            .services
-            .publisher
-            .publish(record, arrived + self.config.kafka.ack_timeout)
-            .await;
-        // The refusal is logged once, by the handler (rate-limited during an outage).
-        Ok(result?)
+    ) -> Result<Delivered, PublishError> {
+        let deadline = arrived + self.config.kafka.ack_timeout;
+        self.services.publisher.publish(record, deadline).await
     }
 
     /// Keeps an unparseable body on the dead-letter topic and says why it was refused.
@@ -359,8 +355,7 @@ impl Relay {
             received,
             body,
         );
-        let deadline = arrived + self.config.kafka.ack_timeout;
-        let dead_lettered = match self.services.publisher.publish(&record, deadline).await {
+        let dead_lettered = match self.publish(&record, arrived).await {
             Ok(_) => {
                 self.services.metrics.dead_lettered.inc();
                 true
@@ -423,13 +418,14 @@ impl Relay {
         record: &OutboundRecord,
         arrived: Instant,
     ) -> Result<Delivered, RelayError> {
-        self.publish(record, arrived).await.inspect_err(|_| {
+        let delivered = self.publish(record, arrived).await.inspect_err(|_| {
             self.services
                 .metrics
                 .fulfilment_outcomes
                 .with_label_values(&["publish_error"])
                 .inc();
-        })
+        })?;
+        Ok(delivered)
     }
 
     fn answer(

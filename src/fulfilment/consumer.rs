@@ -145,15 +145,15 @@ impl ReplyConsumer {
     /// Retries [`ReplyConsumer::position`] until it succeeds (`Some(partitions)`) or `stop`
     /// is cancelled (`None`). Logs the first failure of a series only.
     async fn position_until_done(&self, stop: &CancellationToken) -> Option<i32> {
-        let mut failures = 0u32;
+        let mut logged = false;
         loop {
             match self.position().await {
                 Ok(assigned) => return Some(assigned),
                 Err(error) => {
-                    if failures == 0 {
+                    if !logged {
                         tracing::warn!(topic = %self.topic, %error, "reply consumer not positioned yet; retrying every second");
+                        logged = true;
                     }
-                    failures += 1;
                     tokio::select! {
                         _ = stop.cancelled() => return None,
                         _ = tokio::time::sleep(RETRY_PAUSE) => {}
