@@ -863,8 +863,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The HTTP ceiling: hyper answering 200 to everything, reading the body like the relay does.
-fn baseline_server(port: u16) {
+/// Serves `handle` on 127.0.0.1:`port` with hyper, one task per connection, until killed.
+fn serve_forever<F, Fut>(port: u16, handle: F)
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -876,15 +880,12 @@ fn baseline_server(port: u16) {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let _ = stream.set_nodelay(true);
+            let handle = handle.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |request: http::Request<hyper::body::Incoming>| async move {
-                        let _ = request.into_body().collect().await;
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                            b"{\"status\":\"ok\"}",
-                        ))))
-                    },
-                );
+                let service = hyper::service::service_fn(move |request| {
+                    let response = handle(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -893,51 +894,36 @@ fn baseline_server(port: u16) {
     });
 }
 
+/// The HTTP ceiling: hyper answering 200 to everything, reading the body like the relay does.
+fn baseline_server(port: u16) {
+    serve_forever(port, |request| async move {
+        let _ = request.into_body().collect().await;
+        http::Response::new(Full::new(Bytes::from_static(b"{\"status\":\"ok\"}")))
+    });
+}
+
 /// The bare relay: hyper and one rdkafka producer (acks=all, idempotent, `linger_ms`); every
 /// POST body is produced to one topic and answered 200 once Kafka acknowledged it. What a relay
 /// costs with nothing but the two libraries.
 fn bare_relay(port: u16, bootstrap: &str, linger_ms: u32) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let producer = producer(bootstrap, linger_ms);
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let _ = stream.set_nodelay(true);
-            let producer = producer.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let producer = producer.clone();
-                        async move {
-                            let body = request.into_body().collect().await.map(|b| b.to_bytes());
-                            let status = match body {
-                                Ok(body) => {
-                                    let record = FutureRecord::<(), [u8]>::to("bench.bare")
-                                        .payload(&body[..]);
-                                    match producer.send(record, Duration::from_secs(10)).await {
-                                        Ok(_) => 200,
-                                        Err(_) => 503,
-                                    }
-                                }
-                                Err(_) => 400,
-                            };
-                            let mut response =
-                                http::Response::new(Full::new(Bytes::from_static(b"{}")));
-                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, Infallible>(response)
-                        }
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    serve_forever(port, move |request| {
+        let producer = producer.clone();
+        async move {
+            let status = match request.into_body().collect().await {
+                Ok(body) => {
+                    let body = body.to_bytes();
+                    let record = FutureRecord::<(), [u8]>::to("bench.bare").payload(&body[..]);
+                    match producer.send(record, Duration::from_secs(10)).await {
+                        Ok(_) => 200,
+                        Err(_) => 503,
+                    }
+                }
+                Err(_) => 400,
+            };
+            let mut response = http::Response::new(Full::new(Bytes::from_static(b"{}")));
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            response
         }
     });
 }
