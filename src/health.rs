@@ -18,6 +18,9 @@ pub struct Health {
     pub reply_consumer: Arc<AtomicBool>,
     /// Outage reporting shared with the probe, the handler and the Kafka clients.
     pub cluster: Arc<ClusterWatch>,
+    /// With v2 fulfilment on: whether FirstPromoter's API answered the last call. Shown for
+    /// information only: webhooks are accepted safely without it (fulfilled replies wait in Kafka).
+    pub firstpromoter_api: Option<Arc<AtomicBool>>,
 }
 
 impl Health {
@@ -30,6 +33,13 @@ impl Health {
         let state = |ok: bool| if ok { "ok" } else { "failing" };
         let mut checks =
             json!({ "kafka_producer": state(producer), "reply_consumer": state(replies) });
+        if let Some(api) = &self.firstpromoter_api {
+            checks["firstpromoter_api"] = json!(if api.load(Ordering::Acquire) {
+                "ok"
+            } else {
+                "failing (not required for readiness)"
+            });
+        }
         let accepting = match spool {
             Some(spool) => {
                 let room = spool.accepting();

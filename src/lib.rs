@@ -8,7 +8,8 @@
 //! - [`config`]: typed configuration, defaults, environment overrides, validation.
 //! - [`webhook`]: FirstPromoter's v1 and v2 envelopes, known event types, topic and key rules.
 //! - [`kafka`]: the publisher (idempotent, `acks=all`, rebuilt after fatal errors), records and headers.
-//! - [`fulfilment`]: the hold-and-reply correlator and the reply consumer.
+//! - [`fulfilment`]: the hold-and-reply correlator, the reply consumer, and v2 fulfilment
+//!   (`mark_fulfilled` calls for fulfilled replies).
 //! - [`pipeline`]: parse, redact and route: bytes and headers in, a Kafka record out.
 //! - [`relay`]: the request logic, bytes and headers in, an answer out.
 //! - [`health`]: readiness (`/readyz`).
@@ -36,7 +37,7 @@ pub mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,10 +67,15 @@ pub enum StartError {
     Tls(#[from] http::tls::TlsError),
     #[error("spool.dir: {0}")]
     Spool(#[from] spool::SpoolError),
+    #[error(transparent)]
+    FirstPromoterApi(#[from] fulfilment::v2::api::ApiConfigError),
 }
 
 /// Shortest time a released fulfilment id is remembered, so its reply counts as late.
 const MIN_LATE_RETENTION: Duration = Duration::from_secs(60);
+
+/// Longest wait at shutdown for the v2 marker to leave its consumer group.
+const MARKER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A relay whose listeners are bound and which is ready to [`Server::run`].
 pub struct Server {
@@ -119,7 +125,7 @@ impl Server {
             admin,
         } = self;
         let background = CancellationToken::new();
-        let services = start_services(&config, &background)?;
+        let (services, marker) = start_services(&config, &background)?;
         let publisher = services.publisher.clone();
         let watch = services.health.cluster.clone();
         let ack_timeout = config.kafka.ack_timeout;
@@ -182,6 +188,9 @@ impl Server {
         }
         background.cancel();
         let _ = admin_task.await;
+        if let Some(marker) = marker {
+            let _ = tokio::time::timeout(MARKER_STOP_TIMEOUT, marker).await;
+        }
         // Kafka clients still being torn down have nothing left to tell the operator.
         watch.silence();
         tracing::info!("fp-relay stopped");
@@ -190,8 +199,12 @@ impl Server {
 }
 
 /// Builds the producer, the reply consumer, the spool and the dedup table, and starts their
-/// background tasks (stopped by `background`).
-fn start_services(config: &Config, background: &CancellationToken) -> Result<Services, StartError> {
+/// background tasks (stopped by `background`). Also returns the v2 fulfilment marker's task,
+/// which shutdown waits for, so that it leaves its consumer group before the process ends.
+fn start_services(
+    config: &Config,
+    background: &CancellationToken,
+) -> Result<(Services, Option<tokio::task::JoinHandle<()>>), StartError> {
     let metrics = Arc::new(Metrics::new());
     // A write handed to the spool keeps its chance of delivery for spool.delivery_timeout;
     // its outcome decides whether the spooled copy is replayed.
@@ -200,7 +213,14 @@ fn start_services(config: &Config, background: &CancellationToken) -> Result<Ser
     } else {
         config.kafka.ack_timeout
     };
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health {
+        firstpromoter_api: config
+            .fulfilment
+            .v2
+            .enabled
+            .then(|| Arc::new(AtomicBool::new(true))),
+        ..Health::default()
+    });
     let publisher = Arc::new(Publisher::new(
         kafka::producer_config(&config.kafka, message_timeout),
         config.kafka.ack_timeout,
@@ -228,6 +248,19 @@ fn start_services(config: &Config, background: &CancellationToken) -> Result<Ser
         health.reply_consumer.store(true, Ordering::Release);
         None
     };
+    let marker = match &health.firstpromoter_api {
+        Some(api_reachable) => Some(
+            fulfilment::v2::marker::Marker::new(
+                config,
+                publisher.clone(),
+                metrics.clone(),
+                health.cluster.clone(),
+                api_reachable.clone(),
+            )?
+            .spawn(background.clone()),
+        ),
+        None => None,
+    };
     let spool = if config.spool.enabled {
         let spool = Spool::open(&config.spool.dir, config.spool.max_bytes, metrics.clone())?;
         let replay = spool::replay::Replay {
@@ -250,14 +283,15 @@ fn start_services(config: &Config, background: &CancellationToken) -> Result<Ser
         config.kafka.probe_interval,
         background.clone(),
     ));
-    Ok(Services {
+    let services = Services {
         publisher,
         correlator,
         spool,
         dedup,
         metrics,
         health,
-    })
+    };
+    Ok((services, marker))
 }
 
 /// Keeps `health.producer` current with a brokers-only metadata request every `interval`, and

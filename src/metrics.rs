@@ -139,6 +139,25 @@ metrics! {
     fulfilment_reply_duration: Histogram = "fp_relay_fulfilment_reply_duration_seconds" [],
     /// Replies that matched no held request, by reason: late, unmatched, malformed.
     fulfilment_replies_ignored: IntCounterVec = "fp_relay_fulfilment_replies_ignored_total" ["reason"],
+    /// Approved non-monetary v2 commissions published as fulfilment requests.
+    fulfilment_v2_requests: IntCounter = "fp_relay_fulfilment_v2_requests_total" [],
+    /// v2 replies read by this replica, by outcome: fulfilled, pending, failed, malformed.
+    fulfilment_v2_replies: IntCounterVec = "fp_relay_fulfilment_v2_replies_total" ["outcome"],
+    /// v2 commissions FirstPromoter marked fulfilled (or said were already).
+    fulfilment_v2_marked: IntCounter = "fp_relay_fulfilment_v2_marked_total" [],
+    /// v2 replies kept on the dead-letter topic because FirstPromoter refused their commission.
+    fulfilment_v2_dead_lettered: IntCounter = "fp_relay_fulfilment_v2_dead_lettered_total" [],
+    /// Reply partitions this replica reads for v2 fulfilment (the group shares them out).
+    fulfilment_v2_assigned_partitions: IntGauge = "fp_relay_fulfilment_v2_assigned_partitions" [],
+    /// v2 commissions with a fulfilled reply that FirstPromoter has not yet been told about.
+    fulfilment_v2_waiting: IntGauge = "fp_relay_fulfilment_v2_waiting_commissions" [],
+    /// Age of the oldest fulfilled reply still waiting for FirstPromoter (0 when none waits).
+    fulfilment_v2_oldest_waiting_age: Gauge = "fp_relay_fulfilment_v2_oldest_waiting_seconds" [],
+    /// Calls to FirstPromoter's API, by endpoint and result: ok, already_fulfilled, rejected,
+    /// rate_limited, server_error, timeout, network_error.
+    firstpromoter_api_calls: IntCounterVec = "fp_relay_firstpromoter_api_calls_total" ["endpoint", "result"],
+    /// Duration of calls to FirstPromoter's API, by endpoint.
+    firstpromoter_api_call_duration: HistogramVec = "fp_relay_firstpromoter_api_call_duration_seconds" ["endpoint"],
 }
 
 impl Metrics {
@@ -205,7 +224,7 @@ mod tests {
         ), "two doc lines make one HELP line:\n{text}");
         assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
         let names = metrics.names();
-        assert_eq!(names.len(), 26, "25 declared plus build_info: {names:?}");
+        assert_eq!(names.len(), 35, "34 declared plus build_info: {names:?}");
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }

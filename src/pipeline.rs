@@ -43,6 +43,11 @@ impl Pipeline {
         }
     }
 
+    /// The topic events of `event_type` go to.
+    pub fn topic_for(&self, event_type: &str) -> String {
+        self.router.topic(event_type)
+    }
+
     /// Parses, redacts and routes one request.
     pub fn prepare(
         &self,

@@ -16,8 +16,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::dedup::{Claim, Dedup};
+use crate::dedup::{Claim, Dedup, DedupGuard};
 use crate::error::RelayError;
+use crate::fulfilment;
 use crate::fulfilment::correlator::{Correlator, Verdict};
 use crate::fulfilment::exchange::{self, status, FulfilmentAnswer};
 pub use crate::health::Health;
@@ -43,6 +44,14 @@ pub enum Accepted {
     Duplicate,
     /// A `fulfilment_pending` event and the decision about it.
     Fulfilment(FulfilmentAnswer),
+    /// An approved non-monetary v2 commission: routed like any event and published as a
+    /// fulfilment request; Kafka has both.
+    FulfilmentRequested {
+        topic: String,
+        delivered: Delivered,
+        request_topic: String,
+        correlation_id: String,
+    },
 }
 
 /// What is known of a request's event once its body is parsed; for metrics and log lines.
@@ -84,6 +93,8 @@ pub struct Relay {
     services: Services,
     /// `http.max_buffered_body_bytes` in KiB permits: the memory budget for request bodies.
     body_budget: Semaphore,
+    /// Where v1 `fulfilment_pending` goes, and so v2 fulfilment requests too.
+    fulfilment_topic: String,
 }
 
 impl Relay {
@@ -106,6 +117,7 @@ impl Relay {
         Self {
             body_budget: Semaphore::new(budget_kib),
             pipeline: Pipeline::new(&config),
+            fulfilment_topic: Pipeline::new(&config).topic_for(&config.fulfilment.event_type),
             authenticator: Authenticator::new(&config.auth),
             config,
             services,
@@ -174,6 +186,11 @@ impl Relay {
                 return (EventMeta::default(), Err(error));
             }
         };
+        let v2 = &self.config.fulfilment.v2;
+        let approved = v2
+            .enabled
+            .then(|| fulfilment::v2::approval(&envelope, &v2.units))
+            .flatten();
         // The parsed document is as large as the payload several times over; nothing below needs
         // it, and a held fulfilment request must not keep it for seconds.
         // (A partial move would keep it alive until the end of this function: drop it by name.)
@@ -192,6 +209,9 @@ impl Relay {
         };
         let result = if is_fulfilment {
             self.fulfil(&meta, record, &received, arrived).await
+        } else if let Some(commission) = approved {
+            self.request_fulfilment(version, &meta, commission, record, &received, arrived)
+                .await
         } else {
             self.standard(version, &meta, record, &received, arrived)
                 .await
@@ -209,17 +229,9 @@ impl Relay {
         received: &Received,
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {
-        let guard = match (&self.services.dedup, &event.event_id) {
-            (Some(dedup), Some(id)) => {
-                match dedup.claim(&format!("{}:{id}", version.as_str())).await {
-                    Claim::Duplicate => {
-                        self.services.metrics.duplicates.inc();
-                        return Ok(Accepted::Duplicate);
-                    }
-                    Claim::Owner(guard) => Some(guard),
-                }
-            }
-            _ => None,
+        let guard = match self.claim(version, event).await {
+            Ok(guard) => guard,
+            Err(duplicate) => return Ok(duplicate),
         };
         let accepted = match &self.services.spool {
             Some(spool) => {
@@ -244,6 +256,68 @@ impl Relay {
             guard.commit();
         }
         Ok(accepted)
+    }
+
+    /// Claims the event id when dedup is on: `Err(Accepted::Duplicate)` when it was published
+    /// already, otherwise the guard to commit once Kafka has the event (`None` without dedup or id).
+    async fn claim(
+        &self,
+        version: WebhookVersion,
+        event: &EventMeta,
+    ) -> Result<Option<DedupGuard>, Accepted> {
+        let (Some(dedup), Some(id)) = (&self.services.dedup, &event.event_id) else {
+            return Ok(None);
+        };
+        match dedup.claim(&format!("{}:{id}", version.as_str())).await {
+            Claim::Duplicate => {
+                self.services.metrics.duplicates.inc();
+                Err(Accepted::Duplicate)
+            }
+            Claim::Owner(guard) => Ok(Some(guard)),
+        }
+    }
+
+    /// An approved non-monetary v2 commission: routed to its topic and, as a fulfilment
+    /// request keyed by the commission id, to the fulfilment topic. Answered 200 once Kafka has
+    /// both; otherwise 503, which v2 retries (never spooled: a request must reach fulfillers).
+    async fn request_fulfilment(
+        &self,
+        version: WebhookVersion,
+        event: &EventMeta,
+        commission: u64,
+        record: OutboundRecord,
+        received: &Received,
+        arrived: Instant,
+    ) -> Result<Accepted, RelayError> {
+        let guard = match self.claim(version, event).await {
+            Ok(guard) => guard,
+            Err(duplicate) => return Ok(duplicate),
+        };
+        let correlation_id = fulfilment::v2::correlation_id(commission);
+        let mut request = record.clone();
+        request.topic = self.fulfilment_topic.clone();
+        request.key = Some(commission.to_string());
+        request.add_fulfilment_request(
+            &correlation_id,
+            &self.config.fulfilment.reply_topic,
+            rfc3339(received.at + fulfilment::v2::V2_DEADLINE),
+        );
+        let (requested, routed) = tokio::join!(
+            self.publish(&request, arrived),
+            self.publish(&record, arrived)
+        );
+        requested?;
+        let delivered = routed?;
+        self.services.metrics.fulfilment_v2_requests.inc();
+        if let Some(guard) = guard {
+            guard.commit();
+        }
+        Ok(Accepted::FulfilmentRequested {
+            topic: record.topic,
+            delivered,
+            request_topic: request.topic,
+            correlation_id,
+        })
     }
 
     /// Publishes directly unless the spool has a backlog (receive order), and spools what Kafka

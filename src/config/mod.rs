@@ -368,6 +368,80 @@ pub struct FulfilmentConfig {
     pub timeout_status: u16,
     /// Most requests held at once; beyond it a request is published and answered pending at once.
     pub max_in_flight: usize,
+    /// Non-monetary rewards for webhooks v2: the same Kafka exchange, ending in FirstPromoter's
+    /// `mark_fulfilled` API instead of an HTTP status.
+    pub v2: FulfilmentV2Config,
+}
+
+/// Webhooks v2 fulfilment (`[fulfilment.v2]`, docs/fulfilment-protocol.md): an approved
+/// non-monetary `commission.updated` is also published as a fulfilment request, and a
+/// `fulfilled` reply makes the relay call FirstPromoter's `mark_fulfilled`.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FulfilmentV2Config {
+    /// Off by default: every v2 event is only routed.
+    pub enabled: bool,
+    /// FirstPromoter's company API; `mark_fulfilled` is `{api_url}/commissions/mark_fulfilled`.
+    pub api_url: String,
+    /// FirstPromoter API key (sent as `Authorization: Bearer`). A secret: prefer the
+    /// environment (`FP_RELAY_FULFILMENT_V2__API_KEY`); masked by check-config, never logged.
+    pub api_key: String,
+    /// FirstPromoter account id (sent as `Account-ID`).
+    pub account_id: String,
+    /// Commission units that are non-monetary rewards (`cash` is monetary and never requested).
+    pub units: Vec<String>,
+    /// Consumer group that reads replies for v2; one replica in the group acts on each reply.
+    pub consumer_group: String,
+    /// Longest wait for one API call before it counts as failed and is retried.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// First pause before retrying a call that failed (doubled each time, with jitter).
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest pause between retries (also caps a `Retry-After`).
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for FulfilmentV2Config {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            api_url: "https://api.firstpromoter.com/api/v2/company".to_owned(),
+            api_key: String::new(),
+            account_id: String::new(),
+            units: [
+                "points",
+                "credits",
+                "free_months",
+                "mon_discount",
+                "discount_per",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            consumer_group: "fp-relay-fulfilment-v2".to_owned(),
+            call_timeout: Duration::from_secs(10),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Written by hand so that the API key never reaches a log line.
+impl std::fmt::Debug for FulfilmentV2Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FulfilmentV2Config")
+            .field("enabled", &self.enabled)
+            .field("api_url", &self.api_url)
+            .field("api_key", &MASK)
+            .field("account_id", &self.account_id)
+            .field("units", &self.units)
+            .field("consumer_group", &self.consumer_group)
+            .field("call_timeout", &self.call_timeout)
+            .field("retry_initial", &self.retry_initial)
+            .field("retry_max", &self.retry_max)
+            .finish()
+    }
 }
 
 impl Default for FulfilmentConfig {
@@ -384,6 +458,7 @@ impl Default for FulfilmentConfig {
             failed_status: 500,
             timeout_status: 202,
             max_in_flight: 2048,
+            v2: FulfilmentV2Config::default(),
         }
     }
 }
@@ -530,6 +605,9 @@ impl Config {
         auth.basic
             .values_mut()
             .for_each(|password| *password = MASK.to_owned());
+        if !shown.fulfilment.v2.api_key.is_empty() {
+            shown.fulfilment.v2.api_key = MASK.to_owned();
+        }
         for map in [
             &mut shown.kafka.properties,
             &mut shown.kafka.producer_properties,

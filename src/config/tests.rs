@@ -236,3 +236,45 @@ fn environment_variables_set_tables_whole_or_one_entry_at_a_time() {
         "affiliate.referrals"
     );
 }
+
+#[test]
+fn v2_fulfilment_needs_a_key_and_an_account_and_masks_the_key() {
+    let err = load_str(
+        "[fulfilment.v2]\nenabled = true\naccount_id = \"acc_1\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("fulfilment.v2.api_key"), "{err}");
+    let err = load_str(
+        "[fulfilment.v2]\nenabled = true\n",
+        &[("FP_RELAY_FULFILMENT_V2__API_KEY", "fp_key_0123456789abcdef")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("fulfilment.v2.account_id"), "{err}");
+    // The README's three lines, all from the environment.
+    let config = load_str(
+        "",
+        &[
+            ("FP_RELAY_FULFILMENT_V2__ENABLED", "true"),
+            ("FP_RELAY_FULFILMENT_V2__ACCOUNT_ID", "acc_1"),
+            ("FP_RELAY_FULFILMENT_V2__API_KEY", "fp_key_0123456789abcdef"),
+        ],
+    )
+    .unwrap();
+    assert!(config.fulfilment.v2.enabled);
+    assert_eq!(config.fulfilment.v2.account_id, "acc_1");
+    assert_eq!(config.fulfilment.v2.units.len(), 5);
+    let shown = config.to_masked_toml();
+    assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    assert!(shown.contains("[fulfilment.v2]"), "{shown}");
+    assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    let err = load_str(
+        "[fulfilment.v2]\nenabled = true\napi_key = \"k\"\naccount_id = \"a\"\nunits = [\"points\", \"cash\"]\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("fulfilment.v2.units"), "{err}");
+}

@@ -286,6 +286,69 @@ impl Config {
                 "must be between 1 and 10000",
             ));
         }
+        self.validate_fulfilment_v2()
+    }
+
+    fn validate_fulfilment_v2(&self) -> Result<(), ConfigError> {
+        let v2 = &self.fulfilment.v2;
+        if !v2.enabled {
+            return Ok(());
+        }
+        let url: http::Uri = v2
+            .api_url
+            .parse()
+            .map_err(|_| ConfigError::invalid("fulfilment.v2.api_url", "is not a URL"))?;
+        if !matches!(url.scheme_str(), Some("https" | "http")) || url.host().is_none() {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.api_url",
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        if v2.api_key.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.api_key",
+                "is required when fulfilment.v2.enabled is set (FirstPromoter API key; \
+                 prefer FP_RELAY_FULFILMENT_V2__API_KEY)",
+            ));
+        }
+        if v2.account_id.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.account_id",
+                "is required when fulfilment.v2.enabled is set (FirstPromoter account id)",
+            ));
+        }
+        if v2.units.is_empty() {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.units",
+                "must name at least one unit (e.g. \"points\")",
+            ));
+        }
+        if v2.units.iter().any(|u| u == "cash") {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.units",
+                "\"cash\" is a monetary commission: FirstPromoter pays it out, nothing is fulfilled",
+            ));
+        }
+        if v2.consumer_group.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.consumer_group",
+                "must not be empty",
+            ));
+        }
+        for (field, value) in [
+            ("fulfilment.v2.call_timeout", v2.call_timeout),
+            ("fulfilment.v2.retry_initial", v2.retry_initial),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(field, "must be above 0"));
+            }
+        }
+        if v2.retry_max < v2.retry_initial {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.retry_max",
+                "must be at least fulfilment.v2.retry_initial",
+            ));
+        }
         Ok(())
     }
 }

@@ -335,12 +335,16 @@ impl ReplyConsumer {
     }
 
     fn handle(&self, message: &BorrowedMessage<'_>) {
-        let id = message
+        let correlation_id = message
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == headers::CORRELATION_ID))
             .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| Uuid::parse_str(v.trim()).ok());
+            .and_then(|v| std::str::from_utf8(v).ok());
+        if correlation_id.is_some_and(crate::fulfilment::v2::is_v2) {
+            // A v2 reply: no request of any replica's is held for it; the v2 marker acts on it.
+            return;
+        }
+        let id = correlation_id.and_then(|v| Uuid::parse_str(v.trim()).ok());
         let reply = message
             .payload()
             .and_then(|p| serde_json::from_slice::<Reply>(p).ok());

@@ -49,6 +49,22 @@ pub fn status_and_body(accepted: &Accepted) -> (StatusCode, serde_json::Value) {
             }),
         ),
         Accepted::Duplicate => (StatusCode::OK, json!({ "status": "duplicate" })),
+        Accepted::FulfilmentRequested {
+            topic,
+            delivered,
+            request_topic,
+            correlation_id,
+        } => (
+            StatusCode::OK,
+            json!({
+                "status": "fulfilment_requested",
+                "topic": topic,
+                "partition": delivered.partition,
+                "offset": delivered.offset,
+                "request_topic": request_topic,
+                "correlation_id": correlation_id,
+            }),
+        ),
         Accepted::Fulfilment(answer) => {
             let mut body =
                 json!({ "status": answer.outcome, "correlation_id": answer.correlation_id });

@@ -80,3 +80,25 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
 pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
     client_config(&[], &kafka.properties, &kafka.brokers)
 }
+
+/// Settings for a consumer in a group that commits by hand once its work is done (the v2
+/// fulfilment marker). It starts at the earliest offset a new group has: a reply written before
+/// any relay ran must still be acted on.
+pub fn group_consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    // Joins and rebalances within seconds (librdkafka's defaults are 45 s and 3 s); nobody
+    // waits on these replies, so fetching need not be eager.
+    let defaults = [
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "1000"),
+        ("fetch.wait.max.ms", "100"),
+    ];
+    let properties = kafka.properties.iter().chain(&kafka.consumer_properties);
+    let mut config = client_config(&defaults, properties, &kafka.brokers);
+    config
+        .set("group.id", group_id)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    config
+}

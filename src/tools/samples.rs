@@ -7,6 +7,8 @@ use crate::webhook::envelope::WebhookVersion;
 /// One sample webhook.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
+    /// What `fp-relay send --event` calls it: its event type, or a longer name for a variant.
+    pub name: &'static str,
     /// The event type it carries.
     pub event_type: &'static str,
     /// Which envelope it uses.
@@ -17,8 +19,12 @@ pub struct Sample {
 
 macro_rules! sample {
     ($version:ident, $dir:literal, $name:literal) => {
+        sample!($version, $dir, $name, $name)
+    };
+    ($version:ident, $dir:literal, $name:literal, $event_type:literal) => {
         Sample {
-            event_type: $name,
+            name: $name,
+            event_type: $event_type,
             version: WebhookVersion::$version,
             body: include_bytes!(concat!("../../samples/", $dir, "/", $name, ".json")),
         }
@@ -40,12 +46,14 @@ pub const SAMPLES: &[Sample] = &[
     sample!(V2, "v2", "referral.converted"),
     sample!(V2, "v2", "commission.created"),
     sample!(V2, "v2", "commission.updated"),
+    // An approved non-monetary reward: a fulfilment request when [fulfilment.v2] is on.
+    sample!(V2, "v2", "commission.updated.reward", "commission.updated"),
     sample!(V2, "v2", "payout.completed"),
 ];
 
-/// The sample for `event_type`, if there is one.
-pub fn find(event_type: &str) -> Option<&'static Sample> {
-    SAMPLES.iter().find(|s| s.event_type == event_type)
+/// The sample called `name`, if there is one.
+pub fn find(name: &str) -> Option<&'static Sample> {
+    SAMPLES.iter().find(|s| s.name == name)
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ fn plan(options: &SendOptions) -> Result<Vec<Outgoing>, ToolError> {
             .iter()
             .map(|name| {
                 samples::find(name).ok_or_else(|| {
-                    let known: Vec<&str> = samples::SAMPLES.iter().map(|s| s.event_type).collect();
+                    let known: Vec<&str> = samples::SAMPLES.iter().map(|s| s.name).collect();
                     ToolError::Usage(format!(
                         "no sample for {name:?}; known: {}",
                         known.join(", ")
@@ -286,6 +286,12 @@ fn meaning(event_type: &str, status: u16, body: &Value) -> String {
             "spooled: safe on the relay's disk, replayed to Kafka when it is back".into()
         }
         (200, "duplicate") => "duplicate: this event id was already published".into(),
+        (200, "fulfilment_requested") => format!(
+            "published to {}; fulfilment requested on {} (correlation id {})",
+            text("topic"),
+            text("request_topic"),
+            text("correlation_id")
+        ),
         (200..=299, other) => other.to_owned(),
         _ => format!("refused: {} {}", text("error"), text("message")),
     }

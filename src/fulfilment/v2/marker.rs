@@ -1,0 +1,488 @@
+//! Acts on v2 replies: a `fulfilled` reply becomes a `mark_fulfilled` call for its commission.
+//!
+//! At least once, exactly once where it can be known: replies are read in a consumer group
+//! (`fulfilment.v2.consumer_group`), so each reply goes to one replica, and offsets are
+//! committed only after FirstPromoter answered for every reply up to them. A reply written
+//! while every relay was down is read when one starts (a new group starts at the earliest
+//! offset). A replica that dies between FirstPromoter's answer and its commit leaves the reply
+//! to be read again; FirstPromoter then says "already fulfilled", which counts as done.
+//!
+//! Retries: timeouts, connection failures, 429 (after its `Retry-After`) and 5xx are retried
+//! with exponential backoff and jitter, for as long as it takes; any other 4xx sends the reply
+//! to the dead-letter topic with FirstPromoter's message (a several-id call is first split,
+//! so one bad commission does not take the others with it). `pending` and `failed` replies call
+//! nothing; a later `fulfilled` reply for the same commission is acted on.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::api::{CallResult, FirstPromoterApi, MARK_FULFILLED, MAX_IDS_PER_CALL};
+use crate::config::Config;
+use crate::fulfilment::correlator::{Outcome, Reply};
+use crate::kafka::context::RelayContext;
+use crate::kafka::outage::ClusterWatch;
+use crate::kafka::publisher::Publisher;
+use crate::kafka::record::{headers, OutboundRecord};
+use crate::metrics::Metrics;
+
+/// Most replies handled (and committed) together.
+const MAX_BATCH: usize = 100;
+/// How long to wait for more replies once one arrived, so several can share a call.
+const GATHER: Duration = Duration::from_millis(20);
+/// Pause after a consumer error (the reply topic may not exist yet).
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// How often the assigned-partitions gauge is refreshed.
+const ASSIGNMENT_CHECK: Duration = Duration::from_secs(1);
+/// Consumer errors are logged at most this often.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Header on a dead-lettered v2 reply: the commission FirstPromoter refused to mark.
+pub const COMMISSION_ID_HEADER: &str = "fp-commission-id";
+
+/// One reply as read from Kafka, kept until its commission is settled.
+struct ReadReply {
+    partition: i32,
+    offset: i64,
+    correlation_id: Option<String>,
+    key: Option<String>,
+    payload: Bytes,
+    headers: Vec<(String, String)>,
+    /// Kafka's timestamp, for the oldest-waiting gauge.
+    written_at: Option<SystemTime>,
+}
+
+impl ReadReply {
+    fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let mut pairs = Vec::new();
+        let mut correlation_id = None;
+        if let Some(list) = message.headers() {
+            for header in list.iter() {
+                let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
+                if header.key == headers::CORRELATION_ID {
+                    correlation_id = Some(value.trim().to_owned());
+                }
+                pairs.push((header.key.to_owned(), value));
+            }
+        }
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            correlation_id,
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+            headers: pairs,
+            written_at: message
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// How one commission ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Settled {
+    /// FirstPromoter marked it (or had already).
+    Marked,
+    /// FirstPromoter refused it for good: status and message.
+    Rejected(String),
+}
+
+/// The v2 reply reader and API caller; see the module documentation.
+pub struct Marker {
+    consumer: Arc<StreamConsumer<RelayContext>>,
+    topic: String,
+    api: FirstPromoterApi,
+    publisher: Arc<Publisher>,
+    dead_letter_topic: String,
+    ack_timeout: Duration,
+    retry_initial: Duration,
+    retry_max: Duration,
+    metrics: Arc<Metrics>,
+    /// False while calls to FirstPromoter fail in ways that are retried; shown on `/readyz`
+    /// for information (readiness never depends on FirstPromoter).
+    api_reachable: Arc<AtomicBool>,
+}
+
+impl Marker {
+    /// Builds the consumer and the API client; nothing talks to either until [`Marker::spawn`].
+    pub fn new(
+        config: &Config,
+        publisher: Arc<Publisher>,
+        metrics: Arc<Metrics>,
+        watch: Arc<ClusterWatch>,
+        api_reachable: Arc<AtomicBool>,
+    ) -> Result<Self, crate::StartError> {
+        let settings = &config.fulfilment.v2;
+        let consumer_config =
+            crate::kafka::group_consumer_config(&config.kafka, &settings.consumer_group);
+        let context = RelayContext::new(metrics.clone(), watch, "fulfilment-v2");
+        let consumer = Arc::new(consumer_config.create_with_context(context)?);
+        Ok(Self {
+            consumer,
+            topic: config.fulfilment.reply_topic.clone(),
+            api: FirstPromoterApi::new(settings)?,
+            publisher,
+            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            ack_timeout: config.kafka.ack_timeout,
+            retry_initial: settings.retry_initial,
+            retry_max: settings.retry_max,
+            metrics,
+            api_reachable,
+        })
+    }
+
+    /// Reads replies until `stop` is cancelled; work not finished then is not committed and is
+    /// picked up again by whichever replica reads the partition next.
+    pub fn spawn(self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            if let Err(error) = self.consumer.subscribe(&[&self.topic]) {
+                tracing::error!(%error, topic = %self.topic, "cannot subscribe to the reply topic; v2 fulfilment is off");
+                return;
+            }
+            tracing::info!(topic = %self.topic, endpoint = %self.api.endpoint(), "v2 fulfilment: acting on fulfilled replies");
+            self.run(&stop).await;
+            // Leaving the group blocks while librdkafka says goodbye.
+            let consumer = self.consumer.clone();
+            drop(self);
+            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        })
+    }
+
+    async fn run(&self, stop: &CancellationToken) {
+        let mut last_error_log: Option<Instant> = None;
+        let mut tick = tokio::time::interval(ASSIGNMENT_CHECK);
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    self.show_assignment();
+                    continue;
+                }
+                message = self.consumer.recv() => message.map(|m| ReadReply::from_message(&m)),
+            };
+            let first = match first {
+                Ok(reply) => reply,
+                Err(error) => {
+                    if last_error_log.is_none_or(|at| at.elapsed() >= ERROR_LOG_INTERVAL) {
+                        tracing::warn!(%error, topic = %self.topic, "v2 fulfilment cannot read replies; retrying");
+                        last_error_log = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(ERROR_PAUSE) => continue,
+                    }
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout(GATHER, self.consumer.recv()).await {
+                    Ok(Ok(message)) => batch.push(ReadReply::from_message(&message)),
+                    _ => break,
+                }
+            }
+            if !self.settle_batch(&batch, stop).await {
+                return;
+            }
+            if let Err(error) = self.commit(&batch).await {
+                // Another replica took the partition over and reads these replies again;
+                // FirstPromoter will answer "already fulfilled" for what was marked here.
+                tracing::warn!(%error, "v2 fulfilment could not commit its progress");
+            }
+        }
+    }
+
+    /// Acts on every reply of `batch`; false when stopped before all were settled.
+    async fn settle_batch(&self, batch: &[ReadReply], stop: &CancellationToken) -> bool {
+        let mut to_mark: Vec<u64> = Vec::new();
+        let mut fulfilled: Vec<(u64, &ReadReply)> = Vec::new();
+        for reply in batch {
+            if let Some((commission, outcome)) = self.read(reply) {
+                self.metrics
+                    .fulfilment_v2_replies
+                    .with_label_values(&[outcome.as_str()])
+                    .inc();
+                if outcome == Outcome::Fulfilled {
+                    if !to_mark.contains(&commission) {
+                        to_mark.push(commission);
+                    }
+                    fulfilled.push((commission, reply));
+                } else {
+                    tracing::info!(
+                        commission,
+                        outcome = outcome.as_str(),
+                        "v2 fulfiller did not fulfil; FirstPromoter not called"
+                    );
+                }
+            }
+        }
+        if to_mark.is_empty() {
+            return true;
+        }
+        let oldest = fulfilled
+            .iter()
+            .filter_map(|(_, r)| r.written_at)
+            .min()
+            .unwrap_or_else(SystemTime::now);
+        let mut settled: BTreeMap<u64, Settled> = BTreeMap::new();
+        for chunk in to_mark.chunks(MAX_IDS_PER_CALL) {
+            self.show_waiting(to_mark.len() - settled.len(), oldest);
+            match self.settle(chunk, oldest, stop).await {
+                Some(Ok(())) => settled.extend(chunk.iter().map(|id| (*id, Settled::Marked))),
+                Some(Err(_)) if chunk.len() > 1 => {
+                    // Find the one FirstPromoter refuses; the others are marked.
+                    for id in chunk {
+                        let one = std::slice::from_ref(id);
+                        match self.settle(one, oldest, stop).await {
+                            Some(result) => {
+                                settled.insert(
+                                    *id,
+                                    result.map_or_else(Settled::Rejected, |()| Settled::Marked),
+                                );
+                            }
+                            None => return self.stopped(),
+                        }
+                    }
+                }
+                Some(Err(reason)) => {
+                    settled.insert(chunk[0], Settled::Rejected(reason));
+                }
+                None => return self.stopped(),
+            }
+        }
+        self.show_waiting(0, oldest);
+        for (commission, reply) in fulfilled {
+            if let Some(Settled::Rejected(reason)) = settled.get(&commission) {
+                if !self.dead_letter(commission, reply, reason, stop).await {
+                    return self.stopped();
+                }
+            }
+        }
+        true
+    }
+
+    /// How many reply partitions this replica reads now (0 while the group rebalances).
+    fn show_assignment(&self) {
+        let assigned = self.consumer.assignment().map_or(0, |list| list.count());
+        self.metrics
+            .fulfilment_v2_assigned_partitions
+            .set(i64::try_from(assigned).unwrap_or(i64::MAX));
+    }
+
+    fn stopped(&self) -> bool {
+        self.show_waiting(0, SystemTime::now());
+        false
+    }
+
+    /// The commission and outcome of a v2 reply; `None` for v1 replies (not ours) and, counted
+    /// and logged, for malformed ones.
+    fn read(&self, reply: &ReadReply) -> Option<(u64, Outcome)> {
+        let id = reply.correlation_id.as_deref()?;
+        if !super::is_v2(id) {
+            return None;
+        }
+        let commission = super::commission_of(id);
+        let outcome = serde_json::from_slice::<Reply>(&reply.payload)
+            .ok()
+            .map(|r| r.outcome);
+        match (commission, outcome) {
+            (Some(commission), Some(outcome)) => Some((commission, outcome)),
+            _ => {
+                self.metrics
+                    .fulfilment_v2_replies
+                    .with_label_values(&["malformed"])
+                    .inc();
+                tracing::warn!(
+                    partition = reply.partition,
+                    offset = reply.offset,
+                    "ignored a malformed v2 fulfilment reply (needs fp-correlation-id v2:<commission>:<id> and a JSON value with outcome)"
+                );
+                None
+            }
+        }
+    }
+
+    /// Calls `mark_fulfilled` for `ids` until FirstPromoter settles them: `Ok` marked (or
+    /// already), `Err(reason)` refused for good, `None` stopped first.
+    async fn settle(
+        &self,
+        ids: &[u64],
+        oldest: SystemTime,
+        stop: &CancellationToken,
+    ) -> Option<Result<(), String>> {
+        let mut attempt: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = stop.cancelled() => return None,
+                result = self.api.mark_fulfilled(ids) => result,
+            };
+            self.metrics
+                .firstpromoter_api_calls
+                .with_label_values(&[MARK_FULFILLED, result.label()])
+                .inc();
+            self.metrics
+                .firstpromoter_api_call_duration
+                .with_label_values(&[MARK_FULFILLED])
+                .observe(started.elapsed().as_secs_f64());
+            let pause = match result {
+                CallResult::Marked | CallResult::AlreadyFulfilled => {
+                    self.api_reachable.store(true, Ordering::Release);
+                    self.metrics.fulfilment_v2_marked.inc_by(ids.len() as u64);
+                    tracing::info!(commissions = ?ids, result = result.label(), "FirstPromoter marked the reward fulfilled");
+                    return Some(Ok(()));
+                }
+                CallResult::Rejected { status, message } => {
+                    self.api_reachable.store(true, Ordering::Release);
+                    tracing::warn!(commissions = ?ids, status, %message, "FirstPromoter refused to mark the reward fulfilled");
+                    return Some(Err(format!("firstpromoter_{status}: {message}")));
+                }
+                CallResult::Retry {
+                    result,
+                    after,
+                    detail,
+                } => {
+                    self.api_reachable.store(false, Ordering::Release);
+                    let pause = after
+                        .map(|after| after.min(self.retry_max))
+                        .unwrap_or_else(|| backoff(self.retry_initial, self.retry_max, attempt));
+                    tracing::warn!(commissions = ?ids, result, %detail, attempt = attempt + 1, retry_in = ?pause, "mark_fulfilled failed; retrying");
+                    pause
+                }
+            };
+            attempt = attempt.saturating_add(1);
+            if !self.pause(pause, ids.len(), oldest, stop).await {
+                return None;
+            }
+        }
+    }
+
+    /// Sleeps `pause`, keeping the oldest-waiting gauge current; false when stopped.
+    async fn pause(
+        &self,
+        pause: Duration,
+        waiting: usize,
+        oldest: SystemTime,
+        stop: &CancellationToken,
+    ) -> bool {
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            self.show_waiting(waiting, oldest);
+            let tick = until.min(Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep_until(tick) => {}
+            }
+        }
+        true
+    }
+
+    fn show_waiting(&self, waiting: usize, oldest: SystemTime) {
+        self.metrics
+            .fulfilment_v2_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+        let age = if waiting == 0 {
+            0.0
+        } else {
+            oldest.elapsed().unwrap_or_default().as_secs_f64()
+        };
+        self.metrics.fulfilment_v2_oldest_waiting_age.set(age);
+    }
+
+    /// Keeps a reply whose commission FirstPromoter refused on the dead-letter topic, retrying
+    /// while Kafka cannot take it; false when stopped first.
+    async fn dead_letter(
+        &self,
+        commission: u64,
+        reply: &ReadReply,
+        reason: &str,
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut headers: Vec<(Cow<'static, str>, String)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (Cow::Owned(k.clone()), v.clone()))
+            .collect();
+        headers.push((COMMISSION_ID_HEADER.into(), commission.to_string()));
+        let record = OutboundRecord {
+            topic: self.topic.clone(),
+            key: reply.key.clone(),
+            payload: reply.payload.clone(),
+            headers,
+        }
+        .into_dead_letter(&self.dead_letter_topic, reason);
+        let mut attempt = 0;
+        loop {
+            let deadline = Instant::now() + self.ack_timeout;
+            match self.publisher.publish(&record, deadline).await {
+                Ok(_) => {
+                    self.metrics.dead_lettered.inc();
+                    self.metrics.fulfilment_v2_dead_lettered.inc();
+                    return true;
+                }
+                Err(error) => {
+                    tracing::warn!(commission, %error, "cannot dead-letter a refused v2 reply yet; retrying");
+                }
+            }
+            let pause = backoff(self.retry_initial, self.retry_max, attempt);
+            attempt += 1;
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Commits, per partition, the offset after the last reply of `batch`.
+    async fn commit(&self, batch: &[ReadReply]) -> Result<(), KafkaError> {
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for reply in batch {
+            let entry = next.entry(reply.partition).or_insert(reply.offset + 1);
+            *entry = (*entry).max(reply.offset + 1);
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in next {
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+    }
+}
+
+/// Exponential backoff with jitter: `initial * 2^attempt`, at most `max`, then a random point
+/// in its upper half, so replicas retrying together spread out.
+pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let full = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
+    let half = full / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
+        let (initial, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 0..30 {
+            let full = (initial * 2u32.pow(attempt.min(20))).min(max);
+            let pause = backoff(initial, max, attempt);
+            assert!(pause >= full / 2 && pause <= full, "{attempt}: {pause:?}");
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! Webhooks v2 fulfilment against a real tansu broker and a fake FirstPromoter API served by
+//! the test: an approved non-monetary commission becomes a fulfilment request, and a
+//! `fulfilled` reply becomes exactly one `mark_fulfilled` call.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{consume, consume_all, eventually, get, produce, sample, Consumed, Tansu, TestRelay};
+use fp_relay::config::Config;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+const REQUESTS: &str = "firstpromoter.fulfilment_pending";
+const REPLIES: &str = "firstpromoter.fulfilment_replies";
+const ROUTED: &str = "firstpromoter.commission.updated";
+const DEAD_LETTERS: &str = "firstpromoter.dead_letter";
+const API_KEY: &str = "fp_test_key_0123456789abcdef";
+const ACCOUNT: &str = "acc_4242";
+/// The commission of samples/v2/commission.updated.reward.json.
+const COMMISSION: u64 = 5512944;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One call the fake API received.
+#[derive(Debug, Clone)]
+struct Call {
+    at: Instant,
+    path: String,
+    authorization: Option<String>,
+    account_id: Option<String>,
+    body: serde_json::Value,
+}
+
+/// An answer the fake API gives: status, `Retry-After`, body.
+type Scripted = (u16, Option<&'static str>, &'static str);
+
+/// FirstPromoter's company API as far as the relay uses it: records every call and answers
+/// with the scripted answers in order, then 200 `completed`.
+#[derive(Clone, Default)]
+struct FakeFirstPromoter {
+    calls: Arc<Mutex<Vec<Call>>>,
+    script: Arc<Mutex<VecDeque<Scripted>>>,
+}
+
+impl FakeFirstPromoter {
+    async fn start(script: &[Scripted]) -> (Self, SocketAddr) {
+        let fake = Self::default();
+        fake.script.lock().unwrap().extend(script.iter().copied());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let server = server.clone();
+                        async move { Ok::<_, std::convert::Infallible>(server.answer(request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (fake, addr)
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (path, authorization, account_id) = (
+            request.uri().path().to_owned(),
+            header("authorization"),
+            header("account-id"),
+        );
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        self.calls.lock().unwrap().push(Call {
+            at: Instant::now(),
+            path,
+            authorization,
+            account_id,
+            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        });
+        let (status, retry_after, body) = self.script.lock().unwrap().pop_front().unwrap_or((
+            200,
+            None,
+            r#"{"status":"completed","message":"marked"}"#,
+        ));
+        let mut response = Response::builder()
+            .status(status)
+            .header("content-type", "application/json");
+        if let Some(seconds) = retry_after {
+            response = response.header("retry-after", seconds);
+        }
+        response
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Every id marked, in call order.
+    fn ids(&self) -> Vec<u64> {
+        self.calls()
+            .iter()
+            .flat_map(|c| c.body["ids"].as_array().cloned().unwrap_or_default())
+            .map(|id| id.as_u64().unwrap())
+            .collect()
+    }
+}
+
+fn config(broker: &Tansu, api: SocketAddr) -> Config {
+    let mut config = common::test_config(&broker.bootstrap());
+    let v2 = &mut config.fulfilment.v2;
+    v2.enabled = true;
+    v2.api_url = format!("http://{api}/api/v2/company");
+    v2.api_key = API_KEY.to_owned();
+    v2.account_id = ACCOUNT.to_owned();
+    v2.retry_initial = Duration::from_millis(200);
+    v2.retry_max = Duration::from_secs(2);
+    v2.call_timeout = Duration::from_secs(2);
+    // Group joins in about a second on tansu (see ../shared/KAFKA-TESTING.md).
+    for (key, value) in [
+        ("session.timeout.ms", "2000"),
+        ("heartbeat.interval.ms", "500"),
+    ] {
+        config
+            .kafka
+            .consumer_properties
+            .insert(key.into(), value.into());
+    }
+    config.validate().expect("valid v2 config");
+    config
+}
+
+/// A v2 `commission.updated` body moving a commission to `status` in `unit`.
+fn update(commission: u64, status: &str, unit: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"event_id":"{}","event_type":"commission.updated","action":"updated",
+            "entity_type":"commission","entity_id":{commission},
+            "changes":{{"status":["pending","{status}"]}},
+            "data":{{"id":{commission},"status":"{status}","unit":"{unit}","amount":500}},
+            "timestamp":"2026-11-01T10:00:00Z"}}"#,
+        uuid::Uuid::new_v4()
+    ))
+}
+
+async fn reply(broker: &Tansu, partition: Option<i32>, correlation_id: &str, outcome: &str) {
+    produce(
+        &broker.bootstrap(),
+        REPLIES,
+        partition,
+        None,
+        &[("fp-correlation-id", correlation_id)],
+        &format!(r#"{{"outcome":"{outcome}","reason":"test"}}"#),
+    )
+    .await;
+}
+
+/// The `n` fulfilment requests on the request topic.
+async fn requests(broker: &Tansu, n: usize) -> Vec<Consumed> {
+    let found = consume(&broker.bootstrap(), REQUESTS, n, WAIT, Duration::ZERO).await;
+    assert!(
+        found.len() >= n,
+        "{n} requests expected, found {}",
+        found.len()
+    );
+    found
+}
+
+/// Waits until the replicas together read all `partitions` reply partitions: the group is
+/// settled. (tansu keeps a member that leaves in the middle of its first join as the group's
+/// leader forever, so a replica is stopped only after it joined.)
+async fn group_settled(relays: &[&TestRelay], partitions: f64) {
+    let gauge = "fp_relay_fulfilment_v2_assigned_partitions";
+    let settled = eventually(WAIT, async || {
+        let mut sum = 0.0;
+        for relay in relays {
+            sum += relay.metric(gauge).await;
+        }
+        sum == partitions
+    })
+    .await;
+    assert!(
+        settled,
+        "the v2 group did not settle on {partitions} partitions"
+    );
+}
+
+async fn calls_settle_at(fake: &FakeFirstPromoter, n: usize) {
+    assert!(
+        eventually(WAIT, async || fake.calls().len() >= n).await,
+        "{n} calls expected, got {:?}",
+        fake.calls()
+    );
+    // Then nothing more: no call is repeated.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fake.calls().len(), n, "{:?}", fake.calls());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approved_reward_is_requested_and_one_fulfilled_reply_marks_it_once() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    let mut config = config(&broker, api);
+    config.redact.fields.clear(); // so the request's value can be compared byte for byte
+    let relay = TestRelay::start_ready(config).await;
+
+    let body = sample("v2/commission.updated.reward.json");
+    let answer = relay.post(body.clone()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let answered = answer.json();
+    assert_eq!(answered["status"], "fulfilment_requested");
+    assert_eq!(answered["request_topic"], REQUESTS);
+
+    let request = requests(&broker, 1).await.remove(0);
+    assert_eq!(request.value, body.to_vec(), "the value is the posted body");
+    assert_eq!(
+        request.key.as_deref(),
+        Some("5512944"),
+        "keyed by commission id"
+    );
+    let correlation_id = request.header("fp-correlation-id").unwrap().to_owned();
+    assert_eq!(
+        Some(correlation_id.as_str()),
+        answered["correlation_id"].as_str()
+    );
+    assert!(
+        correlation_id.starts_with("v2:5512944:"),
+        "{correlation_id}"
+    );
+    assert_eq!(request.header("fp-reply-topic"), Some(REPLIES));
+    assert_eq!(request.header("fp-webhook-version"), Some("v2"));
+    assert_eq!(request.header("fp-event-type"), Some("commission.updated"));
+    let deadline = humantime::parse_rfc3339(request.header("fp-deadline").unwrap()).unwrap();
+    assert!(deadline > std::time::SystemTime::now() + Duration::from_secs(24 * 3600));
+    let routed = consume(&broker.bootstrap(), ROUTED, 1, WAIT, Duration::ZERO).await;
+    assert_eq!(routed.len(), 1, "routed as usual too");
+    assert!(
+        fake.calls().is_empty(),
+        "nothing is called before the fulfiller answers"
+    );
+
+    // `pending` and `failed` call nothing; a later `fulfilled` for the same id is acted on.
+    reply(&broker, None, &correlation_id, "pending").await;
+    reply(&broker, None, &correlation_id, "failed").await;
+    assert!(
+        relay
+            .wait_for_metric(
+                "fp_relay_fulfilment_v2_replies_total{outcome=\"failed\"}",
+                1.0,
+                WAIT
+            )
+            .await
+    );
+    assert_eq!(
+        relay
+            .metric("fp_relay_fulfilment_v2_replies_total{outcome=\"pending\"}")
+            .await,
+        1.0
+    );
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+
+    reply(&broker, None, &correlation_id, "fulfilled").await;
+    calls_settle_at(&fake, 1).await;
+    let call = &fake.calls()[0];
+    assert_eq!(call.path, "/api/v2/company/commissions/mark_fulfilled");
+    assert_eq!(
+        call.authorization.as_deref(),
+        Some(&*format!("Bearer {API_KEY}"))
+    );
+    assert_eq!(call.account_id.as_deref(), Some(ACCOUNT));
+    assert_eq!(call.body, serde_json::json!({ "ids": [COMMISSION] }));
+    let metric =
+        "fp_relay_firstpromoter_api_calls_total{endpoint=\"mark_fulfilled\",result=\"ok\"}";
+    assert!(relay.wait_for_metric(metric, 1.0, WAIT).await);
+    assert_eq!(
+        relay.metric("fp_relay_fulfilment_v2_marked_total").await,
+        1.0
+    );
+    assert_eq!(
+        relay
+            .metric("fp_relay_fulfilment_v2_waiting_commissions")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        relay
+            .metric("fp_relay_fulfilment_replies_ignored_total{reason=\"malformed\"}")
+            .await,
+        0.0,
+        "the v1 reply consumer leaves v2 replies alone"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_cash_and_other_updates_are_only_routed() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let other_change = Bytes::from_static(
+        br#"{"event_id":"b1","event_type":"commission.updated","changes":{"amount":[100,200]},"data":{"id":7,"status":"approved","unit":"points"}}"#,
+    );
+    let bodies = [
+        update(11, "denied", "points"),
+        sample("v2/commission.updated.json"), // approved, but cash
+        update(12, "approved", "cash"),
+        other_change,
+        sample("v2/commission.created.json"),
+    ];
+    for body in bodies {
+        let answer = relay.post(body).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_eq!(answer.json()["status"], "published");
+    }
+    let routed = consume(&broker.bootstrap(), ROUTED, 4, WAIT, Duration::ZERO).await;
+    assert_eq!(routed.len(), 4);
+    let requested = consume_all(&broker.bootstrap(), REQUESTS, Duration::from_secs(2)).await;
+    assert!(requested.is_empty(), "no fulfilment request: {requested:?}");
+    assert_eq!(
+        relay.metric("fp_relay_fulfilment_v2_requests_total").await,
+        0.0
+    );
+    assert!(fake.calls().is_empty());
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_and_rate_limits_are_retried_to_success_without_costing_readiness() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[
+        (500, None, r#"{"message":"internal error"}"#),
+        (429, Some("1"), ""),
+    ])
+    .await;
+    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let answer = relay.post(update(901, "approved", "credits")).await;
+    let correlation_id = answer.json()["correlation_id"].as_str().unwrap().to_owned();
+    reply(&broker, None, &correlation_id, "fulfilled").await;
+
+    let metric = |result: &str| {
+        format!("fp_relay_firstpromoter_api_calls_total{{endpoint=\"mark_fulfilled\",result=\"{result}\"}}")
+    };
+    assert!(
+        relay
+            .wait_for_metric(&metric("server_error"), 1.0, WAIT)
+            .await
+    );
+    let ready = get(relay.admin, "/readyz").await;
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "readiness never waits on FirstPromoter"
+    );
+    assert!(
+        ready.text().contains("firstpromoter_api"),
+        "{}",
+        ready.text()
+    );
+
+    calls_settle_at(&fake, 3).await;
+    assert_eq!(fake.ids(), vec![901, 901, 901]);
+    let calls = fake.calls();
+    assert!(
+        calls[2].at - calls[1].at >= Duration::from_millis(950),
+        "Retry-After: 1 was honoured: {:?}",
+        calls[2].at - calls[1].at
+    );
+    for result in ["server_error", "rate_limited", "ok"] {
+        assert_eq!(relay.metric(&metric(result)).await, 1.0, "{result}");
+    }
+    assert_eq!(
+        relay.metric("fp_relay_fulfilment_v2_marked_total").await,
+        1.0
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_commission_is_dead_lettered_and_already_fulfilled_counts_as_done() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[
+        (
+            422,
+            None,
+            r#"{"message":"Commission has no payout record","code":"invalid"}"#,
+        ),
+        (
+            422,
+            None,
+            r#"{"message":"Commission is already fulfilled","code":"invalid"}"#,
+        ),
+    ])
+    .await;
+    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let refused = format!("v2:31:{}", uuid::Uuid::new_v4());
+    reply(&broker, None, &refused, "fulfilled").await;
+    calls_settle_at(&fake, 1).await;
+    let dead = consume(&broker.bootstrap(), DEAD_LETTERS, 1, WAIT, Duration::ZERO).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header("fp-correlation-id"), Some(refused.as_str()));
+    assert_eq!(dead[0].header("fp-commission-id"), Some("31"));
+    assert_eq!(dead[0].header("fp-original-topic"), Some(REPLIES));
+    let reason = dead[0].header("fp-dead-letter-reason").unwrap();
+    assert!(
+        reason.starts_with("firstpromoter_422: Commission has no payout record"),
+        "{reason}"
+    );
+    assert_eq!(
+        relay
+            .metric("fp_relay_fulfilment_v2_dead_lettered_total")
+            .await,
+        1.0
+    );
+
+    reply(
+        &broker,
+        None,
+        &format!("v2:32:{}", uuid::Uuid::new_v4()),
+        "fulfilled",
+    )
+    .await;
+    calls_settle_at(&fake, 2).await;
+    assert_eq!(fake.ids(), vec![31, 32]);
+    let already =
+        "fp_relay_firstpromoter_api_calls_total{endpoint=\"mark_fulfilled\",result=\"already_fulfilled\"}";
+    assert_eq!(relay.metric(already).await, 1.0);
+    assert_eq!(
+        relay.metric("fp_relay_fulfilment_v2_marked_total").await,
+        1.0
+    );
+    let dead = consume_all(&broker.bootstrap(), DEAD_LETTERS, Duration::from_secs(1)).await;
+    assert_eq!(dead.len(), 1, "already fulfilled is not dead-lettered");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_written_while_the_relay_was_stopped_is_acted_on_after_it_starts() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let answer = relay.post(update(555, "approved", "free_months")).await;
+    let correlation_id = answer.json()["correlation_id"].as_str().unwrap().to_owned();
+    group_settled(&[&relay], 4.0).await;
+    relay.shutdown().await;
+
+    reply(&broker, None, &correlation_id, "fulfilled").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fake.calls().is_empty());
+    let started = Instant::now();
+    let relay = TestRelay::start(config(&broker, api)).await;
+    assert!(
+        eventually(Duration::from_secs(30), async || !fake.calls().is_empty()).await,
+        "acted on within 30 s of the start"
+    );
+    println!("acted on {:?} after the start", started.elapsed());
+    calls_settle_at(&fake, 1).await;
+    assert_eq!(fake.ids(), vec![555]);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_mark_each_commission_once() {
+    let broker = Tansu::start();
+    common::create_topic(&broker.bootstrap(), REPLIES, 4).await;
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    let first = TestRelay::start_ready(config(&broker, api)).await;
+    let second = TestRelay::start_ready(config(&broker, api)).await;
+    group_settled(&[&first, &second], 4.0).await;
+    assert!(
+        first
+            .metric("fp_relay_fulfilment_v2_assigned_partitions")
+            .await
+            > 0.0
+    );
+    assert!(
+        second
+            .metric("fp_relay_fulfilment_v2_assigned_partitions")
+            .await
+            > 0.0
+    );
+    for (n, partition) in (0..4).enumerate() {
+        let commission = 700 + n as u64;
+        reply(
+            &broker,
+            Some(partition),
+            &format!("v2:{commission}:{}", uuid::Uuid::new_v4()),
+            "fulfilled",
+        )
+        .await;
+    }
+    assert!(
+        eventually(WAIT, async || fake.ids().len() >= 4).await,
+        "{:?}",
+        fake.calls()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut ids = fake.ids();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![700, 701, 702, 703], "each commission marked once");
+    let replies = "fp_relay_fulfilment_v2_replies_total{outcome=\"fulfilled\"}";
+    let (a, b) = (first.metric(replies).await, second.metric(replies).await);
+    assert_eq!(a + b, 4.0, "each reply read by one replica ({a} + {b})");
+    first.shutdown().await;
+    second.shutdown().await;
+}
