@@ -524,3 +524,50 @@ async fn two_replicas_mark_each_commission_once() {
     first.shutdown().await;
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_and_respond_drive_a_v2_reward_end_to_end() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let binary = env!("CARGO_BIN_EXE_fp-relay");
+    let mut responder = std::process::Command::new(binary)
+        .args([
+            "respond",
+            "--brokers",
+            &broker.bootstrap(),
+            "--outcome",
+            "fulfilled",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{}{}", relay.addr, relay.path);
+    let sent = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary)
+            .args([
+                "send",
+                "--url",
+                &url,
+                "--event",
+                "commission.updated.reward",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&sent.stdout).into_owned();
+    assert!(sent.status.success(), "{text}");
+    assert!(text.contains("fulfilment requested"), "{text}");
+    let marked = eventually(WAIT, async || fake.ids() == vec![COMMISSION]).await;
+    responder.kill().ok();
+    responder.wait().ok();
+    assert!(
+        marked,
+        "the unchanged responder's reply marked the commission: {:?}",
+        fake.calls()
+    );
+    relay.shutdown().await;
+}
