@@ -90,6 +90,49 @@ fn main() {
         let (port, bootstrap, linger) = (&args[i + 1], &args[i + 2], &args[i + 3]);
         return bare_relay(port.parse().unwrap(), bootstrap, linger.parse().unwrap());
     }
+    if let Some(i) = args.iter().position(|a| a == "--holds-only") {
+        // Only the held-requests measurement, for working on memory: `--holds-only N`.
+        let count: usize = args[i + 1].parse().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        return runtime.block_on(async {
+            let broker = Process::tansu();
+            let bootstrap = format!("127.0.0.1:{}", broker.port);
+            let body = Bytes::from(
+                std::fs::read(manifest("samples/v1/fulfilment_pending.json")).unwrap(),
+            );
+            let relay = Process::relay(&bootstrap, Some(count));
+            wait_ready(relay.admin()).await;
+            let idle = relay.peak_rss_kib();
+            let pid = relay.pid();
+            let sampler = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(8));
+                // Under valgrind --tool=massif (FP_RELAY_BIN pointing at a wrapper), take a
+                // detailed heap snapshot while the requests are held.
+                if let Some(path) = std::env::var_os("MASSIF_SNAPSHOT") {
+                    let _ = Command::new("vgdb")
+                        .arg(format!("--pid={pid}"))
+                        .arg("detailed_snapshot")
+                        .arg(path)
+                        .status();
+                }
+                std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .unwrap_or("")
+                    .to_owned()
+            });
+            let (held, peak) = hold_many(&relay, body, count).await;
+            println!(
+                "holds: {held} held, peak RSS {peak} KiB, idle {idle} KiB, {:.1} KiB per hold; at 8 s {}",
+                peak.saturating_sub(idle) as f64 / held.max(1) as f64,
+                sampler.join().unwrap()
+            );
+        });
+    }
     if !args.iter().any(|a| a == "--quick" || a == "--full") {
         // `cargo bench` and `cargo test --all-targets` run every bench binary; this one starts
         // brokers and servers for minutes, so it runs only when asked (benches/load.sh).

@@ -167,22 +167,32 @@ impl Relay {
     /// alongside the result, for metrics and logs.
     /// `arrived` is when the request's head arrived: Kafka's acknowledgement (or the spool)
     /// must come within `kafka.ack_timeout` of it.
+    /// `budget` is the body's share of `http.max_buffered_body_bytes`, given back once the body
+    /// is no longer held (at the end, or before a fulfilment request waits for its answer).
     pub async fn ingest(
         &self,
-        headers: &HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
         arrived: Instant,
+        budget: SemaphorePermit<'_>,
     ) -> (EventMeta, Result<Accepted, RelayError>) {
         let received = Received::now();
         let body_for_dead_letter = body.clone();
+        let prepared = self.pipeline.prepare(&headers, body, &received);
+        // The request's headers and body point into hyper's read buffer; nothing below needs
+        // them, and a held fulfilment request must not keep that buffer alive.
+        drop(headers);
         let Prepared {
             envelope, record, ..
-        } = match self.pipeline.prepare(headers, body, &received) {
-            Ok(prepared) => prepared,
+        } = match prepared {
+            Ok(prepared) => {
+                drop(body_for_dead_letter);
+                prepared
+            }
             Err(error) => {
-                let error = self
-                    .dead_letter(error, &received, body_for_dead_letter, arrived)
-                    .await;
+                let error =
+                    Box::pin(self.dead_letter(error, &received, body_for_dead_letter, arrived))
+                        .await;
                 return (EventMeta::default(), Err(error));
             }
         };
@@ -207,14 +217,16 @@ impl Relay {
             event_type: Some(event_type),
             event_id,
         };
+        // Every path but the hold is boxed, so that a held request's state is the hold's alone.
         let result = if is_fulfilment {
-            self.fulfil(&meta, record, &received, arrived).await
+            self.fulfil(&meta, record, budget, &received, arrived).await
         } else if let Some(commission) = approved {
-            self.request_fulfilment(version, &meta, commission, record, &received, arrived)
-                .await
+            Box::pin(
+                self.request_fulfilment(version, &meta, commission, record, &received, arrived),
+            )
+            .await
         } else {
-            self.standard(version, &meta, record, &received, arrived)
-                .await
+            Box::pin(self.standard(version, &meta, record, &received, arrived)).await
         };
         (meta, result)
     }
@@ -450,18 +462,19 @@ impl Relay {
         &self,
         event: &EventMeta,
         mut record: OutboundRecord,
+        budget: SemaphorePermit<'_>,
         received: &Received,
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {
         let settings = &self.config.fulfilment;
         let pending = status(settings.pending_status);
         let Some(correlator) = &self.services.correlator else {
-            self.publish_fulfilment(&record, arrived).await?;
+            Box::pin(self.publish_fulfilment(&record, arrived)).await?;
             return Ok(self.answer(pending, "disabled", None, None));
         };
         let Some(mut hold) = correlator.hold() else {
             // Beyond max_in_flight: still publish (a fulfiller may act on it), but do not hold.
-            self.publish_fulfilment(&record, arrived).await?;
+            Box::pin(self.publish_fulfilment(&record, arrived)).await?;
             tracing::warn!(event_id = ?event.event_id, "fulfilment in-flight cap reached; answered pending at once");
             return Ok(self.answer(pending, "overflow", None, None));
         };
@@ -472,8 +485,10 @@ impl Relay {
             &settings.reply_topic,
             rfc3339(received.at + settings.timeout),
         );
-        self.publish_fulfilment(&record, arrived).await?;
-        drop(record); // in Kafka now; the hold needs only the correlation id
+        Box::pin(self.publish_fulfilment(&record, arrived)).await?;
+        // In Kafka now; the hold needs only the correlation id.
+        drop(record);
+        drop(budget);
         let published = StdInstant::now();
         let verdict = hold.wait(deadline).await;
         if matches!(verdict, Verdict::Answered(_)) {
