@@ -201,17 +201,12 @@ impl Relay {
             .enabled
             .then(|| fulfilment::v2::approval(&envelope, &v2.units))
             .flatten();
-        // The parsed document is as large as the payload several times over; nothing below needs
-        // it, and a held fulfilment request must not keep it for seconds.
-        // (A partial move would keep it alive until the end of this function: drop it by name.)
         let Envelope {
             version,
             event_type,
             event_id,
-            document,
             ..
         } = envelope;
-        drop(document);
         let is_fulfilment = event_type == self.config.fulfilment.event_type;
         let meta = EventMeta {
             event_type: Some(event_type),

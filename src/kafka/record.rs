@@ -113,7 +113,8 @@ impl OutboundRecord {
         }
         Self {
             topic: router.topic(&envelope.event_type),
-            key: router.key(envelope),
+            // The default key; a key override needs the tree and is set by the pipeline.
+            key: router.key(envelope, None),
             payload: body,
             headers: h,
         }

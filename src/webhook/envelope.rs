@@ -8,6 +8,8 @@
 //! missing or null, because FirstPromoter's own examples disagree with its field tables.
 
 use http::HeaderMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Header FirstPromoter v2 sends with the event id.
@@ -45,8 +47,24 @@ pub struct Envelope {
     pub event_id: Option<String>,
     /// When FirstPromoter says the event happened (`event.created_at` / `timestamp`).
     pub occurred_at: Option<String>,
-    /// The parsed body, kept for message-key extraction.
-    pub document: Value,
+    /// The few other values routing and v2 fulfilment read.
+    pub facts: Facts,
+}
+
+/// Values read from the body besides the envelope's own, so that no request needs the whole
+/// body as a tree (a custom key pointer or redaction pointer parses it; nothing else does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `entity_id` (v2), as an id string.
+    pub entity_id: Option<String>,
+    /// `data.id`, as an id string.
+    pub data_id: Option<String>,
+    /// `data.promoter.id`, as an id string.
+    pub data_promoter_id: Option<String>,
+    /// `data.unit` (v2 commissions: `cash`, `points`, ...).
+    pub data_unit: Option<String>,
+    /// The last element of `changes.status` (v2: the status a commission moved to).
+    pub status_changed_to: Option<String>,
 }
 
 /// Why a body is not a webhook the relay can route.
@@ -74,43 +92,176 @@ impl EnvelopeError {
     }
 }
 
+/// The fields the relay reads, values left as raw JSON text; every other field is skipped
+/// (validated in the same single pass, never built). Any surprise (a duplicate key, `data`
+/// that is not an object) sends the body to [`parse_tree`], the reference, which gives the
+/// same answer the slow way.
+#[derive(Deserialize)]
+struct Top<'a> {
+    #[serde(borrow)]
+    event: Option<Event<'a>>,
+    #[serde(borrow)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    entity_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<Data<'a>>,
+    #[serde(borrow)]
+    changes: Option<Changes<'a>>,
+}
+
+/// `event` (v1).
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    created_at: Option<&'a RawValue>,
+}
+
+/// `data`.
+#[derive(Deserialize)]
+struct Data<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    promoter: Option<Promoter<'a>>,
+    #[serde(borrow)]
+    unit: Option<&'a RawValue>,
+}
+
+/// `data.promoter`.
+#[derive(Deserialize)]
+struct Promoter<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+/// `changes`.
+#[derive(Deserialize)]
+struct Changes<'a> {
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+}
+
 /// Parses `body` as a v1 or v2 envelope.
 pub fn parse(body: &[u8], headers: &HeaderMap) -> Result<Envelope, EnvelopeError> {
+    // Skipped strings are not checked as thoroughly as built ones (UTF-8, `\u` escapes such as
+    // lone surrogates): a body that is not UTF-8 or has such escapes takes the tree, so that
+    // exactly the bodies the tree refuses are refused.
+    let checked = std::str::from_utf8(body).is_ok() && memchr::memmem::find(body, b"\\u").is_none();
+    match checked.then(|| parse_fields(body)).flatten() {
+        Some(fields) => envelope_from(fields, headers),
+        None => parse_tree(body, headers),
+    }
+}
+
+/// The reference parse: the whole body as a tree. Used when [`parse`]'s fast path meets
+/// anything unusual; the tests check that both agree.
+pub fn parse_tree(body: &[u8], headers: &HeaderMap) -> Result<Envelope, EnvelopeError> {
     let document: Value =
         serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
     let object = document.as_object().ok_or(EnvelopeError::NotAnObject)?;
+    let event = object.get("event").and_then(Value::as_object);
+    let data = object.get("data").and_then(Value::as_object);
+    let fields = Fields {
+        v1_type: event.and_then(|e| e.get("type")).cloned(),
+        v1_id: event.and_then(|e| e.get("id")).cloned(),
+        v1_created_at: event.and_then(|e| e.get("created_at")).cloned(),
+        v2_type: object.get("event_type").cloned(),
+        v2_id: object.get("event_id").cloned(),
+        v2_timestamp: object.get("timestamp").cloned(),
+        facts: Facts {
+            entity_id: object.get("entity_id").and_then(id_string),
+            data_id: data.and_then(|d| d.get("id")).and_then(id_string),
+            data_promoter_id: data
+                .and_then(|d| d.get("promoter"))
+                .and_then(|p| p.get("id"))
+                .and_then(id_string),
+            data_unit: data
+                .and_then(|d| d.get("unit"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            status_changed_to: document
+                .pointer("/changes/status")
+                .and_then(Value::as_array)
+                .and_then(|s| s.last())
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        },
+    };
+    envelope_from(fields, headers)
+}
+
+/// What both parses extract, before the envelope rules are applied.
+struct Fields {
+    v1_type: Option<Value>,
+    v1_id: Option<Value>,
+    v1_created_at: Option<Value>,
+    v2_type: Option<Value>,
+    v2_id: Option<Value>,
+    v2_timestamp: Option<Value>,
+    facts: Facts,
+}
+
+/// The fast parse: only the fields above are looked at; `None` sends the body to the tree.
+fn parse_fields(body: &[u8]) -> Option<Fields> {
+    let top: Top<'_> = serde_json::from_slice(body).ok()?;
+    let (event, data, changes) = (top.event, top.data, top.changes);
+    let promoter = data.as_ref().and_then(|d| d.promoter.as_ref());
+    let status: Option<Vec<&RawValue>> = match changes.and_then(|c| c.status) {
+        Some(raw) if raw.get().starts_with('[') => Some(serde_json::from_str(raw.get()).ok()?),
+        _ => None,
+    };
+    // Scalars are small; anything else is only ever tested for being a string or an id.
+    let scalar = |raw: Option<&RawValue>| -> Option<Value> {
+        raw.and_then(|r| serde_json::from_str(r.get()).ok())
+    };
+    let string = |raw: Option<&RawValue>| scalar(raw).and_then(|v| v.as_str().map(str::to_owned));
+    let id = |raw: Option<&RawValue>| scalar(raw).as_ref().and_then(id_string);
+    Some(Fields {
+        v1_type: scalar(event.as_ref().and_then(|e| e.kind)),
+        v1_id: scalar(event.as_ref().and_then(|e| e.id)),
+        v1_created_at: scalar(event.as_ref().and_then(|e| e.created_at)),
+        v2_type: scalar(top.event_type),
+        v2_id: scalar(top.event_id),
+        v2_timestamp: scalar(top.timestamp),
+        facts: Facts {
+            entity_id: id(top.entity_id),
+            data_id: id(data.as_ref().and_then(|d| d.id)),
+            data_promoter_id: id(promoter.and_then(|p| p.id)),
+            data_unit: string(data.as_ref().and_then(|d| d.unit)),
+            status_changed_to: status.and_then(|s| string(s.last().copied())),
+        },
+    })
+}
+
+fn envelope_from(fields: Fields, headers: &HeaderMap) -> Result<Envelope, EnvelopeError> {
     let header_type = header_str(headers, HEADER_EVENT_TYPE);
     let header_id = header_str(headers, HEADER_EVENT_ID);
-
-    let v1_event = object.get("event").and_then(Value::as_object);
-    let v1_type = v1_event.and_then(|e| e.get("type")).and_then(non_empty_str);
-    let v2_type = object.get("event_type").and_then(non_empty_str);
-
-    let (version, event_type, event_id, occurred_at) = match (v1_type, v2_type) {
-        (Some(event_type), _) => {
-            let event = v1_event.expect("v1 type implies v1 event object");
-            (
-                WebhookVersion::V1,
-                event_type.to_owned(),
-                event.get("id").and_then(id_string),
-                event
-                    .get("created_at")
-                    .and_then(non_empty_str)
-                    .map(str::to_owned),
-            )
-        }
-        (None, v2_type) => {
-            let event_type = v2_type
-                .or(header_type)
+    let text = |value: &Option<Value>| value.as_ref().and_then(non_empty_str).map(str::to_owned);
+    let (version, event_type, event_id, occurred_at) = match text(&fields.v1_type) {
+        Some(event_type) => (
+            WebhookVersion::V1,
+            event_type,
+            fields.v1_id.as_ref().and_then(id_string),
+            text(&fields.v1_created_at),
+        ),
+        None => {
+            let event_type = text(&fields.v2_type)
+                .or_else(|| header_type.map(str::to_owned))
                 .ok_or(EnvelopeError::MissingEventType)?;
             (
                 WebhookVersion::V2,
-                event_type.to_owned(),
-                object.get("event_id").and_then(id_string),
-                object
-                    .get("timestamp")
-                    .and_then(non_empty_str)
-                    .map(str::to_owned),
+                event_type,
+                fields.v2_id.as_ref().and_then(id_string),
+                text(&fields.v2_timestamp),
             )
         }
     };
@@ -120,7 +271,7 @@ pub fn parse(body: &[u8], headers: &HeaderMap) -> Result<Envelope, EnvelopeError
         event_type,
         event_id,
         occurred_at,
-        document,
+        facts: fields.facts,
     })
 }
 
@@ -228,5 +379,62 @@ mod tests {
     fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
         let body = "[".repeat(100_000);
         assert_eq!(parse_str(&body).unwrap_err().reason(), "bad_json");
+        let nested = format!(r#"{{"event_type":"x","data":{}}}"#, "[".repeat(100_000));
+        assert_eq!(parse_str(&nested).unwrap_err().reason(), "bad_json");
+    }
+
+    /// The fast parse reads only a few fields; the tree is the reference. They must agree on
+    /// every sample and on the shapes FirstPromoter's quirks (and attackers) produce.
+    #[test]
+    fn the_fast_parse_agrees_with_the_tree() {
+        let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        for dir in ["v1", "v2"] {
+            for entry in std::fs::read_dir(samples.join(dir)).unwrap() {
+                bodies.push(std::fs::read(entry.unwrap().path()).unwrap());
+            }
+        }
+        for text in [
+            r#"{"event":{"type":"lead_signup","id":1},"event":{"type":"new_customer","id":2}}"#,
+            r#"{"event":{"type":"x","type":"y"},"data":{"id":1,"id":2}}"#,
+            r#"{"event":"lead_signup","event_type":"referral.created","data":[1,2]}"#,
+            r#"{"event":{"type":"  "},"event_type":" payout.completed ","entity_id":"  "}"#,
+            r#"{"event":{"type":"promoter_accepted"},"data":{"promoter":"x","id":"7"}}"#,
+            r#"{"event":{"type":"promoter_accepted"},"data":{"promoter":{"id":null},"id":-3}}"#,
+            r#"{"event_type":"commission.updated","changes":{"status":"approved"},"data":{"unit":5}}"#,
+            r#"{"event_type":"commission.updated","changes":{"status":[]},"data":null}"#,
+            r#"{"event_type":"commission.updated","changes":{"status":["pending",{"x":1}]}}"#,
+            r#"{"event_type":"commission.updated","changes":[1],"entity_id":1.5e3}"#,
+            r#"{"event":{"type":"lead_signup","id":{"a":1},"created_at":7}}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#"{"event_type":"x"} trailing"#,
+            r#"{"event_type":"\u0061.b","event_id":"\ud83d\ude00"}"#,
+            r#"{"event_type":"x","data":{"name":"\ud800"}}"#,
+        ] {
+            bodies.push(text.as_bytes().to_vec());
+        }
+        // Not UTF-8 inside a string the fast parse would only skip.
+        bodies.push(b"{\"event_type\":\"x\",\"data\":{\"name\":\"a\x94b\"}}".to_vec());
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_EVENT_TYPE, HeaderValue::from_static("from.header"));
+        for body in &bodies {
+            for headers in [&HeaderMap::new(), &headers] {
+                let fast = parse(body, headers);
+                let tree = parse_tree(body, headers);
+                let show = String::from_utf8_lossy(body);
+                match (fast, tree) {
+                    (Ok(fast), Ok(tree)) => {
+                        assert_eq!(fast.version, tree.version, "{show}");
+                        assert_eq!(fast.event_type, tree.event_type, "{show}");
+                        assert_eq!(fast.event_id, tree.event_id, "{show}");
+                        assert_eq!(fast.occurred_at, tree.occurred_at, "{show}");
+                        assert_eq!(fast.facts, tree.facts, "{show}");
+                    }
+                    (Err(fast), Err(tree)) => assert_eq!(fast.reason(), tree.reason(), "{show}"),
+                    (fast, tree) => panic!("{show}: fast {fast:?}, tree {tree:?}"),
+                }
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::envelope::{id_string, Envelope, WebhookVersion};
+use serde_json::Value;
 
 /// The placeholder `kafka.topic_template` substitutes.
 pub const TOPIC_PLACEHOLDER: &str = "{event_type}";
@@ -81,30 +82,32 @@ impl Router {
         topic
     }
 
-    /// The message key: the id of the entity the event is about.
-    pub fn key(&self, envelope: &Envelope) -> Option<String> {
-        if let Some(pointer) = self.keys.get(&envelope.event_type) {
-            return envelope.document.pointer(pointer).and_then(id_string);
-        }
-        default_key_pointers(envelope.version, &envelope.event_type)
-            .iter()
-            .find_map(|p| envelope.document.pointer(p).and_then(id_string))
+    /// The key override (a JSON pointer) for `event_type`, if one is configured: finding it
+    /// needs the body as a tree.
+    pub fn key_pointer(&self, event_type: &str) -> Option<&str> {
+        self.keys.get(event_type).map(String::as_str)
     }
-}
 
-/// Where the entity id lives when no override says otherwise, first match wins.
-fn default_key_pointers(version: WebhookVersion, event_type: &str) -> &'static [&'static str] {
-    match version {
-        WebhookVersion::V2 => &["/entity_id", "/data/id"],
-        WebhookVersion::V1 => match event_type {
-            // Promoter events carry the promoter as an object; `promoter_signs_up` is the spelling
-            // FirstPromoter's own integration code uses.
-            "promoter_signed_up" | "promoter_signs_up" | "promoter_accepted" => {
-                &["/data/promoter/id", "/data/id"]
-            }
-            // Lead events, reward_created, fulfilment_pending and anything new: the record itself.
-            _ => &["/data/id"],
-        },
+    /// The message key: the id of the entity the event is about. `document` is the body as a
+    /// tree, needed (and given) only when [`Router::key_pointer`] names an override.
+    pub fn key(&self, envelope: &Envelope, document: Option<&Value>) -> Option<String> {
+        if let Some(pointer) = self.keys.get(&envelope.event_type) {
+            return document?.pointer(pointer).and_then(id_string);
+        }
+        let facts = &envelope.facts;
+        match envelope.version {
+            WebhookVersion::V2 => facts.entity_id.clone().or_else(|| facts.data_id.clone()),
+            WebhookVersion::V1 => match envelope.event_type.as_str() {
+                // Promoter events carry the promoter as an object; `promoter_signs_up` is the
+                // spelling FirstPromoter's own integration code uses.
+                "promoter_signed_up" | "promoter_signs_up" | "promoter_accepted" => facts
+                    .data_promoter_id
+                    .clone()
+                    .or_else(|| facts.data_id.clone()),
+                // Lead events, reward_created, fulfilment_pending and anything new: the record.
+                _ => facts.data_id.clone(),
+            },
+        }
     }
 }
 
@@ -123,7 +126,11 @@ mod tests {
     }
 
     fn key_of(router: &Router, body: &str) -> Option<String> {
-        router.key(&parse(body.as_bytes(), &HeaderMap::new()).unwrap())
+        let document: Value = serde_json::from_str(body).unwrap();
+        router.key(
+            &parse(body.as_bytes(), &HeaderMap::new()).unwrap(),
+            Some(&document),
+        )
     }
 
     #[test]

@@ -13,8 +13,6 @@ pub mod marker;
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::webhook::envelope::{Envelope, WebhookVersion};
 
 /// The v2 event that carries an approval.
@@ -35,29 +33,24 @@ pub fn approval(envelope: &Envelope, units: &[String]) -> Option<u64> {
     if envelope.version != WebhookVersion::V2 || envelope.event_type != APPROVAL_EVENT_TYPE {
         return None;
     }
-    let document = &envelope.document;
-    let status_change = document.pointer("/changes/status")?.as_array()?;
-    if status_change.last()?.as_str()? != "approved" {
+    let facts = &envelope.facts;
+    if facts.status_changed_to.as_deref() != Some("approved") {
         return None;
     }
-    let data = document.get("data")?;
-    let unit = data.get("unit")?.as_str()?;
+    let unit = facts.data_unit.as_deref()?;
     if !units.iter().any(|u| u == unit) {
         return None;
     }
-    data.get("id")
-        .or_else(|| document.get("entity_id"))
+    facts
+        .data_id
+        .as_deref()
+        .or(facts.entity_id.as_deref())
         .and_then(commission_id)
 }
 
-/// A commission id: a positive integer, or a string of digits.
-fn commission_id(value: &Value) -> Option<u64> {
-    match value {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-    .filter(|id| *id > 0)
+/// A commission id: a positive integer (or a string of digits).
+fn commission_id(id: &str) -> Option<u64> {
+    id.trim().parse().ok().filter(|id| *id > 0)
 }
 
 /// A fresh correlation id for a request about `commission`.
