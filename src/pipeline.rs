@@ -66,7 +66,7 @@ impl Pipeline {
             let (payload, redacted, key) = self.prepare_tree(&envelope, body)?;
             (payload, redacted, Some(key))
         } else {
-            let (payload, redacted) = self.splice(body);
+            let (payload, redacted) = self.splice(body)?;
             (payload, redacted, None)
         };
         let mut record = OutboundRecord::for_event(
@@ -89,22 +89,22 @@ impl Pipeline {
         })
     }
 
-    /// Named fields masked in the bytes (the tree only if the scanner gives up, which a body
-    /// serde_json accepted should never make it do).
-    fn splice(&self, body: Bytes) -> (Bytes, usize) {
+    /// Named fields masked in the bytes; the tree when the scanner gives up (a body it cannot
+    /// vouch for: the tree then redacts it, or refuses it as it always did).
+    fn splice(&self, body: Bytes) -> Result<(Bytes, usize), EnvelopeError> {
         if self.redactor.is_empty() {
-            return (body, 0);
+            return Ok((body, 0));
         }
         match self.redactor.splice(&body) {
-            Ok(None) => (body, 0),
-            Ok(Some((spliced, count))) => (Bytes::from(spliced), count),
+            Ok(None) => Ok((body, 0)),
+            Ok(Some((spliced, count))) => Ok((Bytes::from(spliced), count)),
             Err(_) => {
-                let mut document: serde_json::Value =
-                    serde_json::from_slice(&body).expect("the envelope parse accepted it");
-                match self.redactor.apply(&mut document) {
+                let mut document: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+                Ok(match self.redactor.apply(&mut document) {
                     0 => (body, 0),
                     count => (reserialise(&document), count),
-                }
+                })
             }
         }
     }

@@ -206,8 +206,26 @@ impl Scanner<'_> {
                 if self.at == start {
                     return Err(NotScanned);
                 }
-                Ok(())
+                self.number_in_range(start)
             }
+        }
+    }
+
+    /// serde_json refuses numbers beyond f64 (`1e999`) when it builds a tree, but not when it
+    /// skips them; such a body goes to the tree and is refused there, as it always was.
+    fn number_in_range(&self, start: usize) -> Result<(), NotScanned> {
+        let token = &self.bytes[start..self.at];
+        let number = matches!(token.first(), Some(b'-' | b'0'..=b'9'));
+        let long_or_exponent = token.len() > 300 || token.iter().any(|b| matches!(b, b'e' | b'E'));
+        if !number || !long_or_exponent {
+            return Ok(());
+        }
+        match std::str::from_utf8(token)
+            .ok()
+            .and_then(|t| t.parse::<f64>().ok())
+        {
+            Some(number) if number.is_finite() => Ok(()),
+            _ => Err(NotScanned),
         }
     }
 
@@ -383,6 +401,8 @@ mod tests {
             "every byte but the value is kept"
         );
         assert_eq!(r.splice(b"{\"a\":1} x"), Err(NotScanned));
+        assert_eq!(r.splice(b"{\"a\":1e999}"), Err(NotScanned));
+        assert_eq!(r.splice(b"{\"a\":-1.5E3}"), Ok(None));
         assert_eq!(r.splice(b"{\"a\":"), Err(NotScanned));
     }
 
