@@ -3,9 +3,9 @@
 //! A unit test builds a `Relay` from [`Services`] without a broker (see `http/handler.rs`);
 //! paths that publish are tested against a real one in `tests/`.
 //!
-//! Just over 450 lines: it is every path a webhook can take after its body is read (standard
-//! events, the spool handoff, dead letters, fulfilment holds), each a short method; splitting
-//! them would scatter one decision table over several files.
+//! Over 450 lines: it is every path a webhook can take after its body is read (standard
+//! events, the spool handoff, dead letters, fulfilment holds, v2 fulfilment requests), each a
+//! short method; splitting them would scatter one decision table over several files.
 
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
@@ -114,10 +114,11 @@ impl Relay {
         let budget_kib = usize::try_from(config.http.max_buffered_body_bytes / 1024)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
+        let pipeline = Pipeline::new(&config);
         Self {
             body_budget: Semaphore::new(budget_kib),
-            pipeline: Pipeline::new(&config),
-            fulfilment_topic: Pipeline::new(&config).topic_for(&config.fulfilment.event_type),
+            fulfilment_topic: pipeline.topic_for(&config.fulfilment.event_type),
+            pipeline,
             authenticator: Authenticator::new(&config.auth),
             config,
             services,

@@ -12,6 +12,10 @@
 //! to the dead-letter topic with FirstPromoter's message (a several-id call is first split,
 //! so one bad commission does not take the others with it). `pending` and `failed` replies call
 //! nothing; a later `fulfilled` reply for the same commission is acted on.
+//!
+//! Near 500 lines: reading, settling (with retries and the split of a refused batch), dead
+//! letters and commits are one loop whose order is the guarantee; the API client and the
+//! approval rules live beside it (`api.rs`, `mod.rs`).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
