@@ -62,12 +62,18 @@ impl Pipeline {
     ) -> Result<Prepared, EnvelopeError> {
         let envelope = envelope::parse(&body, request_headers)?;
         let key_pointer = self.router.key_pointer(&envelope.event_type);
-        let (payload, redacted, key) = if key_pointer.is_some() || self.redactor.needs_tree() {
-            let (payload, redacted, key) = self.prepare_tree(&envelope, body)?;
-            (payload, redacted, Some(key))
+        let needs_tree = key_pointer.is_some() || self.redactor.needs_tree();
+        let spliced = if needs_tree {
+            Err(body)
         } else {
-            let (payload, redacted) = self.splice(body)?;
-            (payload, redacted, None)
+            self.splice(body)
+        };
+        let (payload, redacted, key) = match spliced {
+            Ok((payload, redacted)) => (payload, redacted, None),
+            Err(body) => {
+                let (payload, redacted, key) = self.prepare_tree(&envelope, body)?;
+                (payload, redacted, Some(key))
+            }
         };
         let mut record = OutboundRecord::for_event(
             &envelope,
@@ -89,28 +95,22 @@ impl Pipeline {
         })
     }
 
-    /// Named fields masked in the bytes; the tree when the scanner gives up (a body it cannot
-    /// vouch for: the tree then redacts it, or refuses it as it always did).
-    fn splice(&self, body: Bytes) -> Result<(Bytes, usize), EnvelopeError> {
+    /// Named fields masked in the bytes; the body back (`Err`) when the scanner gives up, for
+    /// the tree to redact it, or refuse it as it always did.
+    fn splice(&self, body: Bytes) -> Result<(Bytes, usize), Bytes> {
         if self.redactor.is_empty() {
             return Ok((body, 0));
         }
         match self.redactor.splice(&body) {
             Ok(None) => Ok((body, 0)),
             Ok(Some((spliced, count))) => Ok((Bytes::from(spliced), count)),
-            Err(_) => {
-                let mut document: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
-                Ok(match self.redactor.apply(&mut document) {
-                    0 => (body, 0),
-                    count => (reserialise(&document), count),
-                })
-            }
+            Err(_) => Err(body),
         }
     }
 
     /// The configured rules that need the body as a tree: redaction pointers or removal, and
-    /// key overrides (looked up after redaction, so a key can never carry a secret).
+    /// key overrides (looked up after redaction, so a key can never carry a secret); also
+    /// named fields in a body the splice scanner gave up on.
     fn prepare_tree(
         &self,
         envelope: &Envelope,
@@ -127,14 +127,10 @@ impl Pipeline {
         let payload = if redacted == 0 {
             body
         } else {
-            reserialise(&document)
+            Bytes::from(serde_json::to_vec(&document).expect("a parsed document serialises"))
         };
         Ok((payload, redacted, key))
     }
-}
-
-fn reserialise(document: &serde_json::Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(document).expect("a parsed document serialises"))
 }
 
 #[cfg(test)]
