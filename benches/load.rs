@@ -93,43 +93,19 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--holds-only") {
         // Only the held-requests measurement, for working on memory: `--holds-only N`.
         let count: usize = args[i + 1].parse().unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        return runtime.block_on(async {
+        return runtime().block_on(async {
             let broker = Process::tansu();
             let bootstrap = format!("127.0.0.1:{}", broker.port);
-            let body = Bytes::from(
-                std::fs::read(manifest("samples/v1/fulfilment_pending.json")).unwrap(),
-            );
-            let relay = Process::relay(&bootstrap, Some(count));
-            wait_ready(relay.admin()).await;
-            let idle = relay.peak_rss_kib();
-            let pid = relay.pid();
-            let sampler = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(8));
-                // Under valgrind --tool=massif (FP_RELAY_BIN pointing at a wrapper), take a
-                // detailed heap snapshot while the requests are held.
-                if let Some(path) = std::env::var_os("MASSIF_SNAPSHOT") {
-                    let _ = Command::new("vgdb")
-                        .arg(format!("--pid={pid}"))
-                        .arg("detailed_snapshot")
-                        .arg(path)
-                        .status();
-                }
-                std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .unwrap_or_default()
-                    .lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .unwrap_or("")
-                    .to_owned()
-            });
-            let (held, peak) = hold_many(&relay, body, count).await;
+            let body =
+                Bytes::from(std::fs::read(manifest("samples/v1/fulfilment_pending.json")).unwrap());
+            let holds = held_requests(&bootstrap, body, count).await;
             println!(
-                "holds: {held} held, peak RSS {peak} KiB, idle {idle} KiB, {:.1} KiB per hold; at 8 s {}",
-                peak.saturating_sub(idle) as f64 / held.max(1) as f64,
-                sampler.join().unwrap()
+                "holds: {} held, peak RSS {} KiB, idle {} KiB, {:.1} KiB per hold; at 8 s {}",
+                holds.held,
+                holds.peak_kib,
+                holds.idle_kib,
+                holds.peak_kib.saturating_sub(holds.idle_kib) as f64 / holds.held.max(1) as f64,
+                holds.rss_at_8s
             );
         });
     }
@@ -140,11 +116,7 @@ fn main() {
         return;
     }
     let options = options();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = runtime.block_on(run(&options));
+    let report = runtime().block_on(run(&options));
     println!("{report}");
     if let Some(out) = &options.out {
         std::fs::write(out, &report).unwrap();
@@ -317,12 +289,9 @@ async fn run(options: &Options) -> String {
     drop(relay);
 
     // Held requests: a fresh relay so its peak RSS is this test's alone; nobody answers.
-    let relay = Process::relay(&bootstrap, Some(options.holds));
-    wait_ready(relay.admin()).await;
-    let baseline_rss = relay.peak_rss_kib();
-    let (held, holds_rss) = hold_many(&relay, fulfilment_body.clone(), options.holds).await;
+    let holds = held_requests(&bootstrap, fulfilment_body.clone(), options.holds).await;
+    let (held, holds_rss, baseline_rss) = (holds.held, holds.peak_kib, holds.idle_kib);
     eprintln!("holds: {held} held, peak RSS {holds_rss} KiB (idle {baseline_rss} KiB)");
-    drop(relay);
 
     // Start-up to ready, against the running broker.
     let mut startups = Vec::new();
@@ -667,6 +636,56 @@ fn producer(bootstrap: &str, linger_ms: u32) -> FutureProducer {
 /// `linger.ms` values the Kafka ceiling tries at each concurrency (it keeps the best).
 const LINGERS: [u32; 3] = [0, 1, 5];
 
+/// A multi-threaded runtime for the benchmark's own clients and servers.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What [`held_requests`] measured.
+struct Holds {
+    held: usize,
+    peak_kib: u64,
+    idle_kib: u64,
+    /// The relay's `VmRSS` line 8 s in, while the requests are held.
+    rss_at_8s: String,
+}
+
+/// A fresh relay (so its peak RSS is this measurement's alone) holding `count` fulfilment
+/// requests nobody answers. Under valgrind --tool=massif (FP_RELAY_BIN pointing at a wrapper)
+/// with MASSIF_SNAPSHOT set, a detailed heap snapshot is taken while they are held.
+async fn held_requests(bootstrap: &str, body: Bytes, count: usize) -> Holds {
+    let relay = Process::relay(bootstrap, Some(count));
+    wait_ready(relay.admin()).await;
+    let idle_kib = relay.peak_rss_kib();
+    let pid = relay.pid();
+    let sampler = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(8));
+        if let Some(path) = std::env::var_os("MASSIF_SNAPSHOT") {
+            let _ = Command::new("vgdb")
+                .arg(format!("--pid={pid}"))
+                .arg("detailed_snapshot")
+                .arg(path)
+                .status();
+        }
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap_or("")
+            .to_owned()
+    });
+    let (held, peak_kib) = hold_many(&relay, body, count).await;
+    Holds {
+        held,
+        peak_kib,
+        idle_kib,
+        rss_at_8s: sampler.join().unwrap(),
+    }
+}
+
 /// Opens `count` fulfilment requests at once (nobody answers) and returns how many were held
 /// at the peak and the relay's peak RSS in KiB.
 async fn hold_many(relay: &Process, body: Bytes, count: usize) -> (usize, u64) {
@@ -912,11 +931,7 @@ where
     F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    runtime().block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
