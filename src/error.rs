@@ -49,6 +49,10 @@ pub enum RelayError {
     /// Kafka did not acknowledge the event in time: it is not accepted.
     #[error("Kafka did not acknowledge the event: {0}")]
     Unavailable(#[from] PublishError),
+    /// Handling the request panicked (a bug): answered rather than dropped, counted in
+    /// `fp_relay_panics_total` and logged with this id, which the client is told.
+    #[error("internal error (request id {request_id})")]
+    Internal { request_id: String },
 }
 
 impl RelayError {
@@ -63,6 +67,7 @@ impl RelayError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -88,6 +93,7 @@ impl RelayError {
             Self::Invalid { error, .. } => error.reason(),
             Self::Unavailable(_) => "kafka_unavailable",
             Self::Busy => "busy",
+            Self::Internal { .. } => "internal",
         }
     }
 

@@ -87,6 +87,9 @@ macro_rules! metrics {
 }
 
 metrics! {
+    /// Requests whose handling panicked (a bug): each was answered 500 with a request id that
+    /// its log line carries. The test suite fails on any.
+    panics: IntCounter = "fp_relay_panics_total" [],
     /// Webhook requests answered, by event type and HTTP status.
     http_requests: IntCounterVec = "fp_relay_http_requests_total" ["event_type", "status"],
     /// Time from request arrival to response, by event type.
@@ -114,6 +117,9 @@ metrics! {
     spooled: IntCounter = "fp_relay_spooled_total" [],
     /// Spooled events replayed to Kafka.
     spool_replayed: IntCounter = "fp_relay_spool_replayed_total" [],
+    /// Spooled records that neither their topic nor the dead-letter topic would take, kept in
+    /// the spool's quarantine.log instead (see the README's "Spool").
+    spool_quarantined: IntCounter = "fp_relay_spool_quarantined_total" [],
     /// Spool records found torn or corrupt; never replayed.
     spool_corrupt_records: IntCounter = "fp_relay_spool_corrupt_records_total" [],
     /// Bytes of the spool's segment files.

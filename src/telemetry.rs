@@ -15,6 +15,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// The log target of a panic's line, which tests look for.
+pub const PANIC_TARGET: &str = "fp_relay::panic";
+
+/// Logs every panic as one error line (location and message) instead of the standard library's
+/// unstructured stderr text, so that a log pipeline sees it.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = panic_message(info.payload());
+        tracing::error!(target: PANIC_TARGET, %location, panic = message, "panicked");
+    }));
+}
+
+/// The text a panic was raised with, if it was text.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not text)")
+}
+
 /// Installs the global subscriber; call once, first thing in `main`.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -30,4 +55,5 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .init(),
     }
+    log_panics();
 }

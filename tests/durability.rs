@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{consume, eventually, free_port, Consumed, Tansu, TestRelay};
 use fp_relay::config::Config;
+use fp_relay::spool::fault::Faults;
 use fp_relay::spool::journal::{self, ActiveSegment, Entry, SpooledEvent};
 use http::StatusCode;
 
@@ -306,7 +307,7 @@ async fn kill_9_while_spooling_then_a_restart_replays_every_acknowledged_event()
 async fn a_torn_last_record_is_skipped_and_counted_and_the_complete_ones_are_replayed() {
     let broker = Tansu::start();
     let dir = spool_dir();
-    let mut segment = ActiveSegment::create(&dir, 0).unwrap();
+    let mut segment = ActiveSegment::create(&dir, 0, &Faults::none()).unwrap();
     for seq in 0..5u64 {
         let spooled = SpooledEvent {
             seq,

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{consume, consume_all, eventually, sample, Tansu, TestRelay};
+use fp_relay::spool::journal;
 use http::StatusCode;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -253,4 +254,87 @@ async fn an_event_kafka_refuses_for_good_is_dead_lettered_and_answered_202() {
         let _ = std::fs::remove_dir_all(dir);
         drop(cluster);
     }
+}
+
+/// A spooled event that neither its topic nor the dead-letter topic will take (here: both
+/// refuse on authorisation for a while) does not block replay forever: it is kept in the
+/// spool's quarantine.log with the reason, counted, and the events behind it go on to Kafka.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spooled_event_every_topic_refuses_is_quarantined_and_replay_goes_on() {
+    let cluster = MockCluster::new(1).unwrap();
+    for topic in ["firstpromoter.lead_signup", "firstpromoter.dead_letter"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let mut config = common::test_config(&cluster.bootstrap_servers());
+    config.fulfilment.enabled = false;
+    let dir = std::env::temp_dir().join(format!("fp-relay-quarantine-{}", uuid::Uuid::new_v4()));
+    config.spool.enabled = true;
+    config.spool.dir = dir.clone();
+    let relay = TestRelay::start_ready(config).await;
+    let body = sample("v1/lead_signup.json");
+    // The direct write, its dead letter, replay's write and replay's dead letter: four refusals.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 4],
+    );
+    let reply = relay.post(body.clone()).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    assert_eq!(reply.json()["status"], "spooled");
+    assert!(
+        relay
+            .wait_for_metric(
+                "fp_relay_spool_quarantined_total",
+                1.0,
+                Duration::from_secs(15)
+            )
+            .await,
+        "the doubly refused event was quarantined"
+    );
+    assert!(
+        relay
+            .wait_for_metric("fp_relay_spool_records", 0.0, Duration::from_secs(5))
+            .await
+    );
+    let kept = std::fs::read(dir.join("quarantine.log")).expect("quarantine.log");
+    let len = u32::from_le_bytes(kept[..4].try_into().unwrap()) as usize;
+    assert_eq!(kept.len(), 8 + len, "one record");
+    let Some(journal::Entry::Event(event)) = journal::decode(&kept[8..]) else {
+        panic!("a spooled event");
+    };
+    assert_eq!(event.topic, "firstpromoter.lead_signup");
+    let payload = String::from_utf8_lossy(&event.payload);
+    assert!(
+        payload.contains("22736304") && payload.contains(r#""auth_token": "[redacted]""#),
+        "the record as it would have been published"
+    );
+    let reason = event
+        .headers
+        .iter()
+        .find(|(name, _)| name == "fp-quarantine-reason")
+        .map(|(_, value)| value.as_str());
+    assert_eq!(
+        reason,
+        Some(
+            "kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed); \
+             dead letter: kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed)"
+        )
+    );
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    assert!(
+        eventually(Duration::from_secs(10), async || relay
+            .post(body.clone())
+            .await
+            .status
+            == StatusCode::OK)
+        .await,
+        "the events behind it are published"
+    );
+    assert!(
+        relay
+            .wait_for_metric("fp_relay_spool_records", 0.0, Duration::from_secs(10))
+            .await
+    );
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+    drop(cluster);
 }

@@ -4,7 +4,11 @@
 //! Generic over the request body, so the path, method, credential and limit rules are driven
 //! by unit tests below with in-memory bodies, without a socket or a broker.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -29,7 +33,15 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    let (event, result) = route(relay, request, peer).await;
+    // Cheap (a shared buffer); for the log line should handling panic.
+    let event_id = request.headers().get("x-event-id").cloned();
+    let (event, result) = match CatchUnwind(std::pin::pin!(route(relay, request, peer))).await {
+        Ok(routed) => routed,
+        Err(panic) => (
+            EventMeta::default(),
+            Err(panicked(relay, peer, event_id.as_ref(), &*panic)),
+        ),
+    };
     let label = event.event_type.as_deref().map_or("none", event_type_label);
     if let Err(error) = &result {
         record_refusal(relay, error, peer, label, event.event_id.as_deref());
@@ -46,6 +58,45 @@ where
         .with_label_values(&[label])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// A panic while handling a request: one log line with a request id, the event id when the
+/// head named one, and the panic; the client gets a 500 naming the same request id. A
+/// connection closed without an answer would tell the sender nothing at all.
+fn panicked(
+    relay: &Relay,
+    peer: SocketAddr,
+    event_id: Option<&http::HeaderValue>,
+    panic: &(dyn std::any::Any + Send),
+) -> RelayError {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    relay.metrics().panics.inc();
+    tracing::error!(
+        %peer,
+        request_id,
+        event_id = event_id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        panic = crate::telemetry::panic_message(panic),
+        "handling a request panicked; answered 500"
+    );
+    RelayError::Internal { request_id }
+}
+
+/// A future that turns a panic while it is polled into an `Err` with the panic's payload.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        // Unwind safety: what a panicking request leaves behind is its own state, dropped with
+        // it; shared state is behind locks that say so (poisoned) or atomics.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// Counts a refusal and logs it (without the body); during a Kafka outage every request is
@@ -72,7 +123,12 @@ fn record_refusal(
             .with_label_values(&[failure.reason()])
             .inc();
     }
-    let logged = !matches!(error, RelayError::Unavailable(_)) || relay.note_kafka_refusal();
+    let logged = match error {
+        RelayError::Unavailable(_) => relay.note_kafka_refusal(),
+        // Logged where it was caught, with the panic.
+        RelayError::Internal { .. } => false,
+        _ => true,
+    };
     if logged {
         tracing::warn!(
             %peer,
@@ -268,6 +324,26 @@ mod tests {
 
     fn post(path: &str) -> http::request::Builder {
         Request::post(path).header("content-type", "application/json")
+    }
+
+    /// A panic while handling a request (here: the body panics when read) is answered 500
+    /// with a request id, counted, and the relay goes on serving.
+    #[tokio::test]
+    async fn a_panic_in_handling_is_answered_500_with_a_request_id_and_counted() {
+        let relay = relay(|_| {});
+        let request = post("/webhooks/firstpromoter")
+            .header("authorization", "Bearer unit-test-token-0123456789")
+            .header("x-event-id", "evt-7")
+            .body(Untouchable)
+            .unwrap();
+        let (status, body, _) = call(&relay, request).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"], "internal");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("request id "), "{message}");
+        assert_eq!(relay.metrics().panics.get(), 1);
+        let (status, _, _) = call(&relay, post("/elsewhere").body(Untouchable).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "still serving");
     }
 
     #[tokio::test]

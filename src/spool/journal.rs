@@ -6,19 +6,26 @@
 //! in the same or a later segment, so deleting fully-done segments oldest first never loses
 //! a marker whose event still exists.
 //!
-//! Scanning stops at a torn tail (a crash mid-write: a length past the end of the file, or a
-//! checksum that does not match) and reports it; such a record is never replayed as garbage.
+//! A damaged record (a torn tail after a crash mid-write, a flipped byte, a length past the end
+//! of the file) is reported and never replayed as garbage; the scan then looks for the next
+//! intact frame, so damage in the middle of a segment costs only the damaged record, not every
+//! record after it. The scan streams: its memory is one frame, whatever the spool's size.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+
+use super::fault::{Faults, Op};
 
 /// Header bytes before each record body.
 pub const FRAME_HEADER: usize = 8;
 /// Largest body accepted when scanning; anything larger is corruption.
 const MAX_BODY: u32 = 128 * 1024 * 1024;
+/// Smallest body: a done-marker (kind and sequence number).
+const MIN_BODY: u32 = 9;
 
 const KIND_EVENT: u8 = 1;
 const KIND_DONE: u8 = 2;
@@ -94,34 +101,69 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Decodes a record body whose checksum was already verified.
 pub fn decode(body: &[u8]) -> Option<Entry> {
+    Some(match parse(body)? {
+        Parsed::Done(seq) => Entry::Done(seq),
+        Parsed::Event(event) => Entry::Event(SpooledEvent {
+            seq: event.seq,
+            received_ms: event.received_ms,
+            topic: event.topic.to_owned(),
+            key: event.key.map(str::to_owned),
+            headers: event
+                .headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            payload: Bytes::copy_from_slice(event.payload),
+        }),
+    })
+}
+
+/// A record body checked whole, its strings borrowed from it: the start-up scan needs only the
+/// sequence number and time, and must not copy every payload into memory to learn them.
+enum Parsed<'a> {
+    Event(ParsedEvent<'a>),
+    Done(u64),
+}
+
+struct ParsedEvent<'a> {
+    seq: u64,
+    received_ms: u64,
+    topic: &'a str,
+    key: Option<&'a str>,
+    headers: Vec<(&'a str, &'a str)>,
+    payload: &'a [u8],
+}
+
+fn parse(body: &[u8]) -> Option<Parsed<'_>> {
     let mut reader = Reader(body);
-    match reader.u8()? {
-        KIND_DONE => Some(Entry::Done(reader.u64()?)),
+    let parsed = match reader.u8()? {
+        KIND_DONE => Parsed::Done(reader.u64()?),
         KIND_EVENT => {
             let seq = reader.u64()?;
             let received_ms = reader.u64()?;
-            let topic = reader.string()?;
+            let topic = reader.str()?;
             let key = match reader.u8()? {
                 0 => None,
-                _ => Some(reader.string()?),
+                _ => Some(reader.str()?),
             };
             let count = reader.u32()?;
             let mut headers = Vec::with_capacity(count.min(64) as usize);
             for _ in 0..count {
-                headers.push((reader.string()?, reader.string()?));
+                headers.push((reader.str()?, reader.str()?));
             }
-            let payload = Bytes::copy_from_slice(reader.bytes()?);
-            Some(Entry::Event(SpooledEvent {
+            let payload = reader.bytes()?;
+            Parsed::Event(ParsedEvent {
                 seq,
                 received_ms,
                 topic,
                 key,
                 headers,
                 payload,
-            }))
+            })
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    reader.0.is_empty().then_some(parsed)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -148,8 +190,8 @@ impl<'a> Reader<'a> {
         let len = self.u32()? as usize;
         self.take(len)
     }
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
     }
 }
 
@@ -174,84 +216,233 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-/// What one segment holds.
-#[derive(Debug, Default)]
+/// A record found by [`scan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// An event: where it is and when it arrived, never its payload.
+    Event {
+        seq: u64,
+        received_ms: u64,
+        location: Location,
+    },
+    /// The event with this sequence number is in Kafka.
+    Done(u64),
+}
+
+/// What a scan of one segment saw besides its records.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Scan {
-    /// Events with their locations, in file order.
-    pub events: Vec<(SpooledEvent, Location)>,
-    /// Sequence numbers marked done.
-    pub done: Vec<u64>,
-    /// Records that could not be read (torn tail, bad checksum, undecodable body).
+    /// Damaged stretches skipped (torn tail, bad checksum, undecodable body).
     pub corrupt: u64,
     /// Bytes of the file.
     pub bytes: u64,
 }
 
-/// Reads every intact record of segment `id`; stops at the first damaged one.
-pub fn scan(dir: &Path, id: u64) -> io::Result<Scan> {
-    let mut data = Vec::new();
-    File::open(segment_path(dir, id))?.read_to_end(&mut data)?;
+/// Read buffer of the scan: the scan's memory is this plus the largest frame.
+const SCAN_BUFFER: usize = 256 * 1024;
+
+/// Calls `each` for every intact record of segment `id`, in file order. A damaged record is
+/// counted and skipped: the scan resumes at the next intact frame after it.
+pub fn scan(dir: &Path, id: u64, faults: &Faults, mut each: impl FnMut(Found)) -> io::Result<Scan> {
+    faults.check(Op::Open)?;
+    let file = File::open(segment_path(dir, id))?;
+    let file_len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER, &file);
     let mut scan = Scan {
-        bytes: data.len() as u64,
+        bytes: file_len,
         ..Scan::default()
     };
-    let mut offset = 0usize;
-    while offset < data.len() {
-        let Some(header) = data.get(offset..offset + FRAME_HEADER) else {
-            scan.corrupt += 1;
-            break;
-        };
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        let start = offset + FRAME_HEADER;
-        let Some(body) = (len <= MAX_BODY)
-            .then(|| data.get(start..start + len as usize))
-            .flatten()
-        else {
-            scan.corrupt += 1;
-            break;
-        };
-        if crc32fast::hash(body) != crc {
-            scan.corrupt += 1;
-            break;
-        }
-        match decode(body) {
-            Some(Entry::Event(event)) => {
-                scan.events.push((
-                    event,
-                    Location {
-                        segment: id,
-                        offset: offset as u64,
-                        len,
-                    },
-                ));
+    let mut body = Vec::new();
+    let mut offset = 0u64;
+    while offset < file_len {
+        faults.check(Op::Read)?;
+        match next_frame(&mut reader, offset, file_len, &mut body)? {
+            Some(found) => {
+                let len = u32::try_from(body.len()).expect("at most MAX_BODY");
+                each(locate(found, id, offset, len));
+                offset += FRAME_HEADER as u64 + u64::from(len);
             }
-            Some(Entry::Done(seq)) => scan.done.push(seq),
-            None => scan.corrupt += 1,
+            None => {
+                scan.corrupt += 1;
+                match resync(&file, offset + 1, file_len, faults)? {
+                    Some(next) => {
+                        reader.seek(SeekFrom::Start(next))?;
+                        offset = next;
+                    }
+                    None => break,
+                }
+            }
         }
-        offset = start + len as usize;
     }
     Ok(scan)
 }
 
-/// Reads the event at `location` back.
-pub fn read_event(dir: &Path, location: Location) -> io::Result<SpooledEvent> {
-    use std::os::unix::fs::FileExt;
-    let file = File::open(segment_path(dir, location.segment))?;
-    let mut frame = vec![0u8; FRAME_HEADER + location.len as usize];
-    file.read_exact_at(&mut frame, location.offset)?;
+/// What a frame said, before its location is known.
+enum Frame {
+    Event { seq: u64, received_ms: u64 },
+    Done(u64),
+}
+
+fn locate(frame: Frame, segment: u64, offset: u64, len: u32) -> Found {
+    match frame {
+        Frame::Done(seq) => Found::Done(seq),
+        Frame::Event { seq, received_ms } => Found::Event {
+            seq,
+            received_ms,
+            location: Location {
+                segment,
+                offset,
+                len,
+            },
+        },
+    }
+}
+
+/// Reads the frame at the reader's position (`offset`) into `body`; `None` when it is damaged.
+fn next_frame(
+    reader: &mut impl Read,
+    offset: u64,
+    file_len: u64,
+    body: &mut Vec<u8>,
+) -> io::Result<Option<Frame>> {
+    let mut header = [0u8; FRAME_HEADER];
+    let Some(len) = plausible_len(offset, file_len, header_or_short(reader, &mut header)?) else {
+        return Ok(None);
+    };
+    body.resize(len as usize, 0);
+    reader.read_exact(body)?;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if crc32fast::hash(body) != crc {
+        return Ok(None);
+    }
+    Ok(parse(body).map(|parsed| match parsed {
+        Parsed::Done(seq) => Frame::Done(seq),
+        Parsed::Event(event) => Frame::Event {
+            seq: event.seq,
+            received_ms: event.received_ms,
+        },
+    }))
+}
+
+/// Fills `header`; an empty slice when the file ends first (a torn header).
+fn header_or_short<'h>(
+    reader: &mut impl Read,
+    header: &'h mut [u8; FRAME_HEADER],
+) -> io::Result<&'h [u8]> {
+    match reader.read_exact(header) {
+        Ok(()) => Ok(&header[..]),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Ok(&[]),
+        Err(error) => Err(error),
+    }
+}
+
+/// The body length a header at `offset` announces, if the frame can fit in the file.
+fn plausible_len(offset: u64, file_len: u64, header: &[u8]) -> Option<u32> {
+    let len = u32::from_le_bytes(header.get(..4)?.try_into().ok()?);
+    let end = offset + FRAME_HEADER as u64 + u64::from(len);
+    ((MIN_BODY..=MAX_BODY).contains(&len) && end <= file_len).then_some(len)
+}
+
+/// The offset of the first intact frame at or after `from`, if any. Candidates are filtered
+/// on what a header must look like (a length that fits, a known kind) before their checksum is
+/// taken, so a long damaged stretch of JSON text costs little.
+fn resync(file: &File, from: u64, file_len: u64, faults: &Faults) -> io::Result<Option<u64>> {
+    const WINDOW: usize = 64 * 1024;
+    let mut buffer = vec![0u8; WINDOW + FRAME_HEADER];
+    let mut start = from;
+    while start + (FRAME_HEADER as u64) < file_len {
+        faults.check(Op::Read)?;
+        let want = buffer.len().min((file_len - start) as usize);
+        file.read_exact_at(&mut buffer[..want], start)?;
+        let window = &buffer[..want];
+        let candidates = want.saturating_sub(FRAME_HEADER).max(1);
+        for at in 0..candidates {
+            let offset = start + at as u64;
+            let header = window.get(at..at + FRAME_HEADER).unwrap_or(&[]);
+            let Some(len) = plausible_len(offset, file_len, header) else {
+                continue;
+            };
+            if window
+                .get(at + FRAME_HEADER)
+                .is_some_and(|k| *k != KIND_EVENT && *k != KIND_DONE)
+            {
+                continue;
+            }
+            if frame_at(file, offset, len).is_ok() {
+                return Ok(Some(offset));
+            }
+        }
+        start += candidates as u64;
+    }
+    Ok(None)
+}
+
+/// Reads and checks the whole frame at `offset` whose body is `len` bytes.
+fn frame_at(file: &File, offset: u64, len: u32) -> io::Result<Entry> {
+    let mut frame = vec![0u8; FRAME_HEADER + len as usize];
+    file.read_exact_at(&mut frame, offset)?;
     let body = &frame[FRAME_HEADER..];
     let crc = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes"));
     match (crc32fast::hash(body) == crc)
         .then(|| decode(body))
         .flatten()
     {
-        Some(Entry::Event(event)) => Ok(event),
-        _ => Err(io::Error::new(
+        Some(entry) => Ok(entry),
+        None => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "spooled record damaged since it was written",
         )),
     }
+}
+
+/// Whether a read error means the record itself is damaged (it will never read back), as
+/// opposed to the system failing the read (descriptors, memory, a disk error), which is retried.
+pub fn is_damage(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Reads events back from disk, opening each segment once; one result per location, in order.
+/// Stops after the first error that is not [damage](is_damage): what follows it is not read.
+pub fn read_events(
+    dir: &Path,
+    locations: &[Location],
+    faults: &Faults,
+) -> Vec<io::Result<SpooledEvent>> {
+    let mut open: Option<(u64, File)> = None;
+    let mut results = Vec::with_capacity(locations.len());
+    for location in locations {
+        let result = (|| {
+            if open.as_ref().is_none_or(|(id, _)| *id != location.segment) {
+                faults.check(Op::Open)?;
+                open = Some((
+                    location.segment,
+                    File::open(segment_path(dir, location.segment))?,
+                ));
+            }
+            faults.check(Op::Read)?;
+            let (_, file) = open.as_ref().expect("opened above");
+            match frame_at(file, location.offset, location.len)? {
+                Entry::Event(event) => Ok(event),
+                Entry::Done(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "not an event")),
+            }
+        })();
+        let stop = result.as_ref().is_err_and(|e| !is_damage(e));
+        results.push(result);
+        if stop {
+            break;
+        }
+    }
+    results
+}
+
+/// Reads the event at `location` back.
+pub fn read_event(dir: &Path, location: Location) -> io::Result<SpooledEvent> {
+    read_events(dir, &[location], &Faults::none())
+        .pop()
+        .expect("one location, one result")
 }
 
 /// An open segment being appended to.
@@ -259,22 +450,34 @@ pub struct ActiveSegment {
     pub id: u64,
     file: File,
     pub len: u64,
+    faults: Faults,
 }
 
 impl ActiveSegment {
     /// Creates segment `id` (and makes its directory entry durable).
-    pub fn create(dir: &Path, id: u64) -> io::Result<Self> {
+    pub fn create(dir: &Path, id: u64, faults: &Faults) -> io::Result<Self> {
+        faults.check(Op::Open)?;
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(segment_path(dir, id))?;
-        File::open(dir)?.sync_all()?;
-        Ok(Self { id, file, len: 0 })
+        sync_dir(dir, faults)?;
+        Ok(Self {
+            id,
+            file,
+            len: 0,
+            faults: faults.clone(),
+        })
     }
 
     /// Appends framed records; returns the offset of the first. Not durable until [`Self::sync`].
     pub fn append(&mut self, frame: &[u8]) -> io::Result<u64> {
         let offset = self.len;
+        if let Err(error) = self.faults.check(Op::Write) {
+            // What a short write followed by an error leaves: part of the frame.
+            self.file.write_all(&frame[..frame.len() / 2])?;
+            return Err(error);
+        }
         // On failure part of the frame may be in the file: the caller truncates back to `len`.
         self.file.write_all(frame)?;
         self.len += frame.len() as u64;
@@ -283,17 +486,43 @@ impl ActiveSegment {
 
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> io::Result<()> {
+        self.faults.check(Op::Fsync)?;
         self.file.sync_data()
     }
 
     /// Cuts the segment back to `len` bytes, undoing appends whose write or sync failed: a
     /// partial frame left in place would shift every later record and end every later scan.
     pub fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.faults.check(Op::Write)?;
         self.file.set_len(len)?;
-        self.file.sync_data()?;
+        self.sync()?;
         self.len = len;
         Ok(())
     }
+}
+
+/// Makes the directory's entries (a new or deleted segment) durable.
+pub fn sync_dir(dir: &Path, faults: &Faults) -> io::Result<()> {
+    faults.check(Op::Open)?;
+    let dir = File::open(dir)?;
+    faults.check(Op::Fsync)?;
+    dir.sync_all()
+}
+
+/// Appends `frame` to the file at `path` (created if missing) and makes it durable.
+pub fn append_durably(path: &Path, frame: &[u8], faults: &Faults) -> io::Result<()> {
+    faults.check(Op::Open)?;
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    faults.check(Op::Write)?;
+    file.write_all(frame)?;
+    faults.check(Op::Fsync)?;
+    file.sync_data()
+}
+
+/// Deletes segment `id`.
+pub fn remove_segment(dir: &Path, id: u64, faults: &Faults) -> io::Result<()> {
+    faults.check(Op::Unlink)?;
+    std::fs::remove_file(segment_path(dir, id))
 }
 
 #[cfg(test)]
@@ -314,6 +543,24 @@ mod tests {
         }
     }
 
+    /// Every record of segment `id`: events read back whole, done-markers, and the scan.
+    fn scan_all(dir: &Path, id: u64) -> (Vec<(SpooledEvent, Location)>, Vec<u64>, Scan) {
+        let mut found = Vec::new();
+        let scan = scan(dir, id, &Faults::none(), |f| found.push(f)).unwrap();
+        let (mut events, mut done) = (Vec::new(), Vec::new());
+        for f in found {
+            match f {
+                Found::Event { seq, location, .. } => {
+                    let event = read_event(dir, location).unwrap();
+                    assert_eq!(event.seq, seq);
+                    events.push((event, location));
+                }
+                Found::Done(seq) => done.push(seq),
+            }
+        }
+        (events, done, scan)
+    }
+
     fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("fp-relay-journal-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -323,17 +570,17 @@ mod tests {
     #[test]
     fn records_round_trip_and_read_back_by_location() {
         let dir = temp_dir();
-        let mut segment = ActiveSegment::create(&dir, 7).unwrap();
+        let mut segment = ActiveSegment::create(&dir, 7, &Faults::none()).unwrap();
         for seq in 0..5 {
             segment.append(&encode(&Entry::Event(event(seq)))).unwrap();
         }
         segment.append(&encode(&Entry::Done(3))).unwrap();
         segment.sync().unwrap();
-        let scan = scan(&dir, 7).unwrap();
-        assert_eq!(scan.events.len(), 5);
-        assert_eq!(scan.done, vec![3]);
+        let (events, done, scan) = scan_all(&dir, 7);
+        assert_eq!(events.len(), 5);
+        assert_eq!(done, vec![3]);
         assert_eq!(scan.corrupt, 0);
-        for (expected, (found, location)) in (0..5).map(event).zip(&scan.events) {
+        for (expected, (found, location)) in (0..5).map(event).zip(&events) {
             assert_eq!(&expected, found);
             assert_eq!(read_event(&dir, *location).unwrap(), expected);
         }
@@ -343,7 +590,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_reported_and_everything_before_it_survives() {
         let dir = temp_dir();
-        let mut segment = ActiveSegment::create(&dir, 1).unwrap();
+        let mut segment = ActiveSegment::create(&dir, 1, &Faults::none()).unwrap();
         for seq in 0..3 {
             segment.append(&encode(&Entry::Event(event(seq)))).unwrap();
         }
@@ -354,15 +601,15 @@ mod tests {
             .open(segment_path(&dir, 1))
             .unwrap();
         file.set_len(len - 5).unwrap();
-        let scan = scan(&dir, 1).unwrap();
-        assert_eq!(scan.events.len(), 2);
+        let (events, _, scan) = scan_all(&dir, 1);
+        assert_eq!(events.len(), 2);
         assert_eq!(scan.corrupt, 1);
     }
 
     #[test]
     fn a_flipped_byte_fails_the_checksum() {
         let dir = temp_dir();
-        let mut segment = ActiveSegment::create(&dir, 1).unwrap();
+        let mut segment = ActiveSegment::create(&dir, 1, &Faults::none()).unwrap();
         segment.append(&encode(&Entry::Event(event(0)))).unwrap();
         drop(segment);
         let path = segment_path(&dir, 1);
@@ -370,8 +617,8 @@ mod tests {
         let last = data.len() - 2;
         data[last] ^= 0x40;
         std::fs::write(&path, data).unwrap();
-        let scan = scan(&dir, 1).unwrap();
-        assert!(scan.events.is_empty());
+        let (events, _, scan) = scan_all(&dir, 1);
+        assert!(events.is_empty());
         assert_eq!(scan.corrupt, 1);
     }
 
@@ -379,7 +626,7 @@ mod tests {
     fn a_partial_frame_cut_back_leaves_a_segment_that_scans_whole() {
         let dir = std::env::temp_dir().join(format!("fp-relay-journal-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut segment = ActiveSegment::create(&dir, 0).unwrap();
+        let mut segment = ActiveSegment::create(&dir, 0, &Faults::none()).unwrap();
         segment.append(&encode(&Entry::Event(event(0)))).unwrap();
         let good = segment.len;
         // What a failed write leaves: half a frame, the recorded length not advanced.
@@ -388,10 +635,67 @@ mod tests {
         segment.truncate(good).unwrap();
         segment.append(&encode(&Entry::Event(event(2)))).unwrap();
         segment.sync().unwrap();
-        let scan = scan(&dir, 0).unwrap();
+        let (events, _, scan) = scan_all(&dir, 0);
         assert_eq!(scan.corrupt, 0);
-        let seqs: Vec<u64> = scan.events.iter().map(|(e, _)| e.seq).collect();
+        let seqs: Vec<u64> = events.iter().map(|(e, _)| e.seq).collect();
         assert_eq!(seqs, vec![0, 2], "the record after the failure is found");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Damage in the middle of a segment costs the damaged records only: the scan finds the
+    /// next intact frame, whichever byte of a frame (length, checksum, body) was hit.
+    #[test]
+    fn damage_in_the_middle_of_a_segment_skips_only_the_damaged_record() {
+        let frames: Vec<Vec<u8>> = (0..6)
+            .map(|seq| encode(&Entry::Event(event(seq))))
+            .collect();
+        let starts: Vec<usize> = frames
+            .iter()
+            .scan(0, |at, f| {
+                let start = *at;
+                *at += f.len();
+                Some(start)
+            })
+            .collect();
+        let whole: Vec<u8> = frames.concat();
+        for hit in [0, 3, 5, 9, frames[2].len() / 2, frames[2].len() - 1] {
+            let dir = temp_dir();
+            let mut data = whole.clone();
+            data[starts[2] + hit] ^= 0xA5;
+            std::fs::write(segment_path(&dir, 0), &data).unwrap();
+            let (events, _, scan) = scan_all(&dir, 0);
+            let seqs: Vec<u64> = events.iter().map(|(e, _)| e.seq).collect();
+            assert_eq!(seqs, vec![0, 1, 3, 4, 5], "byte {hit} of record 2 flipped");
+            assert_eq!(scan.corrupt, 1);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn read_errors_that_are_not_damage_stop_the_read_and_are_not_called_damage() {
+        let dir = temp_dir();
+        let mut segment = ActiveSegment::create(&dir, 0, &Faults::none()).unwrap();
+        let locations: Vec<Location> = (0..3)
+            .map(|seq| {
+                let frame = encode(&Entry::Event(event(seq)));
+                let offset = segment.append(&frame).unwrap();
+                Location {
+                    segment: 0,
+                    offset,
+                    len: (frame.len() - FRAME_HEADER) as u32,
+                }
+            })
+            .collect();
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let faults = Faults::inject(move |op| {
+            (op == Op::Read && reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1)
+                .then(|| io::Error::from_raw_os_error(libc::EMFILE))
+        });
+        let results = read_events(&dir, &locations, &faults);
+        assert_eq!(results.len(), 2, "nothing is read after a failed read");
+        assert!(results[0].is_ok());
+        let error = results[1].as_ref().unwrap_err();
+        assert!(!is_damage(error), "EMFILE is not damage: {error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

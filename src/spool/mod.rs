@@ -9,8 +9,10 @@
 //! flight when the process died can end up twice in Kafka; `fp-event-id` lets consumers drop it.
 //!
 //! Layout: [`journal`] (the on-disk format), [`index`] (what is pending where), [`writer`]
-//! (the thread that appends, fsyncs and registers), [`replay`] (back to Kafka).
+//! (the thread that appends, fsyncs and registers), [`replay`] (back to Kafka), [`fault`]
+//! (the seam tests use to fail its file operations).
 
+pub mod fault;
 pub mod index;
 pub mod journal;
 pub mod replay;
@@ -24,8 +26,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, Notify};
 
+use self::fault::Faults;
 use self::index::{Index, Status};
-use self::journal::{ActiveSegment, Entry, SpooledEvent};
+use self::journal::{ActiveSegment, Entry, Found, SpooledEvent};
 use self::writer::{WriteRequest, Writer};
 use crate::kafka::publisher::PendingDelivery;
 use crate::kafka::record::OutboundRecord;
@@ -46,6 +49,15 @@ pub enum SpoolError {
     Io(#[from] io::Error),
 }
 
+/// How often the disk is probed after a failed write.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The file beside the segments that keeps records no topic would take.
+pub const QUARANTINE_FILE: &str = "quarantine.log";
+
+/// The header a quarantined record carries: why Kafka refused it and its dead letter.
+pub const QUARANTINE_REASON_HEADER: &str = "fp-quarantine-reason";
+
 /// Hands out sequence numbers in the order writes reach the writer thread.
 struct Sequencer {
     next: u64,
@@ -60,8 +72,13 @@ pub struct Spool {
     sequencer: Mutex<Sequencer>,
     /// What is pending where; shared with the writer thread.
     index: Arc<Mutex<Index>>,
-    /// True after a write failed, until one succeeds: readiness says the spool cannot accept.
+    /// True after a write failed, until a write or a probe of the disk succeeds: readiness
+    /// says the spool cannot accept meanwhile.
     failing: AtomicBool,
+    /// True while a task probes the disk after a failed write.
+    probing: AtomicBool,
+    /// The file operations' fault-injection seam ([`Faults::none`] outside tests).
+    faults: Faults,
     /// Wakes the replay task.
     wake: Notify,
     metrics: Arc<Metrics>,
@@ -74,26 +91,43 @@ impl Spool {
         max_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, SpoolError> {
+        Self::open_with_faults(dir, max_bytes, metrics, Faults::none())
+    }
+
+    /// [`Spool::open`] with injected file faults.
+    ///
+    /// Recovery keeps only where each pending record is (sequence, location, time), never a
+    /// payload: start-up memory does not grow with the spool (payloads are read back at replay,
+    /// a batch at a time). Done-markers always follow their event, so scanning segments oldest
+    /// first and forgetting an event at its marker leaves exactly what Kafka does not have.
+    pub fn open_with_faults(
+        dir: &Path,
+        max_bytes: u64,
+        metrics: Arc<Metrics>,
+        faults: Faults,
+    ) -> Result<Arc<Self>, SpoolError> {
         std::fs::create_dir_all(dir)?;
         let segments = journal::list_segments(dir)?;
-        let active = ActiveSegment::create(dir, segments.last().map_or(0, |id| id + 1))?;
+        let active = ActiveSegment::create(dir, segments.last().map_or(0, |id| id + 1), &faults)?;
         let mut index = Index::new(active.id);
-        let (mut events, mut done, mut corrupt) = (Vec::new(), std::collections::HashSet::new(), 0);
+        let (mut next_seq, mut corrupt) = (0, 0);
         for &id in &segments {
-            let scan = journal::scan(dir, id)?;
+            let scan = journal::scan(dir, id, &faults, |found| match found {
+                Found::Event {
+                    seq,
+                    received_ms,
+                    location,
+                } => {
+                    next_seq = next_seq.max(seq + 1);
+                    index.recover(seq, received_ms, location);
+                }
+                Found::Done(seq) => {
+                    next_seq = next_seq.max(seq + 1);
+                    index.done(seq);
+                }
+            })?;
             corrupt += scan.corrupt;
             index.add_segment(id, scan.bytes);
-            done.extend(scan.done);
-            events.extend(scan.events);
-        }
-        let next_seq = events
-            .iter()
-            .map(|(event, _)| event.seq + 1)
-            .chain(done.iter().map(|seq| seq + 1))
-            .max()
-            .unwrap_or(0);
-        for (event, location) in events.into_iter().filter(|(e, _)| !done.contains(&e.seq)) {
-            index.recover(event.seq, event.received_ms, location);
         }
         if corrupt > 0 {
             tracing::error!(corrupt, dir = %dir.display(), "skipped damaged spool records (torn or corrupt); they will not be replayed");
@@ -106,7 +140,7 @@ impl Spool {
         }
         let index = Arc::new(Mutex::new(index));
         let (sender, receiver) = mpsc::channel();
-        let writer = Writer::new(dir, active, index.clone());
+        let writer = Writer::new(dir, active, index.clone(), faults.clone());
         std::thread::Builder::new()
             .name("fp-relay-spool".into())
             .spawn(move || writer.run(&receiver))?;
@@ -120,6 +154,8 @@ impl Spool {
             }),
             index,
             failing: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            faults,
             wake: Notify::new(),
             metrics,
         });
@@ -202,6 +238,7 @@ impl Spool {
         if let Err(error) = result {
             self.index().unreserve(seq);
             self.failing.store(true, Ordering::Release);
+            self.probe_until_writable();
             return Err(SpoolError::Io(error));
         }
         self.failing.store(false, Ordering::Release);
@@ -217,6 +254,66 @@ impl Spool {
             None => self.wake.notify_one(),
         }
         Ok(seq)
+    }
+
+    /// After a failed write: probes the disk (an fsync through the writer, which also cuts
+    /// back what the failure left) every [`PROBE_INTERVAL`] until it works, then says the
+    /// spool accepts again. Without it, readiness waited for a successful write, which cannot
+    /// come while the replica is out of its Service.
+    fn probe_until_writable(self: &Arc<Self>) {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let spool = self.clone();
+        tokio::spawn(async move {
+            while spool.failing.load(Ordering::Acquire) {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                let (reply, written) = oneshot::channel();
+                let probe = WriteRequest {
+                    frame: Vec::new(),
+                    event: None,
+                    reply,
+                };
+                let sent = spool
+                    .sequencer
+                    .lock()
+                    .expect("lock not poisoned")
+                    .writer
+                    .send(probe);
+                if sent.is_err() {
+                    break;
+                }
+                if let Ok(Ok(())) = written.await {
+                    if spool.failing.swap(false, Ordering::AcqRel) {
+                        tracing::info!("the spool's disk takes writes again");
+                    }
+                }
+            }
+            spool.probing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Keeps a record that neither its topic nor the dead-letter topic will take (a topic's
+    /// `max.message.bytes` below it, a dead-letter topic denied by ACL) in `quarantine.log`
+    /// beside the segments, in the journal's format with the reason as a header, so that replay
+    /// can go on behind it. `Err` when the file cannot be written: the record stays pending.
+    pub async fn quarantine(
+        self: &Arc<Self>,
+        seq: u64,
+        record: &OutboundRecord,
+        reason: &str,
+    ) -> io::Result<()> {
+        let mut event = to_spooled(record, seq, 0);
+        event
+            .headers
+            .push((QUARANTINE_REASON_HEADER.to_owned(), reason.to_owned()));
+        let frame = journal::encode(&Entry::Event(event));
+        let (path, faults) = (self.dir.join(QUARANTINE_FILE), self.faults.clone());
+        tokio::task::spawn_blocking(move || journal::append_durably(&path, &frame, &faults))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the quarantine write failed")))?;
+        self.metrics.spool_quarantined.inc();
+        Ok(())
     }
 
     /// `spool.max_bytes` and the disk's free space, for one more frame of `len` bytes.
@@ -285,7 +382,7 @@ impl Spool {
         let mut index = self.index();
         let mut deleted = false;
         for id in index.deletable() {
-            match std::fs::remove_file(journal::segment_path(&self.dir, id)) {
+            match journal::remove_segment(&self.dir, id, &self.faults) {
                 Ok(()) => deleted = true,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
                 Err(error) => {
@@ -297,7 +394,7 @@ impl Spool {
         }
         drop(index);
         if deleted {
-            if let Err(error) = std::fs::File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+            if let Err(error) = journal::sync_dir(&self.dir, &self.faults) {
                 tracing::warn!(%error, "cannot sync the spool directory after deleting segments");
             }
         }
@@ -377,3 +474,6 @@ fn from_spooled(event: SpooledEvent) -> OutboundRecord {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod model_tests;

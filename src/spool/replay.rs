@@ -51,16 +51,19 @@ impl Replay {
                 }
                 continue;
             }
-            let Some(records) = read(&spool, head).await else {
+            let Some((records, read_failure)) = read(&spool, head).await else {
                 return;
             };
-            let (done, failure) = self.send_batch(records).await;
+            let (done, failure) = self.send_batch(&spool, records).await;
             spool.metrics.spool_replayed.inc_by(done.len() as u64);
             spool.mark_done(&done).await;
+            let failure = failure
+                .map(|error| format!("Kafka: {error}"))
+                .or(read_failure.map(|error| format!("cannot read the spool: {error}")));
             match failure {
                 None => pause = RETRY_MIN,
                 Some(error) => {
-                    tracing::warn!(%error, ?pause, "replay to Kafka failed; retrying");
+                    tracing::warn!(%error, ?pause, "replay failed; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(pause) => {}
@@ -75,6 +78,7 @@ impl Replay {
     /// Kafka (or on the dead-letter topic), and the first retriable failure, if any.
     async fn send_batch(
         &self,
+        spool: &Arc<Spool>,
         records: Vec<(u64, OutboundRecord)>,
     ) -> (Vec<u64>, Option<PublishError>) {
         let deadline = tokio::time::Instant::now() + self.enqueue_timeout;
@@ -99,8 +103,26 @@ impl Replay {
             match outcome {
                 Ok(()) => done.push(seq),
                 Err(error) if error.is_permanent() => {
-                    match self.dead_letter(seq, record, &error).await {
+                    match self.dead_letter(seq, record.clone(), &error).await {
                         Ok(()) => done.push(seq),
+                        Err(refused) if refused.is_permanent() => {
+                            // Refused for good twice: kept on local disk so replay goes on.
+                            let reason = format!(
+                                "{}; dead letter: {}",
+                                refusal_reason(&error),
+                                refusal_reason(&refused)
+                            );
+                            match spool.quarantine(seq, &record, &reason).await {
+                                Ok(()) => {
+                                    tracing::error!(seq, topic = %record.topic, %reason, "neither the topic nor the dead-letter topic takes a spooled event; kept it in the spool's quarantine.log");
+                                    done.push(seq);
+                                }
+                                Err(io) => {
+                                    tracing::error!(seq, error = %io, "cannot quarantine a spooled event no topic takes; it stays pending");
+                                    failure.get_or_insert(refused);
+                                }
+                            }
+                        }
                         Err(dead_letter_error) => {
                             failure.get_or_insert(dead_letter_error);
                         }
@@ -134,29 +156,31 @@ impl Replay {
     }
 }
 
-/// Reads the records at `head` back from disk; damaged ones are counted, logged and marked
-/// done (they cannot be published). `None` if the runtime is shutting down.
-async fn read(
+/// Reads the records at `head` back from disk. A damaged record (it will never read back) is
+/// counted, logged and marked done: it cannot be published. A read the system failed (out of
+/// descriptors or memory, a disk error) ends the batch there and is returned, so that replay
+/// pauses and reads it again: it never marks a record done. `None` if the runtime is shutting
+/// down.
+pub(super) async fn read(
     spool: &Arc<Spool>,
     head: Vec<(u64, Location)>,
-) -> Option<Vec<(u64, OutboundRecord)>> {
-    let dir = spool.dir.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        head.into_iter()
-            .map(|(seq, location)| (seq, journal::read_event(&dir, location)))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .ok()?;
+) -> Option<(Vec<(u64, OutboundRecord)>, Option<std::io::Error>)> {
+    let (dir, faults) = (spool.dir.clone(), spool.faults.clone());
+    let locations: Vec<Location> = head.iter().map(|(_, location)| *location).collect();
+    let read = tokio::task::spawn_blocking(move || journal::read_events(&dir, &locations, &faults))
+        .await
+        .ok()?;
     let mut records = Vec::with_capacity(read.len());
     let mut damaged = Vec::new();
-    for (seq, event) in read {
+    let mut failure = None;
+    for ((seq, _), event) in head.into_iter().zip(read) {
         match event {
             Ok(event) => records.push((seq, from_spooled(event))),
-            Err(error) => {
+            Err(error) if journal::is_damage(&error) => {
                 tracing::error!(%error, seq, "a spooled record is damaged; skipping it");
                 damaged.push(seq);
             }
+            Err(error) => failure = Some(error),
         }
     }
     if !damaged.is_empty() {
@@ -166,5 +190,5 @@ async fn read(
             .inc_by(damaged.len() as u64);
         spool.mark_done(&damaged).await;
     }
-    Some(records)
+    Some((records, failure))
 }

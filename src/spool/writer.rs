@@ -14,6 +14,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::oneshot;
 
+use super::fault::Faults;
 use super::index::{Index, Status};
 use super::journal::{self, ActiveSegment, Location};
 
@@ -40,16 +41,24 @@ pub struct Writer {
     /// Set when a failed batch could not be cut back: the length the segment must return to
     /// before anything else is appended to it.
     undo_to: Option<u64>,
+    /// Passed to every segment it creates.
+    faults: Faults,
 }
 
 impl Writer {
     /// A writer appending to `active`.
-    pub fn new(dir: &Path, active: ActiveSegment, index: Arc<Mutex<Index>>) -> Self {
+    pub fn new(
+        dir: &Path,
+        active: ActiveSegment,
+        index: Arc<Mutex<Index>>,
+        faults: Faults,
+    ) -> Self {
         Self {
             dir: dir.to_path_buf(),
             active,
             index,
             undo_to: None,
+            faults,
         }
     }
 
@@ -133,7 +142,7 @@ impl Writer {
 
     /// Starts the next segment; on failure keeps appending to the current one.
     fn rotate(&mut self) {
-        match ActiveSegment::create(&self.dir, self.active.id + 1) {
+        match ActiveSegment::create(&self.dir, self.active.id + 1, &self.faults) {
             Ok(next) => {
                 self.active = next;
                 self.undo_to = None;

@@ -91,8 +91,27 @@ impl Tansu {
     }
 
     /// Freezes the broker without losing data (SIGSTOP); `thaw` resumes it.
+    /// Returns once the kernel reports the process stopped: `kill` returns when the signal
+    /// is sent, and a loaded machine let a frozen broker acknowledge one more write.
     pub fn freeze(&self) {
         self.signal("-STOP");
+        let tasks = format!("/proc/{}/task", self.child.as_ref().expect("running").id());
+        let stopped = |entry: std::fs::DirEntry| {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with(['T', 't']))
+        };
+        for _ in 0..200 {
+            let Ok(mut threads) = std::fs::read_dir(&tasks) else {
+                return;
+            };
+            if threads.all(|thread| thread.is_ok_and(stopped)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Resumes a frozen broker.
@@ -264,7 +283,10 @@ impl TestRelay {
     }
 
     /// Stops the relay the way SIGTERM does and waits for it to finish.
+    /// Fails the test if handling any request panicked (each was answered 500 and counted).
     pub async fn shutdown(self) {
+        let panics = self.metric("fp_relay_panics_total").await;
+        assert_eq!(panics, 0.0, "handling a request panicked in this relay");
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
@@ -667,10 +689,15 @@ impl RelayProcess {
             .unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
         let _ = std::fs::remove_file(&log);
-        let lines = text
+        let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
             .collect();
+        let panics: Vec<_> = lines
+            .iter()
+            .filter(|line| line["target"] == fp_relay::telemetry::PANIC_TARGET)
+            .collect();
+        assert!(panics.is_empty(), "the relay panicked: {panics:?}");
         (status, lines)
     }
 }
