@@ -112,6 +112,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    // Every connection, Kafka socket and spool segment is a descriptor; the usual soft limit
+    // (1,024) is below http.max_connections' default, and the hard limit is there to be used.
+    match fp_relay::http::descriptors::raise_soft_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the file descriptor limit")
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the file descriptor limit"),
+    }
     let overrides = Overrides {
         insecure_no_auth: args.insecure_no_auth || args.dev,
         listen: args.listen,

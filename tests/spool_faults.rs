@@ -270,3 +270,100 @@ async fn a_backlog_drains_in_full_and_reports_its_rate() {
     relay.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Under a 256-descriptor limit that cannot be raised (soft = hard), idle clients try to take
+/// every descriptor while the broker comes back: the relay accepts only what fits beside its
+/// reserve, replay can still read the spool, and every event answered 202 reaches Kafka. Accept
+/// errors, if any, are logged once per interval, not every 50 ms.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_clients_under_a_descriptor_limit_cannot_cost_spooled_events() {
+    let broker = Tansu::start();
+    let dir = spool_dir();
+    let dir_text = dir.display().to_string();
+    let relay = RelayProcess::start_wrapped(
+        &broker,
+        &[
+            ("FP_RELAY_SPOOL_ENABLED", "true"),
+            ("FP_RELAY_SPOOL_DIR", &dir_text),
+            ("FP_RELAY_SPOOL_HANDOFF_AFTER", "300ms"),
+            ("FP_RELAY_FULFILMENT_ENABLED", "false"),
+            ("FP_RELAY_HTTP_IDLE_TIMEOUT", "30s"),
+            ("FP_RELAY_HTTP_HEADER_READ_TIMEOUT", "20s"),
+        ],
+        &["prlimit", "--nofile=256:256"],
+    )
+    .await;
+    broker.freeze();
+    let mut acknowledged = Vec::new();
+    for round in 0..3u64 {
+        let posts: Vec<_> = (1..=20u64)
+            .map(|n| {
+                let (id, addr) = (round * 20 + n, relay.addr);
+                tokio::spawn(async move {
+                    let path = "/webhooks/firstpromoter";
+                    (
+                        id,
+                        common::send(addr, "POST", path, &[], event(id, 0))
+                            .await
+                            .status,
+                    )
+                })
+            })
+            .collect();
+        for post in posts {
+            let (id, status) = post.await.unwrap();
+            assert_eq!(status, StatusCode::ACCEPTED, "event {id} is spooled");
+            acknowledged.push(id);
+        }
+    }
+    // Idle clients: more connections than the relay has descriptors.
+    // Past the relay's cap and the kernel's accept queue a connect waits for SYN retries, so
+    // they run at once, each given a second.
+    let addr = relay.addr;
+    let connects: Vec<_> = (0..300)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                    .await
+            })
+        })
+        .collect();
+    let mut idle = Vec::new();
+    for connect in connects {
+        if let Ok(Ok(stream)) = connect.await.unwrap() {
+            idle.push(stream);
+        }
+    }
+    broker.thaw();
+    let mut held = HashSet::new();
+    let all_there = eventually(Duration::from_secs(30), async || {
+        held = ids_in_kafka(&broker, Duration::from_secs(2)).await;
+        acknowledged.iter().all(|id| held.contains(id))
+    })
+    .await;
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !held.contains(id))
+        .collect();
+    assert!(all_there, "answered 202 but not in Kafka: {lost:?}");
+    assert_eq!(
+        metric(relay.admin, "fp_relay_spool_corrupt_records_total").await,
+        0.0,
+        "no record was taken for damaged"
+    );
+    drop(idle);
+    let (status, lines) = relay.terminate().await;
+    assert!(status.success());
+    let said = |text: &str| {
+        lines
+            .iter()
+            .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(text)))
+            .count()
+    };
+    assert_eq!(said("http.max_connections does not fit"), 1);
+    assert!(
+        said("cannot accept connections") <= 3,
+        "accept errors are not a flood"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

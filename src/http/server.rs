@@ -24,7 +24,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::descriptors;
 use crate::config::HttpConfig;
+
+/// Accept errors (out of descriptors, memory) are logged once, then summed up at most this often.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a listener tolerates from its clients.
 #[derive(Debug, Clone)]
@@ -50,12 +54,33 @@ pub struct Limits {
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
 impl Limits {
-    /// The public listener's limits, from `[http]`.
+    /// The public listener's limits, from `[http]`. `http.max_connections` is lowered to what
+    /// fits under the process's descriptor limit (with [`descriptors::RESERVED`] and the admin
+    /// listener's connections kept aside), with a warning that says so.
     pub fn public(http: &HttpConfig) -> Self {
+        let admin = Self::admin().max_connections;
+        let max_connections = match descriptors::limits() {
+            Ok((soft, _))
+                if descriptors::connections_that_fit(soft, admin) < http.max_connections =>
+            {
+                let fit = descriptors::connections_that_fit(soft, admin);
+                tracing::warn!(
+                    configured = http.max_connections,
+                    serving = fit,
+                    descriptor_limit = soft,
+                    "http.max_connections does not fit under the descriptor limit (RLIMIT_NOFILE) \
+                     with room kept for Kafka, the spool and the admin listener; accepting fewer \
+                     connections at once (raise the hard limit: ulimit -Hn, systemd LimitNOFILE, \
+                     the container runtime's nofile)"
+                );
+                fit
+            }
+            _ => http.max_connections,
+        };
         Self {
             header_read_timeout: http.header_read_timeout,
             idle_timeout: http.idle_timeout,
-            max_connections: http.max_connections,
+            max_connections,
             max_header_bytes: http.max_header_bytes,
             grace: http.shutdown_timeout,
             http2: http.tls.is_some() || http.h2c,
@@ -104,6 +129,7 @@ pub async fn serve<H, F>(
     }
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_rx) = watch::channel(false);
+    let mut accept_errors = AcceptErrors::default();
     tokio::pin!(stop);
     loop {
         // Take a connection slot first: at the cap, clients wait in the kernel's backlog.
@@ -114,10 +140,13 @@ pub async fn serve<H, F>(
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    accept_errors.recovered();
+                    accepted
+                }
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "cannot accept a connection");
+                    accept_errors.failed(&error);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -162,6 +191,44 @@ pub async fn serve<H, F>(
         .is_err()
     {
         tracing::warn!(grace = ?limits.grace, "connections still open after the grace period; closing them");
+    }
+}
+
+/// Accept errors come in floods (every 50 ms while descriptors are out): the first is logged,
+/// then one line with a count at most every [`ACCEPT_ERROR_LOG_INTERVAL`], and one when
+/// accepting works again.
+#[derive(Default)]
+struct AcceptErrors {
+    /// Errors since the last line, and when that line was written.
+    unlogged: u64,
+    logged_at: Option<Instant>,
+    since: Option<Instant>,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, error: &std::io::Error) {
+        self.unlogged += 1;
+        let now = Instant::now();
+        self.since.get_or_insert(now);
+        if self
+            .logged_at
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_INTERVAL)
+        {
+            tracing::warn!(%error, errors = self.unlogged, "cannot accept connections");
+            self.unlogged = 0;
+            self.logged_at = Some(now);
+        }
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                after = ?since.elapsed(),
+                unlogged_errors = self.unlogged,
+                "accepting connections again"
+            );
+            *self = Self::default();
+        }
     }
 }
 
