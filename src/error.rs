@@ -72,6 +72,20 @@ impl RelayError {
     }
 
     /// The auth check that failed, for `fp_relay_auth_failures_total`.
+    /// Refusals decided before the whole body was read (what is left of it is drained, and
+    /// the connection then closed).
+    pub fn refused_before_body(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound
+                | Self::MethodNotAllowed
+                | Self::Forbidden
+                | Self::Unauthorized(_)
+                | Self::PayloadTooLarge { .. }
+                | Self::Busy
+        )
+    }
+
     pub fn auth_failure(&self) -> Option<AuthFailure> {
         match self {
             Self::Unauthorized(failure) => Some(*failure),

@@ -12,7 +12,6 @@ use std::time::Instant as StdInstant;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -22,6 +21,7 @@ use crate::fulfilment;
 use crate::fulfilment::correlator::{Correlator, Verdict};
 use crate::fulfilment::exchange::{self, status, FulfilmentAnswer};
 pub use crate::health::Health;
+use crate::http::body::{BodyBudget, BodyPermit};
 use crate::kafka::publisher::{refusal_reason, Delivered, Handoff, PublishError, Publisher};
 use crate::kafka::record::{rfc3339, OutboundRecord, Received};
 use crate::metrics::Metrics;
@@ -91,32 +91,23 @@ pub struct Relay {
     authenticator: Authenticator,
     /// The producer, correlator, spool, dedup table, metrics and readiness, as built.
     services: Services,
-    /// `http.max_buffered_body_bytes` in KiB permits: the memory budget for request bodies.
-    body_budget: Semaphore,
+    /// `http.max_buffered_body_bytes`: the memory budget for request bodies.
+    body_budget: BodyBudget,
     /// Where v1 `fulfilment_pending` goes, and so v2 fulfilment requests too.
     fulfilment_topic: String,
 }
 
 impl Relay {
-    /// Reserves room for a body of `declared` bytes (or `http.max_body_bytes` when undeclared)
-    /// in the memory budget; `None` when the budget is spent right now.
-    pub fn reserve_body(&self, declared: Option<u64>) -> Option<SemaphorePermit<'_>> {
-        let limit = self.config.http.max_body_bytes as u64;
-        let bytes = declared.unwrap_or(limit).min(limit);
-        let kib = u32::try_from(bytes.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .max(1);
-        self.body_budget.try_acquire_many(kib).ok()
+    /// The memory budget request bodies are read into.
+    pub fn body_budget(&self) -> &BodyBudget {
+        &self.body_budget
     }
 
     /// Assembles the request logic from its parts.
     pub fn new(config: Config, services: Services) -> Self {
-        let budget_kib = usize::try_from(config.http.max_buffered_body_bytes / 1024)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
         let pipeline = Pipeline::new(&config);
         Self {
-            body_budget: Semaphore::new(budget_kib),
+            body_budget: BodyBudget::new(config.http.max_buffered_body_bytes),
             fulfilment_topic: pipeline.topic_for(&config.fulfilment.event_type),
             pipeline,
             authenticator: Authenticator::new(&config.auth),
@@ -175,7 +166,7 @@ impl Relay {
         headers: HeaderMap,
         body: Bytes,
         arrived: Instant,
-        budget: SemaphorePermit<'_>,
+        budget: BodyPermit<'_>,
     ) -> (EventMeta, Result<Accepted, RelayError>) {
         let received = Received::now();
         let body_for_dead_letter = body.clone();
@@ -458,7 +449,7 @@ impl Relay {
         &self,
         event: &EventMeta,
         mut record: OutboundRecord,
-        budget: SemaphorePermit<'_>,
+        budget: BodyPermit<'_>,
         received: &Received,
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {

@@ -100,8 +100,8 @@ async fn slow_unauthenticated_uploads_are_refused_before_their_body_and_cost_no_
     assert_eq!(status.code(), Some(0));
 }
 
-/// Bodies being read share a memory budget: past it, a request is answered 503 with
-/// Retry-After before its body is read; the others complete.
+/// Bodies being read share a memory budget, counted by the bytes that have arrived: past it,
+/// a request is answered 503 with Retry-After; the others complete.
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_body_memory_budget_requests_get_503_and_the_rest_complete() {
     let broker = Tansu::start();
@@ -114,20 +114,18 @@ async fn past_the_body_memory_budget_requests_get_503_and_the_rest_complete() {
     let relay = TestRelay::start_ready(config).await;
     let event = br#"{"event":{"id":7,"type":"lead_signup"},"data":{"id":7}}"#;
     let length = 30 * 1024;
-    // Two 30 KiB bodies in progress take 60 of the 64 KiB.
-    let mut first = start_upload(relay.addr, length, "", 0).await;
-    let mut second = start_upload(relay.addr, length, "", 0).await;
+    // Two 30 KiB bodies, all but their last bytes sent, hold 60 of the 64 KiB.
+    let mut first = start_upload(relay.addr, length, "", length - event.len()).await;
+    let mut second = start_upload(relay.addr, length, "", length - event.len()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut third = start_upload(relay.addr, length, "", 0).await;
+    let mut third = start_upload(relay.addr, length, "", 8 * 1024).await;
     assert_eq!(
         status_of(&mut third, Duration::from_secs(5)).await,
         Some(503),
         "the third does not fit"
     );
     for stream in [&mut first, &mut second] {
-        let mut body = event.to_vec();
-        body.resize(length, b' ');
-        stream.write_all(&body).await.unwrap();
+        stream.write_all(event).await.unwrap();
         assert_eq!(status_of(stream, Duration::from_secs(10)).await, Some(200));
     }
     assert_eq!(
@@ -197,4 +195,86 @@ fn the_fulfilment_hold_cap_must_leave_connections_for_standard_events() {
     assert!(error.starts_with("fulfilment.max_in_flight"), "{error}");
     config.fulfilment.max_in_flight = 500;
     config.validate().unwrap();
+}
+
+/// Bodies whose signature can only be checked once read may fill half of the budget, never
+/// the rest: while 176 connections present a signature, announce 900 kB and trickle, a v1
+/// event whose path token was accepted from its head is published at once. (Reserving each
+/// body's declared length used to let them take the whole budget; v1 never re-sends a 503.)
+#[tokio::test(flavor = "multi_thread")]
+async fn unverified_slow_bodies_cannot_starve_an_event_authenticated_from_its_head() {
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config.auth.insecure_no_auth = false;
+    config.auth.tokens.clear();
+    config.auth.path_tokens = vec!["v1-path-token-0123456789".into()];
+    config.auth.signature_secrets = vec!["v2-signing-secret-0123456789".into()];
+    config.http.request_timeout = Duration::from_secs(10);
+    config.kafka.ack_timeout = Duration::from_secs(10);
+    config.validate().unwrap();
+    let relay = TestRelay::start_ready(config).await;
+    let signed = "x-webhook-signature: sha256=00\r\n";
+    let mut flood = Vec::new();
+    for _ in 0..176 {
+        // 256 KiB each at once: together more than the unverified half of the 64 MiB.
+        flood.push(start_upload(relay.addr, 900_000, signed, 256 * 1024).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let reply = common::send(
+        relay.addr,
+        "POST",
+        "/webhooks/firstpromoter/v1-path-token-0123456789",
+        &[],
+        common::sample("v1/lead_signup.json"),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    eprintln!("path-token event during the flood: {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "published in {took:?} during the flood"
+    );
+    assert!(
+        relay
+            .metric(r#"fp_relay_rejected_total{reason="busy"}"#)
+            .await
+            >= 1.0,
+        "the flood itself was refused past its share"
+    );
+    drop(flood);
+    relay.shutdown().await;
+}
+
+/// A client that writes its whole body before reading (Python's http.client, many SDKs)
+/// reads the 413 instead of a connection reset: the relay drains the body as it answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_413_is_read_by_a_client_that_sends_its_whole_body_first() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(common::test_config(&broker.bootstrap())).await;
+    let addr = relay.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let length = 3 * 1024 * 1024; // over the limit, under what is drained
+        let head = format!(
+            "POST /webhooks/firstpromoter HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes())?;
+        // As a client on a real network does: the answer can come while it is still sending.
+        for _ in 0..length / (64 * 1024) {
+            stream.write_all(&[b' '; 64 * 1024])?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok::<_, std::io::Error>(answer)
+    })
+    .await
+    .unwrap();
+    let answer = answer.expect("the whole body was sent and the answer read, no reset");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""error":"too_large""#), "{answer}");
+    relay.shutdown().await;
 }

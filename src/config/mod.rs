@@ -76,12 +76,15 @@ pub struct HttpConfig {
     /// A connection with no request in progress is closed after this.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Most connections open at once; further clients wait in the listen backlog.
+    /// Most connections open at once; further clients wait in the listen backlog. Lowered at
+    /// start-up (with a warning) to what fits under the process's descriptor limit.
     pub max_connections: usize,
     /// Largest request head (request line and headers); larger is refused with 431.
     pub max_header_bytes: usize,
-    /// Most body bytes buffered across all requests at once (a memory budget): a request
-    /// that would exceed it is answered 503 with Retry-After before its body is read.
+    /// Most body bytes buffered across all requests at once (a memory budget), counted as
+    /// they arrive: a request whose body would exceed it is answered 503 with Retry-After.
+    /// Bodies whose signature is not checked yet may use half of it; at least twice
+    /// `max_body_bytes`.
     pub max_buffered_body_bytes: u64,
     /// Accept HTTP/2 without TLS (h2c, prior knowledge). Off: plain-text connections are
     /// HTTP/1.1 only, so every request counts against `max_connections` and

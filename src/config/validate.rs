@@ -39,11 +39,12 @@ impl Config {
                 "must be between 1 byte and 64 MiB",
             ));
         }
-        if self.http.max_buffered_body_bytes < self.http.max_body_bytes as u64 {
+        if self.http.max_buffered_body_bytes < 2 * self.http.max_body_bytes as u64 {
             return Err(ConfigError::invalid(
                 "http.max_buffered_body_bytes",
                 format!(
-                    "must be at least http.max_body_bytes ({}), or no large body could ever be read",
+                    "must be at least twice http.max_body_bytes ({}): bodies whose signature is \
+                     not checked yet may use half of it, and a large signed body must fit there",
                     self.http.max_body_bytes
                 ),
             ));

@@ -84,6 +84,14 @@ pub fn refused(error: RelayError) -> Response<Full<Bytes>> {
         body["dead_lettered"] = json!(dead_lettered);
     }
     let mut response = json_response(status, &body);
+    if error.refused_before_body() {
+        // The rest of the body is drained for a while (see http::body::linger), then the
+        // connection closes: say so, so that the client does not wait to reuse it.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     match error {
         RelayError::MethodNotAllowed => {
             response

@@ -12,12 +12,13 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{Method, Request, Response};
+use http_body_util::Full;
 use hyper::body::Body;
 
 use crate::error::RelayError;
 use crate::http::answer;
+use crate::http::body::{self, Unread};
 use crate::relay::{Accepted, EventMeta, Relay};
 use crate::webhook::auth::HeadVerdict;
 use crate::webhook::event_type_label;
@@ -29,7 +30,7 @@ pub async fn handle<B>(
     peer: SocketAddr,
 ) -> Response<Full<Bytes>>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
@@ -148,27 +149,40 @@ async fn route<B>(
     peer: SocketAddr,
 ) -> (EventMeta, Result<Accepted, RelayError>)
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // The request's one deadline starts with its head: the body must arrive and Kafka must
     // acknowledge within kafka.ack_timeout of it (below FirstPromoter's 15 s by validation).
     let arrived = tokio::time::Instant::now();
-    let refuse = |error| (EventMeta::default(), Err(error));
-    let path_token = match match_path(request.uri().path(), &relay.config().http.path) {
+    // Only the headers are kept: the rest (the URI in particular) points into hyper's read
+    // buffer too, and is not needed past the path check.
+    let (
+        http::request::Parts {
+            method,
+            uri,
+            headers,
+            ..
+        },
+        body,
+    ) = request.into_parts();
+    // Refused before its body is read: the body is drained for a while as the answer goes.
+    let refuse = |error, body| {
+        body::linger(body);
+        (EventMeta::default(), Err(error))
+    };
+    let path_token = match match_path(uri.path(), &relay.config().http.path) {
         Some(None) => None,
         Some(Some(token)) if relay.authenticator().accepts_path_tokens() => Some(token.to_owned()),
-        _ => return refuse(RelayError::NotFound),
+        _ => return refuse(RelayError::NotFound, body),
     };
-    if request.method() != Method::POST {
-        return refuse(RelayError::MethodNotAllowed);
+    drop(uri);
+    if method != Method::POST {
+        return refuse(RelayError::MethodNotAllowed, body);
     }
-    // Only the headers are kept: the rest (the URI in particular) points into hyper's read
-    // buffer too, and is not needed past this line.
-    let (http::request::Parts { headers, .. }, body) = request.into_parts();
     let client = relay.authenticator().client_ip(peer.ip(), &headers);
     if relay.authenticator().check_source(client).is_err() {
-        return refuse(RelayError::Forbidden);
+        return refuse(RelayError::Forbidden, body);
     }
     // Credentials that need no body are checked before a byte of it is read or buffered.
     let verdict = match relay
@@ -176,41 +190,38 @@ where
         .check_head(&headers, path_token.as_deref())
     {
         Ok(verdict) => verdict,
-        Err(failure) => return refuse(RelayError::Unauthorized(failure)),
+        Err(failure) => return refuse(RelayError::Unauthorized(failure), body),
     };
     let http = &relay.config().http;
-    let Some(budget) = relay.reserve_body(declared_length(&headers)) else {
-        return refuse(RelayError::Busy);
-    };
     let body_deadline = arrived + http.request_timeout.min(relay.config().kafka.ack_timeout);
-    let body = match tokio::time::timeout_at(
-        body_deadline,
-        read_body(body, &headers, http.max_body_bytes),
-    )
-    .await
-    {
-        Ok(Ok(body)) => body,
-        Ok(Err(error)) => return refuse(error),
-        Err(_) => return refuse(RelayError::RequestTimeout),
+    let unverified = verdict == HeadVerdict::NeedsBody;
+    let read = body::read(
+        relay.body_budget(),
+        body,
+        body::declared_length(&headers),
+        http.max_body_bytes,
+        unverified,
+    );
+    let (body, mut budget) = match tokio::time::timeout_at(body_deadline, read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(Unread {
+            error,
+            body: Some(body),
+        })) => return refuse(error, body),
+        Ok(Err(Unread { error, body: None })) => return (EventMeta::default(), Err(error)),
+        Err(_) => return (EventMeta::default(), Err(RelayError::RequestTimeout)),
     };
-    if verdict == HeadVerdict::NeedsBody {
+    if unverified {
         if let Err(failure) = relay.authenticator().check_body(&headers, &body) {
-            return refuse(RelayError::Unauthorized(failure));
+            return (EventMeta::default(), Err(RelayError::Unauthorized(failure)));
         }
+        budget.verified();
     }
     // Boxed: a held fulfilment request then keeps only the state of the path it is on, not
     // the largest of every path's (measured: the handler's future went from 3.5 KiB inline in
     // every connection to a few hundred bytes). The headers go with it, to be dropped as soon
     // as they are read: they point into hyper's read buffer, which can then be freed.
     Box::pin(relay.ingest(headers, body, arrived, budget)).await
-}
-
-/// The `Content-Length` the client declared, if any.
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// `Some(None)` for the webhook path itself, `Some(Some(token))` for `{path}/{token}`, `None`
@@ -222,23 +233,6 @@ fn match_path<'p>(path: &'p str, webhook_path: &str) -> Option<Option<&'p str>> 
     }
     let token = rest.strip_prefix('/')?;
     (!token.is_empty() && !token.contains('/')).then_some(Some(token))
-}
-
-/// Reads the whole body, but never more than `limit` bytes: a declared length over the limit
-/// is refused before a byte is read, an undeclared one as soon as it crosses the limit.
-async fn read_body<B>(body: B, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, RelayError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    if declared_length(headers).is_some_and(|length| length > limit as u64) {
-        return Err(RelayError::PayloadTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(RelayError::PayloadTooLarge { limit }),
-        Err(error) => Err(RelayError::BodyRead(error.to_string())),
-    }
 }
 
 #[cfg(test)]
@@ -309,7 +303,7 @@ mod tests {
         request: Request<B>,
     ) -> (StatusCode, serde_json::Value, http::HeaderMap)
     where
-        B: Body<Data = Bytes>,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let response = handle(relay, request, "127.0.0.1:40000".parse().unwrap()).await;
@@ -388,24 +382,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_spent_body_budget_is_503_busy_with_retry_after_before_the_body_is_read() {
+    async fn a_spent_body_budget_is_503_busy_with_retry_after_and_given_back_after() {
         let relay = relay(|config| {
-            config.http.max_body_bytes = 4096;
+            config.http.max_body_bytes = 2048;
             config.http.max_buffered_body_bytes = 4096;
         });
-        let held = relay.reserve_body(None).expect("the whole budget");
+        let whole = Full::new(Bytes::from(vec![b' '; 4096]));
+        let Ok((_, held)) = body::read(relay.body_budget(), whole, Some(4096), 4096, false).await
+        else {
+            panic!("the whole budget");
+        };
         let request = post("/webhooks/firstpromoter")
             .header("authorization", "Bearer unit-test-token-0123456789")
             .header("content-length", "100");
-        let (status, body, headers) = call(&relay, request.body(Untouchable).unwrap()).await;
+        let hundred = Full::new(Bytes::from(vec![b' '; 100]));
+        let (status, body, headers) = call(&relay, request.body(hundred).unwrap()).await;
         assert_eq!(
             (status, body["error"].as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, Some("busy"))
         );
         assert!(headers.contains_key("retry-after"));
         drop(held);
-        assert!(
-            relay.reserve_body(Some(100)).is_some(),
+        assert_eq!(
+            relay.body_budget().available(),
+            (4096, 2048),
             "released with the request"
         );
     }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod body;
 pub mod descriptors;
 pub mod handler;
 pub mod server;
