@@ -381,3 +381,57 @@ async fn promoter_secrets_are_redacted_by_default_and_marked_in_a_header() {
     assert_eq!(messages[0].header("fp-redacted"), None);
     relay.shutdown().await;
 }
+
+/// The field list an operator writes to keep promoter data out of Kafka names an object and
+/// fields inside it. The relay binary publishes every v1 sample with the promoter object masked
+/// as a whole and nothing inside it left, and a secret nested in a secret with the default list
+/// too. (The byte splice used to panic on both: the connection closed with no answer.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operators_nested_field_list_masks_the_outer_object_and_never_drops_an_event() {
+    let broker = Tansu::start();
+    for (fields, bodies) in [
+        (
+            r#"["promoter","auth_token","temp_password"]"#,
+            ["lead_signup", "new_customer", "reward_created", "promoter_accepted"]
+                .map(|name| sample(&format!("v1/{name}.json"))),
+        ),
+        (
+            r#"["auth_token","temp_password"]"#,
+            [1, 2, 3, 4].map(|n| {
+                bytes::Bytes::from(format!(
+                    r#"{{"event":{{"id":{n},"type":"nested_{n}"}},"data":{{"auth_token":{{"auth_token":"a{n}","temp_password":{{"auth_token":"b"}}}}}}}}"#
+                ))
+            }),
+        ),
+    ] {
+        let relay = common::RelayProcess::start_with(
+            &broker,
+            &[
+                ("FP_RELAY_REDACT_FIELDS", fields),
+                ("FP_RELAY_FULFILMENT_ENABLED", "false"),
+            ],
+        )
+        .await;
+        for body in bodies {
+            let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let topic = format!("firstpromoter.{}", event["event"]["type"].as_str().unwrap());
+            assert_eq!(relay.post(body.clone()).await, StatusCode::OK, "{topic}");
+            let published = consume(&broker.bootstrap(), &topic, 1, Duration::from_secs(10), Duration::ZERO).await;
+            let payload: serde_json::Value = serde_json::from_slice(&published.last().expect(&topic).value).unwrap();
+            let text = payload.to_string();
+            if fields.contains("promoter") {
+                assert_eq!(payload["data"]["promoter"], "[redacted]", "{topic}: {text}");
+                assert!(!text.contains("promoter@example.com"), "{topic}: {text}");
+            } else {
+                assert_eq!(
+                    payload["data"],
+                    serde_json::json!({"auth_token": "[redacted]"}),
+                    "{topic}: the outer secret is masked whole"
+                );
+            }
+            assert!(!text.contains("hjsmLQwMounBWxeqQS2cMXYp8epADJmB"), "{topic}: a token survived: {text}");
+        }
+        let (status, _) = relay.terminate().await;
+        assert!(status.success());
+    }
+}

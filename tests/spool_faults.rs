@@ -367,3 +367,77 @@ async fn idle_clients_under_a_descriptor_limit_cannot_cost_spooled_events() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A relay restarted on a 200 MB spool (100,000 events of 2 kB, written in the journal's format
+/// by this test) recovers every record without holding their payloads: its peak RSS while
+/// starting stays far below the spool's size (it used to decode every payload into memory).
+#[tokio::test(flavor = "multi_thread")]
+async fn starting_on_a_200_mb_spool_needs_memory_for_its_index_not_its_payloads() {
+    use fp_relay::spool::fault::Faults;
+    use fp_relay::spool::journal::{self, ActiveSegment, Entry, SpooledEvent};
+    const RECORDS: u64 = 100_000;
+    let broker = Tansu::start();
+    let dir = spool_dir();
+    let mut segment = ActiveSegment::create(&dir, 0, &Faults::none()).unwrap();
+    let payload = bytes::Bytes::from(event(0, 2000));
+    for seq in 0..RECORDS {
+        if segment.len >= 16 * 1024 * 1024 {
+            segment.sync().unwrap();
+            segment = ActiveSegment::create(&dir, segment.id + 1, &Faults::none()).unwrap();
+        }
+        let spooled = SpooledEvent {
+            seq,
+            received_ms: 1_700_000_000_000,
+            topic: TOPIC.into(),
+            key: Some(seq.to_string()),
+            headers: vec![("fp-event-id".into(), seq.to_string())],
+            payload: payload.clone(),
+        };
+        segment
+            .append(&journal::encode(&Entry::Event(spooled)))
+            .unwrap();
+    }
+    segment.sync().unwrap();
+    drop(segment);
+    let spool_bytes: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(spool_bytes >= 200_000_000, "{spool_bytes} bytes");
+    // Frozen: replay waits, so the figure is start-up's alone.
+    broker.freeze();
+    let dir_text = dir.display().to_string();
+    let relay = RelayProcess::start_with(
+        &broker,
+        &[
+            ("FP_RELAY_SPOOL_ENABLED", "true"),
+            ("FP_RELAY_SPOOL_DIR", &dir_text),
+            ("FP_RELAY_FULFILMENT_ENABLED", "false"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        metric(relay.admin, "fp_relay_spool_records").await,
+        RECORDS as f64,
+        "every record recovered"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
+    eprintln!(
+        "peak RSS starting on a {} MB spool of {RECORDS} records: {} MiB",
+        spool_bytes / 1_000_000,
+        peak_kib / 1024
+    );
+    assert!(
+        peak_kib < 96 * 1024,
+        "peak RSS {peak_kib} KiB on a {spool_bytes}-byte spool"
+    );
+    broker.thaw();
+    let (status, _) = relay.terminate().await;
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}
