@@ -379,7 +379,7 @@ async fn starting_on_a_200_mb_spool_needs_memory_for_its_index_not_its_payloads(
     let broker = Tansu::start();
     let dir = spool_dir();
     let mut segment = ActiveSegment::create(&dir, 0, &Faults::none()).unwrap();
-    let payload = bytes::Bytes::from(event(0, 2000));
+    let payload = event(0, 2000);
     for seq in 0..RECORDS {
         if segment.len >= 16 * 1024 * 1024 {
             segment.sync().unwrap();
