@@ -3,13 +3,29 @@
 //! An id is recorded only once its event is in Kafka (or the spool), so a failed attempt never
 //! blocks FirstPromoter's retry. A second request for an id whose first attempt is still in
 //! progress waits for it: if the first succeeds the second is a duplicate, otherwise it becomes
-//! the attempt. Memory is bounded by `max_entries` (oldest forgotten first) and `window`.
+//! the attempt. Memory is bounded by `max_entries` (oldest forgotten first) and `window`, and
+//! in bytes: an id is kept as the first 128 bits of its SHA-256 (ids have no length limit, and
+//! `X-Event-Id` alone may be 16 KiB), so an entry costs the same whatever the id: 49 bytes in the
+//! hash table and the expiry queue, about 77 MB per million entries once the tables' growth
+//! (powers of two) is counted ([`tests::an_entry_costs_a_fixed_size_whatever_the_id`]). Two different ids sharing 128 bits is a chance of about 1 in 10^26
+//! at a million entries.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
+
+/// An event id, hashed to a fixed size.
+type Key = [u8; 16];
+
+fn key(id: &str) -> Key {
+    let digest = Sha256::digest(id.as_bytes());
+    digest[..16]
+        .try_into()
+        .expect("a SHA-256 digest has 32 bytes")
+}
 
 /// The answer to "may I publish this id?".
 pub enum Claim {
@@ -19,14 +35,21 @@ pub enum Claim {
     Duplicate,
 }
 
-#[derive(Default)]
 struct Inner {
-    /// Ids published, with when.
-    seen: HashMap<String, Instant>,
+    /// Ids published, with when (milliseconds since `base`).
+    seen: HashMap<Key, u64>,
     /// The same ids in the order they were recorded, for expiry and the size cap.
-    order: VecDeque<(Instant, String)>,
+    order: VecDeque<(u64, Key)>,
     /// Ids whose first attempt is in progress, and who waits for it.
-    in_flight: HashMap<String, Arc<Notify>>,
+    in_flight: HashMap<Key, Arc<Notify>>,
+    /// What recorded times count from.
+    base: Instant,
+}
+
+impl Inner {
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The table of recently published event ids.
@@ -40,7 +63,12 @@ impl Dedup {
     /// A table remembering ids for `window`, at most `max_entries` of them.
     pub fn new(window: Duration, max_entries: usize) -> Arc<Self> {
         Arc::new(Self {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                seen: HashMap::new(),
+                order: VecDeque::new(),
+                in_flight: HashMap::new(),
+                base: Instant::now(),
+            }),
             window,
             max_entries,
         })
@@ -48,22 +76,21 @@ impl Dedup {
 
     /// Claims `id`, waiting while another request holds it.
     pub async fn claim(self: &Arc<Self>, id: &str) -> Claim {
+        let id = key(id);
         loop {
             let notify = {
                 let mut inner = self.inner.lock().expect("lock not poisoned");
                 self.expire(&mut inner, Instant::now());
-                if inner.seen.contains_key(id) {
+                if inner.seen.contains_key(&id) {
                     return Claim::Duplicate;
                 }
-                match inner.in_flight.get(id) {
+                match inner.in_flight.get(&id) {
                     Some(notify) => notify.clone(),
                     None => {
-                        inner
-                            .in_flight
-                            .insert(id.to_owned(), Arc::new(Notify::new()));
+                        inner.in_flight.insert(id, Arc::new(Notify::new()));
                         return Claim::Owner(DedupGuard {
                             dedup: self.clone(),
-                            id: id.to_owned(),
+                            id,
                             committed: false,
                         });
                     }
@@ -78,7 +105,7 @@ impl Dedup {
                 .lock()
                 .expect("lock not poisoned")
                 .in_flight
-                .contains_key(id)
+                .contains_key(&id)
             {
                 continue;
             }
@@ -97,8 +124,10 @@ impl Dedup {
     }
 
     fn expire(&self, inner: &mut Inner, now: Instant) {
+        let now = inner.millis(now);
+        let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
         while let Some((at, _)) = inner.order.front() {
-            if now.duration_since(*at) < self.window && inner.order.len() <= self.max_entries {
+            if now.saturating_sub(*at) < window && inner.order.len() <= self.max_entries {
                 break;
             }
             let (at, id) = inner.order.pop_front().expect("front exists");
@@ -109,15 +138,16 @@ impl Dedup {
         }
     }
 
-    fn release(&self, id: &str, committed: bool) {
+    fn release(&self, id: Key, committed: bool) {
         let mut inner = self.inner.lock().expect("lock not poisoned");
         if committed {
             let now = Instant::now();
-            inner.seen.insert(id.to_owned(), now);
-            inner.order.push_back((now, id.to_owned()));
+            let at = inner.millis(now);
+            inner.seen.insert(id, at);
+            inner.order.push_back((at, id));
             self.expire(&mut inner, now);
         }
-        if let Some(notify) = inner.in_flight.remove(id) {
+        if let Some(notify) = inner.in_flight.remove(&id) {
             notify.notify_waiters();
         }
     }
@@ -127,7 +157,7 @@ impl Dedup {
 /// next request with that id try.
 pub struct DedupGuard {
     dedup: Arc<Dedup>,
-    id: String,
+    id: Key,
     committed: bool,
 }
 
@@ -140,7 +170,7 @@ impl DedupGuard {
 
 impl Drop for DedupGuard {
     fn drop(&mut self) {
-        self.dedup.release(&self.id, self.committed);
+        self.dedup.release(self.id, self.committed);
     }
 }
 
@@ -182,20 +212,50 @@ mod tests {
     fn memory_is_bounded_by_max_entries() {
         let dedup = Dedup::new(Duration::from_secs(60), 3);
         for id in ["a", "b", "c", "d", "e"] {
-            dedup.release(id, true);
+            dedup.release(key(id), true);
         }
         assert_eq!(dedup.len(), 3);
         let inner = dedup.inner.lock().unwrap();
-        assert!(!inner.seen.contains_key("a") && inner.seen.contains_key("e"));
+        assert!(!inner.seen.contains_key(&key("a")) && inner.seen.contains_key(&key("e")));
     }
 
     #[test]
     fn ids_are_forgotten_after_the_window() {
         let dedup = Dedup::new(Duration::from_secs(60), 10);
-        dedup.release("a", true);
+        dedup.release(key("a"), true);
         let later = Instant::now() + Duration::from_secs(61);
         let mut inner = dedup.inner.lock().unwrap();
         dedup.expire(&mut inner, later);
         assert!(inner.seen.is_empty());
+    }
+
+    /// What the table holds in memory: its allocations' sizes, entries included.
+    fn table_bytes(dedup: &Dedup) -> usize {
+        let inner = dedup.inner.lock().unwrap();
+        // hashbrown: one control byte per bucket besides the entry.
+        inner.seen.capacity() * (std::mem::size_of::<(Key, u64)>() + 1)
+            + inner.order.capacity() * std::mem::size_of::<(u64, Key)>()
+    }
+
+    /// Ids of any length cost the same: 3,000 ids of 16 KiB (the largest `X-Event-Id`) take
+    /// no more than 3,000 ids of 8 bytes, at most 100 bytes an entry with the tables' growth.
+    #[test]
+    fn an_entry_costs_a_fixed_size_whatever_the_id() {
+        let per_entry = |length: usize| {
+            let dedup = Dedup::new(Duration::from_secs(3600), 1_000_000);
+            for n in 0..3_000 {
+                let id = format!("{n:0>length$}");
+                dedup.release(key(&id), true);
+            }
+            assert_eq!(dedup.len(), 3_000);
+            table_bytes(&dedup) / 3_000
+        };
+        let (short, long) = (per_entry(8), per_entry(16 * 1024));
+        assert_eq!(short, long);
+        assert!(long <= 100, "{long} bytes an entry");
+        assert_eq!(
+            std::mem::size_of::<(Key, u64)>() + 1 + std::mem::size_of::<(u64, Key)>(),
+            49
+        );
     }
 }

@@ -14,7 +14,8 @@ use crate::spool::Spool;
 pub struct Health {
     /// The producer reached the cluster at the last probe.
     pub producer: AtomicBool,
-    /// The reply consumer is assigned and positioned (always true with fulfilment off).
+    /// The reply consumer is assigned and positioned (always true with fulfilment off). Shown,
+    /// never required: without it `fulfilment_pending` is answered pending without publishing.
     pub reply_consumer: Arc<AtomicBool>,
     /// Outage reporting shared with the probe, the handler and the Kafka clients.
     pub cluster: Arc<ClusterWatch>,
@@ -24,15 +25,24 @@ pub struct Health {
 }
 
 impl Health {
-    /// `(ready, checks)` for `/readyz`: ready means webhooks can be accepted safely. Without
-    /// the spool that needs Kafka; with it, Kafka or a spool with room (during an outage the
-    /// relay answers 202 `spooled`, which is better than a load balancer's 502 or 503).
+    /// `(ready, checks)` for `/readyz`: ready means standard events are accepted safely.
+    /// Without the spool that needs Kafka; with it, Kafka or a spool with room (during an
+    /// outage the relay answers 202 `spooled`, which is better than a load balancer's 502 or
+    /// 503). The fulfilment reply path is reported, never required: a replica that starts
+    /// during an outage, or whose reply topic cannot be created, must still take the standard
+    /// events FirstPromoter v1 never re-sends.
     pub fn report(&self, spool: Option<&Spool>) -> (bool, serde_json::Value) {
         let producer = self.producer.load(Ordering::Acquire);
         let replies = self.reply_consumer.load(Ordering::Acquire);
         let state = |ok: bool| if ok { "ok" } else { "failing" };
-        let mut checks =
-            json!({ "kafka_producer": state(producer), "reply_consumer": state(replies) });
+        let mut checks = json!({
+            "kafka_producer": state(producer),
+            "reply_consumer": if replies {
+                "ok"
+            } else {
+                "not_ready (not required; fulfilment_pending is answered pending without publishing)"
+            },
+        });
         if let Some(api) = &self.firstpromoter_api {
             checks["firstpromoter_api"] = json!(if api.load(Ordering::Acquire) {
                 "ok"
@@ -48,6 +58,6 @@ impl Health {
             }
             None => producer,
         };
-        (accepting && replies, checks)
+        (accepting, checks)
     }
 }

@@ -132,12 +132,16 @@ metrics! {
     duplicates: IntCounter = "fp_relay_duplicates_total" [],
     /// 1 when `/readyz` would answer 200, else 0; refreshed at every scrape.
     ready: IntGauge = "fp_relay_ready" [],
+    /// 1 when fulfilment replies can reach held requests (the reply consumer is positioned);
+    /// while 0, fulfilment_pending is answered pending without being published. Not part of
+    /// readiness. Refreshed at every scrape.
+    fulfilment_reply_path_ready: IntGauge = "fp_relay_fulfilment_reply_path_ready" [],
     /// fulfilment_pending requests currently held for an answer.
     fulfilment_in_flight: IntGauge = "fp_relay_fulfilment_in_flight" [],
     /// `fulfilment.max_in_flight`, so dashboards and alerts can compare against the cap.
     fulfilment_max_in_flight: IntGauge = "fp_relay_fulfilment_max_in_flight" [],
     /// fulfilment_pending outcomes: fulfilled, pending, failed, timeout, publish_error, overflow,
-    /// released, disabled.
+    /// released, disabled, unavailable (no reply could reach a hold: not published).
     fulfilment_outcomes: IntCounterVec = "fp_relay_fulfilment_outcomes_total" ["outcome"],
     /// Reply consumers rebuilt because the reply topic vanished, shrank or was recreated.
     fulfilment_reply_consumer_rebuilds: IntCounter = "fp_relay_fulfilment_reply_consumer_rebuilds_total" [],
@@ -230,7 +234,7 @@ mod tests {
         ), "two doc lines make one HELP line:\n{text}");
         assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
         let names = metrics.names();
-        assert_eq!(names.len(), 37, "36 declared plus build_info: {names:?}");
+        assert_eq!(names.len(), 38, "37 declared plus build_info: {names:?}");
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }

@@ -143,6 +143,10 @@ impl Relay {
             .metrics
             .ready
             .set(i64::from(self.readiness().0));
+        self.services
+            .metrics
+            .fulfilment_reply_path_ready
+            .set(i64::from(self.reply_path_ready()));
         if let Some(spool) = &self.services.spool {
             spool.refresh_metrics();
         }
@@ -206,7 +210,7 @@ impl Relay {
         };
         // Every path but the hold is boxed, so that a held request's state is the hold's alone.
         let result = if is_fulfilment {
-            self.fulfil(&meta, record, budget, &received, arrived).await
+            self.fulfil(&meta, record, budget, arrived).await
         } else if let Some(commission) = approved {
             Box::pin(
                 self.request_fulfilment(version, &meta, commission, record, &received, arrived),
@@ -450,7 +454,6 @@ impl Relay {
         event: &EventMeta,
         mut record: OutboundRecord,
         budget: BodyPermit<'_>,
-        received: &Received,
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {
         let settings = &self.config.fulfilment;
@@ -459,6 +462,18 @@ impl Relay {
             Box::pin(self.publish_fulfilment(&record, arrived)).await?;
             return Ok(self.answer(pending, "disabled", None, None));
         };
+        if correlator.releasing() || !self.reply_path_ready() {
+            // No reply could reach this hold (starting, rebuilding the reply consumer, shutting
+            // down): publishing would let a fulfiller act on a reward FirstPromoter is then told
+            // is still pending. Unpublished and answered pending, it is asked again at
+            // FirstPromoter's next fulfilment check.
+            return Ok(self.answer(
+                pending,
+                "unavailable",
+                None,
+                Some("the reply path is not ready; not published".to_owned()),
+            ));
+        }
         let Some(mut hold) = correlator.hold() else {
             // Beyond max_in_flight: still publish (a fulfiller may act on it), but do not hold.
             Box::pin(self.publish_fulfilment(&record, arrived)).await?;
@@ -467,11 +482,11 @@ impl Relay {
         };
         let correlation_id = hold.id().to_string();
         let deadline = arrived + settings.timeout;
-        record.add_fulfilment_request(
-            &correlation_id,
-            &settings.reply_topic,
-            rfc3339(received.at + settings.timeout),
-        );
+        // The instant the hold ends, on the wall clock: `received` was taken after the body
+        // was read, up to request_timeout later, and a fulfiller working to it replied late.
+        let deadline_at =
+            std::time::SystemTime::now() + deadline.saturating_duration_since(Instant::now());
+        record.add_fulfilment_request(&correlation_id, &settings.reply_topic, rfc3339(deadline_at));
         Box::pin(self.publish_fulfilment(&record, arrived)).await?;
         // In Kafka now; the hold needs only the correlation id.
         drop(record);
@@ -522,6 +537,14 @@ impl Relay {
             correlation_id,
             reason,
         })
+    }
+
+    /// True when replies can reach a held request: the reply consumer is positioned.
+    pub fn reply_path_ready(&self) -> bool {
+        self.services
+            .health
+            .reply_consumer
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Everything held is answered with the pending status now, and every later fulfilment

@@ -438,3 +438,124 @@ async fn the_reference_responder_completes_the_round_trip() {
     responder.await.unwrap().unwrap();
     relay.shutdown().await;
 }
+
+/// `fp-deadline` names the instant the hold ends, measured from the request's head like the
+/// hold itself: a client whose body arrives a second late does not push it a second later
+/// (a fulfiller working to the header used to reply after the hold had already ended).
+#[tokio::test(flavor = "multi_thread")]
+async fn fp_deadline_is_when_the_hold_ends_even_for_a_slow_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(3))).await;
+    let body = sample("v1/fulfilment_pending.json");
+    let mut stream = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: relay\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        relay.path,
+        body.len()
+    );
+    let head_sent = std::time::SystemTime::now();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stream.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    let answered = std::time::SystemTime::now();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 202"),
+        "no reply: pending; {answer}"
+    );
+    let request = requests(&broker, 1).await.pop().unwrap();
+    let deadline = humantime::parse_rfc3339(request.header("fp-deadline").unwrap()).unwrap();
+    let expected = head_sent + Duration::from_secs(3);
+    let off = |a: std::time::SystemTime, b: std::time::SystemTime| {
+        a.duration_since(b).unwrap_or_else(|e| e.duration())
+    };
+    assert!(
+        off(deadline, expected) < Duration::from_millis(300),
+        "fp-deadline {deadline:?} is three seconds after the head ({expected:?})"
+    );
+    assert!(
+        deadline <= answered,
+        "the hold ended ({answered:?}) no earlier than fp-deadline ({deadline:?})"
+    );
+    relay.shutdown().await;
+}
+
+/// A replica that starts while Kafka is unreachable is ready with the spool on (standard
+/// events are spooled, and v1 never re-sends them), although its reply consumer cannot be
+/// positioned; meanwhile `fulfilment_pending` is answered pending without being published (no
+/// reply could reach its hold, and a fulfiller must not act on a reward FirstPromoter is told
+/// is still pending), so FirstPromoter asks again at its next fulfilment check.
+#[tokio::test(flavor = "multi_thread")]
+async fn starting_during_an_outage_is_ready_and_publishes_no_fulfilment_request() {
+    let broker = Tansu::start();
+    broker.freeze();
+    let dir = std::env::temp_dir().join(format!("fp-relay-outage-{}", uuid::Uuid::new_v4()));
+    let mut config = config(&broker, Duration::from_secs(3));
+    config.spool.enabled = true;
+    config.spool.dir = dir.clone();
+    config.spool.handoff_after = Duration::from_millis(300);
+    let relay = TestRelay::start(config).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            common::get(relay.admin, "/readyz").await.status == StatusCode::OK
+        })
+        .await,
+        "ready: the spool takes standard events"
+    );
+    let ready = common::get(relay.admin, "/readyz").await.json();
+    assert_ne!(ready["checks"]["reply_consumer"], "ok", "{ready}");
+    let standard = relay.post(sample("v1/lead_signup.json")).await;
+    assert_eq!(standard.status, StatusCode::ACCEPTED, "{}", standard.text());
+    assert_eq!(standard.json()["status"], "spooled");
+    let fulfilment = relay.post(sample("v1/fulfilment_pending.json")).await;
+    assert_eq!(
+        fulfilment.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        fulfilment.text()
+    );
+    assert_eq!(fulfilment.json()["status"], "unavailable");
+    assert_eq!(
+        relay.metric("fp_relay_fulfilment_reply_path_ready").await,
+        0.0
+    );
+    assert_eq!(
+        relay
+            .metric(r#"fp_relay_fulfilment_outcomes_total{outcome="unavailable"}"#)
+            .await,
+        1.0
+    );
+    broker.thaw();
+    let standard = consume(
+        &broker.bootstrap(),
+        "firstpromoter.lead_signup",
+        1,
+        WAIT,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(standard.len(), 1, "the spooled event reached Kafka");
+    assert!(
+        relay
+            .wait_for_metric("fp_relay_fulfilment_reply_path_ready", 1.0, WAIT)
+            .await,
+        "the reply path comes back with Kafka"
+    );
+    let published = consume(
+        &broker.bootstrap(),
+        REQUESTS,
+        1,
+        Duration::from_secs(2),
+        Duration::ZERO,
+    )
+    .await;
+    assert!(
+        published.is_empty(),
+        "the unanswerable request was not published"
+    );
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -203,6 +203,11 @@ impl Correlator {
     pub fn release_all(&self) {
         self.release_all.cancel();
     }
+
+    /// True once [`Correlator::release_all`] was called: no reply will be waited for.
+    pub fn releasing(&self) -> bool {
+        self.release_all.is_cancelled()
+    }
 }
 
 /// One held request. Dropping it frees its entry.

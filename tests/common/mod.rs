@@ -234,13 +234,14 @@ impl TestRelay {
         relay
     }
 
+    /// Waits until `/readyz` says 200 and the fulfilment reply path is ready (see [`fully_ready`]).
     pub async fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let response = get(self.admin, "/readyz").await;
-            if response.status == StatusCode::OK {
+            if fully_ready(self.admin).await {
                 return;
             }
+            let response = get(self.admin, "/readyz").await;
             assert!(
                 Instant::now() < deadline,
                 "relay not ready: {}",
@@ -548,6 +549,27 @@ pub async fn try_get(addr: SocketAddr, path: &str) -> Option<StatusCode> {
     client.request(request).await.ok().map(|r| r.status())
 }
 
+/// True when `/readyz` on `admin` answers 200 and the fulfilment reply path is ready too
+/// (readiness does not require it, but a test that posts `fulfilment_pending` does: until then
+/// the relay answers it pending without publishing).
+pub async fn fully_ready(admin: SocketAddr) -> bool {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(format!("http://{admin}/readyz"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let Ok(response) = client.request(request).await else {
+        return false;
+    };
+    if response.status() != StatusCode::OK {
+        return false;
+    }
+    let Ok(body) = response.into_body().collect().await else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&body.to_bytes())
+        .is_ok_and(|ready| ready["checks"]["reply_consumer"] == "ok")
+}
+
 /// Creates `topic` with `partitions` partitions (already existing is fine), as an operator
 /// would before traffic arrives.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
@@ -635,11 +657,12 @@ impl RelayProcess {
         relay
     }
 
-    /// Waits for `/readyz` 200; how long it took, or `None` after `limit`.
+    /// Waits for `/readyz` 200 with the reply path ready (see [`fully_ready`]); how long it
+    /// took, or `None` after `limit`.
     pub async fn wait_ready(&self, limit: Duration) -> Option<Duration> {
         let started = Instant::now();
         while started.elapsed() < limit {
-            if try_get(self.admin, "/readyz").await == Some(StatusCode::OK) {
+            if fully_ready(self.admin).await {
                 return Some(started.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
