@@ -284,3 +284,25 @@ async fn the_binary_serves_against_a_real_broker_and_exits_0_on_sigterm() {
     .await;
     assert_eq!(messages.len(), 1);
 }
+
+/// A Kubernetes Service named fp-relay-admin or fp-relay-kafka in the namespace injects
+/// variables that look like settings; the relay starts anyway (it used to refuse them as
+/// unknown keys, so every replica crash-looped at its next restart).
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_service_link_variables_do_not_stop_the_relay() {
+    let broker = common::Tansu::start();
+    let relay = common::RelayProcess::start_with(
+        &broker,
+        &[
+            ("FP_RELAY_ADMIN_SERVICE_HOST", "10.96.0.7"),
+            ("FP_RELAY_ADMIN_SERVICE_PORT", "9090"),
+            ("FP_RELAY_ADMIN_PORT", "tcp://10.96.0.7:9090"),
+            ("FP_RELAY_ADMIN_PORT_9090_TCP_ADDR", "10.96.0.7"),
+            ("FP_RELAY_KAFKA_SERVICE_HOST", "10.96.0.8"),
+            ("FP_RELAY_KAFKA_PORT_9092_TCP", "tcp://10.96.0.8:9092"),
+        ],
+    )
+    .await;
+    let (status, _) = relay.terminate().await;
+    assert!(status.success());
+}

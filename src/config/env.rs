@@ -30,11 +30,15 @@ pub(super) fn apply_env(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        let original = rest;
         let rest = rest.to_ascii_lowercase();
         let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
             continue;
         };
         let key = &rest[section.len() + 1..];
+        if is_service_link(key) {
+            continue;
+        }
         let section_table = table
             .entry(section.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -52,9 +56,18 @@ pub(super) fn apply_env(
             continue;
         }
         let (key, value) = match key.split_once("__") {
-            Some((table, entry)) => {
+            Some((table, _)) => {
+                // The entry's name is user data (a Basic user, an event type): kept as written,
+                // except that an all-capitals name, the usual spelling of an environment
+                // variable, means the lower-case name.
+                let entry = &original[original.len() - (key.len() - table.len() - 2)..];
+                let entry = if entry.chars().any(|c| c.is_ascii_lowercase()) {
+                    entry.to_owned()
+                } else {
+                    entry.to_ascii_lowercase()
+                };
                 let mut single = toml::Table::new();
-                single.insert(entry.to_owned(), env_value(&raw));
+                single.insert(entry, env_value(&raw));
                 (table, toml::Value::Table(single))
             }
             None => (key, env_value(&raw)),
@@ -69,6 +82,31 @@ pub(super) fn apply_env(
         }
     }
     Ok(())
+}
+
+/// Kubernetes injects `{SERVICE}_SERVICE_HOST`, `{SERVICE}_SERVICE_PORT[_NAME]`,
+/// `{SERVICE}_PORT` and `{SERVICE}_PORT_{N}_{PROTO}[_PROTO|_PORT|_ADDR]` for every Service in the
+/// namespace (unless `enableServiceLinks: false`): a Service named `fp-relay-admin` or
+/// `fp-relay-kafka` would make them look like settings and, refused as unknown keys, stop every
+/// replica at its next restart. No setting is named like them.
+fn is_service_link(key: &str) -> bool {
+    if key == "port" || key == "service_host" || key.starts_with("service_port") {
+        return true;
+    }
+    let Some(rest) = key.strip_prefix("port_") else {
+        return false;
+    };
+    let mut parts = rest.split('_');
+    let number = parts
+        .next()
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let protocol = parts
+        .next()
+        .is_some_and(|p| matches!(p, "tcp" | "udp" | "sctp"));
+    let field = parts
+        .next()
+        .is_none_or(|f| matches!(f, "proto" | "port" | "addr"));
+    number && protocol && field && parts.next().is_none()
 }
 
 fn env_value(raw: &str) -> toml::Value {

@@ -362,7 +362,8 @@ pub struct FulfilmentConfig {
     /// How long a request is held for its answer, counted from its arrival.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Accept a `timeout` of 15 s or more (only useful for v2 subscriptions with a longer timeout).
+    /// No longer has any effect (`timeout` is at most 14 s: only webhooks v1 sends
+    /// `fulfilment_pending`, and it gives up at 15 s); accepted so that existing files load.
     pub allow_long_timeout: bool,
     /// Status for a `pending` answer: any 2xx except 200.
     pub pending_status: u16,

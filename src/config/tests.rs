@@ -124,11 +124,47 @@ fn fulfilment_statuses_are_checked_against_the_protocol() {
         let err = load_str(text, &[]).unwrap_err().to_string();
         assert!(err.starts_with(field), "{text}: {err}");
     }
-    let long = load_str(
-        "[fulfilment]\ntimeout = \"20s\"\nallow_long_timeout = true\n",
+    for long in ["15s", "14500ms", "20s"] {
+        let text = format!("[fulfilment]\ntimeout = \"{long}\"\nallow_long_timeout = true\n");
+        let err = load_str(&text, &[]).unwrap_err().to_string();
+        assert!(err.starts_with("fulfilment.timeout"), "{long}: {err}");
+    }
+    assert!(load_str("[fulfilment]\ntimeout = \"14s\"\n", &[]).is_ok());
+}
+
+#[test]
+fn a_reply_topic_shared_with_another_topic_is_refused() {
+    for (text, shared) in [
+        (
+            "[fulfilment]\nreply_topic = \"firstpromoter.fulfilment_pending\"\n",
+            "the fulfilment request topic",
+        ),
+        (
+            "[fulfilment]\nreply_topic = \"firstpromoter.dead_letter\"\n",
+            "kafka.dead_letter_topic",
+        ),
+        (
+            "[kafka.topics]\nlead_signup = \"replies\"\n[fulfilment]\nreply_topic = \"replies\"\n",
+            "kafka.topics.lead_signup",
+        ),
+        (
+            "[fulfilment]\nreply_topic = \"firstpromoter.new_customer\"\n",
+            "the topic of new_customer events",
+        ),
+    ] {
+        let err = load_str(text, &[]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("fulfilment.reply_topic") && err.contains(shared),
+            "{text}: {err}"
+        );
+    }
+    let err = load_str(
+        "[kafka]\ndead_letter_topic = \"firstpromoter.fulfilment_pending\"\n",
         &[],
-    );
-    assert!(long.is_ok());
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("kafka.dead_letter_topic"), "{err}");
 }
 
 #[test]
@@ -277,4 +313,48 @@ fn v2_fulfilment_needs_a_key_and_an_account_and_masks_the_key() {
     .unwrap_err()
     .to_string();
     assert!(err.starts_with("fulfilment.v2.units"), "{err}");
+}
+
+#[test]
+fn a_basic_user_keeps_its_case_from_the_environment_unless_written_in_capitals() {
+    let config = load_exact(
+        "",
+        &[
+            (
+                "FP_RELAY_AUTH_BASIC__FirstPromoter",
+                "password-mixed-case-1",
+            ),
+            ("FP_RELAY_AUTH_BASIC__SHOUTED", "password-in-capitals-1"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.auth.basic["FirstPromoter"], "password-mixed-case-1");
+    assert_eq!(config.auth.basic["shouted"], "password-in-capitals-1");
+}
+
+/// Kubernetes injects these for Services named fp-relay-admin, fp-relay-kafka, fp-relay-http
+/// (unless enableServiceLinks is off); they must not stop the relay as unknown settings.
+#[test]
+fn kubernetes_service_link_variables_are_not_settings() {
+    let config = load_str(
+        "",
+        &[
+            ("FP_RELAY_ADMIN_SERVICE_HOST", "10.0.0.7"),
+            ("FP_RELAY_ADMIN_SERVICE_PORT", "9090"),
+            ("FP_RELAY_ADMIN_SERVICE_PORT_METRICS", "9090"),
+            ("FP_RELAY_ADMIN_PORT", "tcp://10.0.0.7:9090"),
+            ("FP_RELAY_ADMIN_PORT_9090_TCP", "tcp://10.0.0.7:9090"),
+            ("FP_RELAY_ADMIN_PORT_9090_TCP_PROTO", "tcp"),
+            ("FP_RELAY_ADMIN_PORT_9090_TCP_PORT", "9090"),
+            ("FP_RELAY_ADMIN_PORT_9090_TCP_ADDR", "10.0.0.7"),
+            ("FP_RELAY_KAFKA_SERVICE_HOST", "10.0.0.8"),
+            ("FP_RELAY_KAFKA_PORT_9092_TCP_ADDR", "10.0.0.8"),
+            ("FP_RELAY_HTTP_PORT_8080_UDP", "udp://10.0.0.9:8080"),
+        ],
+    );
+    assert!(config.is_ok(), "{:?}", config.err());
+    let err = load_str("", &[("FP_RELAY_ADMIN_PORTS", "1")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ports"), "a real typo is still refused: {err}");
 }

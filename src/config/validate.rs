@@ -1,7 +1,12 @@
 //! Start-up validation: every rule a configuration must meet, each failure naming its field.
 
 use super::*;
-use crate::webhook::routing::is_valid_topic;
+use crate::webhook::routing::{is_valid_topic, Router};
+use crate::webhook::{V1_EVENT_TYPES, V2_EVENT_TYPES};
+
+/// Longest `fulfilment.timeout`: FirstPromoter v1 (the only version with `fulfilment_pending`)
+/// gives up at 15 s, and the answer needs time to reach it.
+pub const MAX_FULFILMENT_TIMEOUT: Duration = Duration::from_secs(14);
 
 impl Config {
     pub(super) fn validate_http(&self) -> Result<(), ConfigError> {
@@ -236,13 +241,15 @@ impl Config {
                 "must be above 0",
             ));
         }
-        if f.timeout >= FIRSTPROMOTER_V1_TIMEOUT && !f.allow_long_timeout {
+        if f.timeout > MAX_FULFILMENT_TIMEOUT {
             return Err(ConfigError::invalid(
                 "fulfilment.timeout",
-                "must be below 15s, where FirstPromoter v1 gives up \
-                 (set fulfilment.allow_long_timeout = true for v2 subscriptions with a longer timeout)",
+                "must be at most 14s: fulfilment_pending exists only in webhooks v1, which gives \
+                 up at 15 s, and the answer needs time to reach it (fulfilment.allow_long_timeout \
+                 no longer lifts this)",
             ));
         }
+        self.check_reply_topic()?;
         for (field, status) in [
             ("fulfilment.pending_status", f.pending_status),
             ("fulfilment.timeout_status", f.timeout_status),
@@ -288,6 +295,54 @@ impl Config {
             ));
         }
         self.validate_fulfilment_v2()
+    }
+
+    /// The reply topic must be nobody else's: a fulfiller reading requests (or a consumer of
+    /// an event topic, or of dead letters) from the topic it answers on would answer its own
+    /// replies in a loop, and the relay would read requests as replies.
+    fn check_reply_topic(&self) -> Result<(), ConfigError> {
+        let f = &self.fulfilment;
+        let kafka = &self.kafka;
+        let router = Router::new(&kafka.topic_template, &kafka.topics, &BTreeMap::new());
+        let request_topic = router.topic(&f.event_type);
+        let mut others: Vec<(String, String)> = vec![
+            ("the fulfilment request topic".into(), request_topic),
+            (
+                "kafka.dead_letter_topic".into(),
+                kafka.dead_letter_topic.clone(),
+            ),
+        ];
+        others.extend(
+            kafka
+                .topics
+                .iter()
+                .map(|(event_type, topic)| (format!("kafka.topics.{event_type}"), topic.clone())),
+        );
+        others.extend(
+            V1_EVENT_TYPES
+                .iter()
+                .chain(V2_EVENT_TYPES)
+                .map(|event_type| {
+                    (
+                        format!("the topic of {event_type} events"),
+                        router.topic(event_type),
+                    )
+                }),
+        );
+        match others.iter().find(|(_, topic)| *topic == f.reply_topic) {
+            Some((what, _)) => Err(ConfigError::invalid(
+                "fulfilment.reply_topic",
+                format!(
+                    "{:?} is also {what}; replies need a topic of their own",
+                    f.reply_topic
+                ),
+            )),
+            None if kafka.dead_letter_topic == others[0].1 => Err(ConfigError::invalid(
+                "kafka.dead_letter_topic",
+                "is also the fulfilment request topic; dead letters need a topic of their own",
+            )),
+            None => Ok(()),
+        }
     }
 
     fn validate_fulfilment_v2(&self) -> Result<(), ConfigError> {
