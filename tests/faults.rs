@@ -338,3 +338,72 @@ async fn a_spooled_event_every_topic_refuses_is_quarantined_and_replay_goes_on()
     let _ = std::fs::remove_dir_all(dir);
     drop(cluster);
 }
+
+/// The reply consumer checks its topic beside the receive loop, not in it: while one broker is
+/// away, each check waits seconds for that broker's watermark, and replies on the partitions
+/// of the broker still up must keep arriving (they used to wait for the check, and the held
+/// request timed out into "pending" although its reply had come).
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_on_healthy_partitions_arrive_while_the_reply_topic_is_checked() {
+    const REQUESTS: &str = "firstpromoter.fulfilment_pending";
+    const REPLIES: &str = "firstpromoter.fulfilment_replies";
+    let cluster = MockCluster::new(2).unwrap();
+    cluster.create_topic(REQUESTS, 1, 1).unwrap();
+    cluster.partition_leader(REQUESTS, 0, Some(1)).unwrap();
+    cluster.create_topic(REPLIES, 2, 1).unwrap();
+    cluster.partition_leader(REPLIES, 0, Some(1)).unwrap();
+    cluster.partition_leader(REPLIES, 1, Some(2)).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let mut config = common::test_config(&bootstrap);
+    config.fulfilment.timeout = Duration::from_secs(4);
+    config.fulfilment.create_reply_topic = false;
+    config.kafka.probe_interval = Duration::from_millis(300);
+    let relay = TestRelay::start_ready(config).await;
+    // Partition 1's leader answers slowly and fetches fail for a moment: the consumer reports
+    // an error, and every check now waits seconds for partition 1's watermark.
+    cluster
+        .broker_round_trip_time(2, Duration::from_secs(3))
+        .unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART; 4],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for round in 0..3usize {
+        let started = Instant::now();
+        let held = relay.post_in_background(sample("v1/fulfilment_pending.json"));
+        let requests = consume(
+            &bootstrap,
+            REQUESTS,
+            round + 1,
+            Duration::from_secs(10),
+            Duration::ZERO,
+        )
+        .await;
+        let correlation_id = requests
+            .last()
+            .and_then(|r| r.header("fp-correlation-id"))
+            .expect("a held request")
+            .to_owned();
+        common::produce(
+            &bootstrap,
+            REPLIES,
+            Some(0),
+            None,
+            &[("fp-correlation-id", &correlation_id)],
+            r#"{"outcome":"fulfilled"}"#,
+        )
+        .await;
+        let answer = held.await.unwrap();
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "round {round}: the reply on the healthy partition was delivered ({:?}): {}",
+            started.elapsed(),
+            answer.text()
+        );
+    }
+    cluster.broker_round_trip_time(2, Duration::ZERO).unwrap();
+    relay.shutdown().await;
+    drop(cluster);
+}

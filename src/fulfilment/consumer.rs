@@ -11,10 +11,16 @@
 //! offsets that no longer mean anything. So every `kafka.probe_interval` the consumer checks its
 //! topic; when the topic is gone, has fewer partitions, or (after any consumption error) its
 //! offsets went back, the consumer is marked not ready, dropped, built afresh and positioned
-//! at the end again (recreating the topic when `create_reply_topic` is on). Requests held
-//! meanwhile end by their timeout with the pending status, never 200.
+//! at the beginning of the topic it finds (recreating it when `create_reply_topic` is on): every
+//! reply on a recreated topic is newer than the loss, and older ones are only unmatched.
+//! Requests held meanwhile end by their timeout with the pending status, never 200; new ones
+//! are answered pending unpublished until the consumer is positioned again.
+//!
+//! Why the checks run beside the receive loop: a check asks the cluster for metadata and
+//! watermarks (up to 5 s each while a broker is away); run inside the loop, it stopped every
+//! reply, on healthy partitions too, and held requests timed out on replies that had arrived.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +76,14 @@ enum Served {
     TopicLost(&'static str),
 }
 
+/// What the receive loop and the topic checks share.
+struct CheckState {
+    /// Partitions assigned.
+    assigned: AtomicI32,
+    /// Set by any consumption error: the next check also looks for offsets gone back.
+    disturbed: AtomicBool,
+}
+
 /// What a periodic check of the reply topic found.
 enum Check {
     /// The cluster did not answer; nothing is known.
@@ -117,12 +131,16 @@ impl ReplyConsumer {
     /// until `stop` is cancelled, rebuilding itself whenever the reply topic is lost.
     pub fn spawn(mut self, stop: CancellationToken) -> JoinHandle<()> {
         tokio::spawn(async move {
+            // The first time at the end (older replies are for nobody here); after a loss at
+            // the beginning of the topic found then (see the module docs).
+            let mut start = Offset::End;
             loop {
-                let Some(assigned) = self.position_until_done(&stop).await else {
+                let Some(assigned) = self.position_until_done(start, &stop).await else {
                     return;
                 };
+                start = Offset::Beginning;
                 self.ready.store(true, Ordering::Release);
-                tracing::info!(topic = %self.topic, partitions = assigned, "reply consumer positioned at the end of every partition");
+                tracing::info!(topic = %self.topic, partitions = assigned, "reply consumer positioned on every partition");
                 match self.serve(assigned, &stop).await {
                     Served::Stopped => return,
                     Served::TopicLost(reason) => {
@@ -144,10 +162,10 @@ impl ReplyConsumer {
 
     /// Retries [`ReplyConsumer::position`] until it succeeds (`Some(partitions)`) or `stop`
     /// is cancelled (`None`). Logs the first failure of a series only.
-    async fn position_until_done(&self, stop: &CancellationToken) -> Option<i32> {
+    async fn position_until_done(&self, start: Offset, stop: &CancellationToken) -> Option<i32> {
         let mut logged = false;
         loop {
-            match self.position().await {
+            match self.position(start).await {
                 Ok(assigned) => return Some(assigned),
                 Err(error) => {
                     if !logged {
@@ -163,35 +181,50 @@ impl ReplyConsumer {
         }
     }
 
-    /// Hands replies to the correlator and checks the reply topic every `check_interval`.
-    async fn serve(&self, mut assigned: i32, stop: &CancellationToken) -> Served {
-        let mut check = tokio::time::interval(self.check_interval);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        check.tick().await;
-        // Set by any consumption error: the next check also looks for offsets gone back.
-        let mut disturbed = false;
+    /// Hands replies to the correlator while [`ReplyConsumer::watch_topic`] checks the reply
+    /// topic every `check_interval` beside it, never in its way.
+    async fn serve(&self, assigned: i32, stop: &CancellationToken) -> Served {
+        let state = CheckState {
+            assigned: AtomicI32::new(assigned),
+            disturbed: AtomicBool::new(false),
+        };
+        let watching = self.watch_topic(&state);
+        tokio::pin!(watching);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Served::Stopped,
+                reason = &mut watching => return Served::TopicLost(reason),
                 message = self.consumer.recv() => match message {
                     Ok(message) => self.handle(&message),
                     Err(error) => {
-                        if !disturbed && !self.watch.is_down() {
+                        if !state.disturbed.swap(true, Ordering::AcqRel) && !self.watch.is_down() {
                             tracing::warn!(%error, "reply consumer error; checking the reply topic");
                         } else {
                             tracing::debug!(%error, "reply consumer error");
                         }
-                        disturbed = true;
                     }
                 },
-                _ = check.tick() => match self.check(assigned, disturbed).await {
-                    Check::Unknown => {}
-                    Check::Healthy { partitions } => {
-                        assigned = partitions;
-                        disturbed = false;
-                    }
-                    Check::Lost(reason) => return Served::TopicLost(reason),
-                },
+            }
+        }
+    }
+
+    /// Checks the reply topic every `check_interval` until it is lost; returns why. Polled
+    /// beside the receive loop, so a slow check (a broker away) delays no reply.
+    async fn watch_topic(&self, state: &CheckState) -> &'static str {
+        let mut check = tokio::time::interval(self.check_interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
+        loop {
+            check.tick().await;
+            let assigned = state.assigned.load(Ordering::Acquire);
+            let disturbed = state.disturbed.load(Ordering::Acquire);
+            match self.check(assigned, disturbed).await {
+                Check::Unknown => {}
+                Check::Healthy { partitions } => {
+                    state.assigned.store(partitions, Ordering::Release);
+                    state.disturbed.store(false, Ordering::Release);
+                }
+                Check::Lost(reason) => return reason,
             }
         }
     }
@@ -256,8 +289,9 @@ impl ReplyConsumer {
         Ok(())
     }
 
-    /// Assigns every partition of the reply topic at its current end. Returns the partition count.
-    async fn position(&self) -> Result<i32, KafkaError> {
+    /// Assigns every partition of the reply topic at `start` (its current end, or its
+    /// beginning). Returns the partition count.
+    async fn position(&self, start: Offset) -> Result<i32, KafkaError> {
         let mut count = self.partition_count().await?;
         if count == 0 {
             if !self.create_topic {
@@ -278,8 +312,14 @@ impl ReplyConsumer {
         blocking(move || {
             let mut list = TopicPartitionList::new();
             for partition in 0..count {
-                let (_, high) = consumer.fetch_watermarks(&topic, partition, CALL_TIMEOUT)?;
-                list.add_partition_offset(&topic, partition, Offset::Offset(high))?;
+                // Concrete offsets, so that readiness means "a reply written now is read".
+                let (low, high) = consumer.fetch_watermarks(&topic, partition, CALL_TIMEOUT)?;
+                let offset = if start == Offset::Beginning {
+                    low
+                } else {
+                    high
+                };
+                list.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
             }
             consumer.assign(&list)?;
             Ok(count)
