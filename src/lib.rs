@@ -280,6 +280,7 @@ fn start_services(
     tokio::spawn(probe_cluster(
         publisher.clone(),
         health.clone(),
+        config.kafka.dead_letter_topic.clone(),
         config.kafka.probe_interval,
         background.clone(),
     ));
@@ -294,17 +295,20 @@ fn start_services(
     Ok((services, marker))
 }
 
-/// Keeps `health.producer` current with a brokers-only metadata request every `interval`, and
-/// tells the [`ClusterWatch`](kafka::outage::ClusterWatch) (which logs outages once, with summaries).
+/// Keeps `health.producer` current with a metadata request about `topic` alone (the
+/// dead-letter topic) every `interval`, and tells the
+/// [`ClusterWatch`](kafka::outage::ClusterWatch) (which logs outages once, with summaries).
 async fn probe_cluster(
     publisher: Arc<Publisher>,
     health: Arc<Health>,
+    topic: String,
     interval: Duration,
     stop: CancellationToken,
 ) {
     loop {
         let probe = publisher.clone();
-        let reachable = tokio::task::spawn_blocking(move || probe.probe(interval))
+        let topic = topic.clone();
+        let reachable = tokio::task::spawn_blocking(move || probe.probe(&topic, interval))
             .await
             .unwrap_or(false);
         health.producer.store(reachable, Ordering::Release);

@@ -407,3 +407,59 @@ async fn replies_on_healthy_partitions_arrive_while_the_reply_topic_is_checked()
     relay.shutdown().await;
     drop(cluster);
 }
+
+/// A topic that does not exist (broker auto-create off: the mock answers its metadata with
+/// UNKNOWN_TOPIC_OR_PART) is known as soon as the metadata says so: the event is dead-lettered
+/// with the reason within ack_timeout, every time, and the producer is never replaced for it
+/// (librdkafka alone reports it only after topic.metadata.propagation.max.ms, 30 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_for_a_topic_that_does_not_exist_is_dead_lettered_at_once() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster
+        .create_topic("firstpromoter.dead_letter", 1, 1)
+        .unwrap();
+    cluster
+        .topic_error(
+            "firstpromoter.lead_signup",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    let mut config = common::test_config(&cluster.bootstrap_servers());
+    config.fulfilment.enabled = false;
+    let ack_timeout = config.kafka.ack_timeout;
+    let relay = TestRelay::start_ready(config).await;
+    for n in 0..4 {
+        let started = Instant::now();
+        let reply = relay.post(sample("v1/lead_signup.json")).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{n}: {}", reply.text());
+        assert_eq!(reply.json()["status"], "dead_lettered");
+        assert!(
+            started.elapsed() < ack_timeout,
+            "{n}: {:?}",
+            started.elapsed()
+        );
+    }
+    let dead = consume(
+        &cluster.bootstrap_servers(),
+        "firstpromoter.dead_letter",
+        4,
+        Duration::from_secs(10),
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(dead.len(), 4);
+    assert_eq!(
+        dead[0].header("fp-dead-letter-reason"),
+        Some("kafka_refused: UnknownTopicOrPartition (Broker: Unknown topic or partition)")
+    );
+    assert_eq!(
+        dead[0].header("fp-original-topic"),
+        Some("firstpromoter.lead_signup")
+    );
+    assert_eq!(
+        relay.metric("fp_relay_kafka_producer_rebuilds_total").await,
+        0.0
+    );
+    relay.shutdown().await;
+    drop(cluster);
+}

@@ -435,3 +435,51 @@ async fn an_operators_nested_field_list_masks_the_outer_object_and_never_drops_a
         assert!(status.success());
     }
 }
+
+/// The readiness probe asks about the dead-letter topic alone: a topic the relay wrote to and
+/// an operator then deleted is not asked about every probe interval, so a broker with
+/// auto-create on does not bring it back (librdkafka's "no topic" metadata request names every
+/// topic the client has used).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_topic_is_not_brought_back_by_the_readiness_probe() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::ClientConfig;
+    const TOPIC: &str = "firstpromoter.lead_signup";
+    let broker = Tansu::start();
+    let config = common::test_config(&broker.bootstrap());
+    let probe_interval = config.kafka.probe_interval;
+    let relay = TestRelay::start_ready(config).await;
+    assert_eq!(
+        relay.post(sample("v1/lead_signup.json")).await.status,
+        StatusCode::OK
+    );
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("log_level", "3");
+    let admin: AdminClient<DefaultClientContext> = client.create().unwrap();
+    for result in admin
+        .delete_topics(&[TOPIC], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    tokio::time::sleep(probe_interval * 10).await;
+    let exists = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = client.set("group.id", "probe-check").create().unwrap();
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .unwrap();
+        metadata.topics().iter().any(|t| t.name() == TOPIC)
+    })
+    .await
+    .unwrap();
+    assert!(
+        !exists,
+        "ten probe intervals after its deletion the topic is still gone"
+    );
+    relay.shutdown().await;
+}

@@ -11,6 +11,14 @@
 //! producer whose last few writes all went unacknowledged is replaced too, at most once per
 //! `ack_timeout`. During a plain outage that costs one cheap rebuild per `ack_timeout`; a
 //! replaced producer keeps delivering what it already holds until its last writer is done.
+//!
+//! Why a topic is looked up before its first write: librdkafka reports a topic that does not
+//! exist only after `topic.metadata.propagation.max.ms` (30 s), long past `ack_timeout`; with
+//! broker auto-create off, a new event type or a typo in `kafka.topics` was a 503 per request
+//! (lost for v1) and, three timeouts in a row, a replaced producer. A metadata request for the
+//! topic answers at once: missing (or not authorised) is a permanent refusal, dead-lettered,
+//! remembered for [`RECHECK_MISSING`]; a topic that exists is remembered for good. The request
+//! allows auto-creation, as a write would.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -31,6 +39,23 @@ const STUCK_AFTER_FAILURES: u32 = 3;
 
 /// Pause between attempts to enqueue while the producer's queue is full.
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(10);
+
+/// Longest wait for a topic's metadata before its first write.
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a topic found missing is refused before it is looked up again.
+pub const RECHECK_MISSING: Duration = Duration::from_secs(10);
+
+/// Most topics remembered (they come from event types; the table starts over past this).
+const MAX_KNOWN_TOPICS: usize = 10_000;
+
+/// What the cluster said about a topic.
+#[derive(Debug, Clone, Copy)]
+enum TopicState {
+    Exists,
+    /// Missing or refused, with the code, since then.
+    Refused(RDKafkaErrorCode, Instant),
+}
 
 /// Where Kafka put a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +209,8 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     /// Given to each producer's context: outage-aware, silenced after shutdown.
     watch: Arc<ClusterWatch>,
+    /// Topics looked up before their first write (see the module docs).
+    topics: Mutex<std::collections::HashMap<String, TopicState>>,
 }
 
 impl Publisher {
@@ -206,7 +233,72 @@ impl Publisher {
             ack_timeout,
             metrics,
             watch,
+            topics: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Looks `topic` up before its first write: `Err(Refused)` when the cluster says it does
+    /// not exist or may not be written. When the cluster does not answer in time, the write
+    /// itself decides (nothing is remembered).
+    async fn check_topic(
+        &self,
+        topic: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), PublishError> {
+        let known = self
+            .topics
+            .lock()
+            .expect("lock not poisoned")
+            .get(topic)
+            .copied();
+        match known {
+            Some(TopicState::Exists) => return Ok(()),
+            Some(TopicState::Refused(code, since)) if since.elapsed() < RECHECK_MISSING => {
+                return Err(PublishError::Refused(KafkaError::MessageProduction(code)));
+            }
+            _ => {}
+        }
+        let timeout = TOPIC_CHECK_TIMEOUT
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let generation = self.current();
+        let name = topic.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            let metadata = generation
+                .producer()
+                .client()
+                .fetch_metadata(Some(&name), timeout)
+                .ok()?;
+            let entry = metadata.topics().iter().find(|t| t.name() == name)?;
+            Some(match entry.error() {
+                None if !entry.partitions().is_empty() => Ok(()),
+                None => Err(None),
+                Some(error) => Err(Some(RDKafkaErrorCode::from(error))),
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        let state = match found {
+            Some(Ok(())) => TopicState::Exists,
+            Some(Err(Some(
+                code @ (RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::InvalidTopic),
+            ))) => TopicState::Refused(code, Instant::now()),
+            // No answer, or a passing state (leader not available while it is created).
+            _ => return Ok(()),
+        };
+        let mut topics = self.topics.lock().expect("lock not poisoned");
+        if topics.len() >= MAX_KNOWN_TOPICS {
+            topics.clear();
+        }
+        topics.insert(topic.to_owned(), state);
+        match state {
+            TopicState::Exists => Ok(()),
+            TopicState::Refused(code, _) => {
+                Err(PublishError::Refused(KafkaError::MessageProduction(code)))
+            }
+        }
     }
 
     fn current(&self) -> Arc<Generation> {
@@ -269,6 +361,7 @@ impl Publisher {
         record: &OutboundRecord,
         deadline: tokio::time::Instant,
     ) -> Result<PendingDelivery, PublishError> {
+        self.check_topic(&record.topic, deadline).await?;
         let mut generation = self.current();
         if generation.producer().client().fatal_error().is_some() {
             generation = self.replace(&generation);
@@ -404,11 +497,12 @@ impl Publisher {
         self.current().producer().flush(timeout)
     }
 
-    /// True when the producer can reach at least one broker within `timeout`. Blocking.
-    pub fn probe(&self, timeout: Duration) -> bool {
+    /// True when the producer can reach at least one broker within `timeout`, asking about
+    /// `topic` alone (see [`super::probe`]). Blocking.
+    pub fn probe(&self, topic: &str, timeout: Duration) -> bool {
         let generation = self.current();
         generation.producer().client().fatal_error().is_none()
-            && super::probe::brokers_reachable(generation.producer().client(), timeout)
+            && super::probe::brokers_reachable(generation.producer().client(), topic, timeout)
     }
 }
 
