@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
+use crate::tools::redrive::RedriveOptions;
 use crate::tools::respond::ResponderOptions;
 use crate::tools::send::SendOptions;
 use crate::tools::tail::TailOptions;
@@ -48,6 +49,15 @@ pub enum Command {
     /// Print what the relay wrote to Kafka: topic, partition, offset, key, headers and the
     /// pretty-printed value with promoter secrets masked.
     Tail(TailOptions),
+    /// Put records from the dead-letter topic back on the topic they came from, once their
+    /// cause is fixed (a topic's ACL, FirstPromoter's API key).
+    ///
+    /// Standard events Kafka refused go back to their event topic; v2 fulfilment replies
+    /// FirstPromoter refused (or was given up on) go back to the reply topic, where the relay
+    /// acts on them again. Filter by --reason, --topic, --since and --until; --dry-run lists
+    /// what would move. Progress is kept in a consumer group of its own, so running the same
+    /// command again moves nothing new.
+    Redrive(RedriveOptions),
 }
 
 /// `fp-relay serve`.

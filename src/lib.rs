@@ -280,7 +280,7 @@ fn start_services(
     tokio::spawn(probe_cluster(
         publisher.clone(),
         health.clone(),
-        config.kafka.dead_letter_topic.clone(),
+        probe_topic(config),
         config.kafka.probe_interval,
         background.clone(),
     ));
@@ -295,8 +295,21 @@ fn start_services(
     Ok((services, marker))
 }
 
-/// Keeps `health.producer` current with a metadata request about `topic` alone (the
-/// dead-letter topic) every `interval`, and tells the
+/// The one topic the readiness probe names: the reply topic when fulfilment is on (the relay
+/// creates it at start-up), else the dead-letter topic. Naming a topic that did not exist yet
+/// in every probe kept tansu from ever assigning the v2 marker's consumer group its partitions
+/// (seen in tests/fulfilment_v2.rs; not understood), so the topic the relay creates itself is
+/// preferred.
+fn probe_topic(config: &Config) -> String {
+    if config.fulfilment.enabled {
+        config.fulfilment.reply_topic.clone()
+    } else {
+        config.kafka.dead_letter_topic.clone()
+    }
+}
+
+/// Keeps `health.producer` current with a metadata request about `topic` alone (see
+/// [`probe_topic`]) every `interval`, and tells the
 /// [`ClusterWatch`](kafka::outage::ClusterWatch) (which logs outages once, with summaries).
 async fn probe_cluster(
     publisher: Arc<Publisher>,

@@ -7,6 +7,7 @@ use clap::Parser;
 use fp_relay::cli::{CheckConfigArgs, Cli, Command, ServeArgs};
 use fp_relay::config::{Config, ConfigError, Overrides};
 use fp_relay::tools::dev::DevBroker;
+use fp_relay::tools::redrive::{self, RedriveOptions};
 use fp_relay::tools::respond::{self, ResponderOptions};
 use fp_relay::tools::send::{self, SendOptions};
 use fp_relay::tools::tail::{self, TailOptions};
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         Command::Respond(args) => respond(args),
         Command::Send(args) => send(args),
         Command::Tail(args) => tail(args),
+        Command::Redrive(args) => redrive(args),
     }
 }
 
@@ -90,6 +92,18 @@ fn send(options: SendOptions) -> ExitCode {
         Err(error) => {
             eprintln!("error: {}", describe(&error));
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn redrive(options: RedriveOptions) -> ExitCode {
+    let result = runtime()
+        .and_then(|runtime| Ok(runtime.block_on(redrive::run(&options, &mut std::io::stdout()))?));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            ExitCode::FAILURE
         }
     }
 }

@@ -37,17 +37,23 @@ struct Call {
     authorization: Option<String>,
     account_id: Option<String>,
     body: serde_json::Value,
+    /// The status the fake answered.
+    status: u16,
 }
 
 /// An answer the fake API gives: status, `Retry-After`, body.
 type Scripted = (u16, Option<&'static str>, &'static str);
 
+/// An answer chosen from the ids of a call (`None`: the script decides).
+type Rule = Box<dyn Fn(&[u64]) -> Option<Scripted> + Send>;
+
 /// FirstPromoter's company API as far as the relay uses it: records every call and answers
-/// with the scripted answers in order, then 200 `completed`.
+/// by its rule, else with the scripted answers in order, then 200 `completed`.
 #[derive(Clone, Default)]
 struct FakeFirstPromoter {
     calls: Arc<Mutex<Vec<Call>>>,
     script: Arc<Mutex<VecDeque<Scripted>>>,
+    rule: Arc<Mutex<Option<Rule>>>,
 }
 
 impl FakeFirstPromoter {
@@ -91,18 +97,30 @@ impl FakeFirstPromoter {
             header("account-id"),
         );
         let body = request.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let ids: Vec<u64> = body["ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        let ruled = self
+            .rule
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|rule| rule(&ids));
+        let (status, retry_after, answer) = ruled
+            .or_else(|| self.script.lock().unwrap().pop_front())
+            .unwrap_or((200, None, r#"{"status":"completed","message":"marked"}"#));
         self.calls.lock().unwrap().push(Call {
             at: Instant::now(),
             path,
             authorization,
             account_id,
-            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            body,
+            status,
         });
-        let (status, retry_after, body) = self.script.lock().unwrap().pop_front().unwrap_or((
-            200,
-            None,
-            r#"{"status":"completed","message":"marked"}"#,
-        ));
         let mut response = Response::builder()
             .status(status)
             .header("content-type", "application/json");
@@ -110,12 +128,29 @@ impl FakeFirstPromoter {
             response = response.header("retry-after", seconds);
         }
         response
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .body(Full::new(Bytes::from_static(answer.as_bytes())))
             .unwrap()
     }
 
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
+    }
+
+    fn set_rule(&self, rule: impl Fn(&[u64]) -> Option<Scripted> + Send + 'static) {
+        *self.rule.lock().unwrap() = Some(Box::new(rule));
+    }
+
+    /// The ids of calls answered 200, sorted: each id once means each was marked once.
+    fn marked(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .calls()
+            .iter()
+            .filter(|c| c.status == 200)
+            .flat_map(|c| c.body["ids"].as_array().cloned().unwrap_or_default())
+            .map(|id| id.as_u64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Every id marked, in call order.
@@ -133,6 +168,7 @@ fn config(broker: &Tansu, api: SocketAddr) -> Config {
     let v2 = &mut config.fulfilment.v2;
     v2.enabled = true;
     v2.api_url = format!("http://{api}/api/v2/company");
+    v2.allow_insecure_http = true;
     v2.api_key = API_KEY.to_owned();
     v2.account_id = ACCOUNT.to_owned();
     v2.retry_initial = Duration::from_millis(200);
@@ -589,5 +625,221 @@ async fn send_and_respond_drive_a_v2_reward_end_to_end() {
         "the unchanged responder's reply marked the commission: {:?}",
         fake.calls()
     );
+    relay.shutdown().await;
+}
+
+/// Fulfilled replies for `commissions`, written to one partition before the relay starts, so
+/// that the marker reads them as one batch and asks for them in one call.
+async fn fulfilled_before_start(broker: &Tansu, commissions: &[u64]) {
+    for commission in commissions {
+        let id = format!("v2:{commission}:{}", uuid::Uuid::new_v4());
+        reply(broker, Some(0), &id, "fulfilled").await;
+    }
+}
+
+fn calls_metric(result: &str) -> String {
+    format!(
+        "fp_relay_firstpromoter_api_calls_total{{endpoint=\"mark_fulfilled\",result=\"{result}\"}}"
+    )
+}
+
+/// A 401 spell (a key being rotated) says nothing about any commission: marking pauses,
+/// nothing is dead-lettered, and every fulfilled reply is marked once when the key works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_spell_pauses_marking_and_dead_letters_nothing() {
+    let broker = Tansu::start();
+    let unauthorized = (401, None, r#"{"message":"Unauthorized"}"#);
+    let (fake, api) = FakeFirstPromoter::start(&[unauthorized; 4]).await;
+    fulfilled_before_start(&broker, &[71, 72, 73]).await;
+    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    assert!(
+        eventually(WAIT, async || fake.marked() == vec![71, 72, 73]).await,
+        "{:?}",
+        fake.calls()
+    );
+    assert_eq!(relay.metric(&calls_metric("unauthorized")).await, 4.0);
+    assert_eq!(
+        relay.metric("fp_relay_fulfilment_v2_marked_total").await,
+        3.0
+    );
+    let dead = consume_all(&broker.bootstrap(), DEAD_LETTERS, Duration::from_secs(1)).await;
+    assert!(dead.is_empty(), "nothing dead-lettered: {}", dead.len());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fake.marked(), vec![71, 72, 73], "each marked once");
+    relay.shutdown().await;
+}
+
+/// `Retry-After: 0` is not an invitation to a hot loop: each pause is the larger of it and
+/// the backoff (at least half of retry_initial, 200 ms here).
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_zero_still_pauses_between_calls() {
+    let broker = Tansu::start();
+    let unavailable = (503, Some("0"), r#"{"message":"busy"}"#);
+    let (fake, api) = FakeFirstPromoter::start(&[unavailable; 5]).await;
+    fulfilled_before_start(&broker, &[81]).await;
+    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    calls_settle_at(&fake, 6).await;
+    let calls = fake.calls();
+    for pair in calls.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(100), "{gap:?} between calls");
+    }
+    assert_eq!(fake.marked(), vec![81]);
+    relay.shutdown().await;
+}
+
+/// FirstPromoter away for longer than max.poll.interval.ms (3 s here): the marker keeps
+/// polling (its partitions paused), keeps its group membership, and every reply is marked
+/// exactly once (leaving the group failed the commit, and the batch was read and marked again).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_longer_than_the_poll_interval_marks_every_reply_once() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    let back = Instant::now() + Duration::from_secs(8);
+    fake.set_rule(move |_| (Instant::now() < back).then_some((503, None, r#"{"message":"down"}"#)));
+    fulfilled_before_start(&broker, &[91, 92, 93]).await;
+    let mut config = config(&broker, api);
+    config
+        .kafka
+        .consumer_properties
+        .insert("max.poll.interval.ms".into(), "3000".into());
+    let relay = TestRelay::start_ready(config).await;
+    assert!(
+        eventually(Duration::from_secs(30), async || fake.marked().len() >= 3).await,
+        "{:?}",
+        fake.calls()
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(fake.marked(), vec![91, 92, 93], "each marked exactly once");
+    relay.shutdown().await;
+}
+
+/// One commission FirstPromoter fails forever (5xx) does not hold the others back: they are
+/// marked at once, and it is dead-lettered after give_up_after with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_commission_failing_forever_is_given_up_on_while_the_others_are_marked() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    fake.set_rule(|ids| {
+        ids.contains(&101)
+            .then_some((503, None, r#"{"message":"oops"}"#))
+    });
+    fulfilled_before_start(&broker, &[101, 102, 103]).await;
+    let mut config = config(&broker, api);
+    config.fulfilment.v2.give_up_after = Duration::from_secs(2);
+    let relay = TestRelay::start_ready(config).await;
+    let dead = consume(&broker.bootstrap(), DEAD_LETTERS, 1, WAIT, Duration::ZERO).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header("fp-commission-id"), Some("101"));
+    let reason = dead[0].header("fp-dead-letter-reason").unwrap();
+    assert!(
+        reason.starts_with("firstpromoter_gave_up: server_error for 2s"),
+        "{reason}"
+    );
+    assert_eq!(fake.marked(), vec![102, 103]);
+    relay.shutdown().await;
+}
+
+/// A several-id call that is not a plain success is asked again id by id, and each answer
+/// settles its own commission: a 2xx batch reporting a failure is not "all marked", "already
+/// denied" is a refusal (only "already fulfilled" counts as done).
+#[tokio::test(flavor = "multi_thread")]
+async fn mixed_batches_are_settled_per_commission() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    fake.set_rule(|ids| match ids {
+        [_, _, ..] => Some((
+            200,
+            None,
+            r#"{"status":"completed","processed_count":2,"failed_count":1}"#,
+        )),
+        [112] => Some((422, None, r#"{"message":"Commission already denied"}"#)),
+        [113] => Some((
+            422,
+            None,
+            r#"{"message":"Commission is already fulfilled"}"#,
+        )),
+        _ => None,
+    });
+    fulfilled_before_start(&broker, &[111, 112, 113]).await;
+    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let dead = consume(&broker.bootstrap(), DEAD_LETTERS, 1, WAIT, Duration::ZERO).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header("fp-commission-id"), Some("112"));
+    assert_eq!(
+        dead[0].header("fp-dead-letter-reason"),
+        Some("firstpromoter_422: Commission already denied")
+    );
+    calls_settle_at(&fake, 4).await;
+    let singles: Vec<Vec<serde_json::Value>> = fake.calls()[1..]
+        .iter()
+        .map(|c| c.body["ids"].as_array().cloned().unwrap())
+        .collect();
+    assert_eq!(singles.len(), 3, "asked again one by one: {singles:?}");
+    assert_eq!(
+        relay.metric("fp_relay_fulfilment_v2_marked_total").await,
+        2.0,
+        "111 marked, 113 already fulfilled"
+    );
+    relay.shutdown().await;
+}
+
+/// Replies nobody can act on are kept on the dead-letter topic with what is wrong, and
+/// counted (they used to be committed and forgotten).
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_replies_are_dead_lettered_with_the_reason() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    let bootstrap = broker.bootstrap();
+    produce(
+        &bootstrap,
+        REPLIES,
+        Some(0),
+        None,
+        &[],
+        r#"{"outcome":"fulfilled"}"#,
+    )
+    .await;
+    let no_commission = format!("v2:abc:{}", uuid::Uuid::new_v4());
+    produce(
+        &bootstrap,
+        REPLIES,
+        Some(0),
+        None,
+        &[("fp-correlation-id", &no_commission)],
+        r#"{"outcome":"fulfilled"}"#,
+    )
+    .await;
+    let not_json = format!("v2:121:{}", uuid::Uuid::new_v4());
+    produce(
+        &bootstrap,
+        REPLIES,
+        Some(0),
+        None,
+        &[("fp-correlation-id", &not_json)],
+        "fulfilled!",
+    )
+    .await;
+    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let dead = consume(&bootstrap, DEAD_LETTERS, 3, WAIT, Duration::ZERO).await;
+    let reasons: Vec<&str> = dead
+        .iter()
+        .filter_map(|d| d.header("fp-dead-letter-reason"))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            "malformed_reply: no fp-correlation-id header",
+            "malformed_reply: the correlation id names no commission (v2:<commission>:<id>)",
+            "malformed_reply: the value is not JSON with a known outcome",
+        ]
+    );
+    assert_eq!(
+        relay
+            .metric("fp_relay_fulfilment_v2_replies_total{outcome=\"malformed\"}")
+            .await,
+        3.0
+    );
+    assert!(fake.calls().is_empty());
     relay.shutdown().await;
 }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{consume, free_port, Tansu, TestRelay};
+use common::{consume, consume_all, free_port, produce, Tansu, TestRelay};
+use fp_relay::tools::redrive::{self, RedriveOptions};
 use fp_relay::tools::samples::SAMPLES;
 
 fn fp_relay(args: &[&str]) -> Output {
@@ -257,7 +258,15 @@ async fn tail_started_before_send_all_prints_every_record_exactly_once() {
 fn help_of_every_subcommand_matches_its_snapshot() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
     let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
-    for subcommand in ["", "serve", "check-config", "respond", "send", "tail"] {
+    for subcommand in [
+        "",
+        "serve",
+        "check-config",
+        "respond",
+        "send",
+        "tail",
+        "redrive",
+    ] {
         let args: Vec<&str> = [subcommand, "--help"]
             .into_iter()
             .filter(|a| !a.is_empty())
@@ -281,4 +290,119 @@ fn help_of_every_subcommand_matches_its_snapshot() {
             "`fp-relay {name} --help` changed; if intended, run with UPDATE_SNAPSHOTS=1"
         );
     }
+}
+
+/// `fp-relay redrive` puts dead letters back where they came from: `--dry-run` lists and moves
+/// nothing, the real run moves what matches (headers restored, `fp-redriven-from` added), a
+/// second run of the same command moves nothing, and what has nowhere to go is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn redrive_moves_matching_dead_letters_back_once() {
+    const DEAD: &str = "firstpromoter.dead_letter";
+    let broker = Tansu::start();
+    let bootstrap = broker.bootstrap();
+    let refused = [
+        (
+            "fp-dead-letter-reason",
+            "kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed)",
+        ),
+        ("fp-original-topic", "firstpromoter.lead_signup"),
+        ("fp-event-id", "4711"),
+    ];
+    let key_refused = [
+        ("fp-dead-letter-reason", "firstpromoter_401: Unauthorized"),
+        ("fp-original-topic", "firstpromoter.fulfilment_replies"),
+        (
+            "fp-correlation-id",
+            "v2:31:00000000-0000-0000-0000-000000000000",
+        ),
+    ];
+    let unparseable = [("fp-dead-letter-reason", "bad_json: expected value")];
+    for (headers, value) in [
+        (&refused[..], r#"{"event":{"type":"lead_signup"}}"#),
+        (&key_refused[..], r#"{"outcome":"fulfilled"}"#),
+        (&unparseable[..], "{nope"),
+    ] {
+        produce(&bootstrap, DEAD, Some(0), Some("k"), headers, value).await;
+    }
+    let options = |dry_run: bool, reasons: &[&str]| RedriveOptions {
+        brokers: bootstrap.clone(),
+        dead_letter_topic: DEAD.to_owned(),
+        reasons: reasons.iter().map(|r| r.to_string()).collect(),
+        topics: Vec::new(),
+        since: None,
+        until: None,
+        dry_run,
+        group: None,
+        idle_exit: Duration::from_secs(2),
+        properties: Vec::new(),
+    };
+    let run = |options: RedriveOptions| async move {
+        let mut out = Vec::new();
+        let summary = redrive::run(&options, &mut out).await.unwrap();
+        (summary, String::from_utf8(out).unwrap())
+    };
+    let (dry, listing) = run(options(true, &["kafka_refused"])).await;
+    assert_eq!((dry.read, dry.moved), (3, 1), "{listing}");
+    assert!(
+        listing.contains("0/0  would move to firstpromoter.lead_signup"),
+        "{listing}"
+    );
+    let lead_signups = consume_all(
+        &bootstrap,
+        "firstpromoter.lead_signup",
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(lead_signups.is_empty(), "a dry run moves nothing");
+
+    let (real, listing) = run(options(false, &["kafka_refused"])).await;
+    assert_eq!(
+        (real.read, real.moved),
+        (3, 1),
+        "the dry run remembered nothing: {listing}"
+    );
+    let moved = consume(
+        &bootstrap,
+        "firstpromoter.lead_signup",
+        1,
+        Duration::from_secs(10),
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].value, br#"{"event":{"type":"lead_signup"}}"#);
+    assert_eq!(moved[0].key.as_deref(), Some("k"));
+    assert_eq!(moved[0].header("fp-event-id"), Some("4711"));
+    assert_eq!(
+        moved[0].header("fp-redriven-from"),
+        Some("firstpromoter.dead_letter/0/0")
+    );
+    assert!(moved[0].header("fp-dead-letter-reason").is_none());
+    assert!(moved[0].header("fp-original-topic").is_none());
+
+    let (again, listing) = run(options(false, &["kafka_refused"])).await;
+    assert_eq!(
+        (again.read, again.moved),
+        (0, 0),
+        "nothing twice: {listing}"
+    );
+
+    let (everything, listing) = run(options(false, &[])).await;
+    assert_eq!(everything.moved, 2, "{listing}");
+    assert!(
+        listing.contains("skipped (no fp-original-topic)"),
+        "{listing}"
+    );
+    let replies = consume(
+        &bootstrap,
+        "firstpromoter.fulfilment_replies",
+        1,
+        Duration::from_secs(10),
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(
+        replies[0].header("fp-correlation-id"),
+        Some("v2:31:00000000-0000-0000-0000-000000000000")
+    );
 }

@@ -406,6 +406,15 @@ pub struct FulfilmentV2Config {
     /// Longest pause between retries (also caps a `Retry-After`).
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// How long one commission's call may keep failing (timeouts, 5xx, 429) before its reply is
+    /// dead-lettered with the last reason, so that it cannot hold back the others forever
+    /// (`fp-relay redrive` puts it back). Faults of the relay's own configuration (401, 403,
+    /// 404, redirects) never count: they pause marking for every commission until fixed.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    /// Allow an `http://` `api_url` (the API key then travels in clear): only for tests and
+    /// local fakes of FirstPromoter's API.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for FulfilmentV2Config {
@@ -428,6 +437,8 @@ impl Default for FulfilmentV2Config {
             call_timeout: Duration::from_secs(10),
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            give_up_after: Duration::from_secs(24 * 3600),
+            allow_insecure_http: false,
         }
     }
 }

@@ -358,3 +358,16 @@ fn kubernetes_service_link_variables_are_not_settings() {
         .to_string();
     assert!(err.contains("ports"), "a real typo is still refused: {err}");
 }
+
+#[test]
+fn a_plain_http_api_url_is_refused_unless_explicitly_allowed() {
+    let v2 = "[fulfilment.v2]\nenabled = true\napi_key = \"fp_live_0123456789abcdef\"\naccount_id = \"acc_1\"\n";
+    let http = format!("{v2}api_url = \"http://api.firstpromoter.com/api/v2/company\"\n");
+    let err = load_str(&http, &[]).unwrap_err().to_string();
+    assert!(
+        err.starts_with("fulfilment.v2.api_url") && err.contains("https"),
+        "{err}"
+    );
+    assert!(load_str(&format!("{http}allow_insecure_http = true\n"), &[]).is_ok());
+    assert!(load_str(v2, &[]).is_ok(), "the default URL is https");
+}

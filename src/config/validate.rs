@@ -357,7 +357,14 @@ impl Config {
         if !matches!(url.scheme_str(), Some("https" | "http")) || url.host().is_none() {
             return Err(ConfigError::invalid(
                 "fulfilment.v2.api_url",
-                "must be an http:// or https:// URL with a host",
+                "must be an https:// URL with a host",
+            ));
+        }
+        if url.scheme_str() == Some("http") && !v2.allow_insecure_http {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.api_url",
+                "must be https://: the API key would travel in clear (set \
+                 fulfilment.v2.allow_insecure_http = true only for a local fake of the API)",
             ));
         }
         if v2.api_key.trim().is_empty() {
@@ -394,6 +401,7 @@ impl Config {
         for (field, value) in [
             ("fulfilment.v2.call_timeout", v2.call_timeout),
             ("fulfilment.v2.retry_initial", v2.retry_initial),
+            ("fulfilment.v2.give_up_after", v2.give_up_after),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::invalid(field, "must be above 0"));

@@ -4,8 +4,8 @@
 //! cluster every few seconds. librdkafka's own "no topic" request is no better: with
 //! `all_topics = 0` and no topic handle it asks for every topic the client has written to, so
 //! each event type stayed in every probe, and with auto-create on a deleted topic came back
-//! within one probe interval. The probe names one topic, the one the relay needs whatever
-//! happens (the dead-letter topic), so its request never grows.
+//! within one probe interval. The probe names one topic the relay needs (see
+//! `fp_relay::probe_topic`), so its request never grows.
 
 use std::ffi::CString;
 use std::ptr;

@@ -1,12 +1,14 @@
 //! The developer's tools, each a subcommand: `fp-relay send` simulates FirstPromoter with the
 //! built-in [`samples`], `fp-relay tail` shows what reached Kafka, `fp-relay respond` is a
-//! reference fulfiller, and [`dev`] is the embedded broker behind `serve --dev`.
+//! reference fulfiller, `fp-relay redrive` puts dead letters back, and [`dev`] is the embedded
+//! broker behind `serve --dev`.
 
 use std::path::PathBuf;
 
 use rdkafka::error::KafkaError;
 
 pub mod dev;
+pub mod redrive;
 pub mod respond;
 pub mod samples;
 pub mod send;

@@ -40,6 +40,21 @@ pub enum CallResult {
     Marked,
     /// A 4xx saying the commission is fulfilled already: done, as far as the relay goes.
     AlreadyFulfilled,
+    /// A 2xx whose batch summary reports failures: some ids were not marked. Asked again one
+    /// id at a time.
+    Partial {
+        /// For the log line and, for a single id, the dead letter.
+        detail: String,
+    },
+    /// The relay's own settings are wrong (401, a 403 or 404 that is not about a commission, a
+    /// redirect, a TLS or name-resolution failure): nothing about any commission is known, so
+    /// marking pauses for every commission and resumes by itself once the API accepts the call.
+    Misconfigured {
+        /// The `result` label: `unauthorized`, `forbidden`, `not_found`, `redirect`, `tls`, `dns`.
+        result: &'static str,
+        /// For the log line; never contains the key.
+        detail: String,
+    },
     /// Worth another try: a timeout, a connection failure, 429 (with its `Retry-After`) or 5xx.
     Retry {
         /// The `result` label: `timeout`, `network_error`, `rate_limited`, `server_error`.
@@ -64,7 +79,8 @@ impl CallResult {
         match self {
             Self::Marked => "ok",
             Self::AlreadyFulfilled => "already_fulfilled",
-            Self::Retry { result, .. } => result,
+            Self::Partial { .. } => "partial",
+            Self::Retry { result, .. } | Self::Misconfigured { result, .. } => result,
             Self::Rejected { .. } => "rejected",
         }
     }
@@ -119,11 +135,14 @@ impl FirstPromoterApi {
             .expect("a list of integers serialises");
         match tokio::time::timeout(self.timeout, self.post(Bytes::from(body))).await {
             Ok(Ok((status, retry_after, answer))) => classify(status, retry_after, &answer),
-            Ok(Err(detail)) => CallResult::Retry {
+            Ok(Err(Failure::Network(detail))) => CallResult::Retry {
                 result: "network_error",
                 after: None,
                 detail,
             },
+            Ok(Err(Failure::Settings(result, detail))) => {
+                CallResult::Misconfigured { result, detail }
+            }
             Err(_) => CallResult::Retry {
                 result: "timeout",
                 after: None,
@@ -132,15 +151,24 @@ impl FirstPromoterApi {
         }
     }
 
-    async fn post(&self, body: Bytes) -> Result<(StatusCode, Option<Duration>, Bytes), String> {
-        let host = self.endpoint.host().ok_or("the URL has no host")?;
+    async fn post(&self, body: Bytes) -> Result<(StatusCode, Option<Duration>, Bytes), Failure> {
+        let host = self
+            .endpoint
+            .host()
+            .ok_or_else(|| Failure::Settings("dns", "the URL has no host".into()))?;
         let port = self
             .endpoint
             .port_u16()
             .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        let tcp = TcpStream::connect((host, port))
+        // Resolved apart from connecting: a name that does not resolve is the settings' fault
+        // (or DNS's), not a passing failure of FirstPromoter's.
+        let addresses: Vec<_> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+            .map_err(|e| Failure::Settings("dns", format!("cannot resolve {host}: {e}")))?
+            .collect();
+        let tcp = TcpStream::connect(&addresses[..])
+            .await
+            .map_err(|e| Failure::Network(format!("cannot connect to {host}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let authority = self
             .endpoint
@@ -165,20 +193,30 @@ impl FirstPromoterApi {
             .header(header::AUTHORIZATION, self.authorization.clone())
             .header("account-id", self.account_id.clone())
             .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Settings("dns", e.to_string()))?;
         match &self.tls {
             Some(tls) => {
-                let name = ServerName::try_from(host.to_owned())
-                    .map_err(|_| format!("{host} is not a valid TLS server name"))?;
+                let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+                    Failure::Settings("tls", format!("{host} is not a valid TLS server name"))
+                })?;
                 let stream = tls
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| format!("TLS with {host}: {e}"))?;
+                    .map_err(|e| Failure::Settings("tls", format!("TLS with {host}: {e}")))?;
                 exchange(TokioIo::new(stream), request).await
             }
             None => exchange(TokioIo::new(tcp), request).await,
         }
+        .map_err(Failure::Network)
     }
+}
+
+/// Why a call got no HTTP answer.
+enum Failure {
+    /// Passing: a refused or reset connection.
+    Network(String),
+    /// The settings (or the network's names and certificates): the label and the detail.
+    Settings(&'static str, String),
 }
 
 /// One request over a fresh HTTP/1.1 connection.
@@ -214,10 +252,23 @@ where
     Ok((status, retry_after, body))
 }
 
-/// What an answer means for the commissions in the call.
+/// What an answer means for the commissions in the call: the one place FirstPromoter's answers
+/// are classified.
 pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> CallResult {
     if status.is_success() {
-        return CallResult::Marked;
+        return match failed_count(body) {
+            Some(failed) if failed > 0 => CallResult::Partial {
+                detail: format!("{status} with failed_count {failed}: {}", message_of(body)),
+            },
+            _ => CallResult::Marked,
+        };
+    }
+    let message = message_of(body);
+    if status.is_redirection() {
+        return CallResult::Misconfigured {
+            result: "redirect",
+            detail: format!("{status}: api_url is redirected (http to https, or a moved host)"),
+        };
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
         return CallResult::Retry {
@@ -226,7 +277,6 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) 
             detail: "429 Too Many Requests".to_owned(),
         };
     }
-    let message = message_of(body);
     if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
         return CallResult::Retry {
             result: "server_error",
@@ -234,13 +284,46 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) 
             detail: format!("{status}: {message}"),
         };
     }
-    if status.is_client_error() && message.to_ascii_lowercase().contains("already") {
+    // About the key, the account or the URL unless the message names a commission.
+    let about_commission = message.to_ascii_lowercase().contains("commission");
+    let settings = match status {
+        StatusCode::UNAUTHORIZED => Some("unauthorized"),
+        StatusCode::FORBIDDEN if !about_commission => Some("forbidden"),
+        StatusCode::NOT_FOUND if !about_commission => Some("not_found"),
+        _ => None,
+    };
+    if let Some(result) = settings {
+        return CallResult::Misconfigured {
+            result,
+            detail: format!("{status}: {message}"),
+        };
+    }
+    if status.is_client_error() && says_already_fulfilled(&message) {
         return CallResult::AlreadyFulfilled;
     }
     CallResult::Rejected {
         status: status.as_u16(),
         message,
     }
+}
+
+/// "Already fulfilled" (or "already been fulfilled", "already marked as fulfilled"), and not
+/// "already denied" or "already paid".
+fn says_already_fulfilled(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.split("already").skip(1).any(|after| {
+        let next: Vec<&str> = after.split_whitespace().take(4).collect();
+        next.iter().any(|word| word.starts_with("fulfil"))
+    })
+}
+
+/// A batch answer's `failed_count`, if it has one.
+fn failed_count(body: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value
+        .get("failed_count")
+        .or_else(|| value.get("data").and_then(|d| d.get("failed_count")))
+        .and_then(serde_json::Value::as_u64)
 }
 
 /// FirstPromoter's `{"message", "code"}`, shortened; the raw text when it is not that shape.
@@ -333,11 +416,73 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(StatusCode::UNAUTHORIZED, None, b""),
-            CallResult::Rejected {
-                status: 401,
-                message: "no message".to_owned()
-            }
+            classify(StatusCode::UNAUTHORIZED, None, b"").label(),
+            "unauthorized"
+        );
+    }
+
+    /// Faults of the relay's settings are never a commission's: they must not dead-letter it.
+    #[test]
+    fn settings_faults_partial_batches_and_narrow_already() {
+        let label = |status: u16, body: &[u8]| {
+            classify(StatusCode::from_u16(status).unwrap(), None, body)
+                .label()
+                .to_owned()
+        };
+        assert_eq!(
+            label(401, br#"{"message":"Invalid API key"}"#),
+            "unauthorized"
+        );
+        assert_eq!(
+            label(403, br#"{"message":"Account suspended"}"#),
+            "forbidden"
+        );
+        assert_eq!(label(404, b"<html>Not Found</html>"), "not_found");
+        assert_eq!(label(301, b""), "redirect");
+        assert_eq!(label(308, b""), "redirect");
+        assert_eq!(
+            label(
+                403,
+                br#"{"message":"Commission belongs to another account"}"#
+            ),
+            "rejected"
+        );
+        assert_eq!(
+            label(404, br#"{"message":"Commission not found"}"#),
+            "rejected"
+        );
+        assert_eq!(
+            label(
+                422,
+                br#"{"message":"Commission has already been fulfilled"}"#
+            ),
+            "already_fulfilled"
+        );
+        assert_eq!(
+            label(
+                422,
+                br#"{"message":"Commission is already marked as fulfilled"}"#
+            ),
+            "already_fulfilled"
+        );
+        assert_eq!(
+            label(422, br#"{"message":"Commission already denied"}"#),
+            "rejected"
+        );
+        assert_eq!(
+            label(422, br#"{"message":"Commission was already paid"}"#),
+            "rejected"
+        );
+        assert_eq!(
+            label(
+                200,
+                br#"{"status":"completed","failed_count":1,"processed_count":4}"#
+            ),
+            "partial"
+        );
+        assert_eq!(
+            label(200, br#"{"status":"completed","failed_count":0}"#),
+            "ok"
         );
     }
 

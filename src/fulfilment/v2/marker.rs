@@ -7,20 +7,30 @@
 //! offset). A replica that dies between FirstPromoter's answer and its commit leaves the reply
 //! to be read again; FirstPromoter then says "already fulfilled", which counts as done.
 //!
-//! Retries: timeouts, connection failures, 429 (after its `Retry-After`) and 5xx are retried
-//! with exponential backoff and jitter, for as long as it takes; any other 4xx sends the reply
-//! to the dead-letter topic with FirstPromoter's message (a several-id call is first split,
-//! so one bad commission does not take the others with it). `pending` and `failed` replies call
-//! nothing; a later `fulfilled` reply for the same commission is acted on.
+//! Answers (classified once, in `api.rs`):
+//! - a several-id call that is anything but a plain success is split, and each id asked alone,
+//!   so one commission's answer never settles another's;
+//! - faults of the relay's own settings (401, a 403 or 404 not about a commission, a redirect,
+//!   TLS, DNS) pause marking for every commission, retried with capped backoff with the API
+//!   check on `/readyz` failing, until the API accepts the call again: nothing is dead-lettered;
+//! - timeouts, connection failures, 429 and 5xx are retried, each pause the larger of the
+//!   backoff and `Retry-After`, capped at `retry_max` and never zero, for at most
+//!   `give_up_after` per commission, then the reply is dead-lettered with the last reason;
+//! - any other 4xx dead-letters that commission's reply with FirstPromoter's message.
 //!
-//! Near 500 lines: reading, settling (with retries and the split of a refused batch), dead
+//! `fp-relay redrive` puts dead-lettered replies back on the reply topic. While retrying, the
+//! reply partitions are paused and the consumer keeps polling, so the replica keeps its group
+//! membership however long FirstPromoter is away (`max.poll.interval.ms`). `pending` and
+//! `failed` replies call nothing; a malformed reply is dead-lettered with what is wrong.
+//!
+//! Over 500 lines: reading, settling (with retries and the split of a refused batch), dead
 //! letters and commits are one loop whose order is the guarantee; the API client and the
 //! approval rules live beside it (`api.rs`, `mod.rs`).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -101,8 +111,18 @@ impl ReadReply {
 enum Settled {
     /// FirstPromoter marked it (or had already).
     Marked,
-    /// FirstPromoter refused it for good: status and message.
+    /// Not marked, for good (refused, or failing past `give_up_after`): the dead-letter reason.
     Rejected(String),
+}
+
+/// What a reply read from the topic is.
+enum Read {
+    /// A v1 reply: the v1 reply consumer's, not ours.
+    NotOurs,
+    /// A v2 reply.
+    Reply(u64, Outcome),
+    /// Nobody can act on it: why.
+    Malformed(&'static str),
 }
 
 /// The v2 reply reader and API caller; see the module documentation.
@@ -115,10 +135,14 @@ pub struct Marker {
     ack_timeout: Duration,
     retry_initial: Duration,
     retry_max: Duration,
+    /// `fulfilment.v2.give_up_after`.
+    give_up_after: Duration,
     metrics: Arc<Metrics>,
     /// False while calls to FirstPromoter fail in ways that are retried; shown on `/readyz`
     /// for information (readiness never depends on FirstPromoter).
     api_reachable: Arc<AtomicBool>,
+    /// Replies read while waiting to retry (the consumer keeps polling then); handled next.
+    backlog: Mutex<VecDeque<ReadReply>>,
 }
 
 impl Marker {
@@ -144,8 +168,10 @@ impl Marker {
             ack_timeout: config.kafka.ack_timeout,
             retry_initial: settings.retry_initial,
             retry_max: settings.retry_max,
+            give_up_after: settings.give_up_after,
             metrics,
             api_reachable,
+            backlog: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -170,13 +196,17 @@ impl Marker {
         let mut last_error_log: Option<Instant> = None;
         let mut tick = tokio::time::interval(ASSIGNMENT_CHECK);
         loop {
-            let first = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {
-                    self.show_assignment();
-                    continue;
-                }
-                message = self.consumer.recv() => message.map(|m| ReadReply::from_message(&m)),
+            let waiting = self.backlog.lock().expect("lock not poisoned").pop_front();
+            let first = match waiting {
+                Some(reply) => Ok(reply),
+                None => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        self.show_assignment();
+                        continue;
+                    }
+                    message = self.consumer.recv() => message.map(|m| ReadReply::from_message(&m)),
+                },
             };
             let first = match first {
                 Ok(reply) => reply,
@@ -192,6 +222,15 @@ impl Marker {
                 }
             };
             let mut batch = vec![first];
+            {
+                let mut backlog = self.backlog.lock().expect("lock not poisoned");
+                while batch.len() < MAX_BATCH {
+                    let Some(reply) = backlog.pop_front() else {
+                        break;
+                    };
+                    batch.push(reply);
+                }
+            }
             while batch.len() < MAX_BATCH {
                 match tokio::time::timeout(GATHER, self.consumer.recv()).await {
                     Ok(Ok(message)) => batch.push(ReadReply::from_message(&message)),
@@ -214,23 +253,32 @@ impl Marker {
         let mut to_mark: Vec<u64> = Vec::new();
         let mut fulfilled: Vec<(u64, &ReadReply)> = Vec::new();
         for reply in batch {
-            if let Some((commission, outcome)) = self.read(reply) {
-                self.metrics
-                    .fulfilment_v2_replies
-                    .with_label_values(&[outcome.as_str()])
-                    .inc();
-                if outcome == Outcome::Fulfilled {
-                    if !to_mark.contains(&commission) {
-                        to_mark.push(commission);
+            let (commission, outcome) = match self.read(reply) {
+                Read::NotOurs => continue,
+                Read::Malformed(why) => {
+                    let reason = format!("malformed_reply: {why}");
+                    if !self.dead_letter(None, reply, &reason, stop).await {
+                        return self.stopped();
                     }
-                    fulfilled.push((commission, reply));
-                } else {
-                    tracing::info!(
-                        commission,
-                        outcome = outcome.as_str(),
-                        "v2 fulfiller did not fulfil; FirstPromoter not called"
-                    );
+                    continue;
                 }
+                Read::Reply(commission, outcome) => (commission, outcome),
+            };
+            self.metrics
+                .fulfilment_v2_replies
+                .with_label_values(&[outcome.as_str()])
+                .inc();
+            if outcome == Outcome::Fulfilled {
+                if !to_mark.contains(&commission) {
+                    to_mark.push(commission);
+                }
+                fulfilled.push((commission, reply));
+            } else {
+                tracing::info!(
+                    commission,
+                    outcome = outcome.as_str(),
+                    "v2 fulfiller did not fulfil; FirstPromoter not called"
+                );
             }
         }
         if to_mark.is_empty() {
@@ -245,24 +293,23 @@ impl Marker {
         for chunk in to_mark.chunks(MAX_IDS_PER_CALL) {
             self.show_waiting(to_mark.len() - settled.len(), oldest);
             match self.settle(chunk, oldest, stop).await {
-                Some(Ok(())) => settled.extend(chunk.iter().map(|id| (*id, Settled::Marked))),
-                Some(Err(_)) if chunk.len() > 1 => {
-                    // Find the one FirstPromoter refuses; the others are marked.
+                Some(Settled::Marked) => {
+                    settled.extend(chunk.iter().map(|id| (*id, Settled::Marked)));
+                }
+                // Anything but a plain success for several ids: each is asked alone, so no
+                // commission's answer settles another's.
+                Some(Settled::Rejected(_)) if chunk.len() > 1 => {
                     for id in chunk {
-                        let one = std::slice::from_ref(id);
-                        match self.settle(one, oldest, stop).await {
+                        match self.settle(std::slice::from_ref(id), oldest, stop).await {
                             Some(result) => {
-                                settled.insert(
-                                    *id,
-                                    result.map_or_else(Settled::Rejected, |()| Settled::Marked),
-                                );
+                                settled.insert(*id, result);
                             }
                             None => return self.stopped(),
                         }
                     }
                 }
-                Some(Err(reason)) => {
-                    settled.insert(chunk[0], Settled::Rejected(reason));
+                Some(rejected) => {
+                    settled.insert(chunk[0], rejected);
                 }
                 None => return self.stopped(),
             }
@@ -270,7 +317,10 @@ impl Marker {
         self.show_waiting(0, oldest);
         for (commission, reply) in fulfilled {
             if let Some(Settled::Rejected(reason)) = settled.get(&commission) {
-                if !self.dead_letter(commission, reply, reason, stop).await {
+                if !self
+                    .dead_letter(Some(commission), reply, reason, stop)
+                    .await
+                {
                     return self.stopped();
                 }
             }
@@ -291,42 +341,47 @@ impl Marker {
         false
     }
 
-    /// The commission and outcome of a v2 reply; `None` for v1 replies (not ours) and, counted
-    /// and logged, for malformed ones.
-    fn read(&self, reply: &ReadReply) -> Option<(u64, Outcome)> {
-        let id = reply.correlation_id.as_deref()?;
-        if !super::is_v2(id) {
-            return None;
-        }
-        let commission = super::commission_of(id);
-        let outcome = serde_json::from_slice::<Reply>(&reply.payload)
-            .ok()
-            .map(|r| r.outcome);
-        match (commission, outcome) {
-            (Some(commission), Some(outcome)) => Some((commission, outcome)),
-            _ => {
-                self.metrics
-                    .fulfilment_v2_replies
-                    .with_label_values(&["malformed"])
-                    .inc();
-                tracing::warn!(
-                    partition = reply.partition,
-                    offset = reply.offset,
-                    "ignored a malformed v2 fulfilment reply (needs fp-correlation-id v2:<commission>:<id> and a JSON value with outcome)"
-                );
-                None
+    /// What a reply is: a v1 reply (not ours), a v2 one, or one nobody can act on (counted
+    /// and logged here, dead-lettered by the caller).
+    fn read(&self, reply: &ReadReply) -> Read {
+        let why = match reply.correlation_id.as_deref() {
+            None => "no fp-correlation-id header",
+            Some(id) if !super::is_v2(id) => return Read::NotOurs,
+            Some(id) => {
+                let outcome = serde_json::from_slice::<Reply>(&reply.payload)
+                    .ok()
+                    .map(|r| r.outcome);
+                match (super::commission_of(id), outcome) {
+                    (Some(commission), Some(outcome)) => return Read::Reply(commission, outcome),
+                    (None, _) => "the correlation id names no commission (v2:<commission>:<id>)",
+                    (_, None) => "the value is not JSON with a known outcome",
+                }
             }
-        }
+        };
+        self.metrics
+            .fulfilment_v2_replies
+            .with_label_values(&["malformed"])
+            .inc();
+        tracing::warn!(
+            partition = reply.partition,
+            offset = reply.offset,
+            why,
+            "a malformed v2 fulfilment reply goes to the dead-letter topic"
+        );
+        Read::Malformed(why)
     }
 
-    /// Calls `mark_fulfilled` for `ids` until FirstPromoter settles them: `Ok` marked (or
-    /// already), `Err(reason)` refused for good, `None` stopped first.
+    /// Calls `mark_fulfilled` for `ids` until FirstPromoter settles them: `Marked` (or marked
+    /// already), `Rejected(reason)` when not marked for good, `None` when stopped first. For
+    /// several ids, any answer but a plain success is `Rejected`: the caller asks again id by id.
     async fn settle(
         &self,
         ids: &[u64],
         oldest: SystemTime,
         stop: &CancellationToken,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<Settled> {
+        let several = ids.len() > 1;
+        let first_try = Instant::now();
         let mut attempt: u32 = 0;
         loop {
             let started = Instant::now();
@@ -342,17 +397,24 @@ impl Marker {
                 .firstpromoter_api_call_duration
                 .with_label_values(&[MARK_FULFILLED])
                 .observe(started.elapsed().as_secs_f64());
+            let backoff = backoff(self.retry_initial, self.retry_max, attempt);
             let pause = match result {
-                CallResult::Marked | CallResult::AlreadyFulfilled => {
+                CallResult::Marked | CallResult::AlreadyFulfilled
+                    if !several || result == CallResult::Marked =>
+                {
                     self.api_reachable.store(true, Ordering::Release);
                     self.metrics.fulfilment_v2_marked.inc_by(ids.len() as u64);
                     tracing::info!(commissions = ?ids, result = result.label(), "FirstPromoter marked the reward fulfilled");
-                    return Some(Ok(()));
+                    return Some(Settled::Marked);
                 }
-                CallResult::Rejected { status, message } => {
-                    self.api_reachable.store(true, Ordering::Release);
-                    tracing::warn!(commissions = ?ids, status, %message, "FirstPromoter refused to mark the reward fulfilled");
-                    return Some(Err(format!("firstpromoter_{status}: {message}")));
+                CallResult::Misconfigured { result, detail } => {
+                    // Nothing is known about any commission: pause everyone, lose nothing.
+                    self.api_reachable.store(false, Ordering::Release);
+                    tracing::warn!(commissions = ?ids, result, %detail, attempt = attempt + 1, retry_in = ?backoff, "FirstPromoter refuses the relay's settings (api_key, account_id, api_url); marking paused until it accepts them");
+                    backoff
+                }
+                CallResult::Retry { .. } if several => {
+                    return Some(Settled::Rejected(format!("{}: split", result.label())));
                 }
                 CallResult::Retry {
                     result,
@@ -360,11 +422,34 @@ impl Marker {
                     detail,
                 } => {
                     self.api_reachable.store(false, Ordering::Release);
-                    let pause = after
-                        .map(|after| after.min(self.retry_max))
-                        .unwrap_or_else(|| backoff(self.retry_initial, self.retry_max, attempt));
+                    if first_try.elapsed() >= self.give_up_after {
+                        tracing::warn!(commissions = ?ids, result, %detail, after = ?self.give_up_after, "mark_fulfilled kept failing; giving up on this commission (dead-lettered)");
+                        return Some(Settled::Rejected(format!(
+                            "firstpromoter_gave_up: {result} for {}: {detail}",
+                            humantime::format_duration(self.give_up_after)
+                        )));
+                    }
+                    // The larger of what the server asked for and the backoff: a Retry-After
+                    // of 0 (or in the past) must not become a loop without pauses.
+                    let pause = after.unwrap_or_default().max(backoff).min(self.retry_max);
                     tracing::warn!(commissions = ?ids, result, %detail, attempt = attempt + 1, retry_in = ?pause, "mark_fulfilled failed; retrying");
                     pause
+                }
+                other => {
+                    self.api_reachable.store(true, Ordering::Release);
+                    let reason = match &other {
+                        CallResult::Rejected { status, message } => {
+                            format!("firstpromoter_{status}: {message}")
+                        }
+                        CallResult::Partial { detail } => {
+                            format!("firstpromoter_partial: {detail}")
+                        }
+                        _ => format!("{}: split", other.label()),
+                    };
+                    if !several {
+                        tracing::warn!(commissions = ?ids, %reason, "FirstPromoter did not mark the reward fulfilled");
+                    }
+                    return Some(Settled::Rejected(reason));
                 }
             };
             attempt = attempt.saturating_add(1);
@@ -374,7 +459,9 @@ impl Marker {
         }
     }
 
-    /// Sleeps `pause`, keeping the oldest-waiting gauge current; false when stopped.
+    /// Sleeps `pause`, keeping the oldest-waiting gauge current; false when stopped. The reply
+    /// partitions are paused meanwhile and the consumer keeps polling (what it still delivers
+    /// waits in the backlog), so a long wait does not cost the group membership.
     async fn pause(
         &self,
         pause: Duration,
@@ -382,16 +469,33 @@ impl Marker {
         oldest: SystemTime,
         stop: &CancellationToken,
     ) -> bool {
+        let paused = self.consumer.assignment().ok();
+        if let Some(list) = &paused {
+            let _ = self.consumer.pause(list);
+        }
         let until = Instant::now() + pause;
+        let mut stopped = false;
         while Instant::now() < until {
             self.show_waiting(waiting, oldest);
             let tick = until.min(Instant::now() + Duration::from_secs(1));
             tokio::select! {
-                _ = stop.cancelled() => return false,
+                _ = stop.cancelled() => {
+                    stopped = true;
+                    break;
+                }
                 _ = tokio::time::sleep_until(tick) => {}
+                message = self.consumer.recv() => {
+                    if let Ok(message) = message {
+                        let reply = ReadReply::from_message(&message);
+                        self.backlog.lock().expect("lock not poisoned").push_back(reply);
+                    }
+                }
             }
         }
-        true
+        if let Some(list) = &paused {
+            let _ = self.consumer.resume(list);
+        }
+        !stopped
     }
 
     fn show_waiting(&self, waiting: usize, oldest: SystemTime) {
@@ -406,11 +510,12 @@ impl Marker {
         self.metrics.fulfilment_v2_oldest_waiting_age.set(age);
     }
 
-    /// Keeps a reply whose commission FirstPromoter refused on the dead-letter topic, retrying
-    /// while Kafka cannot take it; false when stopped first.
+    /// Keeps a reply that cannot be acted on (its commission refused, given up on, or the reply
+    /// malformed) on the dead-letter topic, retrying while Kafka cannot take it; false when
+    /// stopped first.
     async fn dead_letter(
         &self,
-        commission: u64,
+        commission: Option<u64>,
         reply: &ReadReply,
         reason: &str,
         stop: &CancellationToken,
@@ -420,7 +525,9 @@ impl Marker {
             .iter()
             .map(|(k, v)| (Cow::Owned(k.clone()), v.clone()))
             .collect();
-        headers.push((COMMISSION_ID_HEADER.into(), commission.to_string()));
+        if let Some(commission) = commission {
+            headers.push((COMMISSION_ID_HEADER.into(), commission.to_string()));
+        }
         let record = OutboundRecord {
             topic: self.topic.clone(),
             key: reply.key.clone(),
@@ -438,7 +545,7 @@ impl Marker {
                     return true;
                 }
                 Err(error) => {
-                    tracing::warn!(commission, %error, "cannot dead-letter a refused v2 reply yet; retrying");
+                    tracing::warn!(?commission, %error, "cannot dead-letter a v2 reply yet; retrying");
                 }
             }
             let pause = backoff(self.retry_initial, self.retry_max, attempt);
