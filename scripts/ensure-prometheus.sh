@@ -23,11 +23,14 @@ fi
 echo "ensure-prometheus: fetching Debian's prometheus package into $cache (not installing it)" >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-chmod 755 "$work" # apt's _apt user writes the download here
+sandbox=()
 if [ "$(id -u)" = 0 ]; then
+    echo "ensure-prometheus: running as root: refreshing apt's package lists (apt-get update) first" >&2
     apt-get update -qq >&2
+    # apt downloads as its _apt user, which cannot write into a private temporary directory.
+    sandbox=(-o APT::Sandbox::User=root)
 fi
-(cd "$work" && apt-get download -qq prometheus >&2)
+(cd "$work" && apt-get download -qq "${sandbox[@]}" prometheus >&2)
 mkdir -p "$cache"
 dpkg-deb -x "$work"/prometheus_*.deb "$cache"
 "$bin/promtool" --version >/dev/null

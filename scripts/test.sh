@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs (the tansu broker and Prometheus's binaries, both
-# cached under ~/.cache/fp-relay), then runs every test, never stopping at the first failing test
-# binary. Each integration test starts its own tansu broker on a free loopback port.
+# The whole test suite: installs what it needs (the tansu broker, Prometheus's binaries and
+# kubernetes-validate, all cached under ~/.cache/fp-relay), then runs every test, never stopping
+# at the first failing test binary. Each integration test starts its own tansu broker on a free
+# loopback port.
 #
 #   scripts/test.sh                     every test (cargo test --all-targets)
 #   scripts/test.sh --test fulfilment   only what the arguments select (passed to cargo test)
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 TANSU_BIN="${TANSU_BIN:-$(scripts/ensure-tansu.sh)}"
 export TANSU_BIN
-PATH="$(scripts/ensure-prometheus.sh):$PATH"
+PATH="$(scripts/ensure-prometheus.sh):$(scripts/ensure-kubernetes-validate.sh):$PATH"
 export PATH
 
 if [ "${CI:-}" = "true" ]; then

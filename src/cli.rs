@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
+use crate::tools::drain::DrainOptions;
 use crate::tools::redrive::RedriveOptions;
 use crate::tools::respond::ResponderOptions;
 use crate::tools::send::SendOptions;
@@ -58,6 +59,21 @@ pub enum Command {
     /// what would move. Progress is kept in a consumer group of its own, so running the same
     /// command again moves nothing new.
     Redrive(RedriveOptions),
+    /// Work on a spool directory without serving.
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+/// `fp-relay spool ...`.
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Replay a spool directory into Kafka, delete it once every record is there, and exit.
+    ///
+    /// For a spool whose relay will not come back (a replica scaled down, a machine retired):
+    /// run it as a Kubernetes Job on the replica's volume, or from a preStop hook. It reads
+    /// Kafka's settings as `serve` does (file, FP_RELAY_* environment, --brokers). Exits 1,
+    /// losing nothing, if the spool is not drained within --timeout.
+    Drain(DrainOptions),
 }
 
 /// `fp-relay serve`.

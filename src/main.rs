@@ -4,9 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fp_relay::cli::{CheckConfigArgs, Cli, Command, ServeArgs};
+use fp_relay::cli::{CheckConfigArgs, Cli, Command, ServeArgs, SpoolCommand};
 use fp_relay::config::{Config, ConfigError, Overrides};
 use fp_relay::tools::dev::DevBroker;
+use fp_relay::tools::drain::{self, DrainOptions};
 use fp_relay::tools::redrive::{self, RedriveOptions};
 use fp_relay::tools::respond::{self, ResponderOptions};
 use fp_relay::tools::send::{self, SendOptions};
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Command::Send(args) => send(args),
         Command::Tail(args) => tail(args),
         Command::Redrive(args) => redrive(args),
+        Command::Spool(SpoolCommand::Drain(args)) => drain(args),
     }
 }
 
@@ -92,6 +94,16 @@ fn send(options: SendOptions) -> ExitCode {
         Err(error) => {
             eprintln!("error: {}", describe(&error));
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn drain(options: DrainOptions) -> ExitCode {
+    match runtime().and_then(|runtime| Ok(runtime.block_on(drain::run(&options))?)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            ExitCode::FAILURE
         }
     }
 }

@@ -441,3 +441,72 @@ async fn starting_on_a_200_mb_spool_needs_memory_for_its_index_not_its_payloads(
     assert!(status.success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `fp-relay spool drain` on the directory a killed relay left (a replica scaled down for
+/// good): every spooled event reaches Kafka, and the directory is emptied.
+#[tokio::test(flavor = "multi_thread")]
+async fn spool_drain_replays_a_killed_relays_spool_and_empties_it() {
+    let broker = Tansu::start();
+    let dir = spool_dir();
+    let dir_text = dir.display().to_string();
+    let relay = RelayProcess::start_with(
+        &broker,
+        &[
+            ("FP_RELAY_SPOOL_ENABLED", "true"),
+            ("FP_RELAY_SPOOL_DIR", &dir_text),
+            ("FP_RELAY_SPOOL_HANDOFF_AFTER", "300ms"),
+            ("FP_RELAY_FULFILMENT_ENABLED", "false"),
+        ],
+    )
+    .await;
+    broker.freeze();
+    let posts: Vec<_> = (1..=20u64)
+        .map(|id| {
+            let addr = relay.addr;
+            tokio::spawn(async move {
+                let path = "/webhooks/firstpromoter";
+                (
+                    id,
+                    common::send(addr, "POST", path, &[], event(id, 0))
+                        .await
+                        .status,
+                )
+            })
+        })
+        .collect();
+    for post in posts {
+        let (id, status) = post.await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "event {id} spooled");
+    }
+    relay.kill();
+    broker.thaw();
+    let bootstrap = broker.bootstrap();
+    let drained = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fp-relay"))
+            .args([
+                "spool",
+                "drain",
+                "--dir",
+                &dir_text,
+                "--brokers",
+                &bootstrap,
+            ])
+            .env_remove("FP_RELAY_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&drained.stderr);
+    assert!(drained.status.success(), "{stderr}");
+    assert!(stderr.contains("20 record(s)"), "{stderr}");
+    let held = ids_in_kafka(&broker, Duration::from_secs(3)).await;
+    let missing: Vec<u64> = (1..=20).filter(|id| !held.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "not in Kafka after the drain: {missing:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "the spool directory is emptied: {left:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -168,6 +168,11 @@ impl Spool {
         self.index.lock().expect("lock not poisoned")
     }
 
+    /// Records not yet in Kafka.
+    pub fn pending(&self) -> usize {
+        self.index().len()
+    }
+
     /// True while records wait for Kafka: new events queue behind them to keep receive order.
     pub fn has_backlog(&self) -> bool {
         !self.index().is_empty()

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use rdkafka::error::KafkaError;
 
 pub mod dev;
+pub mod drain;
 pub mod redrive;
 pub mod respond;
 pub mod samples;

@@ -698,6 +698,13 @@ impl RelayProcess {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
+    /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+
     /// SIGTERM, then the exit status and every log line.
     pub async fn terminate(self) -> (std::process::ExitStatus, Vec<serde_json::Value>) {
         let log = self.log;

@@ -1,0 +1,115 @@
+//! `fp-relay spool drain`: replay a spool directory into Kafka and exit. For a spool whose
+//! relay will not come back: a replica scaled down (a Kubernetes Job or preStop hook on its
+//! volume), a machine being retired. It uses the relay's own configuration (file, environment,
+//! `--brokers`), so it reaches Kafka exactly as `serve` would, and the spool's own replay, so
+//! order, dead letters and quarantine work as they do there. Once every record is in Kafka the
+//! segments are deleted; `quarantine.log`, if any, is left for a person.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Overrides};
+use crate::kafka::outage::ClusterWatch;
+use crate::kafka::publisher::Publisher;
+use crate::metrics::Metrics;
+use crate::spool::{journal, replay, Spool, QUARANTINE_FILE};
+use crate::tools::ToolError;
+
+/// What to drain, and how long to try.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrainOptions {
+    /// The spool directory [default: spool.dir from the configuration].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The relay's TOML configuration (Kafka settings, dead-letter topic).
+    #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides the configuration).
+    #[arg(long, value_name = "LIST")]
+    pub brokers: Option<String>,
+    /// Give up (exit 1, nothing lost: the spool stays) if not drained within this long.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Records that were waiting when it started.
+    pub records: usize,
+}
+
+/// Replays the spool until it is empty, then deletes its segments.
+pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
+    let overrides = Overrides {
+        brokers: options.brokers.clone(),
+        // Nothing is served: credentials for webhooks do not matter here.
+        insecure_no_auth: true,
+        ..Overrides::default()
+    };
+    let config = Config::load(options.config.as_deref(), std::env::vars(), &overrides)
+        .map_err(|error| ToolError::Usage(error.to_string()))?;
+    let dir = options
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.spool.dir.clone());
+    if !dir.is_dir() {
+        return Err(ToolError::Usage(format!(
+            "{}: no spool directory there",
+            dir.display()
+        )));
+    }
+    let metrics = Arc::new(Metrics::new());
+    let spool = Spool::open(&dir, u64::MAX, metrics.clone())
+        .map_err(|error| ToolError::Usage(format!("{}: {error}", dir.display())))?;
+    let records = spool.pending();
+    eprintln!(
+        "spool drain: {records} record(s) in {} to replay to {}",
+        dir.display(),
+        config.kafka.brokers
+    );
+    let publisher = Arc::new(Publisher::new(
+        crate::kafka::producer_config(&config.kafka, config.spool.delivery_timeout),
+        config.kafka.ack_timeout,
+        metrics,
+        Arc::new(ClusterWatch::default()),
+    )?);
+    let stop = CancellationToken::new();
+    let replaying = tokio::spawn(spool.clone().replay(
+        replay::Replay {
+            publisher: publisher.clone(),
+            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            enqueue_timeout: config.kafka.ack_timeout,
+        },
+        stop.clone(),
+    ));
+    let started = Instant::now();
+    while spool.has_backlog() && started.elapsed() < options.timeout {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    let _ = replaying.await;
+    let left = spool.pending();
+    if left > 0 {
+        return Err(ToolError::Usage(format!(
+            "{left} of {records} record(s) still spooled after {}; nothing was lost, run it again",
+            humantime::format_duration(options.timeout)
+        )));
+    }
+    drop(spool);
+    for id in journal::list_segments(&dir)? {
+        std::fs::remove_file(journal::segment_path(&dir, id))?;
+    }
+    journal::sync_dir(&dir, &Default::default())?;
+    if dir.join(QUARANTINE_FILE).exists() {
+        eprintln!(
+            "spool drain: {} holds records no topic would take; see the README's spool section",
+            dir.join(QUARANTINE_FILE).display()
+        );
+    }
+    eprintln!("spool drain: {records} record(s) in Kafka; the spool is empty");
+    Ok(Drained { records })
+}
