@@ -2,8 +2,11 @@
 
 use super::*;
 
-/// Sections that `FP_RELAY_{SECTION}_{KEY}` may address; other `FP_RELAY_*` variables are not
-/// configuration and are left alone.
+/// `FP_RELAY_*` variables that are not settings: read by the command line (`CONFIG`) or by the
+/// project's scripts.
+const NOT_SETTINGS: &[&str] = &["config", "cache_dir", "skip_fuzz", "soak_secs"];
+
+/// Sections that `FP_RELAY_{SECTION}_{KEY}` may address.
 const SECTIONS: &[&str] = &[
     "http",
     "admin",
@@ -21,11 +24,14 @@ const SECTIONS: &[&str] = &[
 /// `{ firstpromoter = "..." }`) and as strings otherwise, so `10s` and `host:9092` need no
 /// quoting. A table is merged into the file's entry by entry, and one entry can be set with a
 /// double underscore: `FP_RELAY_AUTH_BASIC__FIRSTPROMOTER=secret` sets `auth.basic.firstpromoter`.
-/// An unknown key is refused by the strict parse that follows.
+/// An unknown key is refused by the strict parse that follows; a variable that names no section
+/// (`FP_RELAY_BROKERS`, `FP_RELAY_KAFAK_BROKERS`) is refused here, with a suggestion. Returns
+/// which setting each variable set, so that errors can name the variable.
 pub(super) fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut sources = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -33,7 +39,19 @@ pub(super) fn apply_env(
         let original = rest;
         let rest = rest.to_ascii_lowercase();
         let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
-            continue;
+            if NOT_SETTINGS.contains(&rest.as_str()) || is_service_link(&rest) {
+                continue;
+            }
+            return Err(ConfigError::invalid(
+                name.clone(),
+                format!(
+                    "is not a setting: settings are FP_RELAY_{{SECTION}}_{{KEY}} with a section of {}{}",
+                    SECTIONS.join(", "),
+                    suggestion(&rest)
+                        .map(|s| format!("; did you mean {s}?"))
+                        .unwrap_or_default()
+                ),
+            ));
         };
         let key = &rest[section.len() + 1..];
         if is_service_link(key) {
@@ -45,6 +63,7 @@ pub(super) fn apply_env(
             .as_table_mut()
             .ok_or_else(|| ConfigError::invalid(*section, "must be a table"))?;
         if let Some(property) = key.strip_prefix("property_") {
+            sources.push((format!("{section}.properties"), name.clone()));
             let properties = section_table
                 .entry("properties")
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -66,11 +85,15 @@ pub(super) fn apply_env(
                 } else {
                     entry.to_ascii_lowercase()
                 };
+                sources.push((format!("{section}.{table}.{entry}"), name.clone()));
                 let mut single = toml::Table::new();
                 single.insert(entry, env_value(&raw));
                 (table, toml::Value::Table(single))
             }
-            None => (key, env_value(&raw)),
+            None => {
+                sources.push((format!("{section}.{key}"), name.clone()));
+                (key, env_value(&raw))
+            }
         };
         match (section_table.get_mut(key), value) {
             (Some(toml::Value::Table(existing)), toml::Value::Table(entries)) => {
@@ -81,7 +104,75 @@ pub(super) fn apply_env(
             }
         }
     }
-    Ok(())
+    Ok(sources)
+}
+
+/// The variable a mistyped one probably meant: its key in the section it names (a section
+/// spelled within two edits), or in the section that has that key.
+fn suggestion(rest: &str) -> Option<String> {
+    let defaults = toml::Table::try_from(Config::default()).ok()?;
+    let has = |section: &str, key: &str| {
+        defaults
+            .get(section)
+            .and_then(|t| t.as_table())
+            .is_some_and(|t| t.contains_key(key))
+    };
+    let fix =
+        |section: &str, key: &str| format!("{ENV_PREFIX}{}_{}", section, key).to_ascii_uppercase();
+    if let Some(section) = SECTIONS.iter().find(|s| has(s, rest)) {
+        return Some(fix(section, rest));
+    }
+    let (first, key) = rest.split_once('_')?;
+    SECTIONS
+        .iter()
+        .find(|s| edits(first, s) <= 2 && has(s, key))
+        .map(|s| fix(s, key))
+}
+
+/// Levenshtein distance, for suggestions.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(previous + cost);
+            previous = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// `error` with the environment variable named when it set the field.
+pub(super) fn naming_variable(error: ConfigError, sources: &[(String, String)]) -> ConfigError {
+    match error {
+        ConfigError::Invalid { field, message } => {
+            // The variable that set this field (or a table holding it), else the unknown key
+            // that a variable put into this section.
+            let variable = sources
+                .iter()
+                .rev()
+                .find(|(setting, _)| field == *setting || field.starts_with(&format!("{setting}.")))
+                .or_else(|| {
+                    sources.iter().rev().find(|(setting, _)| {
+                        let key = setting.rsplit('.').next().unwrap_or_default();
+                        setting.starts_with(&format!("{field}."))
+                            && message.contains(&format!("`{key}`"))
+                    })
+                });
+            match variable {
+                Some((_, variable)) => ConfigError::Invalid {
+                    field,
+                    message: format!("{message} (set by {variable})"),
+                },
+                None => ConfigError::Invalid { field, message },
+            }
+        }
+        other => other,
+    }
 }
 
 /// Kubernetes injects `{SERVICE}_SERVICE_HOST`, `{SERVICE}_SERVICE_PORT[_NAME]`,

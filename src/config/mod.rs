@@ -560,17 +560,18 @@ impl Config {
             }
             None => (toml::Table::new(), "defaults".to_owned()),
         };
-        apply_env(&mut table, env)?;
+        let sources = apply_env(&mut table, env)?;
+        let name = |error| env::naming_variable(error, &sources);
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let field = e.path().to_string();
-                ConfigError::Invalid {
+                name(ConfigError::Invalid {
                     field: if field == "." { origin.clone() } else { field },
                     message: e.into_inner().message().to_owned(),
-                }
+                })
             })?;
         config.apply(overrides);
-        config.validate()?;
+        config.validate().map_err(name)?;
         Ok(config)
     }
 

@@ -80,7 +80,6 @@ fn environment_overrides_file_and_flags_override_environment() {
         ("FP_RELAY_KAFKA_ACK_TIMEOUT", "3s"),
         ("FP_RELAY_FULFILMENT_MAX_IN_FLIGHT", "7"),
         ("FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD", "hunter2"),
-        ("FP_RELAY_UNRELATED", "ignored"),
     ];
     let config = load_str("[kafka]\nbrokers = \"file:9092\"\n", &env).unwrap();
     assert_eq!(config.kafka.brokers, "env:9092");
@@ -370,4 +369,59 @@ fn a_plain_http_api_url_is_refused_unless_explicitly_allowed() {
     );
     assert!(load_str(&format!("{http}allow_insecure_http = true\n"), &[]).is_ok());
     assert!(load_str(v2, &[]).is_ok(), "the default URL is https");
+}
+
+#[test]
+fn a_variable_that_names_no_section_is_refused_with_what_it_probably_meant() {
+    for (variable, meant) in [
+        ("FP_RELAY_BROKERS", "FP_RELAY_KAFKA_BROKERS"),
+        ("FP_RELAY_KAFAK_BROKERS", "FP_RELAY_KAFKA_BROKERS"),
+        ("FP_RELAY_HTPP_LISTEN", "FP_RELAY_HTTP_LISTEN"),
+    ] {
+        let err = load_str("", &[(variable, "x")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with(variable) && err.contains(&format!("did you mean {meant}?")),
+            "{variable}: {err}"
+        );
+    }
+    let err = load_str("", &[("FP_RELAY_NONSENSE", "1")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("FP_RELAY_NONSENSE: is not a setting"),
+        "{err}"
+    );
+    assert!(
+        load_str(
+            "",
+            &[
+                ("FP_RELAY_CONFIG", "x"),
+                ("FP_RELAY_SERVICE_HOST", "10.0.0.1")
+            ]
+        )
+        .is_ok(),
+        "the command line's variable and a Service named fp-relay are not settings"
+    );
+}
+
+#[test]
+fn errors_in_values_from_the_environment_name_the_variable() {
+    let err = load_str("", &[("FP_RELAY_KAFKA_ACK_TIMEOUT", "soon")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("kafka.ack_timeout") && err.contains("(set by FP_RELAY_KAFKA_ACK_TIMEOUT)"),
+        "{err}"
+    );
+    let err = load_str("", &[("FP_RELAY_KAFKA_ACK_TIMEOUT", "20s")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("(set by FP_RELAY_KAFKA_ACK_TIMEOUT)"),
+        "validation too: {err}"
+    );
+    let err = load_str("", &[("FP_RELAY_ADMIN_LISTN", "0.0.0.0:1")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("(set by FP_RELAY_ADMIN_LISTN)"), "{err}");
 }
