@@ -39,28 +39,30 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
         };
         Config::load(Some(&args.config), std::env::vars(), &overrides)
     };
-    // A file without credentials is valid (secrets belong in the environment); say what
-    // `serve` will need instead of failing the check.
-    let (result, no_auth) = match load(args.insecure_no_auth) {
-        Err(ConfigError::Invalid { field, .. }) if field == "auth" => (load(true), true),
-        result => (result, false),
-    };
-    match result {
+    // The answer `serve` would give: a file without credentials is refused (secrets belong in
+    // the environment, so say which variables), but whether the rest is valid is said too.
+    match load(args.insecure_no_auth) {
         Ok(config) => {
-            if no_auth {
-                eprintln!(
-                    "warning: auth: no authentication configured; `fp-relay serve` refuses to start \
-                     with this until you set auth.path_tokens (v1), auth.tokens, auth.basic or \
-                     auth.signature_secrets (v2), e.g. FP_RELAY_AUTH_PATH_TOKENS='[\"<token>\"]', or \
-                     run it with --insecure-no-auth behind something that checks credentials"
-                );
-            }
             println!(
                 "# {}: valid. Effective configuration (secrets masked):",
                 args.config.display()
             );
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid { field, .. }) if field == "auth" => {
+            let rest = match load(true) {
+                Ok(_) => "everything else in it is valid".to_owned(),
+                Err(error) => format!("and {error}"),
+            };
+            eprintln!(
+                "error: auth: no credentials configured: `fp-relay serve` refuses {} as it is ({rest}). \
+                 Set auth.path_tokens (v1), auth.tokens, auth.basic or auth.signature_secrets (v2), \
+                 best from the environment, e.g. FP_RELAY_AUTH_PATH_TOKENS='[\"<token>\"]'; or check \
+                 it with --insecure-no-auth for a relay behind something that checks credentials",
+                args.config.display()
+            );
+            ExitCode::from(EXIT_CONFIG)
         }
         Err(error) => {
             eprintln!("error: {error}");
@@ -170,7 +172,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             config.http.listen
         );
     }
-    // Declared before the runtime so it outlives every client that talks to it.
+    // Declared before the runtime so it outlives every client that talks to it. The ports are
+    // tried first: a second `serve --dev` must not print a broker address and then fail.
+    if args.dev {
+        for addr in [config.http.listen, config.admin.listen] {
+            if let Err(error) = std::net::TcpListener::bind(addr) {
+                eprintln!("error: cannot bind {addr}: {error} (is another fp-relay running? choose another with --listen / --admin-listen)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let dev = if args.dev {
         match DevBroker::start(&config) {
             Ok(dev) => {

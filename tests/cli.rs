@@ -53,19 +53,41 @@ fn check_config_accepts_the_shipped_example_and_masks_secrets() {
 }
 
 #[test]
-fn check_config_passes_the_shipped_file_as_it_is_with_a_warning_about_auth() {
+/// check-config answers as `serve` would: the shipped file without credentials is refused
+/// (exit 2) with how to fix it and that the rest is valid; with --insecure-no-auth it is valid,
+/// and the effective configuration shows what the file says.
+fn check_config_refuses_what_serve_refuses_and_says_how_to_fix_it() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/relay.toml");
     let plain = fp_relay()
         .args(["check-config", "--config", file])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&plain.stderr);
-    assert_eq!(plain.status.code(), Some(0), "{stderr}");
+    assert_eq!(plain.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.starts_with("warning: auth: no authentication configured")
+        stderr.starts_with("error: auth: no credentials configured")
+            && stderr.contains("everything else in it is valid")
             && stderr.contains("--insecure-no-auth")
             && stderr.contains("FP_RELAY_AUTH_PATH_TOKENS"),
-        "the warning says how to fix it: {stderr}"
+        "says how to fix it: {stderr}"
+    );
+    assert!(
+        plain.stdout.is_empty(),
+        "no 'valid' when serve would refuse it"
+    );
+    let with_token = fp_relay()
+        .args(["check-config", "--config", file])
+        .env(
+            "FP_RELAY_AUTH_PATH_TOKENS",
+            r#"["v1-path-token-0123456789"]"#,
+        )
+        .output()
+        .unwrap();
+    assert_eq!(with_token.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&with_token.stdout);
+    assert!(
+        stdout.contains("insecure_no_auth = false"),
+        "the effective configuration says what the file says: {stdout}"
     );
     let insecure = fp_relay()
         .args(["check-config", "--config", file, "--insecure-no-auth"])
@@ -73,6 +95,27 @@ fn check_config_passes_the_shipped_file_as_it_is_with_a_warning_about_auth() {
         .unwrap();
     assert_eq!(insecure.status.code(), Some(0));
     assert!(insecure.stderr.is_empty(), "no warning when told");
+}
+
+/// A second `serve --dev` fails on the busy port before it starts (and advertises) a broker.
+#[test]
+fn a_second_dev_relay_names_the_busy_port_before_starting_a_broker() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let output = fp_relay()
+        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!("cannot bind 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("embedded Kafka-protocol broker at"),
+        "{stderr}"
+    );
 }
 
 #[test]
