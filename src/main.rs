@@ -12,6 +12,7 @@ use fp_relay::tools::redrive::{self, RedriveOptions};
 use fp_relay::tools::respond::{self, ResponderOptions};
 use fp_relay::tools::send::{self, SendOptions};
 use fp_relay::tools::tail::{self, TailOptions};
+use fp_relay::tools::ToolError;
 use fp_relay::webhook::auth::Authenticator;
 use fp_relay::{shutdown_signal, telemetry, Server};
 
@@ -125,6 +126,10 @@ fn redrive(options: RedriveOptions) -> ExitCode {
 fn tail(options: TailOptions) -> ExitCode {
     match tail::run(&options, &mut std::io::stdout().lock()) {
         Ok(_) => ExitCode::SUCCESS,
+        // Piped into `head`, which has read enough.
+        Err(ToolError::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {}", describe(&error.into()));
             ExitCode::FAILURE

@@ -349,3 +349,28 @@ async fn kubernetes_service_link_variables_do_not_stop_the_relay() {
     let (status, _) = relay.terminate().await;
     assert!(status.success());
 }
+
+/// `tail` and `respond` pointed at an address where no broker answers stop with an error that
+/// names the address (respond used to wait forever, logging about 9 lines a second).
+#[test]
+fn tools_pointed_at_no_broker_say_so_and_exit() {
+    for tool in ["tail", "respond"] {
+        let started = Instant::now();
+        let output = fp_relay()
+            .args([tool, "--brokers", "127.0.0.1:1"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{tool}: {stderr}");
+        assert!(
+            stderr.contains("cannot reach Kafka at 127.0.0.1:1"),
+            "{tool}: {stderr}"
+        );
+        assert!(
+            stderr.lines().count() <= 3,
+            "{tool}: a few lines, not a flood: {stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "{tool}");
+    }
+}

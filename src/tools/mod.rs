@@ -46,6 +46,9 @@ pub enum ToolError {
     /// A Kafka client failed.
     #[error("{0}")]
     Kafka(#[from] KafkaError),
+    /// The brokers given did not answer.
+    #[error("cannot reach Kafka at {brokers} ({source}); is the address right? `serve --dev` prints its broker's")]
+    Unreachable { brokers: String, source: KafkaError },
     /// A body that should be JSON is not.
     #[error("not JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -2,9 +2,13 @@
 //! topic and answers every request with one chosen outcome, exactly as the contract says a
 //! downstream service should.
 
+use std::io::Write;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -52,8 +56,9 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), super::ToolError> {
     let properties = options.properties.iter().map(|(k, v)| (k, v));
-    let base = crate::kafka::client_config(&[], properties, &options.brokers);
-    let consumer: StreamConsumer = base
+    // librdkafka's own lines only for errors: a broker away is said once below.
+    let base = crate::kafka::client_config(&[("log_level", "3")], properties, &options.brokers);
+    let consumer: StreamConsumer<Quiet> = base
         .clone()
         .set("group.id", &options.group)
         .set("auto.offset.reset", "earliest")
@@ -62,13 +67,23 @@ pub async fn run(
         // A relay is holding an HTTP request for every message here: fetch eagerly (see
         // kafka::consumer_config for the measurement behind 5 ms).
         .set("fetch.wait.max.ms", "5")
-        .create()?;
-    let producer: FutureProducer = base
+        .create_with_context(Quiet)?;
+    let producer: FutureProducer<Quiet> = base
         .clone()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
-        .create()?;
+        .create_with_context(Quiet)?;
+    // A wrong address is an error at once, not a wait that never ends.
+    if let Err(source) = consumer
+        .client()
+        .fetch_metadata(Some(&options.topic), Duration::from_secs(10))
+    {
+        return Err(super::ToolError::Unreachable {
+            brokers: options.brokers.clone(),
+            source,
+        });
+    }
     consumer.subscribe(&[&options.topic])?;
     eprintln!(
         "fp-relay respond: answering {:?} to every request on {} (group {})",
@@ -77,6 +92,7 @@ pub async fn run(
         options.group
     );
     tokio::pin!(stop);
+    let mut last_error = String::new();
     loop {
         let message = tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -84,13 +100,19 @@ pub async fn run(
         };
         let message = match message {
             Ok(message) => message,
-            // Typically "unknown topic" until the relay publishes its first request: keep waiting.
+            // Typically "unknown topic" until the relay publishes its first request: keep
+            // waiting, saying so once per kind of error.
             Err(error) => {
-                eprintln!("waiting for requests: {error}");
+                let text = error.to_string();
+                if text != last_error {
+                    eprintln!("waiting for requests: {text}");
+                    last_error = text;
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
+        last_error.clear();
         // Replies are independent: each is sent on its own task so one slow delivery report
         // does not hold up the next request.
         let (producer, options, request) = (producer.clone(), options.clone(), message.detach());
@@ -103,7 +125,27 @@ pub async fn run(
     }
 }
 
-async fn answer(producer: &FutureProducer, options: &ResponderOptions, request: &OwnedMessage) {
+/// A client context that keeps librdkafka's connection chatter at debug level: a broker that
+/// is away is said once by `run` (librdkafka repeats it for every reconnect attempt).
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _: RDKafkaLogLevel, facility: &str, message: &str) {
+        tracing::debug!(facility, message, "librdkafka");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka");
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+async fn answer(
+    producer: &FutureProducer<Quiet>,
+    options: &ResponderOptions,
+    request: &OwnedMessage,
+) {
     let header = |name: &str| -> Option<String> {
         request
             .headers()?
@@ -136,11 +178,19 @@ async fn answer(producer: &FutureProducer, options: &ResponderOptions, request: 
         record = record.key(key);
     }
     match producer.send(record, Duration::from_secs(5)).await {
-        Ok(_) => println!(
-            "{} -> {} (correlation id {correlation_id})",
-            options.outcome.as_str(),
-            reply_topic
-        ),
+        Ok(_) => {
+            let line = format!(
+                "{} -> {} (correlation id {correlation_id})",
+                options.outcome.as_str(),
+                reply_topic
+            );
+            // Output piped into `head` and closed: the reply is sent; stop as Unix tools do.
+            if let Err(error) = writeln!(std::io::stdout().lock(), "{line}") {
+                if error.kind() == std::io::ErrorKind::BrokenPipe {
+                    std::process::exit(0);
+                }
+            }
+        }
         Err((error, _)) => eprintln!("cannot reply to {correlation_id}: {error}"),
     }
 }

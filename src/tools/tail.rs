@@ -64,7 +64,16 @@ pub fn run(options: &TailOptions, out: &mut impl Write) -> Result<usize, ToolErr
         if last_refresh.is_none_or(|at| at.elapsed() >= REFRESH) {
             let first = last_refresh.is_none();
             last_refresh = Some(Instant::now());
-            let added = new_partitions(&consumer, options, &mut assigned, first)?;
+            let added =
+                new_partitions(&consumer, options, &mut assigned, first).map_err(|error| {
+                    match error {
+                        ToolError::Kafka(source) if first => ToolError::Unreachable {
+                            brokers: options.brokers.clone(),
+                            source,
+                        },
+                        other => other,
+                    }
+                })?;
             // Only the new partitions: assigning the whole list again would rewind every
             // partition already being read to its starting offset (records shown twice).
             if added.count() > 0 {
