@@ -221,6 +221,9 @@ fn start_services(
             .then(|| Arc::new(AtomicBool::new(true))),
         ..Health::default()
     });
+    if let Some(hint) = broker_hint(&config.kafka.brokers) {
+        health.cluster.set_hint(hint);
+    }
     let publisher = Arc::new(Publisher::new(
         kafka::producer_config(&config.kafka, message_timeout),
         config.kafka.ack_timeout,
@@ -331,6 +334,35 @@ async fn probe_cluster(
             _ = tokio::time::sleep(interval) => {}
         }
     }
+}
+
+/// What to say if the brokers never answer: a name that does not resolve, or the default
+/// address (nobody chose one: no --brokers, no FP_RELAY_KAFKA_BROKERS, no file).
+fn broker_hint(brokers: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let unresolved: Vec<&str> = brokers
+        .split(',')
+        .map(str::trim)
+        .filter(|broker| !broker.is_empty())
+        .filter(|broker| {
+            let address = broker.rsplit_once("://").map_or(*broker, |(_, a)| a);
+            address
+                .to_socket_addrs()
+                .map_or(true, |mut a| a.next().is_none())
+        })
+        .collect();
+    if !unresolved.is_empty() {
+        return Some(format!(
+            "kafka.brokers: cannot resolve {} (a typo, or a name only another network knows)",
+            unresolved.join(", ")
+        ));
+    }
+    (brokers == config::KafkaConfig::default().brokers).then(|| {
+        format!(
+            "nothing answers at {brokers}, the default: give the brokers with --brokers or \
+             FP_RELAY_KAFKA_BROKERS, or try `fp-relay serve --dev` for an embedded broker"
+        )
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -373,4 +374,70 @@ fn tools_pointed_at_no_broker_say_so_and_exit() {
         );
         assert!(started.elapsed() < Duration::from_secs(20), "{tool}");
     }
+}
+
+/// What `serve` says in its first seconds against `brokers` (killed after `seconds`).
+fn first_words(brokers: Option<&str>, seconds: u64) -> String {
+    let mut command = fp_relay();
+    command.args([
+        "serve",
+        "--insecure-no-auth",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    if let Some(brokers) = brokers {
+        command.args(["--brokers", brokers]);
+    }
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A broker name that does not resolve, no broker chosen at all, and an address that is an
+/// HTTP port each get words that say so (they all read like a broker that is down before).
+#[test]
+fn serve_says_what_is_wrong_with_the_broker_address() {
+    let unresolved = first_words(Some("no-such-host.invalid:9092"), 4);
+    assert!(
+        unresolved.contains("cannot resolve no-such-host.invalid:9092"),
+        "{unresolved}"
+    );
+    let default = first_words(None, 4);
+    assert!(
+        default.contains("nothing answers at localhost:9092, the default")
+            && default.contains("serve --dev"),
+        "{default}"
+    );
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in http.incoming().flatten() {
+            let mut stream = stream;
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+            );
+        }
+    });
+    let not_kafka = first_words(Some(&format!("127.0.0.1:{port}")), 4);
+    assert!(
+        not_kafka.contains("answered with something that is not Kafka"),
+        "{not_kafka}"
+    );
+    let advice = not_kafka
+        .lines()
+        .filter(|l| l.contains("increase receive.message.max.bytes") && !l.contains("not Kafka"))
+        .count();
+    assert_eq!(
+        advice, 0,
+        "librdkafka's misleading advice is not repeated: {not_kafka}"
+    );
 }

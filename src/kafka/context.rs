@@ -25,6 +25,8 @@ pub struct RelayContext {
     watch: Arc<ClusterWatch>,
     /// Which client this is, for log lines (`producer`, `reply-consumer`).
     role: &'static str,
+    /// Set once "this address is not Kafka" was said; librdkafka repeats it every retry.
+    said_not_kafka: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RelayContext {
@@ -34,7 +36,26 @@ impl RelayContext {
             metrics,
             watch,
             role,
+            said_not_kafka: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// librdkafka's advice for a reply it cannot parse (raise receive.message.max.bytes) is
+    /// wrong when the address is not a Kafka port at all, which is the usual cause: say that,
+    /// once. True when `text` was such a line.
+    fn not_kafka(&self, text: &str) -> bool {
+        if !text.contains("receive.message.max.bytes") {
+            return false;
+        }
+        if !self
+            .said_not_kafka
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(target: "librdkafka", role = self.role, "a broker address answered with something that is not Kafka (an HTTP server?): check kafka.brokers / --brokers ({text})");
+        } else {
+            tracing::debug!(target: "librdkafka", role = self.role, "{text}");
+        }
+        true
     }
 }
 
@@ -61,6 +82,9 @@ impl ClientContext for RelayContext {
             return;
         }
         let role = self.role;
+        if self.not_kafka(message) {
+            return;
+        }
         if CONNECTION_FACILITIES.contains(&fac) {
             tracing::debug!(target: "librdkafka", role, fac, "{message}");
             return;
@@ -88,6 +112,9 @@ impl ClientContext for RelayContext {
         }
         // Connection losses come here every few seconds while a broker is away, and were
         // already logged by `log`; the outage itself is reported by the ClusterWatch.
+        if self.not_kafka(reason) {
+            return;
+        }
         if is_connection_trouble(&error) {
             tracing::debug!(target: "librdkafka", role = self.role, %error, "{reason}");
         } else {

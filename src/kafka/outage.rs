@@ -27,6 +27,9 @@ pub struct ClusterWatch {
     state: Mutex<State>,
     /// Set once the relay has stopped: its clients say nothing more.
     silenced: AtomicBool,
+    /// What the operator probably got wrong, said with the first "unreachable" line (a broker
+    /// name that does not resolve, the default address with no broker there).
+    hint: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +46,11 @@ struct State {
 }
 
 impl ClusterWatch {
+    /// Sets the hint said when the cluster is first found unreachable.
+    pub fn set_hint(&self, hint: String) {
+        *self.hint.lock().expect("lock not poisoned") = Some(hint);
+    }
+
     /// Takes the latest probe result and logs a transition or a due summary. Call it after
     /// every probe.
     pub fn observe(&self, reachable: bool) {
@@ -58,7 +66,15 @@ impl ClusterWatch {
             (None, false) => {
                 state.down_since = Some(now);
                 state.last_line = Some(now);
-                tracing::warn!("Kafka cluster unreachable; /readyz answers 503 until it is back");
+                match self.hint.lock().expect("lock not poisoned").as_deref() {
+                    Some(hint) => tracing::warn!(
+                        hint,
+                        "Kafka cluster unreachable; /readyz answers 503 until it is back"
+                    ),
+                    None => tracing::warn!(
+                        "Kafka cluster unreachable; /readyz answers 503 until it is back"
+                    ),
+                }
             }
             (Some(since), false) => {
                 if state
