@@ -43,9 +43,10 @@ pub enum Command {
     /// Simulate FirstPromoter: post built-in sample events (or a captured body) to a relay.
     ///
     /// Samples exist for every v1 event type and for promoter.created, referral.created,
-    /// referral.converted, commission.created, commission.updated and payout.completed (v2,
-    /// sent with X-Event-Id and X-Event-Type). Each copy gets a fresh event id. Exits 1 if any
-    /// request was not acknowledged with a 2xx.
+    /// referral.converted, commission.created, commission.updated, commission.updated.reward (a
+    /// commission.updated approving a points reward: a fulfilment request with [fulfilment.v2])
+    /// and payout.completed (v2, sent with X-Event-Id and X-Event-Type). Each copy gets a fresh
+    /// event id. Exits 1 if any request was not acknowledged with a 2xx.
     Send(SendOptions),
     /// Print what the relay wrote to Kafka: topic, partition, offset, key, headers and the
     /// pretty-printed value with promoter secrets masked.

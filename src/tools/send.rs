@@ -26,7 +26,7 @@ pub struct SendOptions {
     /// The relay's webhook URL (http://); append /<token> when the relay expects a v1 path token.
     #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/firstpromoter")]
     pub url: String,
-    /// An event type to send (repeatable), e.g. --event lead_signup --event payout.completed.
+    /// A sample to send (repeatable), e.g. --event lead_signup --event payout.completed; the list is in --help above.
     #[arg(long = "event", value_name = "TYPE")]
     pub events: Vec<String>,
     /// Send every built-in sample.
@@ -111,7 +111,8 @@ pub async fn run(options: &SendOptions, out: &mut impl Write) -> Result<bool, To
 }
 
 fn plan(options: &SendOptions) -> Result<Vec<Outgoing>, ToolError> {
-    let mut chosen: Vec<(String, WebhookVersion, Bytes)> = Vec::new();
+    // (label, event type, version, body): the label tells samples of one type apart.
+    let mut chosen: Vec<(String, String, WebhookVersion, Bytes)> = Vec::new();
     if let Some(path) = &options.from_file {
         let body = std::fs::read(path).map_err(|source| ToolError::Read {
             path: path.clone(),
@@ -123,7 +124,12 @@ fn plan(options: &SendOptions) -> Result<Vec<Outgoing>, ToolError> {
                 path.display()
             ))
         })?;
-        chosen.push((envelope.event_type, envelope.version, Bytes::from(body)));
+        chosen.push((
+            envelope.event_type.clone(),
+            envelope.event_type,
+            envelope.version,
+            Bytes::from(body),
+        ));
     }
     let samples: Vec<&Sample> = if options.all {
         samples::SAMPLES.iter().collect()
@@ -144,6 +150,7 @@ fn plan(options: &SendOptions) -> Result<Vec<Outgoing>, ToolError> {
     };
     chosen.extend(samples.iter().map(|s| {
         (
+            s.name.to_owned(),
             s.event_type.to_owned(),
             s.version,
             Bytes::from_static(s.body),
@@ -156,7 +163,7 @@ fn plan(options: &SendOptions) -> Result<Vec<Outgoing>, ToolError> {
     }
     let mut requests = Vec::new();
     for copy in 0..options.count.max(1) {
-        for (event_type, version, body) in &chosen {
+        for (label, event_type, version, body) in &chosen {
             // A captured body goes as it is; samples get a fresh id per copy, as real events would.
             let (body, event_id) =
                 if options.from_file.is_some() && copy == 0 && requests.is_empty() {
@@ -168,7 +175,7 @@ fn plan(options: &SendOptions) -> Result<Vec<Outgoing>, ToolError> {
                     fresh_id(body, *version)?
                 };
             requests.push(Outgoing {
-                label: event_type.clone(),
+                label: label.clone(),
                 version: *version,
                 event_type: event_type.clone(),
                 event_id,
@@ -294,5 +301,32 @@ fn meaning(event_type: &str, status: u16, body: &Value) -> String {
         ),
         (200..=299, other) => other.to_owned(),
         _ => format!("refused: {} {}", text("error"), text("message")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        options: SendOptions,
+    }
+
+    /// `send --all` labels each sample by its name, so the two commission.updated samples are
+    /// told apart (the reward one requests fulfilment).
+    #[test]
+    fn every_sample_is_sent_under_its_own_label() {
+        let options = Command::parse_from(["send", "--all"]).options;
+        let labels: Vec<String> = plan(&options)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.label)
+            .collect();
+        let unique: std::collections::HashSet<&String> = labels.iter().collect();
+        assert_eq!(unique.len(), labels.len(), "{labels:?}");
+        assert!(labels.contains(&"commission.updated.reward".to_owned()));
     }
 }

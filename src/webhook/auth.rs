@@ -40,6 +40,9 @@ pub enum AuthFailure {
     BadBasic,
     /// A path token that matches none of the path tokens.
     BadPathToken,
+    /// An `Authorization` header with neither the `Bearer` nor the `Basic` scheme (a token
+    /// pasted in as it is: FirstPromoter's custom header needs `Bearer <token>`).
+    AuthorizationWithoutScheme,
 }
 
 impl AuthFailure {
@@ -53,6 +56,7 @@ impl AuthFailure {
             Self::BadToken => "bad_token",
             Self::BadBasic => "bad_basic",
             Self::BadPathToken => "bad_path_token",
+            Self::AuthorizationWithoutScheme => "authorization_without_scheme",
         }
     }
 }
@@ -206,10 +210,17 @@ impl Authenticator {
                 passed = true;
             }
         }
+        let schemeless = || {
+            headers.get(http::header::AUTHORIZATION).is_some_and(|v| {
+                let v = v.as_bytes();
+                strip_scheme(v, b"bearer ").is_none() && strip_scheme(v, b"basic ").is_none()
+            })
+        };
         match (signed, passed) {
             // A signature that is presented must verify, even next to a good token.
             (true, _) => Ok(HeadVerdict::NeedsBody),
             (false, true) => Ok(HeadVerdict::Passed),
+            (false, false) if schemeless() => Err(AuthFailure::AuthorizationWithoutScheme),
             (false, false) => Err(AuthFailure::MissingCredentials),
         }
     }
@@ -424,7 +435,8 @@ mod tests {
         );
         assert_eq!(
             bearer.check(&headers(&[("authorization", "tok")]), None, b""),
-            Err(AuthFailure::MissingCredentials)
+            Err(AuthFailure::AuthorizationWithoutScheme),
+            "a token pasted without its scheme is named as such, not as missing"
         );
 
         let custom = auth(|c| {
