@@ -40,6 +40,39 @@ fn config(broker: &Tansu, dir: &std::path::Path) -> Config {
     config
 }
 
+/// The environment of a relay process spooling into `dir` after 300 ms, fulfilment off.
+fn spooling_env(dir: &str) -> Vec<(&'static str, &str)> {
+    vec![
+        ("FP_RELAY_SPOOL_ENABLED", "true"),
+        ("FP_RELAY_SPOOL_DIR", dir),
+        ("FP_RELAY_SPOOL_HANDOFF_AFTER", "300ms"),
+        ("FP_RELAY_FULFILMENT_ENABLED", "false"),
+    ]
+}
+
+/// Posts the events `ids` (padded with `pad` bytes) all at once; each id with its status.
+async fn post_at_once(
+    addr: std::net::SocketAddr,
+    ids: impl IntoIterator<Item = u64>,
+    pad: usize,
+) -> Vec<(u64, StatusCode)> {
+    let posts: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            tokio::spawn(async move {
+                let path = "/webhooks/firstpromoter";
+                let reply = common::send(addr, "POST", path, &[], event(id, pad)).await;
+                (id, reply.status)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(posts.len());
+    for post in posts {
+        statuses.push(post.await.unwrap());
+    }
+    statuses
+}
+
 /// The `fp-event-id`s on the lead_signup topic (read for `window`).
 async fn ids_in_kafka(broker: &Tansu, window: Duration) -> HashSet<u64> {
     consume(
@@ -148,12 +181,7 @@ async fn a_full_spool_disk_answers_503_and_loses_nothing_answered_202() {
     let dir_text = dir.display().to_string();
     let relay = RelayProcess::start_wrapped(
         &broker,
-        &[
-            ("FP_RELAY_SPOOL_ENABLED", "true"),
-            ("FP_RELAY_SPOOL_DIR", &dir_text),
-            ("FP_RELAY_SPOOL_HANDOFF_AFTER", "300ms"),
-            ("FP_RELAY_FULFILMENT_ENABLED", "false"),
-        ],
+        &spooling_env(&dir_text),
         &["prlimit", "--fsize=200000"],
     )
     .await;
@@ -161,25 +189,8 @@ async fn a_full_spool_disk_answers_503_and_loses_nothing_answered_202() {
     let mut spooled = Vec::new();
     let mut refused = 0;
     for round in 0..10u64 {
-        let posts: Vec<_> = (0..8u64)
-            .map(|n| {
-                let id = round * 8 + n + 1;
-                let addr = relay.addr;
-                tokio::spawn(async move {
-                    let reply = common::send(
-                        addr,
-                        "POST",
-                        "/webhooks/firstpromoter",
-                        &[],
-                        event(id, 4000),
-                    )
-                    .await;
-                    (id, reply.status)
-                })
-            })
-            .collect();
-        for post in posts {
-            match post.await.unwrap() {
+        for status in post_at_once(relay.addr, (1..=8).map(|n| round * 8 + n), 4000).await {
+            match status {
                 (id, StatusCode::ACCEPTED) => spooled.push(id),
                 (_, StatusCode::SERVICE_UNAVAILABLE) => refused += 1,
                 (id, other) => panic!("event {id}: unexpected {other}"),
@@ -280,38 +291,16 @@ async fn idle_clients_under_a_descriptor_limit_cannot_cost_spooled_events() {
     let broker = Tansu::start();
     let dir = spool_dir();
     let dir_text = dir.display().to_string();
-    let relay = RelayProcess::start_wrapped(
-        &broker,
-        &[
-            ("FP_RELAY_SPOOL_ENABLED", "true"),
-            ("FP_RELAY_SPOOL_DIR", &dir_text),
-            ("FP_RELAY_SPOOL_HANDOFF_AFTER", "300ms"),
-            ("FP_RELAY_FULFILMENT_ENABLED", "false"),
-            ("FP_RELAY_HTTP_IDLE_TIMEOUT", "30s"),
-            ("FP_RELAY_HTTP_HEADER_READ_TIMEOUT", "20s"),
-        ],
-        &["prlimit", "--nofile=256:256"],
-    )
-    .await;
+    let mut env = spooling_env(&dir_text);
+    env.extend([
+        ("FP_RELAY_HTTP_IDLE_TIMEOUT", "30s"),
+        ("FP_RELAY_HTTP_HEADER_READ_TIMEOUT", "20s"),
+    ]);
+    let relay = RelayProcess::start_wrapped(&broker, &env, &["prlimit", "--nofile=256:256"]).await;
     broker.freeze();
     let mut acknowledged = Vec::new();
     for round in 0..3u64 {
-        let posts: Vec<_> = (1..=20u64)
-            .map(|n| {
-                let (id, addr) = (round * 20 + n, relay.addr);
-                tokio::spawn(async move {
-                    let path = "/webhooks/firstpromoter";
-                    (
-                        id,
-                        common::send(addr, "POST", path, &[], event(id, 0))
-                            .await
-                            .status,
-                    )
-                })
-            })
-            .collect();
-        for post in posts {
-            let (id, status) = post.await.unwrap();
+        for (id, status) in post_at_once(relay.addr, (1..=20).map(|n| round * 20 + n), 0).await {
             assert_eq!(status, StatusCode::ACCEPTED, "event {id} is spooled");
             acknowledged.push(id);
         }
@@ -449,33 +438,9 @@ async fn spool_drain_replays_a_killed_relays_spool_and_empties_it() {
     let broker = Tansu::start();
     let dir = spool_dir();
     let dir_text = dir.display().to_string();
-    let relay = RelayProcess::start_with(
-        &broker,
-        &[
-            ("FP_RELAY_SPOOL_ENABLED", "true"),
-            ("FP_RELAY_SPOOL_DIR", &dir_text),
-            ("FP_RELAY_SPOOL_HANDOFF_AFTER", "300ms"),
-            ("FP_RELAY_FULFILMENT_ENABLED", "false"),
-        ],
-    )
-    .await;
+    let relay = RelayProcess::start_with(&broker, &spooling_env(&dir_text)).await;
     broker.freeze();
-    let posts: Vec<_> = (1..=20u64)
-        .map(|id| {
-            let addr = relay.addr;
-            tokio::spawn(async move {
-                let path = "/webhooks/firstpromoter";
-                (
-                    id,
-                    common::send(addr, "POST", path, &[], event(id, 0))
-                        .await
-                        .status,
-                )
-            })
-        })
-        .collect();
-    for post in posts {
-        let (id, status) = post.await.unwrap();
+    for (id, status) in post_at_once(relay.addr, 1..=20, 0).await {
         assert_eq!(status, StatusCode::ACCEPTED, "event {id} spooled");
     }
     relay.kill();
