@@ -18,7 +18,9 @@
 //! (lost for v1) and, three timeouts in a row, a replaced producer. A metadata request for the
 //! topic answers at once: missing (or not authorised) is a permanent refusal, dead-lettered,
 //! remembered for [`RECHECK_MISSING`]; a topic that exists is remembered for good. The request
-//! allows auto-creation, as a write would.
+//! allows auto-creation, as a write would. While the cluster is known to be down nothing is
+//! looked up, and a lookup that got no answer is not tried again for [`RECHECK_MISSING`]: an
+//! outage must not add a wait to every write (spool replay after a restart writes many).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,7 +43,7 @@ const STUCK_AFTER_FAILURES: u32 = 3;
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(10);
 
 /// Longest wait for a topic's metadata before its first write.
-const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a topic found missing is refused before it is looked up again.
 pub const RECHECK_MISSING: Duration = Duration::from_secs(10);
@@ -55,6 +57,8 @@ enum TopicState {
     Exists,
     /// Missing or refused, with the code, since then.
     Refused(RDKafkaErrorCode, Instant),
+    /// The lookup got no answer (or a passing state) then: writes go ahead meanwhile.
+    Unanswered(Instant),
 }
 
 /// Where Kafka put a record.
@@ -256,6 +260,11 @@ impl Publisher {
             Some(TopicState::Refused(code, since)) if since.elapsed() < RECHECK_MISSING => {
                 return Err(PublishError::Refused(KafkaError::MessageProduction(code)));
             }
+            Some(TopicState::Unanswered(since)) if since.elapsed() < RECHECK_MISSING => {
+                return Ok(());
+            }
+            // Nothing would answer: the write itself is spooled or refused as in any outage.
+            _ if self.watch.is_down() => return Ok(()),
             _ => {}
         }
         let timeout = TOPIC_CHECK_TIMEOUT
@@ -286,7 +295,7 @@ impl Publisher {
                 | RDKafkaErrorCode::InvalidTopic),
             ))) => TopicState::Refused(code, Instant::now()),
             // No answer, or a passing state (leader not available while it is created).
-            _ => return Ok(()),
+            _ => TopicState::Unanswered(Instant::now()),
         };
         let mut topics = self.topics.lock().expect("lock not poisoned");
         if topics.len() >= MAX_KNOWN_TOPICS {
@@ -294,7 +303,7 @@ impl Publisher {
         }
         topics.insert(topic.to_owned(), state);
         match state {
-            TopicState::Exists => Ok(()),
+            TopicState::Exists | TopicState::Unanswered(_) => Ok(()),
             TopicState::Refused(code, _) => {
                 Err(PublishError::Refused(KafkaError::MessageProduction(code)))
             }
