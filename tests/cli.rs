@@ -441,3 +441,61 @@ fn serve_says_what_is_wrong_with_the_broker_address() {
         "librdkafka's misleading advice is not repeated: {not_kafka}"
     );
 }
+
+/// `respond | head -1`: once `head` has its line and closes the pipe, respond ends quietly
+/// with status 0 (it used to abort, status 134, on the failed write).
+#[tokio::test(flavor = "multi_thread")]
+async fn respond_piped_into_head_ends_quietly_when_the_pipe_closes() {
+    let broker = Tansu::start();
+    let bootstrap = broker.bootstrap();
+    for n in 0..3 {
+        let id = format!("00000000-0000-0000-0000-00000000000{n}");
+        common::produce(
+            &bootstrap,
+            "firstpromoter.fulfilment_pending",
+            Some(0),
+            None,
+            &[
+                ("fp-correlation-id", &id),
+                ("fp-reply-topic", "firstpromoter.fulfilment_replies"),
+            ],
+            r#"{"event":{"type":"fulfilment_pending"}}"#,
+        )
+        .await;
+    }
+    let mut responder = fp_relay()
+        .args(["respond", "--brokers", &bootstrap, "--delay", "500ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = responder.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line // the reader, and so the pipe, is closed here
+    })
+    .await
+    .unwrap();
+    assert!(first.starts_with("fulfilled -> "), "{first}");
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = responder.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = responder.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "ended by itself, quietly, once its output was closed"
+    );
+}
