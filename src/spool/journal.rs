@@ -103,18 +103,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 pub fn decode(body: &[u8]) -> Option<Entry> {
     Some(match parse(body)? {
         Parsed::Done(seq) => Entry::Done(seq),
-        Parsed::Event(event) => Entry::Event(SpooledEvent {
-            seq: event.seq,
-            received_ms: event.received_ms,
-            topic: event.topic.to_owned(),
-            key: event.key.map(str::to_owned),
-            headers: event
-                .headers
-                .iter()
-                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-                .collect(),
-            payload: Bytes::copy_from_slice(event.payload),
-        }),
+        Parsed::Event(event) => Entry::Event(event.to_owned()),
     })
 }
 
@@ -132,6 +121,32 @@ struct ParsedEvent<'a> {
     key: Option<&'a str>,
     headers: Vec<(&'a str, &'a str)>,
     payload: &'a [u8],
+}
+
+impl ParsedEvent<'_> {
+    fn to_owned(&self) -> SpooledEvent {
+        SpooledEvent {
+            seq: self.seq,
+            received_ms: self.received_ms,
+            topic: self.topic.to_owned(),
+            key: self.key.map(str::to_owned),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            payload: Bytes::copy_from_slice(self.payload),
+        }
+    }
+}
+
+/// The record whose frame header is `header` and body `body`, if the checksum matches and the
+/// body decodes: the one test of "intact" the scan, its resync and replay share.
+fn verified<'b>(header: &[u8], body: &'b [u8]) -> Option<Parsed<'b>> {
+    let crc = u32::from_le_bytes(header.get(4..FRAME_HEADER)?.try_into().ok()?);
+    (crc32fast::hash(body) == crc)
+        .then(|| parse(body))
+        .flatten()
 }
 
 fn parse(body: &[u8]) -> Option<Parsed<'_>> {
@@ -311,11 +326,7 @@ fn next_frame(
     };
     body.resize(len as usize, 0);
     reader.read_exact(body)?;
-    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if crc32fast::hash(body) != crc {
-        return Ok(None);
-    }
-    Ok(parse(body).map(|parsed| match parsed {
+    Ok(verified(&header, body).map(|parsed| match parsed {
         Parsed::Done(seq) => Frame::Done(seq),
         Parsed::Event(event) => Frame::Event {
             seq: event.seq,
@@ -368,7 +379,8 @@ fn resync(file: &File, from: u64, file_len: u64, faults: &Faults) -> io::Result<
             {
                 continue;
             }
-            if frame_at(file, offset, len).is_ok() {
+            let frame = read_frame(file, offset, len);
+            if frame.is_ok_and(|f| verified(&f[..FRAME_HEADER], &f[FRAME_HEADER..]).is_some()) {
                 return Ok(Some(offset));
             }
         }
@@ -378,21 +390,10 @@ fn resync(file: &File, from: u64, file_len: u64, faults: &Faults) -> io::Result<
 }
 
 /// Reads and checks the whole frame at `offset` whose body is `len` bytes.
-fn frame_at(file: &File, offset: u64, len: u32) -> io::Result<Entry> {
+fn read_frame(file: &File, offset: u64, len: u32) -> io::Result<Vec<u8>> {
     let mut frame = vec![0u8; FRAME_HEADER + len as usize];
     file.read_exact_at(&mut frame, offset)?;
-    let body = &frame[FRAME_HEADER..];
-    let crc = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes"));
-    match (crc32fast::hash(body) == crc)
-        .then(|| decode(body))
-        .flatten()
-    {
-        Some(entry) => Ok(entry),
-        None => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "spooled record damaged since it was written",
-        )),
-    }
+    Ok(frame)
 }
 
 /// Whether a read error means the record itself is damaged (it will never read back), as
@@ -424,9 +425,13 @@ pub fn read_events(
             }
             faults.check(Op::Read)?;
             let (_, file) = open.as_ref().expect("opened above");
-            match frame_at(file, location.offset, location.len)? {
-                Entry::Event(event) => Ok(event),
-                Entry::Done(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "not an event")),
+            let frame = read_frame(file, location.offset, location.len)?;
+            match verified(&frame[..FRAME_HEADER], &frame[FRAME_HEADER..]) {
+                Some(Parsed::Event(event)) => Ok(event.to_owned()),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "spooled record damaged since it was written",
+                )),
             }
         })();
         let stop = result.as_ref().is_err_and(|e| !is_damage(e));
@@ -436,13 +441,6 @@ pub fn read_events(
         }
     }
     results
-}
-
-/// Reads the event at `location` back.
-pub fn read_event(dir: &Path, location: Location) -> io::Result<SpooledEvent> {
-    read_events(dir, &[location], &Faults::none())
-        .pop()
-        .expect("one location, one result")
 }
 
 /// An open segment being appended to.
@@ -559,6 +557,13 @@ mod tests {
             }
         }
         (events, done, scan)
+    }
+
+    /// Reads the event at `location` back.
+    pub fn read_event(dir: &Path, location: Location) -> io::Result<SpooledEvent> {
+        read_events(dir, &[location], &Faults::none())
+            .pop()
+            .expect("one location, one result")
     }
 
     fn temp_dir() -> PathBuf {
