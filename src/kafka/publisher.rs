@@ -61,6 +61,18 @@ enum TopicState {
     Unanswered(Instant),
 }
 
+impl TopicState {
+    /// Whether a write to the topic may go ahead.
+    fn verdict(self) -> Result<(), PublishError> {
+        match self {
+            Self::Exists | Self::Unanswered(_) => Ok(()),
+            Self::Refused(code, _) => {
+                Err(PublishError::Refused(KafkaError::MessageProduction(code)))
+            }
+        }
+    }
+}
+
 /// Where Kafka put a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
@@ -256,12 +268,11 @@ impl Publisher {
             .get(topic)
             .copied();
         match known {
-            Some(TopicState::Exists) => return Ok(()),
-            Some(TopicState::Refused(code, since)) if since.elapsed() < RECHECK_MISSING => {
-                return Err(PublishError::Refused(KafkaError::MessageProduction(code)));
-            }
-            Some(TopicState::Unanswered(since)) if since.elapsed() < RECHECK_MISSING => {
-                return Ok(());
+            Some(state @ TopicState::Exists) => return state.verdict(),
+            Some(state @ (TopicState::Refused(_, since) | TopicState::Unanswered(since)))
+                if since.elapsed() < RECHECK_MISSING =>
+            {
+                return state.verdict()
             }
             // Nothing would answer: the write itself is spooled or refused as in any outage.
             _ if self.watch.is_down() => return Ok(()),
@@ -302,12 +313,7 @@ impl Publisher {
             topics.clear();
         }
         topics.insert(topic.to_owned(), state);
-        match state {
-            TopicState::Exists | TopicState::Unanswered(_) => Ok(()),
-            TopicState::Refused(code, _) => {
-                Err(PublishError::Refused(KafkaError::MessageProduction(code)))
-            }
-        }
+        state.verdict()
     }
 
     fn current(&self) -> Arc<Generation> {
