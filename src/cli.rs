@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
 use crate::tools::drain::DrainOptions;
+use crate::tools::firstpromoter::{RecoverOptions, StatusOptions, SubscribeOptions};
 use crate::tools::redrive::RedriveOptions;
 use crate::tools::respond::ResponderOptions;
 use crate::tools::send::SendOptions;
@@ -63,6 +64,10 @@ pub enum Command {
     /// Work on a spool directory without serving.
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// FirstPromoter's v2 API: set up the webhook subscription, see what FirstPromoter
+    /// delivered, and recover what it gave up on.
+    #[command(subcommand, name = "firstpromoter")]
+    FirstPromoter(FirstPromoterCommand),
 }
 
 /// `fp-relay spool ...`.
@@ -114,4 +119,26 @@ pub struct CheckConfigArgs {
     /// configures no credentials).
     #[arg(long)]
     pub insecure_no_auth: bool,
+}
+
+/// `fp-relay firstpromoter ...`.
+#[derive(Debug, Subcommand)]
+pub enum FirstPromoterCommand {
+    /// Create or update the v2 webhook subscription that delivers to this relay.
+    ///
+    /// Found by URL (never a duplicate): every event type FirstPromoter lists, the relay's
+    /// credential sent the way the relay checks it (auth.tokens as a custom header, else
+    /// auth.basic as HTTP Basic), a timeout that covers the relay's deadline, max_retries 10.
+    /// Reads the relay's configuration like `serve`.
+    Subscribe(SubscribeOptions),
+    /// Show the account's subscriptions and, for those delivering to this relay, the
+    /// deliveries of the last day by status.
+    Status(StatusOptions),
+    /// Put the events of deliveries FirstPromoter gave up on (status failed) into Kafka.
+    ///
+    /// Each recorded payload goes through the relay's own pipeline (routing, redaction,
+    /// headers) with an fp-recovered-from header; an event whose id is on its topic already
+    /// is left alone, so running it again publishes nothing twice. --retry-delivery asks
+    /// FirstPromoter to send them again instead, where it still can.
+    Recover(RecoverOptions),
 }

@@ -8,6 +8,8 @@
 //! - [`config`]: typed configuration, defaults, environment overrides, validation.
 //! - [`webhook`]: FirstPromoter's v1 and v2 envelopes, known event types, topic and key rules.
 //! - [`kafka`]: the publisher (idempotent, `acks=all`, rebuilt after fatal errors), records and headers.
+//! - [`firstpromoter`]: FirstPromoter's v2 API: the shared client, webhook subscriptions and
+//!   deliveries, reconciliation.
 //! - [`fulfilment`]: the hold-and-reply correlator, the reply consumer, and v2 fulfilment
 //!   (`mark_fulfilled` calls for fulfilled replies).
 //! - [`pipeline`]: parse, redact and route: bytes and headers in, a Kafka record out.
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod error;
+pub mod firstpromoter;
 pub mod fulfilment;
 pub mod health;
 pub mod http;
@@ -68,7 +71,7 @@ pub enum StartError {
     #[error("spool.dir: {0}")]
     Spool(#[from] spool::SpoolError),
     #[error(transparent)]
-    FirstPromoterApi(#[from] fulfilment::v2::api::ApiConfigError),
+    FirstPromoterApi(#[from] firstpromoter::client::ApiConfigError),
 }
 
 /// Shortest time a released fulfilment id is remembered, so its reply counts as late.
@@ -251,18 +254,29 @@ fn start_services(
         health.reply_consumer.store(true, Ordering::Release);
         None
     };
-    let marker = match &health.firstpromoter_api {
-        Some(api_reachable) => Some(
+    let api = (config.fulfilment.v2.enabled || config.firstpromoter.reconcile.enabled)
+        .then(|| firstpromoter::client::ApiClient::new(&config.firstpromoter, Some(metrics.clone())))
+        .transpose()?
+        .map(Arc::new);
+    if let (true, Some(api)) = (config.firstpromoter.reconcile.enabled, &api) {
+        tokio::spawn(
+            firstpromoter::reconcile::Reconciler::new(config, api.clone(), metrics.clone())
+                .run(background.clone()),
+        );
+    }
+    let marker = match (&health.firstpromoter_api, &api) {
+        (Some(api_reachable), Some(api)) => Some(
             fulfilment::v2::marker::Marker::new(
                 config,
                 publisher.clone(),
                 metrics.clone(),
                 health.cluster.clone(),
                 api_reachable.clone(),
+                api.clone(),
             )?
             .spawn(background.clone()),
         ),
-        None => None,
+        _ => None,
     };
     let spool = if config.spool.enabled {
         let spool = Spool::open(&config.spool.dir, config.spool.max_bytes, metrics.clone())?;

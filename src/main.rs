@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fp_relay::cli::{CheckConfigArgs, Cli, Command, ServeArgs, SpoolCommand};
+use fp_relay::cli::{CheckConfigArgs, Cli, Command, FirstPromoterCommand, ServeArgs, SpoolCommand};
+use fp_relay::tools::firstpromoter;
 use fp_relay::config::{Config, ConfigError, Overrides};
 use fp_relay::tools::dev::DevBroker;
 use fp_relay::tools::drain::{self, DrainOptions};
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail(args),
         Command::Redrive(args) => redrive(args),
         Command::Spool(SpoolCommand::Drain(args)) => drain(args),
+        Command::FirstPromoter(command) => first_promoter(command),
     }
 }
 
@@ -44,6 +46,9 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
     // the environment, so say which variables), but whether the rest is valid is said too.
     match load(args.insecure_no_auth) {
         Ok(config) => {
+            for deprecation in &config.deprecations {
+                eprintln!("warning: {deprecation}");
+            }
             println!(
                 "# {}: valid. Effective configuration (secrets masked):",
                 args.config.display()
@@ -97,6 +102,30 @@ fn send(options: SendOptions) -> ExitCode {
         Err(error) => {
             eprintln!("error: {}", describe(&error));
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn first_promoter(command: FirstPromoterCommand) -> ExitCode {
+    let result = runtime().and_then(|runtime| {
+        let out = &mut std::io::stdout();
+        Ok(runtime.block_on(async {
+            match &command {
+                FirstPromoterCommand::Subscribe(options) => {
+                    firstpromoter::subscribe(options, out).await
+                }
+                FirstPromoterCommand::Status(options) => firstpromoter::status(options, out).await,
+                FirstPromoterCommand::Recover(options) => {
+                    firstpromoter::recover(options, out).await.map(|_| ())
+                }
+            }
+        })?)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            ExitCode::FAILURE
         }
     }
 }
@@ -167,6 +196,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    for deprecation in &config.deprecations {
+        tracing::warn!("{deprecation}");
+    }
     if args.dev {
         config.listen_locally_unless_chosen();
     }

@@ -168,6 +168,19 @@ metrics! {
     firstpromoter_api_calls: IntCounterVec = "fp_relay_firstpromoter_api_calls_total" ["endpoint", "result"],
     /// Duration of calls to FirstPromoter's API, by endpoint.
     firstpromoter_api_call_duration: HistogramVec = "fp_relay_firstpromoter_api_call_duration_seconds" ["endpoint"],
+    /// FirstPromoter's delivery records to this relay within `firstpromoter.reconcile.window`,
+    /// by status (pending, delivered, retrying, failed), as of the last reconciliation.
+    firstpromoter_deliveries: IntGaugeVec = "fp_relay_firstpromoter_deliveries" ["status"],
+    /// Age of the oldest delivery FirstPromoter has not delivered (pending, retrying or failed)
+    /// within the window; 0 when every one was delivered.
+    firstpromoter_oldest_undelivered_age: Gauge = "fp_relay_firstpromoter_oldest_undelivered_seconds" [],
+    /// Deliveries FirstPromoter gave up on (status failed), counted when first seen:
+    /// `fp-relay firstpromoter recover` puts their events in Kafka.
+    firstpromoter_failed_deliveries: IntCounter = "fp_relay_firstpromoter_failed_deliveries_total" [],
+    /// Reconciliation rounds by result: ok, or the API error's label.
+    firstpromoter_reconcile_runs: IntCounterVec = "fp_relay_firstpromoter_reconcile_runs_total" ["result"],
+    /// Unix time of the last reconciliation that read every delivery record.
+    firstpromoter_reconcile_last_success: Gauge = "fp_relay_firstpromoter_reconcile_last_success_timestamp_seconds" [],
 }
 
 impl Metrics {
@@ -234,7 +247,7 @@ mod tests {
         ), "two doc lines make one HELP line:\n{text}");
         assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
         let names = metrics.names();
-        assert_eq!(names.len(), 38, "37 declared plus build_info: {names:?}");
+        assert_eq!(names.len(), 43, "42 declared plus build_info: {names:?}");
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }

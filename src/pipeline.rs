@@ -27,6 +27,8 @@ pub struct Pipeline {
     router: Router,
     redactor: Redactor,
     cloudevents_source: String,
+    /// `fulfilment.v2.units` when v2 fulfilment is on.
+    approval_units: Option<Vec<String>>,
 }
 
 impl Pipeline {
@@ -40,7 +42,18 @@ impl Pipeline {
             ),
             redactor: Redactor::new(&config.redact),
             cloudevents_source: config.kafka.cloudevents_source.clone(),
+            approval_units: config
+                .fulfilment
+                .v2
+                .enabled
+                .then(|| config.fulfilment.v2.units.clone()),
         }
+    }
+
+    /// The commission when `envelope` is a v2 approval that v2 fulfilment asks a fulfiller
+    /// about (`fulfilment::v2::approval`); `None` when v2 fulfilment is off.
+    pub fn approval(&self, envelope: &Envelope) -> Option<u64> {
+        crate::fulfilment::v2::approval(envelope, self.approval_units.as_deref()?)
     }
 
     /// The topic events of `event_type` go to.

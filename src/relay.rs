@@ -192,11 +192,7 @@ impl Relay {
                 return (EventMeta::default(), Err(error));
             }
         };
-        let v2 = &self.config.fulfilment.v2;
-        let approved = v2
-            .enabled
-            .then(|| fulfilment::v2::approval(&envelope, &v2.units))
-            .flatten();
+        let approved = self.pipeline.approval(&envelope);
         let Envelope {
             version,
             event_type,
@@ -296,14 +292,12 @@ impl Relay {
             Ok(guard) => guard,
             Err(duplicate) => return Ok(duplicate),
         };
-        let correlation_id = fulfilment::v2::correlation_id(commission);
-        let mut request = record.clone();
-        request.topic = self.fulfilment_topic.clone();
-        request.key = Some(commission.to_string());
-        request.add_fulfilment_request(
-            &correlation_id,
+        let (request, correlation_id) = fulfilment::v2::request_for(
+            &record,
+            commission,
+            &self.fulfilment_topic,
             &self.config.fulfilment.reply_topic,
-            rfc3339(received.at + fulfilment::v2::V2_DEADLINE),
+            received,
         );
         let (requested, routed) = tokio::join!(
             self.publish(&request, arrived),

@@ -165,15 +165,15 @@ impl FakeFirstPromoter {
 
 fn config(broker: &Tansu, api: SocketAddr) -> Config {
     let mut config = common::test_config(&broker.bootstrap());
-    let v2 = &mut config.fulfilment.v2;
-    v2.enabled = true;
-    v2.api_url = format!("http://{api}/api/v2/company");
-    v2.allow_insecure_http = true;
-    v2.api_key = API_KEY.to_owned();
-    v2.account_id = ACCOUNT.to_owned();
-    v2.retry_initial = Duration::from_millis(200);
-    v2.retry_max = Duration::from_secs(2);
-    v2.call_timeout = Duration::from_secs(2);
+    config.fulfilment.v2.enabled = true;
+    let fp = &mut config.firstpromoter;
+    fp.api_url = format!("http://{api}/api/v2/company");
+    fp.allow_insecure_http = true;
+    fp.api_key = API_KEY.to_owned();
+    fp.account_id = ACCOUNT.to_owned();
+    fp.retry_initial = Duration::from_millis(200);
+    fp.retry_max = Duration::from_secs(2);
+    fp.call_timeout = Duration::from_secs(2);
     // Group joins in about a second on tansu (see ../shared/KAFKA-TESTING.md).
     for (key, value) in [
         ("session.timeout.ms", "2000"),

@@ -16,6 +16,7 @@ const SECTIONS: &[&str] = &[
     "dedup",
     "kafka",
     "fulfilment",
+    "firstpromoter",
 ];
 
 /// Overlays `FP_RELAY_{SECTION}_{KEY}=value` on the file's table. `FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD`

@@ -22,6 +22,7 @@ mod env;
 mod validate;
 
 use env::apply_env;
+pub use validate::check_webhook_url;
 
 /// FirstPromoter v1 gives up on a webhook after 15 seconds; anything the relay waits for must
 /// finish before that or the answer is never read.
@@ -50,6 +51,12 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// The hold-and-reply exchange for `fulfilment_pending`.
     pub fulfilment: FulfilmentConfig,
+    /// FirstPromoter's v2 API: v2 fulfilment, reconciliation and the `firstpromoter` commands.
+    pub firstpromoter: FirstPromoterConfig,
+    /// Settings written in an old place and moved to the new one while loading; logged at
+    /// start-up and printed by check-config. Never part of the file.
+    #[serde(skip)]
+    pub deprecations: Vec<String>,
 }
 
 /// The public webhook listener.
@@ -380,50 +387,57 @@ pub struct FulfilmentConfig {
 
 /// Webhooks v2 fulfilment (`[fulfilment.v2]`, docs/fulfilment-protocol.md): an approved
 /// non-monetary `commission.updated` is also published as a fulfilment request, and a
-/// `fulfilled` reply makes the relay call FirstPromoter's `mark_fulfilled`.
+/// `fulfilled` reply makes the relay call FirstPromoter's `mark_fulfilled` (through the
+/// `[firstpromoter]` API settings).
 #[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FulfilmentV2Config {
     /// Off by default: every v2 event is only routed.
     pub enabled: bool,
-    /// FirstPromoter's company API; `mark_fulfilled` is `{api_url}/commissions/mark_fulfilled`.
-    pub api_url: String,
-    /// FirstPromoter API key (sent as `Authorization: Bearer`). A secret: prefer the
-    /// environment (`FP_RELAY_FULFILMENT_V2__API_KEY`); masked by check-config, never logged.
-    pub api_key: String,
-    /// FirstPromoter account id (sent as `Account-ID`).
-    pub account_id: String,
     /// Commission units that are non-monetary rewards (`cash` is monetary and never requested).
     pub units: Vec<String>,
     /// Consumer group that reads replies for v2; one replica in the group acts on each reply.
     pub consumer_group: String,
-    /// Longest wait for one API call before it counts as failed and is retried.
-    #[serde(with = "humantime_serde")]
-    pub call_timeout: Duration,
-    /// First pause before retrying a call that failed (doubled each time, with jitter).
-    #[serde(with = "humantime_serde")]
-    pub retry_initial: Duration,
-    /// Longest pause between retries (also caps a `Retry-After`).
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
     /// How long one commission's call may keep failing (timeouts, 5xx, 429) before its reply is
     /// dead-lettered with the last reason, so that it cannot hold back the others forever
     /// (`fp-relay redrive` puts it back). Faults of the relay's own configuration (401, 403,
     /// 404, redirects) never count: they pause marking for every commission until fixed.
     #[serde(with = "humantime_serde")]
     pub give_up_after: Duration,
-    /// Allow an `http://` `api_url` (the API key then travels in clear): only for tests and
-    /// local fakes of FirstPromoter's API.
-    pub allow_insecure_http: bool,
+    /// Deprecated: API settings that moved to `[firstpromoter]` (same names). Read, with a
+    /// warning, and moved there while loading; never shown.
+    #[serde(skip_serializing)]
+    pub api_url: Option<String>,
+    #[serde(skip_serializing)]
+    pub api_key: Option<String>,
+    #[serde(skip_serializing)]
+    pub account_id: Option<String>,
+    #[serde(with = "humantime_serde::option", skip_serializing)]
+    pub call_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde::option", skip_serializing)]
+    pub retry_initial: Option<Duration>,
+    #[serde(with = "humantime_serde::option", skip_serializing)]
+    pub retry_max: Option<Duration>,
+    #[serde(skip_serializing)]
+    pub allow_insecure_http: Option<bool>,
+}
+
+/// Written by hand so that a (deprecated) API key never reaches a log line.
+impl std::fmt::Debug for FulfilmentV2Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FulfilmentV2Config")
+            .field("enabled", &self.enabled)
+            .field("units", &self.units)
+            .field("consumer_group", &self.consumer_group)
+            .field("give_up_after", &self.give_up_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for FulfilmentV2Config {
     fn default() -> Self {
         Self {
             enabled: false,
-            api_url: "https://api.firstpromoter.com/api/v2/company".to_owned(),
-            api_key: String::new(),
-            account_id: String::new(),
             units: [
                 "points",
                 "credits",
@@ -434,28 +448,107 @@ impl Default for FulfilmentV2Config {
             .map(str::to_owned)
             .to_vec(),
             consumer_group: "fp-relay-fulfilment-v2".to_owned(),
+            give_up_after: Duration::from_secs(24 * 3600),
+            api_url: None,
+            api_key: None,
+            account_id: None,
+            call_timeout: None,
+            retry_initial: None,
+            retry_max: None,
+            allow_insecure_http: None,
+        }
+    }
+}
+
+/// FirstPromoter's v2 company API (`[firstpromoter]`): one client, one rate budget and one set
+/// of retry rules for v2 fulfilment, reconciliation and the `fp-relay firstpromoter` commands.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirstPromoterConfig {
+    /// The company API's base URL.
+    pub api_url: String,
+    /// FirstPromoter API key (sent as `Authorization: Bearer`). A secret: prefer the
+    /// environment (`FP_RELAY_FIRSTPROMOTER_API_KEY`); masked by check-config, never logged.
+    pub api_key: String,
+    /// FirstPromoter account id (sent as `Account-ID`).
+    pub account_id: String,
+    /// The relay's public webhook URL as FirstPromoter calls it (`https://.../webhooks/firstpromoter`):
+    /// the subscription `firstpromoter subscribe` manages by default, and the one reconciliation
+    /// and recovery read. Unset: subscriptions whose URL path is `http.path` (or under it).
+    pub webhook_url: Option<String>,
+    /// Longest wait for one API call before it counts as failed and is retried.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// First pause before retrying a call that failed (doubled each time, with jitter).
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest pause between retries (also caps a `Retry-After`).
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Calls per minute this process makes at most, shared by everything that calls the API.
+    /// FirstPromoter allows 400 per account, and other integrations share that allowance.
+    pub requests_per_minute: u32,
+    /// Allow an `http://` `api_url` (the API key then travels in clear): only for tests and
+    /// local fakes of FirstPromoter's API.
+    pub allow_insecure_http: bool,
+    /// Reconciliation against FirstPromoter's delivery records (`serve` only).
+    pub reconcile: ReconcileConfig,
+}
+
+/// `[firstpromoter.reconcile]`: what FirstPromoter says it delivered, as metrics.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Off by default; needs `firstpromoter.api_key` and `account_id`.
+    pub enabled: bool,
+    /// How often the deliveries are read.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How far back deliveries count.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: Duration::from_secs(300),
+            window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Default for FirstPromoterConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.firstpromoter.com/api/v2/company".to_owned(),
+            api_key: String::new(),
+            account_id: String::new(),
+            webhook_url: None,
             call_timeout: Duration::from_secs(10),
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
-            give_up_after: Duration::from_secs(24 * 3600),
+            requests_per_minute: 240,
             allow_insecure_http: false,
+            reconcile: ReconcileConfig::default(),
         }
     }
 }
 
 /// Written by hand so that the API key never reaches a log line.
-impl std::fmt::Debug for FulfilmentV2Config {
+impl std::fmt::Debug for FirstPromoterConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FulfilmentV2Config")
-            .field("enabled", &self.enabled)
+        f.debug_struct("FirstPromoterConfig")
             .field("api_url", &self.api_url)
             .field("api_key", &MASK)
             .field("account_id", &self.account_id)
-            .field("units", &self.units)
-            .field("consumer_group", &self.consumer_group)
+            .field("webhook_url", &self.webhook_url)
             .field("call_timeout", &self.call_timeout)
             .field("retry_initial", &self.retry_initial)
             .field("retry_max", &self.retry_max)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("reconcile", &self.reconcile)
             .finish()
     }
 }
@@ -570,8 +663,10 @@ impl Config {
                     message: e.into_inner().message().to_owned(),
                 })
             })?;
+        config.move_deprecated().map_err(name)?;
         config.apply(overrides);
-        config.validate().map_err(name)?;
+        let moved = |error| config.naming_old_place(error);
+        config.validate().map_err(moved).map_err(name)?;
         Ok(config)
     }
 
@@ -588,6 +683,68 @@ impl Config {
         self.auth.insecure_no_auth |= overrides.insecure_no_auth;
     }
 
+    /// Moves `[fulfilment.v2]` API settings to `[firstpromoter]`, noting each in
+    /// `deprecations`; the same setting given in both places with different values is an error.
+    fn move_deprecated(&mut self) -> Result<(), ConfigError> {
+        let old = &mut self.fulfilment.v2;
+        let defaults = FirstPromoterConfig::default();
+        let fp = &mut self.firstpromoter;
+        let mut moved = Vec::new();
+        macro_rules! carry {
+            ($key:ident) => {
+                if let Some(value) = old.$key.take() {
+                    if fp.$key != defaults.$key && fp.$key != value {
+                        return Err(ConfigError::invalid(
+                            concat!("fulfilment.v2.", stringify!($key)),
+                            concat!(
+                                "has moved to firstpromoter.",
+                                stringify!($key),
+                                ", which is set to something else: keep only firstpromoter.",
+                                stringify!($key)
+                            ),
+                        ));
+                    }
+                    fp.$key = value;
+                    moved.push(stringify!($key));
+                }
+            };
+        }
+        carry!(api_url);
+        carry!(api_key);
+        carry!(account_id);
+        carry!(call_timeout);
+        carry!(retry_initial);
+        carry!(retry_max);
+        carry!(allow_insecure_http);
+        self.deprecations.extend(moved.into_iter().map(|key| {
+            format!(
+                "fulfilment.v2.{key} is deprecated: it is read as firstpromoter.{key}                  (FP_RELAY_FIRSTPROMOTER_{}); move it there",
+                key.to_ascii_uppercase()
+            )
+        }));
+        Ok(())
+    }
+
+    /// An error about a `[firstpromoter]` setting that was written in its deprecated place
+    /// names that place, which is where the operator will look.
+    fn naming_old_place(&self, error: ConfigError) -> ConfigError {
+        match error {
+            ConfigError::Invalid { field, message } => {
+                let key = field.strip_prefix("firstpromoter.").unwrap_or_default();
+                let old = format!("fulfilment.v2.{key}");
+                if !key.is_empty() && self.deprecations.iter().any(|d| d.starts_with(&format!("{old} "))) {
+                    ConfigError::Invalid {
+                        field: format!("{old} (now {field})"),
+                        message,
+                    }
+                } else {
+                    ConfigError::Invalid { field, message }
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Checks every rule that serde's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_http()?;
@@ -595,7 +752,8 @@ impl Config {
         self.validate_redact()?;
         self.validate_spool()?;
         self.validate_kafka()?;
-        self.validate_fulfilment()
+        self.validate_fulfilment()?;
+        self.validate_firstpromoter()
     }
 
     /// A development relay answers unauthenticated requests: it listens on 127.0.0.1 unless
@@ -622,8 +780,8 @@ impl Config {
         auth.basic
             .values_mut()
             .for_each(|password| *password = MASK.to_owned());
-        if !shown.fulfilment.v2.api_key.is_empty() {
-            shown.fulfilment.v2.api_key = MASK.to_owned();
+        if !shown.firstpromoter.api_key.is_empty() {
+            shown.firstpromoter.api_key = MASK.to_owned();
         }
         for map in [
             &mut shown.kafka.properties,

@@ -275,43 +275,120 @@ fn environment_variables_set_tables_whole_or_one_entry_at_a_time() {
 #[test]
 fn v2_fulfilment_needs_a_key_and_an_account_and_masks_the_key() {
     let err = load_str(
-        "[fulfilment.v2]\nenabled = true\naccount_id = \"acc_1\"\n",
+        "[fulfilment.v2]\nenabled = true\n[firstpromoter]\naccount_id = \"acc_1\"\n",
         &[],
     )
     .unwrap_err()
     .to_string();
-    assert!(err.starts_with("fulfilment.v2.api_key"), "{err}");
+    assert!(
+        err.starts_with("firstpromoter.api_key") && err.contains("fulfilment.v2.enabled"),
+        "{err}"
+    );
     let err = load_str(
         "[fulfilment.v2]\nenabled = true\n",
-        &[("FP_RELAY_FULFILMENT_V2__API_KEY", "fp_key_0123456789abcdef")],
+        &[("FP_RELAY_FIRSTPROMOTER_API_KEY", "fp_key_0123456789abcdef")],
     )
     .unwrap_err()
     .to_string();
-    assert!(err.starts_with("fulfilment.v2.account_id"), "{err}");
+    assert!(err.starts_with("firstpromoter.account_id"), "{err}");
     // The README's three lines, all from the environment.
     let config = load_str(
         "",
         &[
             ("FP_RELAY_FULFILMENT_V2__ENABLED", "true"),
-            ("FP_RELAY_FULFILMENT_V2__ACCOUNT_ID", "acc_1"),
-            ("FP_RELAY_FULFILMENT_V2__API_KEY", "fp_key_0123456789abcdef"),
+            ("FP_RELAY_FIRSTPROMOTER_ACCOUNT_ID", "acc_1"),
+            ("FP_RELAY_FIRSTPROMOTER_API_KEY", "fp_key_0123456789abcdef"),
         ],
     )
     .unwrap();
     assert!(config.fulfilment.v2.enabled);
-    assert_eq!(config.fulfilment.v2.account_id, "acc_1");
+    assert_eq!(config.firstpromoter.account_id, "acc_1");
     assert_eq!(config.fulfilment.v2.units.len(), 5);
+    assert!(config.deprecations.is_empty());
     let shown = config.to_masked_toml();
     assert!(!shown.contains("0123456789abcdef"), "{shown}");
     assert!(shown.contains("[fulfilment.v2]"), "{shown}");
+    assert!(shown.contains("[firstpromoter]"), "{shown}");
     assert!(!format!("{config:?}").contains("0123456789abcdef"));
     let err = load_str(
-        "[fulfilment.v2]\nenabled = true\napi_key = \"k\"\naccount_id = \"a\"\nunits = [\"points\", \"cash\"]\n",
+        "[fulfilment.v2]\nenabled = true\nunits = [\"points\", \"cash\"]\n[firstpromoter]\napi_key = \"k\"\naccount_id = \"a\"\n",
         &[],
     )
     .unwrap_err()
     .to_string();
     assert!(err.starts_with("fulfilment.v2.units"), "{err}");
+}
+
+/// `[fulfilment.v2]` API settings of an older file keep working, moved to `[firstpromoter]`
+/// with a warning each; given in both places differently, they are refused.
+#[test]
+fn api_settings_in_their_old_place_are_moved_with_a_warning() {
+    let config = load_str(
+        "[fulfilment.v2]\nenabled = true\naccount_id = \"acc_1\"\ncall_timeout = \"3s\"\n",
+        &[("FP_RELAY_FULFILMENT_V2__API_KEY", "fp_key_0123456789abcdef")],
+    )
+    .unwrap();
+    assert_eq!(config.firstpromoter.account_id, "acc_1");
+    assert_eq!(config.firstpromoter.api_key, "fp_key_0123456789abcdef");
+    assert_eq!(config.firstpromoter.call_timeout, Duration::from_secs(3));
+    assert_eq!(config.deprecations.len(), 3, "{:?}", config.deprecations);
+    assert!(config.deprecations.iter().any(|d| d.contains("FP_RELAY_FIRSTPROMOTER_API_KEY")));
+    let shown = config.to_masked_toml();
+    assert!(!shown.contains("call_timeout = \"3s\"\n[") || shown.contains("[firstpromoter]"));
+    assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    let v2_section = shown.split("[fulfilment.v2]").nth(1).unwrap().split("\n[").next().unwrap();
+    assert!(!v2_section.contains("account_id"), "shown in its new place only: {shown}");
+    let err = load_str(
+        "[fulfilment.v2]\naccount_id = \"acc_1\"\n[firstpromoter]\naccount_id = \"acc_2\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("fulfilment.v2.account_id") && err.contains("keep only firstpromoter.account_id"),
+        "{err}"
+    );
+    let err = load_str(
+        "[fulfilment.v2]\nenabled = true\napi_key = \"k\"\naccount_id = \"a\"\napi_url = \"http://fp.example\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("fulfilment.v2.api_url (now firstpromoter.api_url)"),
+        "an error names the place the setting was written: {err}"
+    );
+}
+
+#[test]
+fn reconciliation_needs_the_api_settings_and_sane_bounds() {
+    let err = load_str("[firstpromoter.reconcile]\nenabled = true\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("firstpromoter.api_key") && err.contains("firstpromoter.reconcile.enabled"),
+        "{err}"
+    );
+    let err = load_str("[firstpromoter]\nrequests_per_minute = 1000\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("firstpromoter.requests_per_minute"), "{err}");
+    let err = load_str("[firstpromoter]\nwebhook_url = \"http://relay.example.com/x\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("firstpromoter.webhook_url"), "{err}");
+    let config = load_str(
+        "",
+        &[
+            ("FP_RELAY_FIRSTPROMOTER_RECONCILE__ENABLED", "true"),
+            ("FP_RELAY_FIRSTPROMOTER_RECONCILE__INTERVAL", "1m"),
+            ("FP_RELAY_FIRSTPROMOTER_API_KEY", "fp_key_0123456789abcdef"),
+            ("FP_RELAY_FIRSTPROMOTER_ACCOUNT_ID", "acc_1"),
+        ],
+    )
+    .unwrap();
+    assert!(config.firstpromoter.reconcile.enabled);
+    assert_eq!(config.firstpromoter.reconcile.interval, Duration::from_secs(60));
 }
 
 #[test]
@@ -360,11 +437,11 @@ fn kubernetes_service_link_variables_are_not_settings() {
 
 #[test]
 fn a_plain_http_api_url_is_refused_unless_explicitly_allowed() {
-    let v2 = "[fulfilment.v2]\nenabled = true\napi_key = \"fp_live_0123456789abcdef\"\naccount_id = \"acc_1\"\n";
+    let v2 = "[fulfilment.v2]\nenabled = true\n[firstpromoter]\napi_key = \"fp_live_0123456789abcdef\"\naccount_id = \"acc_1\"\n";
     let http = format!("{v2}api_url = \"http://api.firstpromoter.com/api/v2/company\"\n");
     let err = load_str(&http, &[]).unwrap_err().to_string();
     assert!(
-        err.starts_with("fulfilment.v2.api_url") && err.contains("https"),
+        err.starts_with("firstpromoter.api_url") && err.contains("https"),
         "{err}"
     );
     assert!(load_str(&format!("{http}allow_insecure_http = true\n"), &[]).is_ok());

@@ -350,36 +350,7 @@ impl Config {
         if !v2.enabled {
             return Ok(());
         }
-        let url: http::Uri = v2
-            .api_url
-            .parse()
-            .map_err(|_| ConfigError::invalid("fulfilment.v2.api_url", "is not a URL"))?;
-        if !matches!(url.scheme_str(), Some("https" | "http")) || url.host().is_none() {
-            return Err(ConfigError::invalid(
-                "fulfilment.v2.api_url",
-                "must be an https:// URL with a host",
-            ));
-        }
-        if url.scheme_str() == Some("http") && !v2.allow_insecure_http {
-            return Err(ConfigError::invalid(
-                "fulfilment.v2.api_url",
-                "must be https://: the API key would travel in clear (set \
-                 fulfilment.v2.allow_insecure_http = true only for a local fake of the API)",
-            ));
-        }
-        if v2.api_key.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "fulfilment.v2.api_key",
-                "is required when fulfilment.v2.enabled is set (FirstPromoter API key; \
-                 prefer FP_RELAY_FULFILMENT_V2__API_KEY)",
-            ));
-        }
-        if v2.account_id.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "fulfilment.v2.account_id",
-                "is required when fulfilment.v2.enabled is set (FirstPromoter account id)",
-            ));
-        }
+        self.validate_firstpromoter_api("fulfilment.v2.enabled")?;
         if v2.units.is_empty() {
             return Err(ConfigError::invalid(
                 "fulfilment.v2.units",
@@ -398,23 +369,104 @@ impl Config {
                 "must not be empty",
             ));
         }
+        if v2.give_up_after.is_zero() {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.give_up_after",
+                "must be above 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[firstpromoter]`: the shape of every setting always; the key and account only when
+    /// something in `serve` calls the API.
+    pub(super) fn validate_firstpromoter(&self) -> Result<(), ConfigError> {
+        let fp = &self.firstpromoter;
+        let url: http::Uri = fp
+            .api_url
+            .parse()
+            .map_err(|_| ConfigError::invalid("firstpromoter.api_url", "is not a URL"))?;
+        if !matches!(url.scheme_str(), Some("https" | "http")) || url.host().is_none() {
+            return Err(ConfigError::invalid(
+                "firstpromoter.api_url",
+                "must be an https:// URL with a host",
+            ));
+        }
+        if url.scheme_str() == Some("http") && !fp.allow_insecure_http {
+            return Err(ConfigError::invalid(
+                "firstpromoter.api_url",
+                "must be https://: the API key would travel in clear (set \
+                 firstpromoter.allow_insecure_http = true only for a local fake of the API)",
+            ));
+        }
+        if let Some(webhook_url) = &fp.webhook_url {
+            check_webhook_url("firstpromoter.webhook_url", webhook_url)?;
+        }
         for (field, value) in [
-            ("fulfilment.v2.call_timeout", v2.call_timeout),
-            ("fulfilment.v2.retry_initial", v2.retry_initial),
-            ("fulfilment.v2.give_up_after", v2.give_up_after),
+            ("firstpromoter.call_timeout", fp.call_timeout),
+            ("firstpromoter.retry_initial", fp.retry_initial),
+            ("firstpromoter.reconcile.interval", fp.reconcile.interval),
+            ("firstpromoter.reconcile.window", fp.reconcile.window),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::invalid(field, "must be above 0"));
             }
         }
-        if v2.retry_max < v2.retry_initial {
+        if fp.retry_max < fp.retry_initial {
             return Err(ConfigError::invalid(
-                "fulfilment.v2.retry_max",
-                "must be at least fulfilment.v2.retry_initial",
+                "firstpromoter.retry_max",
+                "must be at least firstpromoter.retry_initial",
+            ));
+        }
+        if !(1..=400).contains(&fp.requests_per_minute) {
+            return Err(ConfigError::invalid(
+                "firstpromoter.requests_per_minute",
+                "must be between 1 and 400 (FirstPromoter's limit per account)",
+            ));
+        }
+        if fp.reconcile.enabled {
+            self.validate_firstpromoter_api("firstpromoter.reconcile.enabled")?;
+        }
+        Ok(())
+    }
+
+    /// The key and account id a caller of the API needs; `because` names the setting that
+    /// makes the relay call it.
+    pub fn validate_firstpromoter_api(&self, because: &str) -> Result<(), ConfigError> {
+        let fp = &self.firstpromoter;
+        if fp.api_key.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "firstpromoter.api_key",
+                format!(
+                    "is required when {because} is set (FirstPromoter API key; \
+                     prefer FP_RELAY_FIRSTPROMOTER_API_KEY)"
+                ),
+            ));
+        }
+        if fp.account_id.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "firstpromoter.account_id",
+                format!("is required when {because} is set (FirstPromoter account id)"),
             ));
         }
         Ok(())
     }
+}
+
+/// A URL FirstPromoter can deliver to: https (its subscriptions refuse anything else).
+pub fn check_webhook_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    let parsed: http::Uri = url
+        .parse()
+        .map_err(|_| ConfigError::invalid(field, format!("{url:?} is not a URL")))?;
+    if parsed.scheme_str() != Some("https") || parsed.host().is_none() {
+        return Err(ConfigError::invalid(
+            field,
+            format!(
+                "{url:?} must be an https:// URL with a host: FirstPromoter delivers only to https"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_topic(field: &str, topic: &str) -> Result<(), ConfigError> {

@@ -9,6 +9,7 @@ use rdkafka::error::KafkaError;
 
 pub mod dev;
 pub mod drain;
+pub mod firstpromoter;
 pub mod redrive;
 pub mod respond;
 pub mod samples;

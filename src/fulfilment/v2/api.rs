@@ -1,37 +1,23 @@
-//! The one FirstPromoter API call the relay makes: `POST {api_url}/commissions/mark_fulfilled`
-//! with `{"ids": [...]}`, `Authorization: Bearer <api_key>` and `Account-ID: <account_id>`.
-//!
-//! One connection per call (calls are as rare as rewards), HTTP/1.1, TLS with the Mozilla root
-//! store built in (no dependency on the host's CA bundle). Each answer is classified once here
-//! into what the marker does next; the API key never leaves this struct except in the header.
+//! The call v2 fulfilment makes: `POST {api_url}/commissions/mark_fulfilled` with
+//! `{"ids": [...]}`, through the shared [`ApiClient`] (its rate budget and transport), and the
+//! classification of its answers into what the marker does next.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
-use rustls::crypto::ring;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use http::{Method, StatusCode};
 
-use crate::config::FulfilmentV2Config;
+use crate::firstpromoter::client::{message_of, ApiClient, Failure};
 
 /// The endpoint label of metrics and logs.
 pub const MARK_FULFILLED: &str = "mark_fulfilled";
 
+/// The path of `mark_fulfilled` under `api_url`.
+const PATH: &str = "/commissions/mark_fulfilled";
+
 /// Most ids in one call: FirstPromoter marks up to 5 at once and runs larger sets as a batch
 /// job whose outcome the answer does not tell.
 pub const MAX_IDS_PER_CALL: usize = 5;
-
-/// Most bytes of an answer read (its message is all that is used).
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
-
-/// Longest part of FirstPromoter's message kept in logs and dead-letter headers.
-const MAX_MESSAGE_CHARS: usize = 200;
 
 /// What one call came to, and so what happens next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,170 +72,41 @@ impl CallResult {
     }
 }
 
-/// A client for `mark_fulfilled`.
+/// `mark_fulfilled` through the shared client.
 pub struct FirstPromoterApi {
-    endpoint: Uri,
-    authorization: HeaderValue,
-    account_id: HeaderValue,
-    timeout: Duration,
-    /// Set for https:// URLs.
-    tls: Option<TlsConnector>,
+    client: Arc<ApiClient>,
 }
 
-/// Why the client could not be built (validated configuration makes this rare).
-#[derive(Debug, thiserror::Error)]
-#[error("fulfilment.v2: {0}")]
-pub struct ApiConfigError(String);
-
 impl FirstPromoterApi {
-    /// A client for the API at `settings.api_url`.
-    pub fn new(settings: &FulfilmentV2Config) -> Result<Self, ApiConfigError> {
-        let base = settings.api_url.trim_end_matches('/');
-        let endpoint: Uri = format!("{base}/commissions/mark_fulfilled")
-            .parse()
-            .map_err(|_| ApiConfigError("api_url is not a URL".into()))?;
-        let mut authorization =
-            HeaderValue::from_str(&format!("Bearer {}", settings.api_key.trim()))
-                .map_err(|_| ApiConfigError("api_key is not a valid header value".into()))?;
-        authorization.set_sensitive(true);
-        let account_id = HeaderValue::from_str(settings.account_id.trim())
-            .map_err(|_| ApiConfigError("account_id is not a valid header value".into()))?;
-        let tls = (endpoint.scheme_str() == Some("https")).then(tls_connector);
-        Ok(Self {
-            endpoint,
-            authorization,
-            account_id,
-            timeout: settings.call_timeout,
-            tls,
-        })
+    /// Marks through `client`, whose budget it shares with every other caller.
+    pub fn new(client: Arc<ApiClient>) -> Self {
+        Self { client }
     }
 
     /// The URL called, for logs (it holds no secret).
-    pub fn endpoint(&self) -> &Uri {
-        &self.endpoint
+    pub fn endpoint(&self) -> String {
+        self.client.url(PATH)
     }
 
     /// Asks FirstPromoter to mark `ids` fulfilled; the whole call is bounded by `call_timeout`.
     pub async fn mark_fulfilled(&self, ids: &[u64]) -> CallResult {
         let body = serde_json::to_vec(&serde_json::json!({ "ids": ids }))
             .expect("a list of integers serialises");
-        match tokio::time::timeout(self.timeout, self.post(Bytes::from(body))).await {
-            Ok(Ok((status, retry_after, answer))) => classify(status, retry_after, &answer),
-            Ok(Err(Failure::Network(detail))) => CallResult::Retry {
+        match self.client.call(Method::POST, PATH, Some(body)).await {
+            Ok(answer) => classify(answer.status, answer.retry_after, &answer.body),
+            Err(Failure::Network(detail)) => CallResult::Retry {
                 result: "network_error",
                 after: None,
                 detail,
             },
-            Ok(Err(Failure::Settings(result, detail))) => {
-                CallResult::Misconfigured { result, detail }
-            }
-            Err(_) => CallResult::Retry {
+            Err(Failure::Timeout(after)) => CallResult::Retry {
                 result: "timeout",
                 after: None,
-                detail: format!("no answer within {:?}", self.timeout),
+                detail: format!("no answer within {after:?}"),
             },
+            Err(Failure::Settings(result, detail)) => CallResult::Misconfigured { result, detail },
         }
     }
-
-    async fn post(&self, body: Bytes) -> Result<(StatusCode, Option<Duration>, Bytes), Failure> {
-        let host = self
-            .endpoint
-            .host()
-            .ok_or_else(|| Failure::Settings("dns", "the URL has no host".into()))?;
-        let port = self
-            .endpoint
-            .port_u16()
-            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        // Resolved apart from connecting: a name that does not resolve is the settings' fault
-        // (or DNS's), not a passing failure of FirstPromoter's.
-        let addresses: Vec<_> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| Failure::Settings("dns", format!("cannot resolve {host}: {e}")))?
-            .collect();
-        let tcp = TcpStream::connect(&addresses[..])
-            .await
-            .map_err(|e| Failure::Network(format!("cannot connect to {host}:{port}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let authority = self
-            .endpoint
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or(host);
-        let path = self
-            .endpoint
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(header::HOST, authority)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("fp-relay/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(header::AUTHORIZATION, self.authorization.clone())
-            .header("account-id", self.account_id.clone())
-            .body(Full::new(body))
-            .map_err(|e| Failure::Settings("dns", e.to_string()))?;
-        match &self.tls {
-            Some(tls) => {
-                let name = ServerName::try_from(host.to_owned()).map_err(|_| {
-                    Failure::Settings("tls", format!("{host} is not a valid TLS server name"))
-                })?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| Failure::Settings("tls", format!("TLS with {host}: {e}")))?;
-                exchange(TokioIo::new(stream), request).await
-            }
-            None => exchange(TokioIo::new(tcp), request).await,
-        }
-        .map_err(Failure::Network)
-    }
-}
-
-/// Why a call got no HTTP answer.
-enum Failure {
-    /// Passing: a refused or reset connection.
-    Network(String),
-    /// The settings (or the network's names and certificates): the label and the detail.
-    Settings(&'static str, String),
-}
-
-/// One request over a fresh HTTP/1.1 connection.
-async fn exchange<S>(
-    io: TokioIo<S>,
-    request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Option<Duration>, Bytes), String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-        .map(|collected| collected.to_bytes())
-        // A status without a readable body is still an answer.
-        .unwrap_or_default();
-    Ok((status, retry_after, body))
 }
 
 /// What an answer means for the commissions in the call: the one place FirstPromoter's answers
@@ -324,49 +181,6 @@ fn failed_count(body: &[u8]) -> Option<u64> {
         .get("failed_count")
         .or_else(|| value.get("data").and_then(|d| d.get("failed_count")))
         .and_then(serde_json::Value::as_u64)
-}
-
-/// FirstPromoter's `{"message", "code"}`, shortened; the raw text when it is not that shape.
-fn message_of(body: &[u8]) -> String {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let text = match &parsed {
-        Some(value) => {
-            let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
-            match (field("message"), field("code")) {
-                ("", "") => value.to_string(),
-                (message, "") => message.to_owned(),
-                ("", code) => code.to_owned(),
-                (message, code) => format!("{message} ({code})"),
-            }
-        }
-        None => String::from_utf8_lossy(body).into_owned(),
-    };
-    let text = text.trim();
-    if text.is_empty() {
-        "no message".to_owned()
-    } else {
-        text.chars().take(MAX_MESSAGE_CHARS).collect()
-    }
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-fn tls_connector() -> TlsConnector {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
 }
 
 #[cfg(test)]
@@ -484,34 +298,5 @@ mod tests {
             label(200, br#"{"status":"completed","failed_count":0}"#),
             "ok"
         );
-    }
-
-    #[test]
-    fn retry_after_is_read_as_seconds_or_a_date() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(
-            parse_retry_after(&later, now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    #[test]
-    fn the_key_is_a_sensitive_header_and_not_in_the_endpoint() {
-        let settings = FulfilmentV2Config {
-            api_key: "fp_live_0123456789abcdef".to_owned(),
-            account_id: "acc_1".to_owned(),
-            ..FulfilmentV2Config::default()
-        };
-        let api = FirstPromoterApi::new(&settings).unwrap();
-        assert!(api.authorization.is_sensitive());
-        assert_eq!(
-            api.endpoint().to_string(),
-            "https://api.firstpromoter.com/api/v2/company/commissions/mark_fulfilled"
-        );
-        assert!(api.tls.is_some());
-        assert!(!format!("{settings:?}").contains("0123456789abcdef"));
     }
 }

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{CallResult, FirstPromoterApi, MARK_FULFILLED, MAX_IDS_PER_CALL};
 use crate::config::Config;
+use crate::firstpromoter::client::{backoff, ApiClient};
 use crate::fulfilment::correlator::{Outcome, Reply};
 use crate::kafka::context::RelayContext;
 use crate::kafka::outage::ClusterWatch;
@@ -153,6 +154,7 @@ impl Marker {
         metrics: Arc<Metrics>,
         watch: Arc<ClusterWatch>,
         api_reachable: Arc<AtomicBool>,
+        client: Arc<ApiClient>,
     ) -> Result<Self, crate::StartError> {
         let settings = &config.fulfilment.v2;
         let consumer_config =
@@ -162,12 +164,12 @@ impl Marker {
         Ok(Self {
             consumer,
             topic: config.fulfilment.reply_topic.clone(),
-            api: FirstPromoterApi::new(settings)?,
+            api: FirstPromoterApi::new(client),
             publisher,
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
             ack_timeout: config.kafka.ack_timeout,
-            retry_initial: settings.retry_initial,
-            retry_max: settings.retry_max,
+            retry_initial: config.firstpromoter.retry_initial,
+            retry_max: config.firstpromoter.retry_max,
             give_up_after: settings.give_up_after,
             metrics,
             api_reachable,
@@ -572,28 +574,5 @@ impl Marker {
         tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
             .await
             .unwrap_or(Err(KafkaError::Canceled))
-    }
-}
-
-/// Exponential backoff with jitter: `initial * 2^attempt`, at most `max`, then a random point
-/// in its upper half, so replicas retrying together spread out.
-pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let full = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
-    let half = full / 2;
-    half + half.mul_f64(fastrand::f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
-        let (initial, max) = (Duration::from_secs(1), Duration::from_secs(60));
-        for attempt in 0..30 {
-            let full = (initial * 2u32.pow(attempt.min(20))).min(max);
-            let pause = backoff(initial, max, attempt);
-            assert!(pause >= full / 2 && pause <= full, "{attempt}: {pause:?}");
-        }
     }
 }

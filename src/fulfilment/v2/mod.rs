@@ -13,6 +13,7 @@ pub mod marker;
 
 use std::time::Duration;
 
+use crate::kafka::record::{rfc3339, OutboundRecord, Received};
 use crate::webhook::envelope::{Envelope, WebhookVersion};
 
 /// The v2 event that carries an approval.
@@ -51,6 +52,28 @@ pub fn approval(envelope: &Envelope, units: &[String]) -> Option<u64> {
 /// A commission id: a positive integer (or a string of digits).
 fn commission_id(id: &str) -> Option<u64> {
     id.trim().parse().ok().filter(|id| *id > 0)
+}
+
+/// The fulfilment request for an approved `commission` whose event is `record`: the same
+/// value and headers on `request_topic`, keyed by the commission, with a fresh correlation id
+/// (returned too), the reply topic and [`V2_DEADLINE`].
+pub fn request_for(
+    record: &OutboundRecord,
+    commission: u64,
+    request_topic: &str,
+    reply_topic: &str,
+    received: &Received,
+) -> (OutboundRecord, String) {
+    let correlation_id = correlation_id(commission);
+    let mut request = record.clone();
+    request.topic = request_topic.to_owned();
+    request.key = Some(commission.to_string());
+    request.add_fulfilment_request(
+        &correlation_id,
+        reply_topic,
+        rfc3339(received.at + V2_DEADLINE),
+    );
+    (request, correlation_id)
 }
 
 /// A fresh correlation id for a request about `commission`.

@@ -1,0 +1,710 @@
+//! `fp-relay firstpromoter subscribe|status|recover` and reconciliation in `serve`, against a
+//! fake of FirstPromoter's v2 webhooks API served by the test (subscriptions, event types,
+//! paginated deliveries with payloads, a retry that really delivers again with the
+//! subscription's headers, 401 and 429 answers) and a real tansu broker.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use common::{consume_all, eventually, produce, send, Tansu, TestRelay};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+const API_KEY: &str = "fp_test_key_0123456789abcdef";
+const ACCOUNT: &str = "acc_4242";
+const TOKEN: &str = "relay-token-0123456789abcdef";
+const RELAY_URL: &str = "https://relay.example.com/webhooks/firstpromoter";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A request the fake received.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    method: String,
+    path: String,
+    query: String,
+    authorization: Option<String>,
+    body: Value,
+    status: u16,
+}
+
+#[derive(Default)]
+struct State {
+    event_types: Vec<String>,
+    subscriptions: Vec<Value>,
+    /// Deliveries by subscription id, newest first (as the API lists them).
+    deliveries: BTreeMap<u64, Vec<Value>>,
+    /// Deliveries whose subscription's `max_retries` is spent: `retry_delivery` answers 422.
+    spent: Vec<u64>,
+    /// The next this many requests are answered 429 with `Retry-After: 1`.
+    rate_limit_next: usize,
+    seen: Vec<Seen>,
+    next_id: u64,
+}
+
+/// FirstPromoter's webhooks API, in memory.
+#[derive(Clone, Default)]
+struct FakeApi {
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeApi {
+    async fn start() -> (Self, SocketAddr) {
+        let fake = Self::default();
+        {
+            let mut state = fake.state.lock().unwrap();
+            state.next_id = 100;
+            state.event_types = fp_relay::webhook::V2_EVENT_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let server = server.clone();
+                        async move { Ok::<_, std::convert::Infallible>(server.answer(request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (fake, addr)
+    }
+
+    fn env(addr: SocketAddr) -> Vec<(String, String)> {
+        [
+            ("FP_RELAY_FIRSTPROMOTER_API_URL", format!("http://{addr}/api/v2/company")),
+            ("FP_RELAY_FIRSTPROMOTER_ALLOW_INSECURE_HTTP", "true".into()),
+            ("FP_RELAY_FIRSTPROMOTER_API_KEY", API_KEY.into()),
+            ("FP_RELAY_FIRSTPROMOTER_ACCOUNT_ID", ACCOUNT.into()),
+            ("FP_RELAY_FIRSTPROMOTER_RETRY_INITIAL", "100ms".into()),
+            ("FP_RELAY_FIRSTPROMOTER_RETRY_MAX", "2s".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let method = request.method().to_string();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let authorization = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let account = request
+            .headers()
+            .get("account-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let (status, answer, redeliver) = self.route(
+            &method,
+            &path,
+            &query,
+            authorization.as_deref(),
+            account.as_deref(),
+            &body,
+        );
+        self.state.lock().unwrap().seen.push(Seen {
+            at: Instant::now(),
+            method,
+            path,
+            query,
+            authorization,
+            body,
+            status,
+        });
+        if let Some((subscription, delivery)) = redeliver {
+            self.redeliver(subscription, delivery).await;
+        }
+        let mut response = Response::builder()
+            .status(status)
+            .header("content-type", "application/json");
+        if status == 429 {
+            response = response.header("retry-after", "1");
+        }
+        response
+            .body(Full::new(Bytes::from(answer.to_string())))
+            .unwrap()
+    }
+
+    /// Status, body, and a delivery to send again.
+    fn route(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        authorization: Option<&str>,
+        account: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value, Option<(u64, u64)>) {
+        let mut state = self.state.lock().unwrap();
+        if authorization != Some(&format!("Bearer {API_KEY}")) || account != Some(ACCOUNT) {
+            return (401, Value::Null, None);
+        }
+        if state.rate_limit_next > 0 {
+            state.rate_limit_next -= 1;
+            return (429, json!({"message": "Too many requests"}), None);
+        }
+        let path = path.strip_prefix("/api/v2/company").unwrap_or(path);
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let page = param(query, "page").unwrap_or(1);
+        let per_page = param(query, "per_page").unwrap_or(20).min(100);
+        let paged = |list: &[Value]| -> Value {
+            list.iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into()
+        };
+        match (method, parts.as_slice()) {
+            ("GET", ["webhooks", "event_types"]) => (200, json!({"data": state.event_types}), None),
+            ("GET", ["webhooks"]) => (200, paged(&state.subscriptions), None),
+            ("POST", ["webhooks"]) => {
+                state.next_id += 1;
+                let mut created = body.clone();
+                created["id"] = state.next_id.into();
+                created.as_object_mut().unwrap().remove("basic_auth_password");
+                state.subscriptions.push(created.clone());
+                (201, created, None)
+            }
+            ("PUT", ["webhooks", id]) => {
+                let id: u64 = id.parse().unwrap();
+                let Some(found) = state.subscriptions.iter_mut().find(|s| s["id"] == id) else {
+                    return (404, json!({"message": "not found"}), None);
+                };
+                for (key, value) in body.as_object().unwrap() {
+                    if key != "basic_auth_password" {
+                        found[key] = value.clone();
+                    }
+                }
+                (200, found.clone(), None)
+            }
+            ("GET", ["webhooks", id, "webhook_deliveries"]) => {
+                let id: u64 = id.parse().unwrap();
+                let list = state.deliveries.get(&id).cloned().unwrap_or_default();
+                (200, paged(&list), None)
+            }
+            ("POST", ["webhooks", id, "webhook_deliveries", delivery, "retry_delivery"]) => {
+                let (id, delivery): (u64, u64) = (id.parse().unwrap(), delivery.parse().unwrap());
+                if state.spent.contains(&delivery) {
+                    return (
+                        422,
+                        json!({"message": "Maximum retries reached", "code": "max_retries"}),
+                        None,
+                    );
+                }
+                (200, json!({"status": "pending"}), Some((id, delivery)))
+            }
+            _ => (404, json!({"message": "no such endpoint"}), None),
+        }
+    }
+
+    /// Sends a delivery's payload to its subscription's URL with its custom headers, as
+    /// FirstPromoter does, and records the outcome.
+    async fn redeliver(&self, subscription: u64, delivery: u64) {
+        let (url, headers, payload, event_id, event_type) = {
+            let state = self.state.lock().unwrap();
+            let sub = state
+                .subscriptions
+                .iter()
+                .find(|s| s["id"] == subscription)
+                .unwrap()
+                .clone();
+            let record = state.deliveries[&subscription]
+                .iter()
+                .find(|d| d["id"] == delivery)
+                .unwrap()
+                .clone();
+            (
+                sub["url"].as_str().unwrap().to_owned(),
+                sub["headers"].as_object().cloned().unwrap_or_default(),
+                record["payload"].clone(),
+                record["event_id"].as_str().unwrap().to_owned(),
+                record["event_type"].as_str().unwrap().to_owned(),
+            )
+        };
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_at(rest.find('/').unwrap());
+        let mut sent: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect();
+        sent.push(("x-event-id".into(), event_id));
+        sent.push(("x-event-type".into(), event_type));
+        let pairs: Vec<(&str, &str)> = sent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let reply = send(
+            host.parse().unwrap(),
+            "POST",
+            path,
+            &pairs,
+            Bytes::from(payload.to_string()),
+        )
+        .await;
+        let mut state = self.state.lock().unwrap();
+        let record = state
+            .deliveries
+            .get_mut(&subscription)
+            .unwrap()
+            .iter_mut()
+            .find(|d| d["id"] == delivery)
+            .unwrap();
+        record["status"] = if reply.status.is_success() {
+            "delivered"
+        } else {
+            "failed"
+        }
+        .into();
+        record["response_code"] = reply.status.as_u16().into();
+    }
+
+    fn add_subscription(&self, url: &str, headers: Value) -> u64 {
+        let mut state = self.state.lock().unwrap();
+        state.next_id += 1;
+        let id = state.next_id;
+        let types = state.event_types.clone();
+        state.subscriptions.push(json!({
+            "id": id, "url": url, "event_types": types, "headers": headers,
+            "timeout": 30, "max_retries": 3, "active": true, "campaign_ids": [1]
+        }));
+        id
+    }
+
+    /// Adds a delivery of a fresh `referral.created` event to `subscription`, created `ago`;
+    /// returns its event id.
+    fn add_delivery(&self, subscription: u64, status: &str, ago: Duration) -> String {
+        let mut state = self.state.lock().unwrap();
+        state.next_id += 1;
+        let id = state.next_id;
+        let event_id = format!("evt_{}", uuid::Uuid::new_v4().simple());
+        let created = humantime::format_rfc3339_millis(SystemTime::now() - ago).to_string();
+        let payload = json!({
+            "event_id": event_id, "event_type": "referral.created", "action": "created",
+            "entity_type": "referral", "entity_id": id, "created_at": created,
+            "data": {"id": id, "email": format!("lead{id}@example.com"),
+                     "promoter": {"id": 7, "auth_token": "secret-promoter-token"}}
+        });
+        let list = state.deliveries.entry(subscription).or_default();
+        list.push(json!({
+            "id": id, "event_id": event_id, "event_type": "referral.created",
+            "action": "created", "entity_type": "referral", "entity_id": id,
+            "status": status, "attempts": 11, "last_error": "Connection refused",
+            "response_code": if status == "failed" { json!(503) } else { json!(200) },
+            "response_body": "", "object_changes": {}, "payload": payload,
+            "created_at": created, "delivered_at": null
+        }));
+        // Newest first.
+        list.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+        event_id
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    fn subscriptions(&self) -> Vec<Value> {
+        self.state.lock().unwrap().subscriptions.clone()
+    }
+
+    fn delivery_status(&self, subscription: u64, event_id: &str) -> String {
+        let state = self.state.lock().unwrap();
+        state.deliveries[&subscription]
+            .iter()
+            .find(|d| d["event_id"] == event_id)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn param(query: &str, name: &str) -> Option<usize> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// `fp-relay <args>` with the fake's settings and `env` in the environment.
+async fn fp_relay(api: SocketAddr, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fp-relay"));
+    command
+        .args(args)
+        .envs(FakeApi::env(api))
+        .envs(env.iter().copied())
+        .env_remove("FP_RELAY_CONFIG");
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn subscribe_creates_then_updates_one_subscription_with_every_event_type_and_the_token() {
+    let (fake, api) = FakeApi::start().await;
+    let token_env = format!("[\"{TOKEN}\"]");
+    let env = [
+        ("FP_RELAY_AUTH_TOKENS", token_env.as_str()),
+        ("FP_RELAY_KAFKA_ACK_TIMEOUT", "7s"),
+    ];
+    let subscribe = ["firstpromoter", "subscribe", "--url", RELAY_URL];
+
+    let dry = fp_relay(api, &env, &[&subscribe[..], &["--dry-run"]].concat()).await;
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(text(&dry).contains("would create"), "{}", text(&dry));
+    assert!(fake.subscriptions().is_empty(), "a dry run changes nothing");
+
+    let created = fp_relay(api, &env, &subscribe).await;
+    assert!(created.status.success(), "{}", text(&created));
+    let subscriptions = fake.subscriptions();
+    assert_eq!(subscriptions.len(), 1);
+    let sub = &subscriptions[0];
+    assert_eq!(sub["url"], RELAY_URL);
+    let types = fake.state.lock().unwrap().event_types.clone();
+    assert_eq!(sub["event_types"], json!(types), "every event type the API lists");
+    assert_eq!(sub["headers"]["Authorization"], format!("Bearer {TOKEN}"));
+    assert_eq!(sub["timeout"], 12, "ack_timeout 7 s plus 5 s of margin");
+    assert_eq!(sub["max_retries"], 10);
+    assert!(!text(&created).contains(TOKEN) && !text(&created).contains(API_KEY));
+
+    // Somebody trims it by hand; the next run restores it, in place.
+    {
+        let mut state = fake.state.lock().unwrap();
+        let sub = &mut state.subscriptions[0];
+        sub["event_types"] = json!(["referral.created"]);
+        sub["timeout"] = 30.into();
+        sub["headers"] = json!({"authorization": "Bearer old-token", "X-Team": "growth"});
+    }
+    let updated = fp_relay(api, &env, &subscribe).await;
+    assert!(updated.status.success(), "{}", text(&updated));
+    let subscriptions = fake.subscriptions();
+    assert_eq!(subscriptions.len(), 1, "found by URL, never a duplicate");
+    let sub = &subscriptions[0];
+    assert_eq!(sub["event_types"], json!(types));
+    assert_eq!(sub["timeout"], 12);
+    assert_eq!(
+        sub["headers"],
+        json!({"X-Team": "growth", "Authorization": format!("Bearer {TOKEN}")}),
+        "other custom headers are kept"
+    );
+    let puts = fake.seen().iter().filter(|s| s.method == "PUT").count();
+    assert_eq!(puts, 1);
+
+    let again = fp_relay(api, &env, &subscribe).await;
+    assert!(text(&again).contains("up to date"), "{}", text(&again));
+    let puts = fake.seen().iter().filter(|s| s.method == "PUT").count();
+    assert_eq!(puts, 1, "nothing to change, nothing sent");
+
+    let plain = fp_relay(
+        api,
+        &env,
+        &["firstpromoter", "subscribe", "--url", "http://relay.example.com/webhooks/firstpromoter"],
+    )
+    .await;
+    assert!(!plain.status.success());
+    assert!(text(&plain).contains("https"), "{}", text(&plain));
+
+    // A Basic user instead of a token.
+    let basic = [("FP_RELAY_AUTH_BASIC__FIRSTPROMOTER", "basic-password-0123456789")];
+    let other = "https://relay.example.com/webhooks/firstpromoter/basic";
+    let created = fp_relay(api, &basic, &["firstpromoter", "subscribe", "--url", other]).await;
+    assert!(created.status.success(), "{}", text(&created));
+    let posts: Vec<Seen> = fake
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST")
+        .collect();
+    let body = &posts.last().unwrap().body;
+    assert_eq!(body["basic_auth_user"], "firstpromoter");
+    assert_eq!(body["basic_auth_password"], "basic-password-0123456789");
+    assert!(!text(&created).contains("basic-password-0123456789"));
+    assert!(fake
+        .seen()
+        .iter()
+        .all(|s| s.authorization.as_deref() == Some(&format!("Bearer {API_KEY}"))));
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_said_once_and_never_printed() {
+    let (_fake, api) = FakeApi::start().await;
+    let wrong = "fp_wrong_key_0123456789abcdef";
+    let out = fp_relay(
+        api,
+        &[("FP_RELAY_FIRSTPROMOTER_API_KEY", wrong)],
+        &["firstpromoter", "status"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out);
+    assert!(said.contains("401") && said.contains("api_key"), "{said}");
+    assert!(!said.contains(wrong) && !said.contains(API_KEY), "{said}");
+}
+
+/// 130 deliveries (two pages), seven failed ones among them, one of those already in Kafka:
+/// recover publishes exactly the other six once, redacted and marked, and a second run
+/// publishes nothing. A 429 on the way is honoured.
+#[tokio::test]
+async fn recover_publishes_exactly_the_failed_deliveries_once_across_pages_and_runs() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeApi::start().await;
+    let sub = fake.add_subscription(RELAY_URL, json!({}));
+    let elsewhere = fake.add_subscription("https://other.example.com/hooks", json!({}));
+    let mut failed = Vec::new();
+    for n in 0..130u64 {
+        let status = if n % 19 == 3 { "failed" } else { "delivered" };
+        let id = fake.add_delivery(sub, status, Duration::from_secs(60 * (n + 1)));
+        if status == "failed" {
+            failed.push(id);
+        }
+    }
+    assert_eq!(failed.len(), 7);
+    fake.add_delivery(sub, "failed", Duration::from_secs(3 * 24 * 3600)); // out of the window
+    fake.add_delivery(elsewhere, "failed", Duration::from_secs(60)); // not this relay's
+    let topic = "firstpromoter.referral.created";
+    common::create_topic(&broker.bootstrap(), topic, 2).await;
+    // One of them did reach Kafka (the relay answered after FirstPromoter gave up).
+    produce(
+        &broker.bootstrap(),
+        topic,
+        None,
+        Some("x"),
+        &[("fp-event-id", failed[2].as_str())],
+        "{}",
+    )
+    .await;
+    fake.state.lock().unwrap().rate_limit_next = 1;
+    let brokers = broker.bootstrap();
+    let env = [("FP_RELAY_KAFKA_BROKERS", brokers.as_str())];
+
+    let dry = fp_relay(api, &env, &["firstpromoter", "recover", "--since", "24h", "--dry-run"]).await;
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(text(&dry).contains("7 failed deliveries"), "{}", text(&dry));
+    assert_eq!(text(&dry).matches("would ").count(), 6, "{}", text(&dry));
+
+    let run = fp_relay(api, &env, &["firstpromoter", "recover", "--since", "24h"]).await;
+    assert!(run.status.success(), "{}", text(&run));
+    let said = text(&run);
+    assert!(
+        said.contains("published 6, retried by FirstPromoter 0, already in Kafka 1, skipped 0"),
+        "{said}"
+    );
+    assert!(!said.contains(API_KEY) && !said.contains("secret-promoter-token"));
+    let records = consume_all(&brokers, topic, Duration::from_secs(2)).await;
+    let mut published: Vec<String> = records
+        .iter()
+        .filter(|r| r.header("fp-recovered-from").is_some())
+        .map(|r| r.header("fp-event-id").unwrap().to_owned())
+        .collect();
+    published.sort();
+    let mut expected: Vec<String> = failed.iter().filter(|id| **id != failed[2]).cloned().collect();
+    expected.sort();
+    assert_eq!(published, expected, "exactly the failed deliveries' events");
+    let one = records
+        .iter()
+        .find(|r| r.header("fp-recovered-from").is_some())
+        .unwrap();
+    let value: Value = serde_json::from_slice(&one.value).unwrap();
+    assert_eq!(value["data"]["promoter"]["auth_token"], "[redacted]");
+    assert_eq!(one.header("fp-webhook-version"), Some("v2"));
+    assert_eq!(one.header("ce_type"), Some("com.firstpromoter.referral.created"));
+    assert!(one
+        .header("fp-recovered-from")
+        .unwrap()
+        .starts_with(&format!("firstpromoter delivery {sub}/")));
+
+    // The 429 was honoured: the next call came at least its Retry-After later.
+    let seen = fake.seen();
+    let limited = seen.iter().position(|s| s.status == 429).expect("a 429");
+    let gap = seen[limited + 1].at - seen[limited].at;
+    assert!(gap >= Duration::from_millis(950), "{gap:?}");
+    assert!(seen
+        .iter()
+        .any(|s| s.path.ends_with("webhook_deliveries") && s.query.contains("page=2")));
+
+    let again = fp_relay(api, &env, &["firstpromoter", "recover", "--since", "24h"]).await;
+    assert!(
+        text(&again).contains("published 0, retried by FirstPromoter 0, already in Kafka 7"),
+        "{}",
+        text(&again)
+    );
+    let records = consume_all(&brokers, topic, Duration::from_secs(2)).await;
+    assert_eq!(records.len(), 7, "nothing published twice");
+}
+
+/// `--retry-delivery`: FirstPromoter sends a delivery it still may again, through the relay
+/// with the subscription's headers; one whose retries are spent (422) is published from its
+/// recorded payload.
+#[tokio::test]
+async fn recover_asks_firstpromoter_to_retry_and_publishes_what_it_refuses() {
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config.auth.insecure_no_auth = false;
+    config.auth.tokens = vec![TOKEN.to_owned()];
+    let relay = TestRelay::start_ready(config).await;
+    let (fake, api) = FakeApi::start().await;
+    let url = format!("http://{}/webhooks/firstpromoter", relay.addr);
+    let sub = fake.add_subscription(&url, json!({"Authorization": format!("Bearer {TOKEN}")}));
+    let retried = fake.add_delivery(sub, "failed", Duration::from_secs(600));
+    let spent = fake.add_delivery(sub, "failed", Duration::from_secs(300));
+    {
+        let mut state = fake.state.lock().unwrap();
+        let id = state.deliveries[&sub]
+            .iter()
+            .find(|d| d["event_id"] == spent.as_str())
+            .unwrap()["id"]
+            .as_u64()
+            .unwrap();
+        state.spent.push(id);
+    }
+    let brokers = broker.bootstrap();
+    let env = [("FP_RELAY_KAFKA_BROKERS", brokers.as_str())];
+    let run = fp_relay(
+        api,
+        &env,
+        &["firstpromoter", "recover", "--retry-delivery"],
+    )
+    .await;
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(
+        text(&run).contains("published 1, retried by FirstPromoter 1, already in Kafka 0"),
+        "{}",
+        text(&run)
+    );
+    assert_eq!(fake.delivery_status(sub, &retried), "delivered");
+    let topic = "firstpromoter.referral.created";
+    assert!(
+        eventually(WAIT, async || consume_all(&brokers, topic, Duration::from_secs(1))
+            .await
+            .len()
+            >= 2)
+        .await
+    );
+    let records = consume_all(&brokers, topic, Duration::from_secs(1)).await;
+    let by_id: BTreeMap<&str, bool> = records
+        .iter()
+        .map(|r| {
+            (
+                r.header("fp-event-id").unwrap(),
+                r.header("fp-recovered-from").is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_id,
+        BTreeMap::from([(retried.as_str(), false), (spent.as_str(), true)]),
+        "the retried one came through the relay, the spent one from its payload"
+    );
+    relay.shutdown().await;
+}
+
+/// Reconciliation in `serve`: the metrics match the fake's counts for the subscription that
+/// points at the relay, each failed delivery is logged once (no payload, no key), and the
+/// count does not grow on the next rounds.
+#[tokio::test]
+async fn reconcile_metrics_match_firstpromoters_records() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeApi::start().await;
+    let sub = fake.add_subscription(RELAY_URL, json!({}));
+    let elsewhere = fake.add_subscription("https://other.example.com/hooks", json!({}));
+    for _ in 0..3 {
+        fake.add_delivery(sub, "delivered", Duration::from_secs(60));
+    }
+    let failed = [
+        fake.add_delivery(sub, "failed", Duration::from_secs(3600)),
+        fake.add_delivery(sub, "failed", Duration::from_secs(1800)),
+    ];
+    fake.add_delivery(sub, "retrying", Duration::from_secs(2 * 3600));
+    fake.add_delivery(sub, "pending", Duration::from_secs(30));
+    fake.add_delivery(sub, "failed", Duration::from_secs(3 * 24 * 3600)); // out of the window
+    fake.add_delivery(elsewhere, "failed", Duration::from_secs(60)); // not this relay's
+    let mut env: Vec<(String, String)> = FakeApi::env(api);
+    env.push(("FP_RELAY_FIRSTPROMOTER_RECONCILE__ENABLED".into(), "true".into()));
+    env.push(("FP_RELAY_FIRSTPROMOTER_RECONCILE__INTERVAL".into(), "300ms".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let relay = common::RelayProcess::start_with(&broker, &env).await;
+    let metric = async |series: &str| -> Option<f64> {
+        let reply = common::get(relay.admin, "/metrics").await;
+        reply
+            .text()
+            .lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert!(
+        eventually(WAIT, async || metric("fp_relay_firstpromoter_reconcile_runs_total{result=\"ok\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 3.0)
+        .await,
+        "three rounds"
+    );
+    for (status, count) in [("delivered", 3.0), ("failed", 2.0), ("retrying", 1.0), ("pending", 1.0)] {
+        let series = format!("fp_relay_firstpromoter_deliveries{{status=\"{status}\"}}");
+        assert_eq!(metric(&series).await, Some(count), "{series}");
+    }
+    assert_eq!(
+        metric("fp_relay_firstpromoter_failed_deliveries_total").await,
+        Some(2.0),
+        "each failure counted once over three rounds"
+    );
+    let oldest = metric("fp_relay_firstpromoter_oldest_undelivered_seconds").await.unwrap();
+    assert!((7190.0..7300.0).contains(&oldest), "{oldest}");
+    let (_, lines) = relay.terminate().await;
+    let failures: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("FirstPromoter gave up delivering"))
+        })
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    let mut logged: Vec<&str> = failures
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap())
+        .collect();
+    logged.sort();
+    let mut expected: Vec<&str> = failed.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(logged, expected);
+    assert_eq!(failures[0]["response_code"], 503);
+    let all = serde_json::to_string(&lines).unwrap();
+    assert!(!all.contains(API_KEY), "the key never appears in logs");
+    assert!(!all.contains("secret-promoter-token"), "nor a payload");
+}
