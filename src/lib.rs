@@ -255,7 +255,9 @@ fn start_services(
         None
     };
     let api = (config.fulfilment.v2.enabled || config.firstpromoter.reconcile.enabled)
-        .then(|| firstpromoter::client::ApiClient::new(&config.firstpromoter, Some(metrics.clone())))
+        .then(|| {
+            firstpromoter::client::ApiClient::new(&config.firstpromoter, Some(metrics.clone()))
+        })
         .transpose()?
         .map(Arc::new);
     if let (true, Some(api)) = (config.firstpromoter.reconcile.enabled, &api) {

@@ -95,7 +95,10 @@ impl FakeApi {
 
     fn env(addr: SocketAddr) -> Vec<(String, String)> {
         [
-            ("FP_RELAY_FIRSTPROMOTER_API_URL", format!("http://{addr}/api/v2/company")),
+            (
+                "FP_RELAY_FIRSTPROMOTER_API_URL",
+                format!("http://{addr}/api/v2/company"),
+            ),
             ("FP_RELAY_FIRSTPROMOTER_ALLOW_INSECURE_HTTP", "true".into()),
             ("FP_RELAY_FIRSTPROMOTER_API_KEY", API_KEY.into()),
             ("FP_RELAY_FIRSTPROMOTER_ACCOUNT_ID", ACCOUNT.into()),
@@ -191,7 +194,10 @@ impl FakeApi {
                 state.next_id += 1;
                 let mut created = body.clone();
                 created["id"] = state.next_id.into();
-                created.as_object_mut().unwrap().remove("basic_auth_password");
+                created
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("basic_auth_password");
                 state.subscriptions.push(created.clone());
                 (201, created, None)
             }
@@ -396,7 +402,11 @@ async fn subscribe_creates_then_updates_one_subscription_with_every_event_type_a
     let sub = &subscriptions[0];
     assert_eq!(sub["url"], RELAY_URL);
     let types = fake.state.lock().unwrap().event_types.clone();
-    assert_eq!(sub["event_types"], json!(types), "every event type the API lists");
+    assert_eq!(
+        sub["event_types"],
+        json!(types),
+        "every event type the API lists"
+    );
     assert_eq!(sub["headers"]["Authorization"], format!("Bearer {TOKEN}"));
     assert_eq!(sub["timeout"], 12, "ack_timeout 7 s plus 5 s of margin");
     assert_eq!(sub["max_retries"], 10);
@@ -433,14 +443,22 @@ async fn subscribe_creates_then_updates_one_subscription_with_every_event_type_a
     let plain = fp_relay(
         api,
         &env,
-        &["firstpromoter", "subscribe", "--url", "http://relay.example.com/webhooks/firstpromoter"],
+        &[
+            "firstpromoter",
+            "subscribe",
+            "--url",
+            "http://relay.example.com/webhooks/firstpromoter",
+        ],
     )
     .await;
     assert!(!plain.status.success());
     assert!(text(&plain).contains("https"), "{}", text(&plain));
 
     // A Basic user instead of a token.
-    let basic = [("FP_RELAY_AUTH_BASIC__FIRSTPROMOTER", "basic-password-0123456789")];
+    let basic = [(
+        "FP_RELAY_AUTH_BASIC__FIRSTPROMOTER",
+        "basic-password-0123456789",
+    )];
     let other = "https://relay.example.com/webhooks/firstpromoter/basic";
     let created = fp_relay(api, &basic, &["firstpromoter", "subscribe", "--url", other]).await;
     assert!(created.status.success(), "{}", text(&created));
@@ -511,7 +529,12 @@ async fn recover_publishes_exactly_the_failed_deliveries_once_across_pages_and_r
     let brokers = broker.bootstrap();
     let env = [("FP_RELAY_KAFKA_BROKERS", brokers.as_str())];
 
-    let dry = fp_relay(api, &env, &["firstpromoter", "recover", "--since", "24h", "--dry-run"]).await;
+    let dry = fp_relay(
+        api,
+        &env,
+        &["firstpromoter", "recover", "--since", "24h", "--dry-run"],
+    )
+    .await;
     assert!(dry.status.success(), "{}", text(&dry));
     assert!(text(&dry).contains("7 failed deliveries"), "{}", text(&dry));
     assert_eq!(text(&dry).matches("would ").count(), 6, "{}", text(&dry));
@@ -531,7 +554,11 @@ async fn recover_publishes_exactly_the_failed_deliveries_once_across_pages_and_r
         .map(|r| r.header("fp-event-id").unwrap().to_owned())
         .collect();
     published.sort();
-    let mut expected: Vec<String> = failed.iter().filter(|id| **id != failed[2]).cloned().collect();
+    let mut expected: Vec<String> = failed
+        .iter()
+        .filter(|id| **id != failed[2])
+        .cloned()
+        .collect();
     expected.sort();
     assert_eq!(published, expected, "exactly the failed deliveries' events");
     let one = records
@@ -541,7 +568,10 @@ async fn recover_publishes_exactly_the_failed_deliveries_once_across_pages_and_r
     let value: Value = serde_json::from_slice(&one.value).unwrap();
     assert_eq!(value["data"]["promoter"]["auth_token"], "[redacted]");
     assert_eq!(one.header("fp-webhook-version"), Some("v2"));
-    assert_eq!(one.header("ce_type"), Some("com.firstpromoter.referral.created"));
+    assert_eq!(
+        one.header("ce_type"),
+        Some("com.firstpromoter.referral.created")
+    );
     assert!(one
         .header("fp-recovered-from")
         .unwrap()
@@ -593,12 +623,7 @@ async fn recover_asks_firstpromoter_to_retry_and_publishes_what_it_refuses() {
     }
     let brokers = broker.bootstrap();
     let env = [("FP_RELAY_KAFKA_BROKERS", brokers.as_str())];
-    let run = fp_relay(
-        api,
-        &env,
-        &["firstpromoter", "recover", "--retry-delivery"],
-    )
-    .await;
+    let run = fp_relay(api, &env, &["firstpromoter", "recover", "--retry-delivery"]).await;
     assert!(run.status.success(), "{}", text(&run));
     assert!(
         text(&run).contains("published 1, retried by FirstPromoter 1, already in Kafka 0"),
@@ -608,9 +633,13 @@ async fn recover_asks_firstpromoter_to_retry_and_publishes_what_it_refuses() {
     assert_eq!(fake.delivery_status(sub, &retried), "delivered");
     let topic = "firstpromoter.referral.created";
     assert!(
-        eventually(WAIT, async || consume_all(&brokers, topic, Duration::from_secs(1))
-            .await
-            .len()
+        eventually(WAIT, async || consume_all(
+            &brokers,
+            topic,
+            Duration::from_secs(1)
+        )
+        .await
+        .len()
             >= 2)
         .await
     );
@@ -653,8 +682,14 @@ async fn reconcile_metrics_match_firstpromoters_records() {
     fake.add_delivery(sub, "failed", Duration::from_secs(3 * 24 * 3600)); // out of the window
     fake.add_delivery(elsewhere, "failed", Duration::from_secs(60)); // not this relay's
     let mut env: Vec<(String, String)> = FakeApi::env(api);
-    env.push(("FP_RELAY_FIRSTPROMOTER_RECONCILE__ENABLED".into(), "true".into()));
-    env.push(("FP_RELAY_FIRSTPROMOTER_RECONCILE__INTERVAL".into(), "300ms".into()));
+    env.push((
+        "FP_RELAY_FIRSTPROMOTER_RECONCILE__ENABLED".into(),
+        "true".into(),
+    ));
+    env.push((
+        "FP_RELAY_FIRSTPROMOTER_RECONCILE__INTERVAL".into(),
+        "300ms".into(),
+    ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let relay = common::RelayProcess::start_with(&broker, &env).await;
     let metric = async |series: &str| -> Option<f64> {
@@ -667,14 +702,21 @@ async fn reconcile_metrics_match_firstpromoters_records() {
             .and_then(|v| v.parse().ok())
     };
     assert!(
-        eventually(WAIT, async || metric("fp_relay_firstpromoter_reconcile_runs_total{result=\"ok\"}")
-            .await
-            .unwrap_or(0.0)
+        eventually(WAIT, async || metric(
+            "fp_relay_firstpromoter_reconcile_runs_total{result=\"ok\"}"
+        )
+        .await
+        .unwrap_or(0.0)
             >= 3.0)
         .await,
         "three rounds"
     );
-    for (status, count) in [("delivered", 3.0), ("failed", 2.0), ("retrying", 1.0), ("pending", 1.0)] {
+    for (status, count) in [
+        ("delivered", 3.0),
+        ("failed", 2.0),
+        ("retrying", 1.0),
+        ("pending", 1.0),
+    ] {
         let series = format!("fp_relay_firstpromoter_deliveries{{status=\"{status}\"}}");
         assert_eq!(metric(&series).await, Some(count), "{series}");
     }
@@ -683,7 +725,9 @@ async fn reconcile_metrics_match_firstpromoters_records() {
         Some(2.0),
         "each failure counted once over three rounds"
     );
-    let oldest = metric("fp_relay_firstpromoter_oldest_undelivered_seconds").await.unwrap();
+    let oldest = metric("fp_relay_firstpromoter_oldest_undelivered_seconds")
+        .await
+        .unwrap();
     assert!((7190.0..7300.0).contains(&oldest), "{oldest}");
     let (_, lines) = relay.terminate().await;
     let failures: Vec<&Value> = lines

@@ -266,17 +266,17 @@ fn help_of_every_subcommand_matches_its_snapshot() {
         "send",
         "tail",
         "redrive",
+        "firstpromoter subscribe",
+        "firstpromoter status",
+        "firstpromoter recover",
     ] {
-        let args: Vec<&str> = [subcommand, "--help"]
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .collect();
+        let args: Vec<&str> = subcommand.split_whitespace().chain(["--help"]).collect();
         let output = fp_relay(&args);
         assert!(output.status.success());
         let name = if subcommand.is_empty() {
-            "fp-relay"
+            "fp-relay".to_owned()
         } else {
-            subcommand
+            subcommand.replace(' ', "-")
         };
         let path = dir.join(format!("help-{name}.txt"));
         if update {

@@ -732,7 +732,12 @@ impl Config {
             ConfigError::Invalid { field, message } => {
                 let key = field.strip_prefix("firstpromoter.").unwrap_or_default();
                 let old = format!("fulfilment.v2.{key}");
-                if !key.is_empty() && self.deprecations.iter().any(|d| d.starts_with(&format!("{old} "))) {
+                if !key.is_empty()
+                    && self
+                        .deprecations
+                        .iter()
+                        .any(|d| d.starts_with(&format!("{old} ")))
+                {
                     ConfigError::Invalid {
                         field: format!("{old} (now {field})"),
                         message,

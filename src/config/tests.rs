@@ -332,12 +332,24 @@ fn api_settings_in_their_old_place_are_moved_with_a_warning() {
     assert_eq!(config.firstpromoter.api_key, "fp_key_0123456789abcdef");
     assert_eq!(config.firstpromoter.call_timeout, Duration::from_secs(3));
     assert_eq!(config.deprecations.len(), 3, "{:?}", config.deprecations);
-    assert!(config.deprecations.iter().any(|d| d.contains("FP_RELAY_FIRSTPROMOTER_API_KEY")));
+    assert!(config
+        .deprecations
+        .iter()
+        .any(|d| d.contains("FP_RELAY_FIRSTPROMOTER_API_KEY")));
     let shown = config.to_masked_toml();
     assert!(!shown.contains("call_timeout = \"3s\"\n[") || shown.contains("[firstpromoter]"));
     assert!(!shown.contains("0123456789abcdef"), "{shown}");
-    let v2_section = shown.split("[fulfilment.v2]").nth(1).unwrap().split("\n[").next().unwrap();
-    assert!(!v2_section.contains("account_id"), "shown in its new place only: {shown}");
+    let v2_section = shown
+        .split("[fulfilment.v2]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    assert!(
+        !v2_section.contains("account_id"),
+        "shown in its new place only: {shown}"
+    );
     let err = load_str(
         "[fulfilment.v2]\naccount_id = \"acc_1\"\n[firstpromoter]\naccount_id = \"acc_2\"\n",
         &[],
@@ -345,7 +357,8 @@ fn api_settings_in_their_old_place_are_moved_with_a_warning() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.starts_with("fulfilment.v2.account_id") && err.contains("keep only firstpromoter.account_id"),
+        err.starts_with("fulfilment.v2.account_id")
+            && err.contains("keep only firstpromoter.account_id"),
         "{err}"
     );
     let err = load_str(
@@ -372,10 +385,16 @@ fn reconciliation_needs_the_api_settings_and_sane_bounds() {
     let err = load_str("[firstpromoter]\nrequests_per_minute = 1000\n", &[])
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("firstpromoter.requests_per_minute"), "{err}");
-    let err = load_str("[firstpromoter]\nwebhook_url = \"http://relay.example.com/x\"\n", &[])
-        .unwrap_err()
-        .to_string();
+    assert!(
+        err.starts_with("firstpromoter.requests_per_minute"),
+        "{err}"
+    );
+    let err = load_str(
+        "[firstpromoter]\nwebhook_url = \"http://relay.example.com/x\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.starts_with("firstpromoter.webhook_url"), "{err}");
     let config = load_str(
         "",
@@ -388,7 +407,10 @@ fn reconciliation_needs_the_api_settings_and_sane_bounds() {
     )
     .unwrap();
     assert!(config.firstpromoter.reconcile.enabled);
-    assert_eq!(config.firstpromoter.reconcile.interval, Duration::from_secs(60));
+    assert_eq!(
+        config.firstpromoter.reconcile.interval,
+        Duration::from_secs(60)
+    );
 }
 
 #[test]

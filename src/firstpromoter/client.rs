@@ -57,7 +57,10 @@ pub enum Failure {
 pub enum ApiError {
     /// The relay's settings are wrong (401, 403, a redirect, TLS, DNS): no retry helps.
     #[error("FirstPromoter refuses the settings ({result}): {detail}; check firstpromoter.api_key, account_id and api_url")]
-    Settings { result: &'static str, detail: String },
+    Settings {
+        result: &'static str,
+        detail: String,
+    },
     /// Still failing (timeouts, 5xx, 429) after every attempt.
     #[error("FirstPromoter's API is unavailable ({result}) after {attempts} attempt(s): {detail}")]
     Unavailable {
@@ -145,8 +148,7 @@ impl ApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<Answer, Failure> {
         self.budget.acquire().await;
-        let answer = match tokio::time::timeout(self.timeout, self.send(method, path, body)).await
-        {
+        let answer = match tokio::time::timeout(self.timeout, self.send(method, path, body)).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout(self.timeout)),
         };
@@ -526,7 +528,10 @@ mod tests {
         for _ in 0..BURST {
             budget.acquire().await;
         }
-        assert!(start.elapsed() < Duration::from_millis(1), "a burst goes at once");
+        assert!(
+            start.elapsed() < Duration::from_millis(1),
+            "a burst goes at once"
+        );
         for _ in 0..8 {
             budget.acquire().await;
         }

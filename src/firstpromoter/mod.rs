@@ -131,12 +131,20 @@ mod tests {
         assert_eq!(at("2026-11-30T09:15:02Z"), reference);
         assert_eq!(at("2026-11-30T10:15:02+01:00"), reference);
         assert_eq!(at("2026-11-30T04:15:02-05:00"), reference);
-        assert_eq!(at("2026-11-30 09:15:02 UTC".replace(" UTC", "Z").as_str()), reference);
+        assert_eq!(
+            at("2026-11-30 09:15:02 UTC".replace(" UTC", "Z").as_str()),
+            reference
+        );
         assert_eq!(
             at("2026-11-30T09:15:02.250Z"),
             reference + Duration::from_millis(250)
         );
-        for text in ["", "yesterday", "2026-13-01T00:00:00Z", "2026-11-30T09:15:02+1"] {
+        for text in [
+            "",
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-11-30T09:15:02+1",
+        ] {
             assert_eq!(parse_time(text), None, "{text}");
         }
         // Every day of four years, against humantime's formatter.
@@ -151,12 +159,28 @@ mod tests {
     #[test]
     fn subscriptions_point_here_by_url_or_by_path() {
         let mut config = Config::default();
-        assert!(points_here("https://relay.example.com/webhooks/firstpromoter", &config));
-        assert!(points_here("https://relay.example.com/webhooks/firstpromoter/tok", &config));
-        assert!(!points_here("https://relay.example.com/webhooks/firstpromoterx", &config));
+        assert!(points_here(
+            "https://relay.example.com/webhooks/firstpromoter",
+            &config
+        ));
+        assert!(points_here(
+            "https://relay.example.com/webhooks/firstpromoter/tok",
+            &config
+        ));
+        assert!(!points_here(
+            "https://relay.example.com/webhooks/firstpromoterx",
+            &config
+        ));
         assert!(!points_here("https://other.example.com/hooks", &config));
-        config.firstpromoter.webhook_url = Some("https://Relay.example.com/webhooks/firstpromoter/".into());
-        assert!(points_here("https://relay.example.com/webhooks/firstpromoter", &config));
-        assert!(!points_here("https://staging.example.com/webhooks/firstpromoter", &config));
+        config.firstpromoter.webhook_url =
+            Some("https://Relay.example.com/webhooks/firstpromoter/".into());
+        assert!(points_here(
+            "https://relay.example.com/webhooks/firstpromoter",
+            &config
+        ));
+        assert!(!points_here(
+            "https://staging.example.com/webhooks/firstpromoter",
+            &config
+        ));
     }
 }

@@ -89,7 +89,9 @@ impl Reconciler {
                     .firstpromoter_reconcile_runs
                     .with_label_values(&["ok"])
                     .inc();
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
                 self.metrics
                     .firstpromoter_reconcile_last_success
                     .set(now.as_secs_f64());
@@ -152,12 +154,9 @@ impl Reconciler {
                 .with_label_values(&[status])
                 .set(count);
         }
-        self.metrics.firstpromoter_oldest_undelivered_age.set(
-            tally
-                .oldest_undelivered
-                .unwrap_or_default()
-                .as_secs_f64(),
-        );
+        self.metrics
+            .firstpromoter_oldest_undelivered_age
+            .set(tally.oldest_undelivered.unwrap_or_default().as_secs_f64());
         self.note_failures(&deliveries, since);
         Ok(tally)
     }
@@ -261,7 +260,13 @@ mod tests {
         let tally = tally(&deliveries, 1, now);
         assert_eq!(tally.by_status["failed"], 1);
         assert_eq!(tally.by_status["other"], 1);
-        assert_eq!(tally.oldest_undelivered, Some(Duration::from_secs(3 * 3600)));
-        assert_eq!(super::tally(&deliveries[..1], 1, now).oldest_undelivered, None);
+        assert_eq!(
+            tally.oldest_undelivered,
+            Some(Duration::from_secs(3 * 3600))
+        );
+        assert_eq!(
+            super::tally(&deliveries[..1], 1, now).oldest_undelivered,
+            None
+        );
     }
 }

@@ -102,8 +102,7 @@ impl<'a> Webhooks<'a> {
             )
             .await?;
         let list = answer.get("data").cloned().unwrap_or(answer);
-        serde_json::from_value(list)
-            .map_err(|e| ApiError::Malformed(format!("event_types: {e}")))
+        serde_json::from_value(list).map_err(|e| ApiError::Malformed(format!("event_types: {e}")))
     }
 
     /// Every subscription of the account.
@@ -147,11 +146,7 @@ impl<'a> Webhooks<'a> {
     /// The deliveries of subscription `id` created at or after `since`, paging 100 at a time.
     /// Pages are read until a short one, or, when the API lists newest first, until a page
     /// reaches back before `since`.
-    pub async fn deliveries(
-        &self,
-        id: &str,
-        since: SystemTime,
-    ) -> Result<Vec<Delivery>, ApiError> {
+    pub async fn deliveries(&self, id: &str, since: SystemTime) -> Result<Vec<Delivery>, ApiError> {
         let mut all = Vec::new();
         for page in 1..=MAX_PAGES {
             let path = format!("/webhooks/{id}/webhook_deliveries?page={page}&per_page={PER_PAGE}");
@@ -208,7 +203,9 @@ fn one<T: serde::de::DeserializeOwned>(
     answer: serde_json::Value,
 ) -> Result<T, ApiError> {
     let object = match answer {
-        serde_json::Value::Object(mut object) if object.get("data").is_some_and(|d| d.is_object()) => {
+        serde_json::Value::Object(mut object)
+            if object.get("data").is_some_and(|d| d.is_object()) =>
+        {
             object.remove("data").unwrap_or_default()
         }
         other => other,
@@ -220,9 +217,7 @@ fn any_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error
     any_optional_id(deserializer)?.ok_or_else(|| serde::de::Error::custom("id is missing"))
 }
 
-fn any_optional_id<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<String>, D::Error> {
+fn any_optional_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     Ok(match serde_json::Value::deserialize(deserializer)? {
         serde_json::Value::String(text) => Some(text),
         serde_json::Value::Number(number) => Some(number.to_string()),

@@ -224,11 +224,7 @@ pub async fn subscribe(options: &SubscribeOptions, out: &mut impl Write) -> Resu
             if options.dry_run { "would" } else { "creating" }
         )?,
         Some(found) if changes.is_empty() => {
-            writeln!(
-                out,
-                "subscription {} for {url} is up to date",
-                found.id
-            )?;
+            writeln!(out, "subscription {} for {url} is up to date", found.id)?;
         }
         Some(found) => writeln!(out, "subscription {} for {url} {verb} change:", found.id)?,
     }
@@ -251,7 +247,11 @@ pub async fn subscribe(options: &SubscribeOptions, out: &mut impl Write) -> Resu
             out,
             "{} subscription {}: {} event types, credential as {}, timeout {timeout} s, \
              max_retries {MAX_RETRIES}",
-            if existing.is_some() { "updated" } else { "created" },
+            if existing.is_some() {
+                "updated"
+            } else {
+                "created"
+            },
             subscription.id,
             event_types.len(),
             credential.describe()
@@ -272,9 +272,7 @@ impl Wanted<'_> {
     /// The body of the create or update call; an update keeps the subscription's campaign
     /// filter, description and other custom headers.
     fn body(&self, existing: Option<&Subscription>) -> serde_json::Value {
-        let mut headers = existing
-            .and_then(|s| s.headers.clone())
-            .unwrap_or_default();
+        let mut headers = existing.and_then(|s| s.headers.clone()).unwrap_or_default();
         let mut body = serde_json::json!({
             "url": self.url,
             "event_types": self.event_types,
@@ -343,14 +341,18 @@ impl Wanted<'_> {
         if found.timeout != Some(self.timeout) {
             changes.push(format!(
                 "timeout: {} -> {} s",
-                found.timeout.map_or("unset".to_owned(), |t| format!("{t} s")),
+                found
+                    .timeout
+                    .map_or("unset".to_owned(), |t| format!("{t} s")),
                 self.timeout
             ));
         }
         if found.max_retries != Some(MAX_RETRIES) {
             changes.push(format!(
                 "max_retries: {} -> {MAX_RETRIES}",
-                found.max_retries.map_or("unset".to_owned(), |r| r.to_string())
+                found
+                    .max_retries
+                    .map_or("unset".to_owned(), |r| r.to_string())
             ));
         }
         if found.active == Some(false) {
@@ -448,7 +450,10 @@ struct Failed {
 
 /// Recovers every failed delivery of the subscriptions pointing at this relay; a line per
 /// delivery on `out`, progress on stderr when it is a terminal, the summary last.
-pub async fn recover(options: &RecoverOptions, out: &mut impl Write) -> Result<Recovered, ToolError> {
+pub async fn recover(
+    options: &RecoverOptions,
+    out: &mut impl Write,
+) -> Result<Recovered, ToolError> {
     let (config, client) = load(&options.api, options.brokers.clone())?;
     let webhooks = Webhooks::new(&client);
     let since = SystemTime::now() - options.since;
@@ -564,15 +569,22 @@ pub async fn recover(options: &RecoverOptions, out: &mut impl Write) -> Result<R
                 Err(error) => {
                     let why = format!("retry_delivery failed: {error}");
                     writeln!(out, "skip    {label}: {why}")?;
-                    *summary.skipped.entry("retry_delivery failed".to_owned()).or_default() += 1;
+                    *summary
+                        .skipped
+                        .entry("retry_delivery failed".to_owned())
+                        .or_default() += 1;
                     continue;
                 }
             }
         }
         let mut records = vec![prepared.record];
-        records[0]
-            .headers
-            .push((RECOVERED_FROM.into(), format!("firstpromoter delivery {}/{}", item.subscription, item.delivery.id)));
+        records[0].headers.push((
+            RECOVERED_FROM.into(),
+            format!(
+                "firstpromoter delivery {}/{}",
+                item.subscription, item.delivery.id
+            ),
+        ));
         if let Some(commission) = prepared.approval {
             let (request, _) = crate::fulfilment::v2::request_for(
                 &records[0],
@@ -601,7 +613,10 @@ pub async fn recover(options: &RecoverOptions, out: &mut impl Write) -> Result<R
             }
             Some(why) => {
                 writeln!(out, "skip    {label}: {why}")?;
-                *summary.skipped.entry("refused by Kafka".to_owned()).or_default() += 1;
+                *summary
+                    .skipped
+                    .entry("refused by Kafka".to_owned())
+                    .or_default() += 1;
             }
         }
     }
@@ -772,7 +787,10 @@ mod tests {
     fn the_credential_is_the_one_the_relay_checks() {
         let mut config = Config::default();
         assert!(Credential::of(&config).is_err());
-        config.auth.basic.insert("fp".into(), "a-long-password-123".into());
+        config
+            .auth
+            .basic
+            .insert("fp".into(), "a-long-password-123".into());
         assert_eq!(
             Credential::of(&config).unwrap(),
             Credential::Basic("fp".into(), "a-long-password-123".into())
@@ -809,9 +827,15 @@ mod tests {
         assert_eq!(body["headers"]["Authorization"], "Bearer new");
         assert_eq!(body["headers"]["X-Team"], "growth");
         assert!(body["headers"].get("authorization").is_none());
-        assert!(body.get("campaign_ids").is_none(), "an update keeps the campaign filter");
+        assert!(
+            body.get("campaign_ids").is_none(),
+            "an update keeps the campaign filter"
+        );
         let changes = wanted.changes(Some(&existing));
         assert_eq!(changes.len(), 1, "{changes:?}");
-        assert!(!changes[0].contains("new"), "secrets are masked: {changes:?}");
+        assert!(
+            !changes[0].contains("new"),
+            "secrets are masked: {changes:?}"
+        );
     }
 }
