@@ -18,6 +18,7 @@
 //! - [`http`]: the accept loop, graceful shutdown, the public and admin handlers.
 //! - [`error`]: the boundary error and its one mapping to HTTP responses.
 //! - [`metrics`]: every Prometheus metric, in one struct.
+//! - [`trace`]: W3C trace context, continued from the request onto every record.
 //! - [`tools`]: `fp-relay send`, `tail` and `respond`, the built-in samples, and the embedded
 //!   development broker behind `serve --dev`.
 
@@ -36,6 +37,7 @@ pub mod relay;
 pub mod spool;
 pub mod telemetry;
 pub mod tools;
+pub mod trace;
 pub mod webhook;
 
 use std::future::Future;

@@ -61,6 +61,16 @@ pub struct EventMeta {
     pub event_type: Option<String>,
     /// The event id, when the body or `X-Event-Id` had one.
     pub event_id: Option<String>,
+    /// The request's trace id (W3C trace context), once its body was read.
+    pub trace_id: Option<u128>,
+}
+
+impl EventMeta {
+    /// The trace id as tracing systems show it, or `-`.
+    pub fn trace_id_hex(&self) -> String {
+        self.trace_id
+            .map_or_else(|| "-".to_owned(), |id| format!("{id:032x}"))
+    }
 }
 
 /// The long-lived parts the request logic uses, built by [`crate::Server::run`] (a unit test
@@ -172,7 +182,7 @@ impl Relay {
         arrived: Instant,
         budget: BodyPermit<'_>,
     ) -> (EventMeta, Result<Accepted, RelayError>) {
-        let received = Received::now();
+        let received = Received::for_request(&headers);
         let body_for_dead_letter = body.clone();
         let prepared = self.pipeline.prepare(&headers, body, &received);
         // The request's headers and body point into hyper's read buffer; nothing below needs
@@ -203,6 +213,7 @@ impl Relay {
         let meta = EventMeta {
             event_type: Some(event_type),
             event_id,
+            trace_id: Some(received.trace.trace_id),
         };
         // Every path but the hold is boxed, so that a held request's state is the hold's alone.
         let result = if is_fulfilment {
@@ -494,6 +505,15 @@ impl Relay {
                 .observe(published.elapsed().as_secs_f64());
         }
         let (code, outcome, reason) = exchange::decide(verdict, settings);
+        // The reply path's line: the request's trace, which a fulfiller continues.
+        tracing::info!(
+            trace_id = %event.trace_id_hex(),
+            event_id = event.event_id.as_deref().unwrap_or("-"),
+            correlation_id,
+            outcome,
+            status = code.as_u16(),
+            "fulfilment request answered"
+        );
         Ok(self.answer(code, outcome, Some(correlation_id), reason))
     }
 

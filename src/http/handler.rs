@@ -34,8 +34,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    // Cheap (a shared buffer); for the log line should handling panic.
+    // Cheap (shared buffers); for the log lines of a panic or a refusal before the body.
     let event_id = request.headers().get("x-event-id").cloned();
+    let traceparent = request.headers().get(crate::trace::TRACEPARENT).cloned();
     let (event, result) = match CatchUnwind(std::pin::pin!(route(relay, request, peer))).await {
         Ok(routed) => routed,
         Err(panic) => (
@@ -44,10 +45,26 @@ where
         ),
     };
     let label = event.event_type.as_deref().map_or("none", event_type_label);
+    let trace_id = || match event.trace_id {
+        Some(_) => event.trace_id_hex(),
+        None => traceparent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::trace::trace_id_of)
+            .unwrap_or_else(|| "-".to_owned()),
+    };
     if let Err(error) = &result {
-        record_refusal(relay, error, peer, label, event.event_id.as_deref());
+        record_refusal(relay, error, peer, label, event.event_id.as_deref(), &trace_id());
     }
     let response = answer::answer(result);
+    tracing::debug!(
+        %peer,
+        trace_id = %trace_id(),
+        event_type = label,
+        event_id = event.event_id.as_deref().unwrap_or("-"),
+        status = response.status().as_u16(),
+        "webhook answered"
+    );
     relay
         .metrics()
         .http_requests
@@ -109,6 +126,7 @@ fn record_refusal(
     peer: SocketAddr,
     event_type: &str,
     event_id: Option<&str>,
+    trace_id: &str,
 ) {
     if !matches!(error, RelayError::Unavailable(_)) {
         relay
@@ -136,6 +154,7 @@ fn record_refusal(
             reason = error.code(),
             event_type,
             event_id = event_id.unwrap_or("-"),
+            trace_id,
             status = error.status().as_u16(),
             detail = %error,
             "request refused"

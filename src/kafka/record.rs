@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use rdkafka::message::{Header, OwnedHeaders};
 
+use crate::trace::TraceContext;
 use crate::webhook::envelope::Envelope;
 use crate::webhook::routing::Router;
 
@@ -40,16 +41,40 @@ pub struct Received {
     pub at: SystemTime,
     /// `at` as RFC 3339 with milliseconds.
     pub rfc3339: String,
+    /// The trace the request belongs to and the relay's span in it; written on every record.
+    pub trace: TraceContext,
 }
 
 impl Received {
-    /// Now.
+    /// Now, in a new trace.
     pub fn now() -> Self {
+        Self::with_trace(TraceContext::start())
+    }
+
+    /// Now, continuing the trace of the request's `traceparent` (or a new one).
+    pub fn for_request(headers: &http::HeaderMap) -> Self {
+        Self::with_trace(TraceContext::continue_from(headers))
+    }
+
+    fn with_trace(trace: TraceContext) -> Self {
         let at = SystemTime::now();
         Self {
             at,
             rfc3339: rfc3339(at),
+            trace,
         }
+    }
+}
+
+/// The trace headers of a record: `traceparent` under its W3C and CloudEvents names, and
+/// `tracestate` when one came in.
+fn push_trace(h: &mut Vec<(Cow<'static, str>, String)>, trace: &TraceContext) {
+    let parent = trace.traceparent();
+    h.push((crate::trace::TRACEPARENT.into(), parent.clone()));
+    h.push((crate::trace::CE_TRACEPARENT.into(), parent));
+    if let Some(state) = &trace.state {
+        h.push((crate::trace::TRACESTATE.into(), state.clone()));
+        h.push((crate::trace::CE_TRACESTATE.into(), state.clone()));
     }
 }
 
@@ -80,7 +105,7 @@ impl OutboundRecord {
         received: &Received,
         body: Bytes,
     ) -> Self {
-        let mut h = Vec::with_capacity(12);
+        let mut h = Vec::with_capacity(14);
         let ce_id = match &envelope.event_id {
             Some(id) => {
                 h.push((headers::EVENT_ID.into(), id.clone()));
@@ -111,6 +136,7 @@ impl OutboundRecord {
         {
             h.push((headers::CE_TIME.into(), time.to_owned()));
         }
+        push_trace(&mut h, &received.trace);
         Self {
             topic: router.topic(&envelope.event_type),
             // The default key; a key override needs the tree and is set by the pipeline.
@@ -122,14 +148,16 @@ impl OutboundRecord {
 
     /// The record that keeps an unparseable body for an operator to recover.
     pub fn dead_letter(topic: &str, reason: &str, received: &Received, body: Bytes) -> Self {
+        let mut h = vec![
+            (headers::DEAD_LETTER_REASON.into(), reason.to_owned()),
+            (headers::RECEIVED_AT.into(), received.rfc3339.clone()),
+        ];
+        push_trace(&mut h, &received.trace);
         Self {
             topic: topic.to_owned(),
             key: None,
             payload: body,
-            headers: vec![
-                (headers::DEAD_LETTER_REASON.into(), reason.to_owned()),
-                (headers::RECEIVED_AT.into(), received.rfc3339.clone()),
-            ],
+            headers: h,
         }
     }
 

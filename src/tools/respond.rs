@@ -168,12 +168,23 @@ async fn answer(
     let value =
         serde_json::json!({ "outcome": options.outcome.as_str(), "reason": options.reason })
             .to_string();
+    // The reply continues the request's trace, as a fulfiller's own span would.
+    let traceparent = header(crate::trace::TRACEPARENT)
+        .as_deref()
+        .and_then(crate::trace::child_of);
+    let mut reply_headers = OwnedHeaders::new().insert(Header {
+        key: headers::CORRELATION_ID,
+        value: Some(&correlation_id),
+    });
+    if let Some(traceparent) = &traceparent {
+        reply_headers = reply_headers.insert(Header {
+            key: crate::trace::TRACEPARENT,
+            value: Some(traceparent),
+        });
+    }
     let mut record = FutureRecord::<[u8], str>::to(&reply_topic)
         .payload(&value)
-        .headers(OwnedHeaders::new().insert(Header {
-            key: headers::CORRELATION_ID,
-            value: Some(&correlation_id),
-        }));
+        .headers(reply_headers);
     if let Some(key) = request.key() {
         record = record.key(key);
     }

@@ -77,6 +77,16 @@ struct ReadReply {
 }
 
 impl ReadReply {
+    /// The trace id of the reply's `traceparent` (a fulfiller continues the request's trace),
+    /// or `-`.
+    fn trace_id(&self) -> String {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == crate::trace::TRACEPARENT || k == crate::trace::CE_TRACEPARENT)
+            .and_then(|(_, v)| crate::trace::trace_id_of(v))
+            .unwrap_or_else(|| "-".to_owned())
+    }
+
     fn from_message(message: &BorrowedMessage<'_>) -> Self {
         let mut pairs = Vec::new();
         let mut correlation_id = None;
@@ -270,7 +280,13 @@ impl Marker {
                 .fulfilment_v2_replies
                 .with_label_values(&[outcome.as_str()])
                 .inc();
+            let trace_id = reply.trace_id();
             if outcome == Outcome::Fulfilled {
+                tracing::info!(
+                    commission,
+                    %trace_id,
+                    "v2 fulfiller fulfilled the reward; telling FirstPromoter"
+                );
                 if !to_mark.contains(&commission) {
                     to_mark.push(commission);
                 }
@@ -278,6 +294,7 @@ impl Marker {
             } else {
                 tracing::info!(
                     commission,
+                    %trace_id,
                     outcome = outcome.as_str(),
                     "v2 fulfiller did not fulfil; FirstPromoter not called"
                 );
