@@ -19,6 +19,7 @@
 //! - [`error`]: the boundary error and its one mapping to HTTP responses.
 //! - [`metrics`]: every Prometheus metric, in one struct.
 //! - [`trace`]: W3C trace context, continued from the request onto every record.
+//! - [`spans`]: one span per request exported over OTLP (`[telemetry.otlp]`, off by default).
 //! - [`tools`]: `fp-relay send`, `tail` and `respond`, the built-in samples, and the embedded
 //!   development broker behind `serve --dev`.
 
@@ -34,6 +35,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod relay;
+pub mod spans;
 pub mod spool;
 pub mod telemetry;
 pub mod tools;
@@ -72,6 +74,8 @@ pub enum StartError {
     Tls(#[from] http::tls::TlsError),
     #[error("spool.dir: {0}")]
     Spool(#[from] spool::SpoolError),
+    #[error(transparent)]
+    Spans(#[from] spans::SpansError),
     #[error(transparent)]
     FirstPromoterApi(#[from] firstpromoter::client::ApiConfigError),
 }
@@ -133,6 +137,7 @@ impl Server {
         let (services, marker) = start_services(&config, &background)?;
         let publisher = services.publisher.clone();
         let watch = services.health.cluster.clone();
+        let spans = services.spans.clone();
         let ack_timeout = config.kafka.ack_timeout;
         let relay = Arc::new(Relay::new(config, services));
         tracing::info!(
@@ -190,6 +195,9 @@ impl Server {
             tracing::error!(
                 "the producer did not flush in time; unacknowledged records may be lost"
             );
+        }
+        if let Some(spans) = spans {
+            let _ = tokio::task::spawn_blocking(move || spans.flush()).await;
         }
         background.cancel();
         let _ = admin_task.await;
@@ -305,7 +313,15 @@ fn start_services(
         config.kafka.probe_interval,
         background.clone(),
     ));
+    let spans = match &config.telemetry.otlp.endpoint {
+        Some(_) => Some(Arc::new(spans::Spans::start(
+            &config.telemetry.otlp,
+            metrics.clone(),
+        )?)),
+        None => None,
+    };
     let services = Services {
+        spans,
         publisher,
         correlator,
         spool,

@@ -177,6 +177,8 @@ metrics! {
     /// Deliveries FirstPromoter gave up on (status failed), counted when first seen:
     /// `fp-relay firstpromoter recover` puts their events in Kafka.
     firstpromoter_failed_deliveries: IntCounter = "fp_relay_firstpromoter_failed_deliveries_total" [],
+    /// Spans not exported over OTLP: the queue was full or the collector did not take them.
+    spans_dropped: IntCounter = "fp_relay_spans_dropped_total" [],
     /// Reconciliation rounds by result: ok, or the API error's label.
     firstpromoter_reconcile_runs: IntCounterVec = "fp_relay_firstpromoter_reconcile_runs_total" ["result"],
     /// Unix time of the last reconciliation that read every delivery record.
@@ -247,7 +249,7 @@ mod tests {
         ), "two doc lines make one HELP line:\n{text}");
         assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
         let names = metrics.names();
-        assert_eq!(names.len(), 43, "42 declared plus build_info: {names:?}");
+        assert_eq!(names.len(), 44, "43 declared plus build_info: {names:?}");
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }

@@ -27,6 +27,7 @@ use crate::kafka::record::{rfc3339, OutboundRecord, Received};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Prepared};
 use crate::spool::{Spool, SpoolError};
+use crate::trace::TraceContext;
 use crate::webhook::auth::Authenticator;
 use crate::webhook::envelope::{self, Envelope, WebhookVersion};
 
@@ -61,15 +62,19 @@ pub struct EventMeta {
     pub event_type: Option<String>,
     /// The event id, when the body or `X-Event-Id` had one.
     pub event_id: Option<String>,
-    /// The request's trace id (W3C trace context), once its body was read.
-    pub trace_id: Option<u128>,
+    /// The request's trace (W3C trace context) and the relay's span in it, once its body was
+    /// read.
+    pub trace: Option<TraceContext>,
+    /// Where the event went (or would have gone).
+    pub topic: Option<String>,
 }
 
 impl EventMeta {
     /// The trace id as tracing systems show it, or `-`.
     pub fn trace_id_hex(&self) -> String {
-        self.trace_id
-            .map_or_else(|| "-".to_owned(), |id| format!("{id:032x}"))
+        self.trace
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), TraceContext::trace_id_hex)
     }
 }
 
@@ -88,6 +93,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// Readiness state.
     pub health: Arc<Health>,
+    /// Span export; `None` unless `telemetry.otlp.endpoint` is set.
+    pub spans: Option<Arc<crate::spans::Spans>>,
 }
 
 /// The relay's request logic and everything it shares between requests. Its parts are
@@ -139,6 +146,11 @@ impl Relay {
     /// Shared metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.services.metrics
+    }
+
+    /// Span export, when on.
+    pub fn spans(&self) -> Option<&crate::spans::Spans> {
+        self.services.spans.as_deref()
     }
 
     /// `(ready, checks)` for `/readyz` (see [`Health::report`]).
@@ -213,7 +225,9 @@ impl Relay {
         let meta = EventMeta {
             event_type: Some(event_type),
             event_id,
-            trace_id: Some(received.trace.trace_id),
+            trace: Some(received.trace.clone()),
+            // Only spans name the topic; no copy otherwise.
+            topic: self.services.spans.is_some().then(|| record.topic.clone()),
         };
         // Every path but the hold is boxed, so that a held request's state is the hold's alone.
         let result = if is_fulfilment {

@@ -50,19 +50,23 @@ impl TraceContext {
     /// The trace named by `traceparent` (and `tracestate`) headers, with a fresh span of the
     /// relay's under it; a new trace when the header is absent or invalid.
     pub fn continue_from(headers: &http::HeaderMap) -> Self {
-        let parent = headers
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_traceparent);
-        match parent {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+        };
+        Self::continue_parts(text(TRACEPARENT), text(TRACESTATE))
+    }
+
+    /// [`TraceContext::continue_from`] with the two header values.
+    pub fn continue_parts(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
+        match traceparent.and_then(parse_traceparent) {
             Some(parent) => Self {
                 trace_id: parent.trace_id,
                 span_id: nonzero_u64(),
                 parent_span_id: Some(parent.span_id),
                 flags: parent.flags,
-                state: headers
-                    .get(TRACESTATE)
-                    .and_then(|v| v.to_str().ok())
+                state: tracestate
                     .map(str::trim)
                     .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE)
                     .map(str::to_owned),
@@ -102,7 +106,11 @@ pub struct Parent {
 pub fn parse_traceparent(value: &str) -> Option<Parent> {
     let value = value.trim();
     let bytes = value.as_bytes();
-    if bytes.len() < 55 || !bytes[..55].iter().all(|b| b.is_ascii_digit() || matches!(b, b'a'..=b'f' | b'-')) {
+    if bytes.len() < 55
+        || !bytes[..55]
+            .iter()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'a'..=b'f' | b'-'))
+    {
         return None;
     }
     let version = &value[..2];
@@ -219,7 +227,10 @@ mod tests {
         headers.insert(TRACESTATE, "congo=t61rcWkgMzE".parse().unwrap());
         let trace = TraceContext::continue_from(&headers);
         assert_eq!(trace.parent_span_id, None);
-        assert_eq!(trace.state, None, "no tracestate without a valid traceparent");
+        assert_eq!(
+            trace.state, None,
+            "no tracestate without a valid traceparent"
+        );
         assert_ne!(trace.trace_id, 0);
     }
 

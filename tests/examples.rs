@@ -190,11 +190,19 @@ async fn round_trip(fulfiller: impl FnOnce(&str, &str) -> Command) {
         sample("v1/fulfilment_pending.json"),
     )
     .await;
-    assert_eq!(v1.status, StatusCode::OK, "{} {:#?}", v1.text(), example.lines());
+    assert_eq!(
+        v1.status,
+        StatusCode::OK,
+        "{} {:#?}",
+        v1.text(),
+        example.lines()
+    );
     assert!(v1.json()["reason"].as_str().unwrap().starts_with("granted"));
 
     // v2: the fulfiller's answer becomes FirstPromoter's mark_fulfilled call.
-    let v2 = relay.post(sample("v2/commission.updated.reward.json")).await;
+    let v2 = relay
+        .post(sample("v2/commission.updated.reward.json"))
+        .await;
     assert!(v2.status.is_success(), "{}", v2.text());
     assert!(
         eventually(WAIT, async || marked.lock().unwrap().contains(&COMMISSION)).await,
@@ -339,7 +347,10 @@ async fn the_python_consumer_prints_events_with_their_cloudevents_headers() {
     types.sort();
     assert_eq!(
         types,
-        ["com.firstpromoter.lead_signup", "com.firstpromoter.referral.created"]
+        [
+            "com.firstpromoter.lead_signup",
+            "com.firstpromoter.referral.created"
+        ]
     );
     for event in &printed {
         assert_eq!(event["trace_id"], TRACE_ID);

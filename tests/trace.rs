@@ -18,7 +18,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// The trace id of a record's `traceparent`, checked to be the same under `ce_traceparent`.
 fn trace_of(record: &Consumed) -> String {
-    let parent = record.header("traceparent").expect("traceparent on the record");
+    let parent = record
+        .header("traceparent")
+        .expect("traceparent on the record");
     assert_eq!(record.header("ce_traceparent"), Some(parent));
     let parsed = parse_traceparent(parent).expect("a valid traceparent");
     assert_ne!(
@@ -35,7 +37,10 @@ async fn an_incoming_trace_is_continued_on_every_record_and_a_missing_one_starte
     let mut config = common::test_config(&broker.bootstrap());
     config.fulfilment.enabled = false;
     let relay = TestRelay::start_ready(config).await;
-    let headers = [("traceparent", INCOMING), ("tracestate", "congo=t61rcWkgMzE")];
+    let headers = [
+        ("traceparent", INCOMING),
+        ("tracestate", "congo=t61rcWkgMzE"),
+    ];
     let traced = relay
         .post_with(sample("v1/lead_signup.json"), &headers)
         .await;
@@ -45,7 +50,10 @@ async fn an_incoming_trace_is_continued_on_every_record_and_a_missing_one_starte
     let garbled = relay
         .post_with(
             sample("v1/lead_signup.json"),
-            &[("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01")],
+            &[(
+                "traceparent",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            )],
         )
         .await;
     assert!(garbled.status.is_success());
@@ -66,7 +74,10 @@ async fn an_incoming_trace_is_continued_on_every_record_and_a_missing_one_starte
     assert_eq!(records.len(), 3);
     assert_eq!(trace_of(&records[0]), TRACE_ID);
     assert_eq!(records[0].header("tracestate"), Some("congo=t61rcWkgMzE"));
-    assert_eq!(records[0].header("ce_tracestate"), Some("congo=t61rcWkgMzE"));
+    assert_eq!(
+        records[0].header("ce_tracestate"),
+        Some("congo=t61rcWkgMzE")
+    );
     let fresh = [trace_of(&records[1]), trace_of(&records[2])];
     for id in &fresh {
         assert_ne!(id, TRACE_ID);
@@ -94,7 +105,13 @@ async fn the_reply_paths_log_line_names_the_requests_trace() {
     let broker = Tansu::start();
     let relay = RelayProcess::start(&broker).await;
     let responder = std::process::Command::new(env!("CARGO_BIN_EXE_fp-relay"))
-        .args(["respond", "--brokers", &broker.bootstrap(), "--outcome", "fulfilled"])
+        .args([
+            "respond",
+            "--brokers",
+            &broker.bootstrap(),
+            "--outcome",
+            "fulfilled",
+        ])
         .args(["-X", "log_level=3"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -127,7 +144,11 @@ async fn the_reply_paths_log_line_names_the_requests_trace() {
         Duration::ZERO,
     )
     .await;
-    assert_eq!(trace_of_reply(&replies[0]), TRACE_ID, "respond continues the trace");
+    assert_eq!(
+        trace_of_reply(&replies[0]),
+        TRACE_ID,
+        "respond continues the trace"
+    );
     let _ = responder.0.kill();
     let (_, lines) = relay.terminate().await;
     let answered: Vec<_> = lines
@@ -156,4 +177,132 @@ impl Drop for Guard {
 
 fn scopeguard(child: std::process::Child) -> Guard {
     Guard(child)
+}
+
+/// An OTLP/HTTP collector: decodes each `POST /v1/traces` and keeps the spans.
+async fn collector() -> (
+    std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+    std::net::SocketAddr,
+) {
+    use http_body_util::{BodyExt, Full};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept = spans.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            assert_eq!(request.uri().path(), "/v1/traces");
+                            assert_eq!(request.headers()["content-type"], "application/x-protobuf");
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let export = ExportTraceServiceRequest::decode(body).unwrap();
+                            for resource in export.resource_spans {
+                                let service = resource
+                                    .resource
+                                    .iter()
+                                    .flat_map(|r| r.attributes.iter())
+                                    .any(|kv| kv.key == "service.name");
+                                assert!(service, "the resource names the service");
+                                for scope in resource.scope_spans {
+                                    kept.lock().unwrap().extend(scope.spans);
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::new(),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (spans, addr)
+}
+
+/// With `[telemetry.otlp]` on, each request's span reaches the collector with the ids the
+/// records carry, the caller's span as parent, and the event type and topic as attributes.
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_reach_an_otlp_collector_with_the_ids_on_the_records() {
+    let broker = Tansu::start();
+    let (spans, collector) = collector().await;
+    let mut config = common::test_config(&broker.bootstrap());
+    config.fulfilment.enabled = false;
+    config.telemetry.otlp.endpoint = Some(format!("http://{collector}"));
+    let relay = TestRelay::start_ready(config).await;
+    let reply = relay
+        .post_with(sample("v1/lead_signup.json"), &[("traceparent", INCOMING)])
+        .await;
+    assert!(reply.status.is_success());
+    let refused = send(
+        relay.addr,
+        "GET",
+        "/webhooks/firstpromoter",
+        &[("traceparent", INCOMING)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED);
+    let records = consume(
+        &broker.bootstrap(),
+        "firstpromoter.lead_signup",
+        1,
+        WAIT,
+        Duration::ZERO,
+    )
+    .await;
+    let written = parse_traceparent(records[0].header("traceparent").unwrap()).unwrap();
+    assert!(
+        common::eventually(WAIT, async || spans.lock().unwrap().len() >= 2).await,
+        "spans never reached the collector"
+    );
+    let spans = spans.lock().unwrap().clone();
+    let attribute = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+            .map(|v| match v {
+                opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => s,
+                opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(i) => {
+                    i.to_string()
+                }
+                other => format!("{other:?}"),
+            })
+    };
+    let published = spans
+        .iter()
+        .find(|s| attribute(s, "fp.event_type").as_deref() == Some("lead_signup"))
+        .expect("the published request's span");
+    assert_eq!(hex::encode(&published.trace_id), TRACE_ID);
+    assert_eq!(
+        published.span_id,
+        written.span_id.to_be_bytes(),
+        "the span the records name as parent"
+    );
+    assert_eq!(hex::encode(&published.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(
+        attribute(published, "messaging.destination.name").as_deref(),
+        Some("firstpromoter.lead_signup")
+    );
+    assert_eq!(
+        attribute(published, "http.response.status_code"),
+        Some(reply.status.as_u16().to_string())
+    );
+    let refusal = spans
+        .iter()
+        .find(|s| attribute(s, "http.response.status_code").as_deref() == Some("405"))
+        .expect("a refusal has its span too");
+    assert_eq!(hex::encode(&refusal.trace_id), TRACE_ID);
+    relay.shutdown().await;
 }

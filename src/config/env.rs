@@ -17,6 +17,7 @@ const SECTIONS: &[&str] = &[
     "kafka",
     "fulfilment",
     "firstpromoter",
+    "telemetry",
 ];
 
 /// Overlays `FP_RELAY_{SECTION}_{KEY}=value` on the file's table. `FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD`

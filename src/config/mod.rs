@@ -53,6 +53,8 @@ pub struct Config {
     pub fulfilment: FulfilmentConfig,
     /// FirstPromoter's v2 API: v2 fulfilment, reconciliation and the `firstpromoter` commands.
     pub firstpromoter: FirstPromoterConfig,
+    /// Traces exported to an OpenTelemetry collector.
+    pub telemetry: TelemetryConfig,
     /// Settings written in an old place and moved to the new one while loading; logged at
     /// start-up and printed by check-config. Never part of the file.
     #[serde(skip)]
@@ -271,6 +273,39 @@ impl Default for DedupConfig {
             enabled: false,
             window: Duration::from_secs(24 * 3600),
             max_entries: 1_000_000,
+        }
+    }
+}
+
+/// `[telemetry]`: what the relay tells an observability backend beyond logs and metrics.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Span export over OTLP.
+    pub otlp: OtlpConfig,
+}
+
+/// `[telemetry.otlp]`: one span per webhook request (its trace continues the request's
+/// `traceparent`), exported over OTLP/HTTP with protobuf in batches. Off unless `endpoint` is set.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318` (spans go to
+    /// `{endpoint}/v1/traces`). Plain http: run a collector or agent beside the relay.
+    pub endpoint: Option<String>,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Longest wait for one export; a batch that fails is dropped (spans are best effort).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            service_name: "fp-relay".to_owned(),
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -758,7 +793,8 @@ impl Config {
         self.validate_spool()?;
         self.validate_kafka()?;
         self.validate_fulfilment()?;
-        self.validate_firstpromoter()
+        self.validate_firstpromoter()?;
+        self.validate_telemetry()
     }
 
     /// A development relay answers unauthenticated requests: it listens on 127.0.0.1 unless

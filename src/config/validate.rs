@@ -453,6 +453,42 @@ impl Config {
     }
 }
 
+impl Config {
+    pub(super) fn validate_telemetry(&self) -> Result<(), ConfigError> {
+        let otlp = &self.telemetry.otlp;
+        if let Some(endpoint) = &otlp.endpoint {
+            let url: http::Uri = endpoint.parse().map_err(|_| {
+                ConfigError::invalid(
+                    "telemetry.otlp.endpoint",
+                    format!("{endpoint:?} is not a URL"),
+                )
+            })?;
+            if url.scheme_str() != Some("http") || url.host().is_none() {
+                return Err(ConfigError::invalid(
+                    "telemetry.otlp.endpoint",
+                    format!(
+                        "{endpoint:?} must be an http:// URL with a host (an OpenTelemetry \
+                         collector's OTLP/HTTP port, usually 4318, beside the relay)"
+                    ),
+                ));
+            }
+        }
+        if otlp.service_name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "telemetry.otlp.service_name",
+                "must not be empty",
+            ));
+        }
+        if otlp.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "telemetry.otlp.timeout",
+                "must be above 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A URL FirstPromoter can deliver to: https (its subscriptions refuse anything else).
 pub fn check_webhook_url(field: &str, url: &str) -> Result<(), ConfigError> {
     let parsed: http::Uri = url

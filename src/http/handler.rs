@@ -37,6 +37,7 @@ where
     // Cheap (shared buffers); for the log lines of a panic or a refusal before the body.
     let event_id = request.headers().get("x-event-id").cloned();
     let traceparent = request.headers().get(crate::trace::TRACEPARENT).cloned();
+    let tracestate = request.headers().get(crate::trace::TRACESTATE).cloned();
     let (event, result) = match CatchUnwind(std::pin::pin!(route(relay, request, peer))).await {
         Ok(routed) => routed,
         Err(panic) => (
@@ -45,16 +46,36 @@ where
         ),
     };
     let label = event.event_type.as_deref().map_or("none", event_type_label);
-    let trace_id = || match event.trace_id {
-        Some(_) => event.trace_id_hex(),
-        None => traceparent
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
+    // Refused before the body was read: the trace the head named, if any.
+    let trace = || {
+        event.trace.clone().unwrap_or_else(|| {
+            let text = |v: &Option<http::HeaderValue>| {
+                v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_owned)
+            };
+            crate::trace::TraceContext::continue_parts(
+                text(&traceparent).as_deref(),
+                text(&tracestate).as_deref(),
+            )
+        })
+    };
+    let trace_id = || match (&event.trace, &traceparent) {
+        (Some(trace), _) => trace.trace_id_hex(),
+        (None, Some(value)) => value
+            .to_str()
+            .ok()
             .and_then(crate::trace::trace_id_of)
             .unwrap_or_else(|| "-".to_owned()),
+        (None, None) => "-".to_owned(),
     };
     if let Err(error) = &result {
-        record_refusal(relay, error, peer, label, event.event_id.as_deref(), &trace_id());
+        record_refusal(
+            relay,
+            error,
+            peer,
+            label,
+            event.event_id.as_deref(),
+            &trace_id(),
+        );
     }
     let response = answer::answer(result);
     tracing::debug!(
@@ -65,6 +86,19 @@ where
         status = response.status().as_u16(),
         "webhook answered"
     );
+    if let Some(spans) = relay.spans() {
+        let elapsed = started.elapsed();
+        let ended = std::time::SystemTime::now();
+        spans.record(crate::spans::RequestSpan {
+            trace: trace(),
+            started: ended - elapsed,
+            ended,
+            event_type: label,
+            event_id: event.event_id.clone(),
+            topic: event.topic.clone(),
+            status: response.status().as_u16(),
+        });
+    }
     relay
         .metrics()
         .http_requests
@@ -313,6 +347,7 @@ mod tests {
             dedup: None,
             metrics,
             health,
+            spans: None,
         };
         Relay::new(config, services)
     }
