@@ -46,6 +46,8 @@ impl Stats {
 }
 
 struct Options {
+    /// Parts to run (`--only bare-same,relay`); all when empty.
+    only: Vec<String>,
     quick: bool,
     duration: Duration,
     levels: Vec<usize>,
@@ -63,17 +65,28 @@ fn options() -> Options {
             .cloned()
     };
     Options {
+        only: value("--only")
+            .map(|v| v.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
         quick,
         duration: Duration::from_secs_f64(
             value("--duration").map_or(if quick { 2.0 } else { 10.0 }, |v| v.parse().unwrap()),
         ),
-        levels: if quick {
-            vec![1, 16]
-        } else {
-            vec![1, 16, 64, 256]
+        levels: match value("--levels") {
+            Some(levels) => levels.split(',').map(|l| l.parse().unwrap()).collect(),
+            None if quick => vec![1, 16],
+            None => vec![1, 16, 64, 256],
         },
         holds: if quick { 1_000 } else { 10_000 },
         out: value("--out").map(PathBuf::from),
+    }
+}
+
+impl Options {
+    /// Whether part `name` runs: http, kafka, bare-same, bare-best, peer, relay, relay-linger,
+    /// fulfilment, holds, startup.
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
     }
 }
 
@@ -88,7 +101,11 @@ fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "--bare-relay") {
         let (port, bootstrap, linger) = (&args[i + 1], &args[i + 2], &args[i + 3]);
-        return bare_relay(port.parse().unwrap(), bootstrap, linger.parse().unwrap());
+        let producer = match linger.as_str() {
+            "same" => same_settings_producer(bootstrap),
+            linger => producer(bootstrap, linger.parse().unwrap()),
+        };
+        return bare_relay(port.parse().unwrap(), producer);
     }
     if let Some(i) = args.iter().position(|a| a == "--holds-only") {
         // Only the held-requests measurement, for working on memory: `--holds-only N`.
@@ -133,31 +150,35 @@ async fn run(options: &Options) -> String {
     let mut rows = Vec::new();
 
     // The HTTP ceiling.
-    let port = free_port();
-    let baseline = Process::spawn(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--baseline-server", &port.to_string()]),
-        port,
-        None,
-    );
-    let baseline_addr = baseline.addr();
-    wait_for(|| async { http_get(baseline_addr, "/").await == Some(200) }).await;
-    sweep(
-        &mut rows,
-        "http ceiling",
-        &baseline,
-        "/",
-        &body,
-        options,
-        &options.levels,
-    )
-    .await;
-    drop(baseline);
+    if options.runs("http") {
+        let port = free_port();
+        let baseline = Process::spawn(
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--baseline-server", &port.to_string()]),
+            port,
+            None,
+        );
+        let baseline_addr = baseline.addr();
+        wait_for(|| async { http_get(baseline_addr, "/").await == Some(200) }).await;
+        sweep(
+            &mut rows,
+            "http ceiling",
+            &baseline,
+            "/",
+            &body,
+            options,
+            &options.levels,
+        )
+        .await;
+    }
 
     // The Kafka ceiling: the best a bare producer does at each concurrency, over LINGERS
     // (never the relay's own settings: a ceiling that moves with the relay hides its choices).
     let mut best_linger = std::collections::HashMap::new();
     for &c in &options.levels {
+        if !options.runs("kafka") && !options.runs("bare-best") {
+            break;
+        }
         let mut best: Option<(u32, Stats)> = None;
         for linger in LINGERS {
             let producer = producer(&bootstrap, linger);
@@ -173,37 +194,48 @@ async fn run(options: &Options) -> String {
         }
         let (linger, stats) = best.unwrap();
         best_linger.insert(c, linger);
-        rows.push(("kafka ceiling", c, stats));
+        rows.push((KAFKA, c, stats));
     }
 
-    // A bare relay: hyper + rdkafka, each produce awaited, nothing else (no parsing, auth,
-    // metrics), at the best linger.ms for the level.
-    for &c in &options.levels {
-        let port = free_port();
-        let bare = Process::spawn(
-            Command::new(std::env::current_exe().unwrap()).args([
-                "--bare-relay",
-                &port.to_string(),
-                &bootstrap,
-                &best_linger[&c].to_string(),
-            ]),
-            port,
-            None,
-        );
-        let addr = bare.addr();
-        wait_for(|| {
-            let body = body.clone();
-            async move { http_post(addr, "/", body).await == Some(200) }
-        })
-        .await;
-        sweep(&mut rows, "bare relay", &bare, "/", &body, options, &[c]).await;
+    // Bare relays: hyper + rdkafka, each produce awaited, nothing else (no parsing, auth,
+    // metrics). One with fp-relay's own producer settings (the ceiling every target is
+    // computed against), one at the best linger.ms of the level (what a smarter default
+    // could win).
+    for (name, part) in [(BARE_SAME, "bare-same"), (BARE_BEST, "bare-best")] {
+        if !options.runs(part) {
+            continue;
+        }
+        for &c in &options.levels {
+            let linger = match name {
+                BARE_SAME => "same".to_owned(),
+                _ => best_linger[&c].to_string(),
+            };
+            let port = free_port();
+            let bare = Process::spawn(
+                Command::new(std::env::current_exe().unwrap()).args([
+                    "--bare-relay",
+                    &port.to_string(),
+                    &bootstrap,
+                    &linger,
+                ]),
+                port,
+                None,
+            );
+            let addr = bare.addr();
+            wait_for(|| {
+                let body = body.clone();
+                async move { http_post(addr, "/", body).await == Some(200) }
+            })
+            .await;
+            sweep(&mut rows, name, &bare, "/", &body, options, &[c]).await;
+        }
     }
 
     // The peer: the receiver a team would write by hand (../shared/peer), when Python can
     // install its two packages (benches/ensure-peer.sh sets PEER_PYTHON).
     let peer_script = manifest("../shared/peer/peer_receiver.py");
     match std::env::var("PEER_PYTHON") {
-        Ok(python) if peer_script.exists() => {
+        Ok(python) if peer_script.exists() && options.runs("peer") => {
             let (port, admin) = (free_port(), free_port());
             let peer = Process::spawn(
                 Command::new(python).arg(&peer_script).args([
@@ -232,30 +264,88 @@ async fn run(options: &Options) -> String {
             )
             .await;
         }
-        _ => eprintln!("peer: not measured (PEER_PYTHON unset or ../shared/peer missing)"),
+        _ => eprintln!("peer: not measured (PEER_PYTHON unset, ../shared/peer missing, or not asked)"),
     }
 
-    // The relay.
-    let relay = Process::relay(&bootstrap, None);
-    wait_ready(relay.admin()).await;
+    // The relay, with its defaults; then, for the producer-defaults sweep, with other lingers.
     let path = "/webhooks/firstpromoter";
-    sweep(
-        &mut rows,
-        "relay",
-        &relay,
-        path,
-        &body,
-        options,
-        &options.levels,
-    )
-    .await;
+    let mut round_trip = None;
+    if options.runs("relay") || options.runs("fulfilment") {
+        let relay = Process::relay(&bootstrap, None, &[]);
+        wait_ready(relay.admin()).await;
+        if options.runs("relay") {
+            sweep(
+                &mut rows,
+                RELAY,
+                &relay,
+                path,
+                &body,
+                options,
+                &options.levels,
+            )
+            .await;
+        }
+        if options.runs("fulfilment") {
+            round_trip = Some(fulfilment_round_trip(&relay, &bootstrap, &fulfilment_body, options).await);
+        }
+    }
+    if options.runs("relay-linger") {
+        for linger in ["1", "5"] {
+            let table = format!("{{ \"linger.ms\" = \"{linger}\" }}");
+            let relay = Process::relay(
+                &bootstrap,
+                None,
+                &[("FP_RELAY_KAFKA_PRODUCER_PROPERTIES", &table)],
+            );
+            wait_ready(relay.admin()).await;
+            let name: &'static str = if linger == "1" { RELAY_LINGER_1 } else { RELAY_LINGER_5 };
+            sweep(&mut rows, name, &relay, path, &body, options, &options.levels).await;
+        }
+    }
 
-    // Fulfilment round trips against an auto-responder.
+    // Held requests: a fresh relay so its peak RSS is this test's alone; nobody answers.
+    let holds = if options.runs("holds") {
+        let holds = held_requests(&bootstrap, fulfilment_body.clone(), options.holds).await;
+        eprintln!(
+            "holds: {} held, peak RSS {} KiB (idle {} KiB)",
+            holds.held, holds.peak_kib, holds.idle_kib
+        );
+        Some(holds)
+    } else {
+        None
+    };
+
+    // Start-up to ready, against the running broker.
+    let mut startup_ms = None;
+    if options.runs("startup") {
+        let mut startups = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let relay = Process::relay(&bootstrap, None, &[]);
+            wait_ready(relay.admin()).await;
+            startups.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        startups.sort_by(f64::total_cmp);
+        eprintln!("start-up to ready: {:.0} ms (median of 3)", startups[1]);
+        startup_ms = Some(startups[1]);
+    }
+
+    report(options, &rows, round_trip.as_ref(), holds.as_ref(), startup_ms)
+}
+
+/// Fulfilment round trips at c=64 against an auto-responder (`fp-relay respond`), with the
+/// relay's CPU per request.
+async fn fulfilment_round_trip(
+    relay: &Process,
+    bootstrap: &str,
+    body: &Bytes,
+    options: &Options,
+) -> Stats {
     let responder = Process::spawn(
         Command::new(relay_bin()).args([
             "respond",
             "--brokers",
-            &bootstrap,
+            bootstrap,
             "--outcome",
             "fulfilled",
             "--group",
@@ -266,14 +356,14 @@ async fn run(options: &Options) -> String {
     );
     // Let the responder join its group before measuring.
     wait_for(|| {
-        let (addr, body) = (relay.addr(), fulfilment_body.clone());
+        let (addr, body) = (relay.addr(), body.clone());
         async move { http_post(addr, "/webhooks/firstpromoter", body).await == Some(200) }
     })
     .await;
-    let round_trip = http_load(
+    let stats = http_load(
         relay.addr(),
         "/webhooks/firstpromoter",
-        fulfilment_body.clone(),
+        body.clone(),
         64,
         options.duration,
         Some(relay.pid()),
@@ -281,49 +371,25 @@ async fn run(options: &Options) -> String {
     .await;
     eprintln!(
         "fulfilment c=64: {:.0} req/s p99 {:.2} ms errors {}",
-        round_trip.rps(),
-        round_trip.ms(0.99),
-        round_trip.errors
+        stats.rps(),
+        stats.ms(0.99),
+        stats.errors
     );
     drop(responder);
-    drop(relay);
-
-    // Held requests: a fresh relay so its peak RSS is this test's alone; nobody answers.
-    let holds = held_requests(&bootstrap, fulfilment_body.clone(), options.holds).await;
-    let (held, holds_rss, baseline_rss) = (holds.held, holds.peak_kib, holds.idle_kib);
-    eprintln!("holds: {held} held, peak RSS {holds_rss} KiB (idle {baseline_rss} KiB)");
-
-    // Start-up to ready, against the running broker.
-    let mut startups = Vec::new();
-    for _ in 0..3 {
-        let started = Instant::now();
-        let relay = Process::relay(&bootstrap, None);
-        wait_ready(relay.admin()).await;
-        startups.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    startups.sort_by(f64::total_cmp);
-    let startup_ms = startups[1];
-    eprintln!("start-up to ready: {startup_ms:.0} ms (median of 3)");
-
-    report(
-        options,
-        &rows,
-        &round_trip,
-        held,
-        holds_rss,
-        baseline_rss,
-        startup_ms,
-    )
+    stats
 }
+
+/// Held-request memory and start-up before this work (benches/RESULTS.md of 2026-11-23):
+/// the no-regression bounds.
+const HOLD_KIB_BEFORE: f64 = 19.2;
+const STARTUP_MS_BEFORE: f64 = 67.0;
 
 fn report(
     options: &Options,
     rows: &[(&str, usize, Stats)],
-    round_trip: &Stats,
-    held: usize,
-    holds_rss: u64,
-    idle_rss: u64,
-    startup_ms: f64,
+    round_trip: Option<&Stats>,
+    holds: Option<&Holds>,
+    startup_ms: Option<f64>,
 ) -> String {
     let find = |name: &str, c: usize| {
         rows.iter()
@@ -335,16 +401,16 @@ fn report(
         .iter()
         .find(|c| **c == 64)
         .unwrap_or(options.levels.last().unwrap());
-    let relay_at = |c: usize| find("relay", c).unwrap();
-    let peer_at = |c: usize| find(PEER, c);
-    let bare_at = |c: usize| find("bare relay", c).unwrap();
     let mut out = String::new();
     out.push_str("# fp-relay load benchmark\n\n");
     out.push_str(&format!(
         "Generated by `benches/load.sh{}` on {} ({} cores, {}). Each level ran {:.0} s; relay, broker, \
          baselines and load generator share the machine over loopback. Payload: `samples/v1/reward_created.json` \
          ({} bytes, realistic, with a promoter secret to redact). fp-relay runs with its default \
-         configuration.\n\n",
+         configuration. *Same-settings bare relay*: hyper + rdkafka with fp-relay's own producer \
+         settings (`fp_relay::kafka::producer_config` on the default `[kafka]`), nothing else; \
+         *best-linger bare relay*: the same at the `linger.ms` (0, 1 or 5) a bare producer did best \
+         with at that concurrency.\n\n",
         if options.quick { " --quick" } else { "" },
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -359,98 +425,100 @@ fn report(
             if met { "yes" } else { "**no**" }
         ));
     };
+    let ratio = |a: &Stats, b: &Stats| {
+        format!("{:.2}x ({:.0} / {:.0} req/s)", a.rps() / b.rps(), a.rps(), b.rps())
+    };
     for &c in &options.levels {
-        let relay = relay_at(c);
-        match peer_at(c) {
-            Some(peer) => {
-                let want = match c {
-                    1 => 1.0,
-                    16 => 1.3,
-                    _ => 4.0,
-                };
-                goal(
-                    format!("fp-relay / peer, c={c}"),
-                    format!(
-                        "{:.2}x ({:.0} / {:.0} req/s)",
-                        relay.rps() / peer.rps(),
-                        relay.rps(),
-                        peer.rps()
-                    ),
-                    format!("≥ {want}x"),
-                    relay.rps() / peer.rps() >= want,
-                );
-            }
-            None => goal(
-                format!("fp-relay / peer, c={c}"),
-                "peer not measured".into(),
-                "–".into(),
-                false,
-            ),
+        let Some(relay) = find(RELAY, c) else { continue };
+        if let Some(bare) = find(BARE_SAME, c) {
+            goal(
+                format!("fp-relay / same-settings bare relay, c={c}"),
+                ratio(relay, bare),
+                "≥ 0.9x".into(),
+                relay.rps() / bare.rps() >= 0.9,
+            );
+            goal(
+                format!("fp-relay p99 / same-settings bare relay p99, c={c}"),
+                format!(
+                    "{:.2}x ({:.2} vs {:.2} ms)",
+                    relay.ms(0.99) / bare.ms(0.99),
+                    relay.ms(0.99),
+                    bare.ms(0.99)
+                ),
+                "≤ 1.5x".into(),
+                relay.ms(0.99) <= 1.5 * bare.ms(0.99),
+            );
         }
-        let bare = bare_at(c);
-        goal(
-            format!("fp-relay / bare relay, c={c}"),
-            format!(
-                "{:.2}x ({:.0} / {:.0} req/s)",
-                relay.rps() / bare.rps(),
-                relay.rps(),
-                bare.rps()
-            ),
-            "≥ 0.9x".into(),
-            relay.rps() / bare.rps() >= 0.9,
+        if let Some(best) = find(BARE_BEST, c) {
+            goal(
+                format!("fp-relay / best-linger bare relay, c={c}"),
+                ratio(relay, best),
+                "≥ 0.85x".into(),
+                relay.rps() / best.rps() >= 0.85,
+            );
+        }
+        if let Some(peer) = find(PEER, c) {
+            goal(
+                format!("fp-relay / peer, c={c}"),
+                ratio(relay, peer),
+                "(reported)".into(),
+                true,
+            );
+        }
+    }
+    if let (Some(relay), Some(bare)) = (find(RELAY, headline), find(BARE_SAME, headline)) {
+        let (ours, theirs) = (
+            relay.cpu_per_request.unwrap_or(f64::MAX) * 1e6,
+            bare.cpu_per_request.unwrap_or(f64::MAX) * 1e6,
         );
         goal(
-            format!("fp-relay p99 − bare relay p99, c={c}"),
-            format!(
-                "{:+.2} ms ({:.2} vs {:.2})",
-                relay.ms(0.99) - bare.ms(0.99),
-                relay.ms(0.99),
-                bare.ms(0.99)
-            ),
-            "≤ +0.5 ms".into(),
-            relay.ms(0.99) <= bare.ms(0.99) + 0.5,
+            format!("fp-relay CPU per request / same-settings bare relay's, c={headline}"),
+            format!("{:.2}x ({ours:.0} vs {theirs:.0} µs)", ours / theirs),
+            "≤ 1.3x".into(),
+            ours <= 1.3 * theirs,
         );
     }
-    let cpu = relay_at(headline).cpu_per_request.unwrap_or(f64::MAX) * 1e6;
-    goal(
-        format!("fp-relay CPU per request, c={headline}"),
-        format!("{cpu:.0} µs"),
-        "≤ 20 µs".into(),
-        cpu <= 20.0,
-    );
-    goal(
-        format!("peak RSS with {held} held fulfilment requests"),
-        format!(
-            "{:.1} MiB (idle {:.1} MiB, {:.1} KiB per held request)",
-            holds_rss as f64 / 1024.0,
-            idle_rss as f64 / 1024.0,
-            holds_rss.saturating_sub(idle_rss) as f64 / held.max(1) as f64
-        ),
-        "< 100 MiB".into(),
-        holds_rss < 100 * 1024 && held == options.holds,
-    );
-    goal(
-        "fulfilment round trip, c=64".into(),
-        format!(
-            "{:.0} req/s, p99 {:.2} ms",
-            round_trip.rps(),
-            round_trip.ms(0.99)
-        ),
-        "(reported)".into(),
-        round_trip.errors == 0,
-    );
-    goal(
-        "start-up to /readyz 200".into(),
-        format!("{startup_ms:.0} ms"),
-        "< 300 ms".into(),
-        startup_ms < 300.0,
-    );
+    if let Some(holds) = holds {
+        let per_hold =
+            holds.peak_kib.saturating_sub(holds.idle_kib) as f64 / holds.held.max(1) as f64;
+        goal(
+            format!("memory per held fulfilment request ({} held)", holds.held),
+            format!(
+                "{per_hold:.1} KiB (peak {:.1} MiB, idle {:.1} MiB)",
+                holds.peak_kib as f64 / 1024.0,
+                holds.idle_kib as f64 / 1024.0
+            ),
+            format!("≤ {HOLD_KIB_BEFORE} KiB (no regression)"),
+            per_hold <= HOLD_KIB_BEFORE * 1.05 && holds.held == options.holds,
+        );
+    }
+    if let Some(trip) = round_trip {
+        let standard = find(RELAY, 64)
+            .map(|s| format!("; standard events at c=64: {:.0} req/s, p99 {:.2} ms", s.rps(), s.ms(0.99)))
+            .unwrap_or_default();
+        goal(
+            "fulfilment round trip, c=64".into(),
+            format!(
+                "{:.0} req/s, p99 {:.2} ms, {:.0} µs CPU per request{standard}",
+                trip.rps(),
+                trip.ms(0.99),
+                trip.cpu_per_request.unwrap_or(0.0) * 1e6
+            ),
+            "(reported)".into(),
+            trip.errors == 0,
+        );
+    }
+    if let Some(startup_ms) = startup_ms {
+        goal(
+            "start-up to /readyz 200".into(),
+            format!("{startup_ms:.0} ms"),
+            format!("≤ {STARTUP_MS_BEFORE} ms + 10% (no regression)"),
+            startup_ms <= STARTUP_MS_BEFORE * 1.1,
+        );
+    }
     out.push_str("\n## Every level\n\n| target | concurrency | req/s | p50 ms | p99 ms | p99.9 ms | errors | CPU µs/req |\n|---|---|---|---|---|---|---|---|\n");
-    for (name, c, s) in rows.iter().chain(std::iter::once(&(
-        "fulfilment round trip",
-        64,
-        round_trip.clone(),
-    ))) {
+    let trip_row = round_trip.map(|s| ("fulfilment round trip", 64, s.clone()));
+    for (name, c, s) in rows.iter().chain(trip_row.iter()) {
         out.push_str(&format!(
             "| {name} | {c} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
             s.rps(),
@@ -464,6 +532,14 @@ fn report(
     }
     out
 }
+
+/// Row names.
+const KAFKA: &str = "kafka ceiling (best linger)";
+const BARE_SAME: &str = "bare relay, same settings";
+const BARE_BEST: &str = "bare relay, best linger";
+const RELAY: &str = "relay";
+const RELAY_LINGER_1: &str = "relay, linger.ms 1";
+const RELAY_LINGER_5: &str = "relay, linger.ms 5";
 
 /// The peer receiver's row name.
 const PEER: &str = "peer (aiohttp + confluent-kafka)";
@@ -633,6 +709,18 @@ fn producer(bootstrap: &str, linger_ms: u32) -> FutureProducer {
         .unwrap()
 }
 
+/// A producer with exactly fp-relay's default settings ([`fp_relay::kafka::producer_config`]
+/// on the default `[kafka]` section): the same-settings bare relay's.
+fn same_settings_producer(bootstrap: &str) -> FutureProducer {
+    let kafka = fp_relay::config::KafkaConfig {
+        brokers: bootstrap.to_owned(),
+        ..Default::default()
+    };
+    let mut config = fp_relay::kafka::producer_config(&kafka, kafka.ack_timeout);
+    config.set("log_level", "3");
+    config.create().unwrap()
+}
+
 /// `linger.ms` values the Kafka ceiling tries at each concurrency (it keeps the best).
 const LINGERS: [u32; 3] = [0, 1, 5];
 
@@ -657,7 +745,7 @@ struct Holds {
 /// requests nobody answers. Under valgrind --tool=massif (FP_RELAY_BIN pointing at a wrapper)
 /// with MASSIF_SNAPSHOT set, a detailed heap snapshot is taken while they are held.
 async fn held_requests(bootstrap: &str, body: Bytes, count: usize) -> Holds {
-    let relay = Process::relay(bootstrap, Some(count));
+    let relay = Process::relay(bootstrap, Some(count), &[]);
     wait_ready(relay.admin()).await;
     let idle_kib = relay.peak_rss_kib();
     let pid = relay.pid();
@@ -838,7 +926,7 @@ impl Process {
         process
     }
 
-    fn relay(bootstrap: &str, max_in_flight: Option<usize>) -> Self {
+    fn relay(bootstrap: &str, max_in_flight: Option<usize>, env: &[(&str, &str)]) -> Self {
         let (port, admin) = (free_port(), free_port());
         let mut command = Command::new(relay_bin());
         command
@@ -849,7 +937,8 @@ impl Process {
                 "--admin-listen",
                 &format!("127.0.0.1:{admin}"),
             ])
-            .env("RUST_LOG", "error");
+            .env("RUST_LOG", "error")
+            .envs(env.iter().copied());
         if let Some(max) = max_in_flight {
             command
                 .env("FP_RELAY_FULFILMENT_MAX_IN_FLIGHT", max.to_string())
@@ -960,11 +1049,10 @@ fn baseline_server(port: u16) {
     });
 }
 
-/// The bare relay: hyper and one rdkafka producer (acks=all, idempotent, `linger_ms`); every
+/// The bare relay: hyper and one rdkafka producer (acks=all, idempotent); every
 /// POST body is produced to one topic and answered 200 once Kafka acknowledged it. What a relay
 /// costs with nothing but the two libraries.
-fn bare_relay(port: u16, bootstrap: &str, linger_ms: u32) {
-    let producer = producer(bootstrap, linger_ms);
+fn bare_relay(port: u16, producer: FutureProducer) {
     serve_forever(port, move |request| {
         let producer = producer.clone();
         async move {
