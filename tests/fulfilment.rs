@@ -559,3 +559,46 @@ async fn starting_during_an_outage_is_ready_and_publishes_no_fulfilment_request(
     relay.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// After a quiet minute (no request held or released for longer than a late reply is
+/// remembered) the reply consumer rests, fetching nothing; the next fulfilment_pending wakes
+/// it and is answered by its fulfiller as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reply_consumer_rests_when_quiet_and_wakes_for_the_next_request() {
+    use fp_relay::fulfilment::correlator::Outcome;
+    use fp_relay::tools::respond::{run, ResponderOptions};
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let resting = "fp_relay_fulfilment_reply_consumer_resting";
+    assert_eq!(relay.metric(resting).await, 0.0);
+    assert!(
+        relay
+            .wait_for_metric(resting, 1.0, Duration::from_secs(75))
+            .await,
+        "the reply consumer never rested"
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let responder = tokio::spawn(run(
+        ResponderOptions {
+            brokers: broker.bootstrap(),
+            properties: vec![("log_level".into(), "3".into())],
+            topic: REQUESTS.into(),
+            default_reply_topic: REPLIES.into(),
+            outcome: Outcome::Fulfilled,
+            reason: None,
+            delay: Duration::ZERO,
+            group: format!("responder-{}", uuid::Uuid::new_v4()),
+        },
+        stop.clone().cancelled_owned(),
+    ));
+    let response = relay.post(sample("v1/fulfilment_pending.json")).await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    assert_eq!(
+        relay.metric(resting).await,
+        0.0,
+        "awake while a request is held"
+    );
+    stop.cancel();
+    responder.await.unwrap().unwrap();
+    relay.shutdown().await;
+}

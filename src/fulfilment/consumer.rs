@@ -35,6 +35,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::correlator::{Correlator, Reply};
+
+/// How often the reply consumer asks whether it may rest.
+const REST_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Shortest quiet spell before the reply consumer rests.
+const MIN_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::config::{FulfilmentConfig, KafkaConfig};
 use crate::kafka::consumer_config;
 use crate::kafka::context::RelayContext;
@@ -190,10 +196,25 @@ impl ReplyConsumer {
         };
         let watching = self.watch_topic(&state);
         tokio::pin!(watching);
+        // Rests (partitions paused: no fetch every few milliseconds) while no request has been
+        // held for longer than a late reply is remembered; the first new hold wakes it, and
+        // it reads on from where it stopped, before that request is even published.
+        let mut paused = false;
+        self.metrics.fulfilment_reply_consumer_resting.set(0);
+        let mut rest_check = tokio::time::interval(REST_CHECK);
+        rest_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Served::Stopped,
                 reason = &mut watching => return Served::TopicLost(reason),
+                _ = rest_check.tick(), if !paused => {
+                    if self.correlator.quiet_for() >= self.correlator.late_retention().max(MIN_QUIET) {
+                        paused = self.set_paused(true);
+                    }
+                }
+                _ = self.correlator.hold_began(), if paused => {
+                    paused = !self.set_paused(false);
+                }
                 message = self.consumer.recv() => match message {
                     Ok(message) => self.handle(&message),
                     Err(error) => {
@@ -204,6 +225,30 @@ impl ReplyConsumer {
                         }
                     }
                 },
+            }
+        }
+    }
+
+    /// Pauses (`true`) or resumes every assigned partition; whether it worked.
+    fn set_paused(&self, pause: bool) -> bool {
+        let done = self.consumer.assignment().and_then(|assignment| {
+            if pause {
+                self.consumer.pause(&assignment)
+            } else {
+                self.consumer.resume(&assignment)
+            }
+        });
+        match done {
+            Ok(()) => {
+                tracing::debug!(topic = %self.topic, pause, "reply consumer rests or wakes");
+                self.metrics
+                    .fulfilment_reply_consumer_resting
+                    .set(i64::from(pause));
+                true
+            }
+            Err(error) => {
+                tracing::debug!(topic = %self.topic, pause, %error, "cannot pause or resume the reply consumer");
+                false
             }
         }
     }

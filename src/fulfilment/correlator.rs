@@ -134,6 +134,13 @@ pub struct Correlator {
     release_all: CancellationToken,
     /// For the in-flight gauge.
     metrics: Arc<Metrics>,
+    /// When a hold last began or ended (the reply consumer rests after a quiet spell).
+    last_activity: Mutex<Instant>,
+    /// Woken when a hold begins.
+    began: tokio::sync::Notify,
+    /// How long a released id is remembered (and so how long replies still matter after the
+    /// last hold ended).
+    late_retention: Duration,
 }
 
 impl Correlator {
@@ -151,7 +158,36 @@ impl Correlator {
             max_in_flight,
             release_all: CancellationToken::new(),
             metrics,
+            last_activity: Mutex::new(Instant::now()),
+            began: tokio::sync::Notify::new(),
+            late_retention,
         })
+    }
+
+    /// How long no request has been held and none released: replies read now could match
+    /// nothing, not even as late. Zero while any request is held.
+    pub fn quiet_for(&self) -> Duration {
+        if self.in_flight() > 0 {
+            return Duration::ZERO;
+        }
+        self.last_activity
+            .lock()
+            .expect("lock not poisoned")
+            .elapsed()
+    }
+
+    /// How long after the last hold replies still matter (as late ones).
+    pub fn late_retention(&self) -> Duration {
+        self.late_retention
+    }
+
+    /// Resolves when a hold begins (at once if one began since the last call).
+    pub async fn hold_began(&self) {
+        self.began.notified().await;
+    }
+
+    fn note_activity(&self) {
+        *self.last_activity.lock().expect("lock not poisoned") = Instant::now();
     }
 
     /// Registers a new held request, or `None` when `max_in_flight` are already held.
@@ -165,6 +201,8 @@ impl Correlator {
             }
             pending.insert(id, tx);
         }
+        self.note_activity();
+        self.began.notify_one();
         self.metrics.fulfilment_in_flight.inc();
         Some(Hold {
             correlator: self.clone(),
@@ -256,6 +294,7 @@ impl Drop for Hold {
                 .expect("lock not poisoned")
                 .remember(self.id, Instant::now());
         }
+        self.correlator.note_activity();
         self.correlator.metrics.fulfilment_in_flight.dec();
     }
 }
