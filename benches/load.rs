@@ -197,40 +197,6 @@ async fn run(options: &Options) -> String {
         rows.push((KAFKA, c, stats));
     }
 
-    // Bare relays: hyper + rdkafka, each produce awaited, nothing else (no parsing, auth,
-    // metrics). One with fp-relay's own producer settings (the ceiling every target is
-    // computed against), one at the best linger.ms of the level (what a smarter default
-    // could win).
-    for (name, part) in [(BARE_SAME, "bare-same"), (BARE_BEST, "bare-best")] {
-        if !options.runs(part) {
-            continue;
-        }
-        for &c in &options.levels {
-            let linger = match name {
-                BARE_SAME => "same".to_owned(),
-                _ => best_linger[&c].to_string(),
-            };
-            let port = free_port();
-            let bare = Process::spawn(
-                Command::new(std::env::current_exe().unwrap()).args([
-                    "--bare-relay",
-                    &port.to_string(),
-                    &bootstrap,
-                    &linger,
-                ]),
-                port,
-                None,
-            );
-            let addr = bare.addr();
-            wait_for(|| {
-                let body = body.clone();
-                async move { http_post(addr, "/", body).await == Some(200) }
-            })
-            .await;
-            sweep(&mut rows, name, &bare, "/", &body, options, &[c]).await;
-        }
-    }
-
     // The peer: the receiver a team would write by hand (../shared/peer), when Python can
     // install its two packages (benches/ensure-peer.sh sets PEER_PYTHON).
     let peer_script = manifest("../shared/peer/peer_receiver.py");
@@ -264,31 +230,70 @@ async fn run(options: &Options) -> String {
             )
             .await;
         }
-        _ => eprintln!("peer: not measured (PEER_PYTHON unset, ../shared/peer missing, or not asked)"),
+        _ => eprintln!(
+            "peer: not measured (PEER_PYTHON unset, ../shared/peer missing, or not asked)"
+        ),
     }
 
-    // The relay, with its defaults; then, for the producer-defaults sweep, with other lingers.
+    // The relay and the bare relays, level by level and side by side (the broker keeps every
+    // record in memory, so measurements far apart in the run would meet a different broker):
+    // at each level the same-settings bare relay, fp-relay, then the best-linger bare relay.
+    // Bare relays are hyper + rdkafka, each produce awaited, nothing else (no parsing, auth,
+    // metrics): one with fp-relay's own producer settings (the ceiling every target is
+    // computed against), one at the best linger.ms of the level (what a smarter default could
+    // win).
     let path = "/webhooks/firstpromoter";
-    let mut round_trip = None;
-    if options.runs("relay") || options.runs("fulfilment") {
+    let relay = if options.runs("relay") || options.runs("fulfilment") {
         let relay = Process::relay(&bootstrap, None, &[]);
         wait_ready(relay.admin()).await;
-        if options.runs("relay") {
-            sweep(
-                &mut rows,
-                RELAY,
-                &relay,
-                path,
-                &body,
-                options,
-                &options.levels,
-            )
+        Some(relay)
+    } else {
+        None
+    };
+    for &c in &options.levels {
+        for (name, part) in [
+            (BARE_SAME, "bare-same"),
+            (RELAY, "relay"),
+            (BARE_BEST, "bare-best"),
+        ] {
+            if !options.runs(part) {
+                continue;
+            }
+            if name == RELAY {
+                let relay = relay.as_ref().expect("started above");
+                sweep(&mut rows, RELAY, relay, path, &body, options, &[c]).await;
+                continue;
+            }
+            let linger = match name {
+                BARE_SAME => "same".to_owned(),
+                _ => best_linger[&c].to_string(),
+            };
+            let port = free_port();
+            let bare = Process::spawn(
+                Command::new(std::env::current_exe().unwrap()).args([
+                    "--bare-relay",
+                    &port.to_string(),
+                    &bootstrap,
+                    &linger,
+                ]),
+                port,
+                None,
+            );
+            let addr = bare.addr();
+            wait_for(|| {
+                let body = body.clone();
+                async move { http_post(addr, "/", body).await == Some(200) }
+            })
             .await;
-        }
-        if options.runs("fulfilment") {
-            round_trip = Some(fulfilment_round_trip(&relay, &bootstrap, &fulfilment_body, options).await);
+            sweep(&mut rows, name, &bare, "/", &body, options, &[c]).await;
         }
     }
+    let mut round_trip = None;
+    if let (Some(relay), true) = (&relay, options.runs("fulfilment")) {
+        round_trip =
+            Some(fulfilment_round_trip(relay, &bootstrap, &fulfilment_body, options).await);
+    }
+    drop(relay);
     if options.runs("relay-linger") {
         for linger in ["1", "5"] {
             let table = format!("{{ \"linger.ms\" = \"{linger}\" }}");
@@ -298,8 +303,21 @@ async fn run(options: &Options) -> String {
                 &[("FP_RELAY_KAFKA_PRODUCER_PROPERTIES", &table)],
             );
             wait_ready(relay.admin()).await;
-            let name: &'static str = if linger == "1" { RELAY_LINGER_1 } else { RELAY_LINGER_5 };
-            sweep(&mut rows, name, &relay, path, &body, options, &options.levels).await;
+            let name: &'static str = if linger == "1" {
+                RELAY_LINGER_1
+            } else {
+                RELAY_LINGER_5
+            };
+            sweep(
+                &mut rows,
+                name,
+                &relay,
+                path,
+                &body,
+                options,
+                &options.levels,
+            )
+            .await;
         }
     }
 
@@ -330,7 +348,13 @@ async fn run(options: &Options) -> String {
         startup_ms = Some(startups[1]);
     }
 
-    report(options, &rows, round_trip.as_ref(), holds.as_ref(), startup_ms)
+    report(
+        options,
+        &rows,
+        round_trip.as_ref(),
+        holds.as_ref(),
+        startup_ms,
+    )
 }
 
 /// Fulfilment round trips at c=64 against an auto-responder (`fp-relay respond`), with the
@@ -426,10 +450,17 @@ fn report(
         ));
     };
     let ratio = |a: &Stats, b: &Stats| {
-        format!("{:.2}x ({:.0} / {:.0} req/s)", a.rps() / b.rps(), a.rps(), b.rps())
+        format!(
+            "{:.2}x ({:.0} / {:.0} req/s)",
+            a.rps() / b.rps(),
+            a.rps(),
+            b.rps()
+        )
     };
     for &c in &options.levels {
-        let Some(relay) = find(RELAY, c) else { continue };
+        let Some(relay) = find(RELAY, c) else {
+            continue;
+        };
         if let Some(bare) = find(BARE_SAME, c) {
             goal(
                 format!("fp-relay / same-settings bare relay, c={c}"),
@@ -494,7 +525,13 @@ fn report(
     }
     if let Some(trip) = round_trip {
         let standard = find(RELAY, 64)
-            .map(|s| format!("; standard events at c=64: {:.0} req/s, p99 {:.2} ms", s.rps(), s.ms(0.99)))
+            .map(|s| {
+                format!(
+                    "; standard events at c=64: {:.0} req/s, p99 {:.2} ms",
+                    s.rps(),
+                    s.ms(0.99)
+                )
+            })
             .unwrap_or_default();
         goal(
             "fulfilment round trip, c=64".into(),

@@ -101,14 +101,7 @@ where
     }
     relay
         .metrics()
-        .http_requests
-        .with_label_values(&[label, response.status().as_str()])
-        .inc();
-    relay
-        .metrics()
-        .http_request_duration
-        .with_label_values(&[label])
-        .observe(started.elapsed().as_secs_f64());
+        .request_answered(label, response.status(), started.elapsed().as_secs_f64());
     response
 }
 

@@ -227,6 +227,9 @@ pub struct Publisher {
     watch: Arc<ClusterWatch>,
     /// Topics looked up before their first write (see the module docs).
     topics: Mutex<std::collections::HashMap<String, TopicState>>,
+    /// `fp_relay_kafka_produce_total` by result (ok, timeout, refused, error), resolved once:
+    /// a label lookup hashes its values on every write.
+    produced: [prometheus::IntCounter; 4],
 }
 
 impl Publisher {
@@ -239,7 +242,10 @@ impl Publisher {
         watch: Arc<ClusterWatch>,
     ) -> Result<Self, KafkaError> {
         let first = build(&client_config, &metrics, &watch, 0)?;
+        let produced = ["ok", "timeout", "refused", "error"]
+            .map(|result| metrics.kafka_produce.with_label_values(&[result]));
         Ok(Self {
+            produced,
             current: RwLock::new(Arc::new(first)),
             replacing: Mutex::new(()),
             client_config,
@@ -430,7 +436,13 @@ impl Publisher {
             Err(PublishError::Refused(_)) => "refused",
             Err(_) => "error",
         };
-        self.metrics.kafka_produce.with_label_values(&[label]).inc();
+        self.produced[match label {
+            "ok" => 0,
+            "timeout" => 1,
+            "refused" => 2,
+            _ => 3,
+        }]
+        .inc();
     }
 
     /// Turns a failure into a [`PublishError`] by its [`Class`] (see [`super::classify`]); a

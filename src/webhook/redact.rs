@@ -2,8 +2,6 @@
 //! removed before the payload is published. When nothing matched, the original bytes go
 //! through untouched; the caller re-serialises only when something was redacted.
 
-use std::collections::HashSet;
-
 use serde_json::Value;
 
 use crate::config::RedactConfig;
@@ -15,7 +13,7 @@ const MAX_DEPTH: usize = 256;
 #[derive(Debug, Clone)]
 pub struct Redactor {
     /// Field names redacted at any depth.
-    fields: HashSet<String>,
+    fields: FieldSet,
     /// JSON pointers redacted at exactly that place.
     pointers: Vec<String>,
     /// Remove instead of replacing.
@@ -28,7 +26,7 @@ impl Redactor {
     /// Builds the rules from `[redact]`.
     pub fn new(config: &RedactConfig) -> Self {
         Self {
-            fields: config.fields.iter().cloned().collect(),
+            fields: FieldSet::new(&config.fields),
             pointers: config.pointers.clone(),
             remove: config.remove,
             replacement: Value::String(config.replacement.clone()),
@@ -99,11 +97,11 @@ impl Redactor {
                 let mut count = 0;
                 if self.remove {
                     let before = map.len();
-                    map.retain(|key, _| !self.fields.contains(key));
+                    map.retain(|key, _| !self.fields.contains(key.as_bytes()));
                     count += before - map.len();
                 } else {
                     for (key, field) in map.iter_mut() {
-                        if self.fields.contains(key) && !field.is_null() {
+                        if self.fields.contains(key.as_bytes()) && !field.is_null() {
                             *field = self.replacement.clone();
                             count += 1;
                         }
@@ -160,7 +158,7 @@ pub struct NotScanned;
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,
-    fields: &'a HashSet<String>,
+    fields: &'a FieldSet,
     /// Byte ranges of the values to replace, in order.
     spans: Vec<(usize, usize)>,
 }
@@ -311,11 +309,49 @@ impl Scanner<'_> {
     fn is_field(&self, start: usize, end: usize, escaped: bool) -> Result<bool, NotScanned> {
         let raw = &self.bytes[start..end];
         if !escaped {
-            return Ok(std::str::from_utf8(raw).is_ok_and(|key| self.fields.contains(key)));
+            // Bytes equal to a (UTF-8) field name are that name: no decoding needed.
+            return Ok(self.fields.contains(raw));
         }
         let key: String =
             serde_json::from_slice(&self.bytes[start - 1..end + 1]).map_err(|_| NotScanned)?;
-        Ok(self.fields.contains(&key))
+        Ok(self.fields.contains(key.as_bytes()))
+    }
+}
+
+/// The named fields, looked up by their bytes. Payload keys are checked one by one (a
+/// FirstPromoter body has dozens): a key whose length no field has is refused by one bit
+/// test, the rest by comparing bytes with the few names configured, with no hashing and no
+/// UTF-8 decoding.
+#[derive(Debug, Clone, Default)]
+pub struct FieldSet {
+    names: Vec<Box<[u8]>>,
+    /// Bit `n` set when some name is `n` bytes long (names of 64 bytes or more set bit 63).
+    lengths: u64,
+}
+
+impl FieldSet {
+    pub fn new(names: &[String]) -> Self {
+        let mut set = Self::default();
+        for name in names {
+            if !set.contains(name.as_bytes()) {
+                set.lengths |= Self::bit(name.len());
+                set.names.push(name.as_bytes().into());
+            }
+        }
+        set
+    }
+
+    fn bit(len: usize) -> u64 {
+        1 << len.min(63)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Whether `key` is one of the names.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.lengths & Self::bit(key.len()) != 0 && self.names.iter().any(|name| **name == *key)
     }
 }
 
@@ -323,6 +359,22 @@ impl Scanner<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    proptest::proptest! {
+        /// The byte lookup agrees with a hash set of the names, for any names and keys
+        /// (lengths around and past the 64-bit mask included).
+        #[test]
+        fn the_field_set_agrees_with_a_hash_set(
+            names in proptest::collection::vec("[a-z_]{0,70}", 0..6),
+            keys in proptest::collection::vec("[a-z_]{0,70}", 0..20),
+        ) {
+            let set = FieldSet::new(&names);
+            let reference: std::collections::HashSet<&String> = names.iter().collect();
+            for key in keys.iter().chain(&names) {
+                proptest::prop_assert_eq!(set.contains(key.as_bytes()), reference.contains(key));
+            }
+        }
+    }
 
     fn redactor(configure: impl FnOnce(&mut RedactConfig)) -> Redactor {
         let mut config = RedactConfig::default();
@@ -496,7 +548,7 @@ mod tests {
         fn no_secret_left(value: &Value, r: &Redactor) -> bool {
             match value {
                 Value::Object(map) => map.iter().all(|(key, value)| {
-                    let kept = !r.fields.contains(key)
+                    let kept = !r.fields.contains(key.as_bytes())
                         || (!r.remove && (value.is_null() || *value == r.replacement));
                     kept && no_secret_left(value, r)
                 }),
