@@ -2,15 +2,20 @@
 //! ceilings measured in the same run so the ratios hold on a noisy machine.
 //!
 //! - HTTP ceiling: the same load generator against a minimal hyper server answering 200.
-//! - Kafka ceiling: an rdkafka producer with the relay's settings (acks=all, idempotent)
+//! - Kafka ceiling: the best of an rdkafka producer (acks=all, idempotent) at linger.ms 0, 1, 5
 //!   sending the same payloads at the same concurrency, awaiting each delivery.
-//! - The relay at several concurrency levels, with CPU per request from /proc.
+//! - Bare relays (hyper + rdkafka, nothing else): one with fp-relay's own producer settings,
+//!   the limit the targets are computed against, one at the best linger of the level.
+//! - The relay at several concurrency levels, side by side with the bare relays at each, with
+//!   CPU per request from /proc; and at linger.ms 1 and 5 for the producer-defaults sweep.
 //! - Fulfilment: round trips against an auto-responder, and 10,000 held requests with the
 //!   relay's peak RSS.
 //! - Start-up: process start to `/readyz` = 200.
 //!
 //! Run it with `benches/load.sh` (builds the release binary, fetches tansu, writes
-//! benches/RESULTS.md). `--quick` is the short smoke run CI uses.
+//! benches/RESULTS.md). `--quick` is the short smoke run CI uses; `--only <parts>` (http, kafka,
+//! bare-same, bare-best, peer, relay, relay-linger, fulfilment, holds, startup), `--levels` and
+//! `--duration` run a part, for profiling.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -975,6 +980,8 @@ impl Process {
                 &format!("127.0.0.1:{admin}"),
             ])
             .env("RUST_LOG", "error")
+            // The benchmark's own variable, not a setting (the relay refuses unknown ones).
+            .env_remove("FP_RELAY_BIN")
             .envs(env.iter().copied());
         if let Some(max) = max_in_flight {
             command

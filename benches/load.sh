@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole benchmark suite in one command (about 8 minutes on 2 cores):
+# The whole benchmark suite in one command (about 12 minutes on 2 cores):
 #   criterion micro-benchmarks of the request-to-record path, then the load benchmark, which
 #   rewrites benches/RESULTS.md: in one run, the HTTP ceiling, the best bare producer per
-#   concurrency (linger.ms 0, 1 or 5), a bare relay (hyper + rdkafka, nothing else), the
-#   hand-written peer receiver (../shared/peer), fp-relay with its defaults, fulfilment round
-#   trips, 10,000 held requests and start-up.
+#   concurrency (linger.ms 0, 1 or 5), bare relays (hyper + rdkafka, nothing else) with
+#   fp-relay's producer settings and at the best linger, side by side with fp-relay at each
+#   level, the hand-written peer receiver (../shared/peer), fp-relay at linger.ms 1 and 5,
+#   fulfilment round trips, 10,000 held requests and start-up. Extra arguments go to the load
+#   benchmark: `--only relay,bare-same --levels 64 --duration 5` runs a part.
 # `benches/load.sh --quick` is the short smoke run CI uses (writes nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
