@@ -31,13 +31,25 @@ pub struct Tansu {
 }
 
 impl Tansu {
-    /// Starts a broker on a free port and waits until it answers metadata requests.
+    /// Starts a broker on a free port and waits until it answers metadata requests. A port
+    /// taken between choosing and binding it (tests run in parallel) is retried with another.
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_on(free_port()) {
+                Ok(broker) => return broker,
+                Err(why) => last = why,
+            }
+        }
+        panic!("{last}");
     }
 
     /// Starts a broker on `port` (used to bring a stopped broker back at the same address).
     pub fn start_on(port: u16) -> Self {
+        Self::try_start_on(port).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    fn try_start_on(port: u16) -> Result<Self, String> {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
             .args([
@@ -54,12 +66,12 @@ impl Tansu {
             .stderr(Stdio::null())
             .spawn()
             .expect("tansu starts");
-        let broker = Self {
+        let mut broker = Self {
             child: Some(child),
             port,
         };
-        broker.wait_ready(Duration::from_secs(20));
-        broker
+        broker.wait_ready(Duration::from_secs(20))?;
+        Ok(broker)
     }
 
     /// `127.0.0.1:port`.
@@ -67,7 +79,9 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn wait_ready(&self, timeout: Duration) {
+    /// Waits until the broker answers metadata requests; `Err` when it exited (its port was
+    /// taken) or did not answer within `timeout`.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let consumer: BaseConsumer = client_config(&self.bootstrap()).create().expect("client");
         while Instant::now() < deadline {
@@ -75,11 +89,15 @@ impl Tansu {
                 .fetch_metadata(None, Duration::from_millis(500))
                 .is_ok()
             {
-                return;
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Err(format!("tansu on port {} exited at start: {status}", self.port));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("tansu on port {} not ready after {timeout:?}", self.port);
+        Err(format!("tansu on port {} not ready after {timeout:?}", self.port))
     }
 
     /// Kills the broker (all its data is gone: storage is in memory).
