@@ -91,13 +91,23 @@ impl Tansu {
             {
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
-                return Err(format!("tansu on port {} exited at start: {status}", self.port));
+                return Err(format!(
+                    "tansu on port {} exited at start: {status}",
+                    self.port
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(format!("tansu on port {} not ready after {timeout:?}", self.port))
+        Err(format!(
+            "tansu on port {} not ready after {timeout:?}",
+            self.port
+        ))
     }
 
     /// Kills the broker (all its data is gone: storage is in memory).
