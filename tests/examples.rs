@@ -20,8 +20,6 @@ use fp_relay::config::Config;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 const REQUESTS: &str = "firstpromoter.fulfilment_pending";
 const REPLIES: &str = "firstpromoter.fulfilment_replies";
@@ -111,58 +109,30 @@ impl Drop for Example {
 /// `mark_fulfilled` as FirstPromoter answers it, recording the ids.
 async fn fake_firstpromoter() -> (Arc<Mutex<Vec<u64>>>, SocketAddr) {
     let marked = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let record = marked.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let record = record.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let record = record.clone();
-                    async move {
-                        let body = request.into_body().collect().await.unwrap().to_bytes();
-                        let body: serde_json::Value =
-                            serde_json::from_slice(&body).unwrap_or_default();
-                        record.lock().unwrap().extend(
-                            body["ids"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .filter_map(serde_json::Value::as_u64),
-                        );
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(br#"{"status":"completed"}"#),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    let addr = common::serve_http(move |request: Request<Incoming>| {
+        let record = record.clone();
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            record.lock().unwrap().extend(
+                body["ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(serde_json::Value::as_u64),
+            );
+            Response::new(Full::new(Bytes::from_static(br#"{"status":"completed"}"#)))
         }
-    });
+    })
+    .await;
     (marked, addr)
 }
 
+/// The relay v2 fulfilment tests use, holding v1 requests 10 s for the fulfillers.
 fn config(broker: &Tansu, api: SocketAddr) -> Config {
-    let mut config = common::test_config(&broker.bootstrap());
+    let mut config = common::v2_config(broker, api);
     config.fulfilment.timeout = Duration::from_secs(10);
-    config.fulfilment.v2.enabled = true;
-    let fp = &mut config.firstpromoter;
-    fp.api_url = format!("http://{api}/api/v2/company");
-    fp.allow_insecure_http = true;
-    fp.api_key = "fp_test_key_0123456789abcdef".to_owned();
-    fp.account_id = "acc_4242".to_owned();
-    for (key, value) in [
-        ("session.timeout.ms", "2000"),
-        ("heartbeat.interval.ms", "500"),
-    ] {
-        config
-            .kafka
-            .consumer_properties
-            .insert(key.into(), value.into());
-    }
     config.validate().expect("valid config");
     config
 }

@@ -12,17 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{consume_all, eventually, produce, send, Tansu, TestRelay};
+use common::{consume_all, eventually, produce, send, Tansu, TestRelay, ACCOUNT, API_KEY};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-const API_KEY: &str = "fp_test_key_0123456789abcdef";
-const ACCOUNT: &str = "acc_4242";
 const TOKEN: &str = "relay-token-0123456789abcdef";
 const RELAY_URL: &str = "https://relay.example.com/webhooks/firstpromoter";
 const WAIT: Duration = Duration::from_secs(20);
@@ -70,26 +66,12 @@ impl FakeApi {
                 .map(|t| t.to_string())
                 .collect();
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let server = fake.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let server = server.clone();
-                        async move { Ok::<_, std::convert::Infallible>(server.answer(request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let addr = common::serve_http(move |request| {
+            let server = server.clone();
+            async move { server.answer(request).await }
+        })
+        .await;
         (fake, addr)
     }
 

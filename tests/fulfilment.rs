@@ -411,26 +411,39 @@ async fn a_request_that_cannot_be_published_gets_503_so_firstpromoter_retries() 
     relay.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_reference_responder_completes_the_round_trip() {
+/// The reference responder (`fp-relay respond`, in process) answering every request
+/// `fulfilled` with `reason`, until the token is cancelled.
+fn responder(
+    broker: &Tansu,
+    reason: Option<&str>,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), fp_relay::tools::ToolError>>,
+) {
     use fp_relay::fulfilment::correlator::Outcome;
     use fp_relay::tools::respond::{run, ResponderOptions};
-    let broker = Tansu::start();
-    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let responder = tokio::spawn(run(
+    let task = tokio::spawn(run(
         ResponderOptions {
             brokers: broker.bootstrap(),
             properties: vec![("log_level".into(), "3".into())],
             topic: REQUESTS.into(),
             default_reply_topic: REPLIES.into(),
             outcome: Outcome::Fulfilled,
-            reason: Some("granted".into()),
+            reason: reason.map(str::to_owned),
             delay: Duration::ZERO,
             group: format!("responder-{}", uuid::Uuid::new_v4()),
         },
         stop.clone().cancelled_owned(),
     ));
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_responder_completes_the_round_trip() {
+    let broker = Tansu::start();
+    let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
+    let (stop, responder) = responder(&broker, Some("granted"));
     let response = relay.post(sample("v1/fulfilment_pending.json")).await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text());
     assert_eq!(response.json()["reason"], "granted");
@@ -565,8 +578,6 @@ async fn starting_during_an_outage_is_ready_and_publishes_no_fulfilment_request(
 /// it and is answered by its fulfiller as usual.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reply_consumer_rests_when_quiet_and_wakes_for_the_next_request() {
-    use fp_relay::fulfilment::correlator::Outcome;
-    use fp_relay::tools::respond::{run, ResponderOptions};
     let broker = Tansu::start();
     let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
     let resting = "fp_relay_fulfilment_reply_consumer_resting";
@@ -577,20 +588,7 @@ async fn the_reply_consumer_rests_when_quiet_and_wakes_for_the_next_request() {
             .await,
         "the reply consumer never rested"
     );
-    let stop = tokio_util::sync::CancellationToken::new();
-    let responder = tokio::spawn(run(
-        ResponderOptions {
-            brokers: broker.bootstrap(),
-            properties: vec![("log_level".into(), "3".into())],
-            topic: REQUESTS.into(),
-            default_reply_topic: REPLIES.into(),
-            outcome: Outcome::Fulfilled,
-            reason: None,
-            delay: Duration::ZERO,
-            group: format!("responder-{}", uuid::Uuid::new_v4()),
-        },
-        stop.clone().cancelled_owned(),
-    ));
+    let (stop, responder) = responder(&broker, None);
     let response = relay.post(sample("v1/fulfilment_pending.json")).await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text());
     assert_eq!(

@@ -10,21 +10,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{consume, consume_all, eventually, get, produce, sample, Consumed, Tansu, TestRelay};
-use fp_relay::config::Config;
+use common::{
+    consume, consume_all, eventually, get, produce, sample, Consumed, Tansu, TestRelay, ACCOUNT,
+    API_KEY,
+};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 const REQUESTS: &str = "firstpromoter.fulfilment_pending";
 const REPLIES: &str = "firstpromoter.fulfilment_replies";
 const ROUTED: &str = "firstpromoter.commission.updated";
 const DEAD_LETTERS: &str = "firstpromoter.dead_letter";
-const API_KEY: &str = "fp_test_key_0123456789abcdef";
-const ACCOUNT: &str = "acc_4242";
 /// The commission of samples/v2/commission.updated.reward.json.
 const COMMISSION: u64 = 5512944;
 const WAIT: Duration = Duration::from_secs(20);
@@ -60,26 +58,12 @@ impl FakeFirstPromoter {
     async fn start(script: &[Scripted]) -> (Self, SocketAddr) {
         let fake = Self::default();
         fake.script.lock().unwrap().extend(script.iter().copied());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let server = fake.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let server = server.clone();
-                        async move { Ok::<_, std::convert::Infallible>(server.answer(request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let addr = common::serve_http(move |request| {
+            let server = server.clone();
+            async move { server.answer(request).await }
+        })
+        .await;
         (fake, addr)
     }
 
@@ -163,31 +147,6 @@ impl FakeFirstPromoter {
     }
 }
 
-fn config(broker: &Tansu, api: SocketAddr) -> Config {
-    let mut config = common::test_config(&broker.bootstrap());
-    config.fulfilment.v2.enabled = true;
-    let fp = &mut config.firstpromoter;
-    fp.api_url = format!("http://{api}/api/v2/company");
-    fp.allow_insecure_http = true;
-    fp.api_key = API_KEY.to_owned();
-    fp.account_id = ACCOUNT.to_owned();
-    fp.retry_initial = Duration::from_millis(200);
-    fp.retry_max = Duration::from_secs(2);
-    fp.call_timeout = Duration::from_secs(2);
-    // Group joins in about a second on tansu (see ../shared/KAFKA-TESTING.md).
-    for (key, value) in [
-        ("session.timeout.ms", "2000"),
-        ("heartbeat.interval.ms", "500"),
-    ] {
-        config
-            .kafka
-            .consumer_properties
-            .insert(key.into(), value.into());
-    }
-    config.validate().expect("valid v2 config");
-    config
-}
-
 /// A v2 `commission.updated` body moving a commission to `status` in `unit`.
 fn update(commission: u64, status: &str, unit: &str) -> Bytes {
     Bytes::from(format!(
@@ -257,7 +216,7 @@ async fn calls_settle_at(fake: &FakeFirstPromoter, n: usize) {
 async fn an_approved_reward_is_requested_and_one_fulfilled_reply_marks_it_once() {
     let broker = Tansu::start();
     let (fake, api) = FakeFirstPromoter::start(&[]).await;
-    let mut config = config(&broker, api);
+    let mut config = common::v2_config(&broker, api);
     config.redact.fields.clear(); // so the request's value can be compared byte for byte
     let relay = TestRelay::start_ready(config).await;
 
@@ -353,7 +312,7 @@ async fn an_approved_reward_is_requested_and_one_fulfilled_reply_marks_it_once()
 async fn denied_cash_and_other_updates_are_only_routed() {
     let broker = Tansu::start();
     let (fake, api) = FakeFirstPromoter::start(&[]).await;
-    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     let other_change = Bytes::from_static(
         br#"{"event_id":"b1","event_type":"commission.updated","changes":{"amount":[100,200]},"data":{"id":7,"status":"approved","unit":"points"}}"#,
     );
@@ -389,7 +348,7 @@ async fn server_errors_and_rate_limits_are_retried_to_success_without_costing_re
         (429, Some("1"), ""),
     ])
     .await;
-    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     let answer = relay.post(update(901, "approved", "credits")).await;
     let correlation_id = answer.json()["correlation_id"].as_str().unwrap().to_owned();
     reply(&broker, None, &correlation_id, "fulfilled").await;
@@ -448,7 +407,7 @@ async fn a_refused_commission_is_dead_lettered_and_already_fulfilled_counts_as_d
         ),
     ])
     .await;
-    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     let refused = format!("v2:31:{}", uuid::Uuid::new_v4());
     reply(&broker, None, &refused, "fulfilled").await;
     calls_settle_at(&fake, 1).await;
@@ -494,7 +453,7 @@ async fn a_refused_commission_is_dead_lettered_and_already_fulfilled_counts_as_d
 async fn a_reply_written_while_the_relay_was_stopped_is_acted_on_after_it_starts() {
     let broker = Tansu::start();
     let (fake, api) = FakeFirstPromoter::start(&[]).await;
-    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     let answer = relay.post(update(555, "approved", "free_months")).await;
     let correlation_id = answer.json()["correlation_id"].as_str().unwrap().to_owned();
     group_settled(&[&relay], 4.0).await;
@@ -509,7 +468,7 @@ async fn a_reply_written_while_the_relay_was_stopped_is_acted_on_after_it_starts
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(fake.calls().is_empty());
     let started = Instant::now();
-    let relay = TestRelay::start(config(&broker, api)).await;
+    let relay = TestRelay::start(common::v2_config(&broker, api)).await;
     assert!(
         eventually(Duration::from_secs(30), async || !fake.calls().is_empty()).await,
         "acted on within 30 s of the start"
@@ -540,8 +499,8 @@ async fn two_replicas_mark_each_commission_once() {
     let broker = Tansu::start();
     common::create_topic(&broker.bootstrap(), REPLIES, 4).await;
     let (fake, api) = FakeFirstPromoter::start(&[]).await;
-    let first = TestRelay::start_ready(config(&broker, api)).await;
-    let second = TestRelay::start_ready(config(&broker, api)).await;
+    let first = TestRelay::start_ready(common::v2_config(&broker, api)).await;
+    let second = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     group_settled(&[&first, &second], 4.0).await;
     assert!(
         first
@@ -585,20 +544,9 @@ async fn two_replicas_mark_each_commission_once() {
 async fn send_and_respond_drive_a_v2_reward_end_to_end() {
     let broker = Tansu::start();
     let (fake, api) = FakeFirstPromoter::start(&[]).await;
-    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     let binary = env!("CARGO_BIN_EXE_fp-relay");
-    let mut responder = std::process::Command::new(binary)
-        .args([
-            "respond",
-            "--brokers",
-            &broker.bootstrap(),
-            "--outcome",
-            "fulfilled",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut responder = common::respond_process(&broker);
     let url = format!("http://{}{}", relay.addr, relay.path);
     let sent = tokio::task::spawn_blocking(move || {
         std::process::Command::new(binary)
@@ -651,7 +599,7 @@ async fn a_401_spell_pauses_marking_and_dead_letters_nothing() {
     let unauthorized = (401, None, r#"{"message":"Unauthorized"}"#);
     let (fake, api) = FakeFirstPromoter::start(&[unauthorized; 4]).await;
     fulfilled_before_start(&broker, &[71, 72, 73]).await;
-    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     assert!(
         eventually(WAIT, async || fake.marked() == vec![71, 72, 73]).await,
         "{:?}",
@@ -677,7 +625,7 @@ async fn retry_after_zero_still_pauses_between_calls() {
     let unavailable = (503, Some("0"), r#"{"message":"busy"}"#);
     let (fake, api) = FakeFirstPromoter::start(&[unavailable; 5]).await;
     fulfilled_before_start(&broker, &[81]).await;
-    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     calls_settle_at(&fake, 6).await;
     let calls = fake.calls();
     for pair in calls.windows(2) {
@@ -698,7 +646,7 @@ async fn an_outage_longer_than_the_poll_interval_marks_every_reply_once() {
     let back = Instant::now() + Duration::from_secs(8);
     fake.set_rule(move |_| (Instant::now() < back).then_some((503, None, r#"{"message":"down"}"#)));
     fulfilled_before_start(&broker, &[91, 92, 93]).await;
-    let mut config = config(&broker, api);
+    let mut config = common::v2_config(&broker, api);
     config
         .kafka
         .consumer_properties
@@ -725,7 +673,7 @@ async fn one_commission_failing_forever_is_given_up_on_while_the_others_are_mark
             .then_some((503, None, r#"{"message":"oops"}"#))
     });
     fulfilled_before_start(&broker, &[101, 102, 103]).await;
-    let mut config = config(&broker, api);
+    let mut config = common::v2_config(&broker, api);
     config.fulfilment.v2.give_up_after = Duration::from_secs(2);
     let relay = TestRelay::start_ready(config).await;
     let dead = consume(&broker.bootstrap(), DEAD_LETTERS, 1, WAIT, Duration::ZERO).await;
@@ -762,7 +710,7 @@ async fn mixed_batches_are_settled_per_commission() {
         _ => None,
     });
     fulfilled_before_start(&broker, &[111, 112, 113]).await;
-    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     let dead = consume(&broker.bootstrap(), DEAD_LETTERS, 1, WAIT, Duration::ZERO).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].header("fp-commission-id"), Some("112"));
@@ -820,7 +768,7 @@ async fn malformed_replies_are_dead_lettered_with_the_reason() {
         "fulfilled!",
     )
     .await;
-    let relay = TestRelay::start_ready(config(&broker, api)).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
     let dead = consume(&bootstrap, DEAD_LETTERS, 3, WAIT, Duration::ZERO).await;
     let mut reasons: Vec<&str> = dead
         .iter()

@@ -104,20 +104,7 @@ async fn an_incoming_trace_is_continued_on_every_record_and_a_missing_one_starte
 async fn the_reply_paths_log_line_names_the_requests_trace() {
     let broker = Tansu::start();
     let relay = RelayProcess::start(&broker).await;
-    let responder = std::process::Command::new(env!("CARGO_BIN_EXE_fp-relay"))
-        .args([
-            "respond",
-            "--brokers",
-            &broker.bootstrap(),
-            "--outcome",
-            "fulfilled",
-        ])
-        .args(["-X", "log_level=3"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut responder = scopeguard(responder);
+    let mut responder = Guard(common::respond_process(&broker));
     let reply = send(
         relay.addr,
         "POST",
@@ -175,10 +162,6 @@ impl Drop for Guard {
     }
 }
 
-fn scopeguard(child: std::process::Child) -> Guard {
-    Guard(child)
-}
-
 /// An OTLP/HTTP collector: decodes each `POST /v1/traces` and keeps the spans.
 async fn collector() -> (
     std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
@@ -188,44 +171,29 @@ async fn collector() -> (
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message;
     let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let kept = spans.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let kept = kept.clone();
-                        async move {
-                            assert_eq!(request.uri().path(), "/v1/traces");
-                            assert_eq!(request.headers()["content-type"], "application/x-protobuf");
-                            let body = request.into_body().collect().await.unwrap().to_bytes();
-                            let export = ExportTraceServiceRequest::decode(body).unwrap();
-                            for resource in export.resource_spans {
-                                let service = resource
-                                    .resource
-                                    .iter()
-                                    .flat_map(|r| r.attributes.iter())
-                                    .any(|kv| kv.key == "service.name");
-                                assert!(service, "the resource names the service");
-                                for scope in resource.scope_spans {
-                                    kept.lock().unwrap().extend(scope.spans);
-                                }
-                            }
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                Bytes::new(),
-                            )))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+    let addr = common::serve_http(move |request: http::Request<hyper::body::Incoming>| {
+        let kept = kept.clone();
+        async move {
+            assert_eq!(request.uri().path(), "/v1/traces");
+            assert_eq!(request.headers()["content-type"], "application/x-protobuf");
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let export = ExportTraceServiceRequest::decode(body).unwrap();
+            for resource in export.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .any(|kv| kv.key == "service.name");
+                assert!(service, "the resource names the service");
+                for scope in resource.scope_spans {
+                    kept.lock().unwrap().extend(scope.spans);
+                }
+            }
+            http::Response::new(Full::new(Bytes::new()))
         }
-    });
+    })
+    .await;
     (spans, addr)
 }
 

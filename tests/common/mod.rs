@@ -759,3 +759,77 @@ impl RelayProcess {
         (status, lines)
     }
 }
+
+/// Serves `handle` over HTTP/1.1 on a free loopback port until the test ends: the fakes of
+/// FirstPromoter's API and the OTLP collector the tests run.
+pub async fn serve_http<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let answer = handle(request);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The FirstPromoter API key and account id the tests' fakes expect.
+pub const API_KEY: &str = "fp_test_key_0123456789abcdef";
+pub const ACCOUNT: &str = "acc_4242";
+
+/// A relay with v2 fulfilment on, calling a fake FirstPromoter API at `api` over plain http
+/// with short retries, and its consumer groups joining fast on tansu.
+pub fn v2_config(broker: &Tansu, api: SocketAddr) -> Config {
+    let mut config = test_config(&broker.bootstrap());
+    config.fulfilment.v2.enabled = true;
+    let fp = &mut config.firstpromoter;
+    fp.api_url = format!("http://{api}/api/v2/company");
+    fp.allow_insecure_http = true;
+    fp.api_key = API_KEY.to_owned();
+    fp.account_id = ACCOUNT.to_owned();
+    fp.retry_initial = Duration::from_millis(200);
+    fp.retry_max = Duration::from_secs(2);
+    fp.call_timeout = Duration::from_secs(2);
+    // Group joins in about a second on tansu (see ../shared/KAFKA-TESTING.md).
+    for (key, value) in [
+        ("session.timeout.ms", "2000"),
+        ("heartbeat.interval.ms", "500"),
+    ] {
+        config
+            .kafka
+            .consumer_properties
+            .insert(key.into(), value.into());
+    }
+    config.validate().expect("valid v2 config");
+    config
+}
+
+/// `fp-relay respond --outcome fulfilled` against `broker`, its output discarded.
+pub fn respond_process(broker: &Tansu) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_fp-relay"))
+        .args([
+            "respond",
+            "--brokers",
+            &broker.bootstrap(),
+            "--outcome",
+            "fulfilled",
+        ])
+        .args(["-X", "log_level=3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fp-relay respond starts")
+}
