@@ -237,7 +237,7 @@ impl Metrics {
 /// Most (event type, status) series a worker thread keeps resolved for [`Metrics::request_answered`].
 const REQUEST_SERIES_PER_THREAD: usize = 64;
 
-type RequestSeries = (u64, &'static str, u16, IntCounter, Histogram);
+type RequestSeries = (u64, &'static str, http::StatusCode, IntCounter, Histogram);
 
 thread_local! {
     /// Resolved request series of this thread: looking a labelled series up hashes its label
@@ -258,7 +258,6 @@ impl Metrics {
         seconds: f64,
     ) {
         let owner = self.id;
-        let status = status.as_u16();
         REQUEST_SERIES.with(|cache| {
             let mut cache = cache.borrow_mut();
             let found = cache.iter().find(|(o, label, code, ..)| {
@@ -269,11 +268,9 @@ impl Metrics {
                 duration.observe(seconds);
                 return;
             }
-            let code = http::StatusCode::from_u16(status)
-                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
             let requests = self
                 .http_requests
-                .with_label_values(&[event_type, code.as_str()]);
+                .with_label_values(&[event_type, status.as_str()]);
             let duration = self.http_request_duration.with_label_values(&[event_type]);
             requests.inc();
             duration.observe(seconds);

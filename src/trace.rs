@@ -61,17 +61,25 @@ impl TraceContext {
     /// [`TraceContext::continue_from`] with the two header values.
     pub fn continue_parts(traceparent: Option<&str>, tracestate: Option<&str>) -> Self {
         match traceparent.and_then(parse_traceparent) {
-            Some(parent) => Self {
-                trace_id: parent.trace_id,
-                span_id: nonzero_u64(),
-                parent_span_id: Some(parent.span_id),
-                flags: parent.flags,
-                state: tracestate
+            Some(parent) => Self::under(
+                parent,
+                tracestate
                     .map(str::trim)
                     .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE)
                     .map(str::to_owned),
-            },
+            ),
             None => Self::start(),
+        }
+    }
+
+    /// A new span under `parent`, in its trace with its flags.
+    fn under(parent: Parent, state: Option<String>) -> Self {
+        Self {
+            trace_id: parent.trace_id,
+            span_id: nonzero_u64(),
+            parent_span_id: Some(parent.span_id),
+            flags: parent.flags,
+            state,
         }
     }
 
@@ -141,15 +149,7 @@ fn hex(part: &str) -> Option<&str> {
 /// A `traceparent` for a new span under `parent` (same trace and flags); `None` when `parent`
 /// is invalid.
 pub fn child_of(parent: &str) -> Option<String> {
-    let parent = parse_traceparent(parent)?;
-    let child = TraceContext {
-        trace_id: parent.trace_id,
-        span_id: nonzero_u64(),
-        parent_span_id: Some(parent.span_id),
-        flags: parent.flags,
-        state: None,
-    };
-    Some(child.traceparent())
+    parse_traceparent(parent).map(|parent| TraceContext::under(parent, None).traceparent())
 }
 
 /// The trace id of a `traceparent` header value, for log lines; `None` when invalid.

@@ -52,6 +52,18 @@ pub enum Failure {
     Timeout(Duration),
 }
 
+impl Failure {
+    /// The `result` label and the detail, and whether another try can help (a network
+    /// failure or a timeout) or only a fix of the settings can.
+    pub fn explain(self) -> (&'static str, String, bool) {
+        match self {
+            Self::Network(detail) => ("network_error", detail, true),
+            Self::Timeout(after) => ("timeout", format!("no answer within {after:?}"), true),
+            Self::Settings(result, detail) => (result, detail, false),
+        }
+    }
+}
+
 /// Why a JSON call ([`ApiClient::json`]) gave no usable answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -74,6 +86,18 @@ pub enum ApiError {
     /// A 2xx that is not the JSON expected.
     #[error("FirstPromoter's answer is not what its API reference describes: {0}")]
     Malformed(String),
+}
+
+impl ApiError {
+    /// The `result` label of metrics: the settings fault or the last retried failure, else
+    /// `rejected` or `malformed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Settings { result, .. } | Self::Unavailable { result, .. } => result,
+            Self::Rejected { .. } => "rejected",
+            Self::Malformed(_) => "malformed",
+        }
+    }
 }
 
 /// Why the client could not be built (validated configuration makes this rare).
@@ -302,8 +326,7 @@ impl Verdict {
         match self {
             Self::Ok(_) => "ok",
             Self::Again { result, .. } => result,
-            Self::Final(ApiError::Settings { result, .. }) => result,
-            Self::Final(_) => "rejected",
+            Self::Final(error) => error.label(),
         }
     }
 }
@@ -313,22 +336,15 @@ impl Verdict {
 fn judge(outcome: Result<Answer, Failure>) -> Verdict {
     let answer = match outcome {
         Ok(answer) => answer,
-        Err(Failure::Network(detail)) => {
-            return Verdict::Again {
-                result: "network_error",
-                after: None,
-                detail,
+        Err(failure) => {
+            return match failure.explain() {
+                (result, detail, true) => Verdict::Again {
+                    result,
+                    after: None,
+                    detail,
+                },
+                (result, detail, false) => Verdict::Final(ApiError::Settings { result, detail }),
             }
-        }
-        Err(Failure::Timeout(after)) => {
-            return Verdict::Again {
-                result: "timeout",
-                after: None,
-                detail: format!("no answer within {after:?}"),
-            }
-        }
-        Err(Failure::Settings(result, detail)) => {
-            return Verdict::Final(ApiError::Settings { result, detail })
         }
     };
     let status = answer.status;

@@ -17,16 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::config::Config;
 
 /// True when a subscription's `url` delivers to this relay: the configured
-/// `firstpromoter.webhook_url`, or else any URL whose path is `http.path` or under it (a v1-style
-/// path token).
+/// `firstpromoter.webhook_url`, or else any URL whose path the relay serves (`http.path`, or
+/// `http.path/<path token>`: the handler's own rule).
 pub fn points_here(url: &str, config: &Config) -> bool {
     match &config.firstpromoter.webhook_url {
         Some(ours) => same_url(url, ours),
-        None => {
-            let path = path_of(url);
-            let ours = config.http.path.trim_end_matches('/');
-            path == ours || path.strip_prefix(ours).is_some_and(|r| r.starts_with('/'))
-        }
+        None => crate::http::handler::match_path(path_of(url), &config.http.path).is_some(),
     }
 }
 

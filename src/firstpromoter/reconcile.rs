@@ -109,13 +109,7 @@ impl Reconciler {
                 }
             }
             Err(error) => {
-                let label = match &error {
-                    ApiError::Settings { result, .. } | ApiError::Unavailable { result, .. } => {
-                        result
-                    }
-                    ApiError::Rejected { .. } => "rejected",
-                    ApiError::Malformed(_) => "malformed",
-                };
+                let label = error.label();
                 self.metrics
                     .firstpromoter_reconcile_runs
                     .with_label_values(&[label])

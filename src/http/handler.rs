@@ -272,7 +272,7 @@ where
 
 /// `Some(None)` for the webhook path itself, `Some(Some(token))` for `{path}/{token}`, `None`
 /// for anything else.
-fn match_path<'p>(path: &'p str, webhook_path: &str) -> Option<Option<&'p str>> {
+pub(crate) fn match_path<'p>(path: &'p str, webhook_path: &str) -> Option<Option<&'p str>> {
     let rest = path.strip_prefix(webhook_path)?;
     if rest.is_empty() {
         return Some(None);

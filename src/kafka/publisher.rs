@@ -430,19 +430,14 @@ impl Publisher {
                 .observe(started.elapsed().as_secs_f64());
         }
         self.watch_for_stuck(result, generation);
-        let label = match result {
-            Ok(_) => "ok",
-            Err(PublishError::Timeout) => "timeout",
-            Err(PublishError::Refused(_)) => "refused",
-            Err(_) => "error",
+        // Indexes of `produced`: ok, timeout, refused, error.
+        let series = match result {
+            Ok(_) => 0,
+            Err(PublishError::Timeout) => 1,
+            Err(PublishError::Refused(_)) => 2,
+            Err(_) => 3,
         };
-        self.produced[match label {
-            "ok" => 0,
-            "timeout" => 1,
-            "refused" => 2,
-            _ => 3,
-        }]
-        .inc();
+        self.produced[series].inc();
     }
 
     /// Turns a failure into a [`PublishError`] by its [`Class`] (see [`super::classify`]); a

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Overrides};
 use crate::kafka::outage::ClusterWatch;
 use crate::kafka::publisher::Publisher;
 use crate::metrics::Metrics;
@@ -44,14 +43,7 @@ pub struct Drained {
 
 /// Replays the spool until it is empty, then deletes its segments.
 pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
-    let overrides = Overrides {
-        brokers: options.brokers.clone(),
-        // Nothing is served: credentials for webhooks do not matter here.
-        insecure_no_auth: true,
-        ..Overrides::default()
-    };
-    let config = Config::load(options.config.as_deref(), std::env::vars(), &overrides)
-        .map_err(|error| ToolError::Usage(error.to_string()))?;
+    let config = super::relay_config(options.config.as_deref(), options.brokers.clone())?;
     let dir = options
         .dir
         .clone()

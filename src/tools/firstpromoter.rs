@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::{check_webhook_url, Config, Overrides, MASK};
+use crate::config::{check_webhook_url, Config, MASK};
 use crate::firstpromoter::client::{ApiClient, ApiError};
 use crate::firstpromoter::webhooks::{Delivery, Subscription, Webhooks};
 use crate::firstpromoter::{points_here, same_url};
@@ -105,14 +105,7 @@ pub struct Recovered {
 
 /// The configuration and API client every subcommand starts from.
 fn load(options: &ApiOptions, brokers: Option<String>) -> Result<(Config, ApiClient), ToolError> {
-    let overrides = Overrides {
-        brokers,
-        // The relay's webhook credentials are read, not required here.
-        insecure_no_auth: true,
-        ..Overrides::default()
-    };
-    let config = Config::load(options.config.as_deref(), std::env::vars(), &overrides)
-        .map_err(|error| ToolError::Usage(error.to_string()))?;
+    let config = super::relay_config(options.config.as_deref(), brokers)?;
     config
         .validate_firstpromoter_api("`fp-relay firstpromoter`")
         .map_err(|error| ToolError::Usage(error.to_string()))?;

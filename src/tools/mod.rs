@@ -16,6 +16,21 @@ pub mod samples;
 pub mod send;
 pub mod tail;
 
+/// The relay's configuration as `serve` reads it (file, `FP_RELAY_*` environment, `--brokers`),
+/// for a tool that serves nothing: webhook credentials are read but not required.
+pub fn relay_config(
+    file: Option<&std::path::Path>,
+    brokers: Option<String>,
+) -> Result<crate::config::Config, ToolError> {
+    let overrides = crate::config::Overrides {
+        brokers,
+        insecure_no_auth: true,
+        ..Default::default()
+    };
+    crate::config::Config::load(file, std::env::vars(), &overrides)
+        .map_err(|error| ToolError::Usage(error.to_string()))
+}
+
 /// `KEY=VALUE` for `--property`.
 pub fn parse_property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {

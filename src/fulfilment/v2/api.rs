@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-use crate::firstpromoter::client::{message_of, ApiClient, Failure};
+use crate::firstpromoter::client::{message_of, ApiClient};
 
 /// The endpoint label of metrics and logs.
 pub const MARK_FULFILLED: &str = "mark_fulfilled";
@@ -94,17 +94,14 @@ impl FirstPromoterApi {
             .expect("a list of integers serialises");
         match self.client.call(Method::POST, PATH, Some(body)).await {
             Ok(answer) => classify(answer.status, answer.retry_after, &answer.body),
-            Err(Failure::Network(detail)) => CallResult::Retry {
-                result: "network_error",
-                after: None,
-                detail,
+            Err(failure) => match failure.explain() {
+                (result, detail, true) => CallResult::Retry {
+                    result,
+                    after: None,
+                    detail,
+                },
+                (result, detail, false) => CallResult::Misconfigured { result, detail },
             },
-            Err(Failure::Timeout(after)) => CallResult::Retry {
-                result: "timeout",
-                after: None,
-                detail: format!("no answer within {after:?}"),
-            },
-            Err(Failure::Settings(result, detail)) => CallResult::Misconfigured { result, detail },
         }
     }
 }
