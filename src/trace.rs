@@ -234,6 +234,23 @@ mod tests {
         assert_ne!(trace.trace_id, 0);
     }
 
+    #[test]
+    fn an_oversized_or_undecodable_tracestate_is_not_passed_on() {
+        let long = format!("congo={}", "a".repeat(MAX_TRACESTATE));
+        let trace = TraceContext::continue_parts(Some(EXAMPLE), Some(&long));
+        assert_eq!(trace.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace.state, None);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, EXAMPLE.parse().unwrap());
+        headers.insert(
+            TRACESTATE,
+            http::HeaderValue::from_bytes(b"congo=\xff\xfe").unwrap(),
+        );
+        let trace = TraceContext::continue_from(&headers);
+        assert_eq!(trace.parent_span_id, Some(0x00f0_67aa_0ba9_02b7));
+        assert_eq!(trace.state, None, "not text: left out, the trace kept");
+    }
+
     proptest! {
         /// What the relay writes, it reads back; and no input makes the parser panic.
         #[test]

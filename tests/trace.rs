@@ -274,3 +274,30 @@ async fn spans_reach_an_otlp_collector_with_the_ids_on_the_records() {
     assert_eq!(hex::encode(&refusal.trace_id), TRACE_ID);
     relay.shutdown().await;
 }
+
+/// A collector that is not there costs requests nothing: they are answered as usual and the
+/// spans that could not be exported are counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_collector_drops_spans_and_delays_no_answer() {
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config.fulfilment.enabled = false;
+    config.telemetry.otlp.endpoint = Some(format!("http://127.0.0.1:{}", common::free_port()));
+    config.telemetry.otlp.timeout = Duration::from_millis(500);
+    let relay = TestRelay::start_ready(config).await;
+    for _ in 0..3 {
+        let reply = relay
+            .post_with(sample("v1/lead_signup.json"), &[("traceparent", INCOMING)])
+            .await;
+        assert!(reply.status.is_success(), "{}", reply.text());
+    }
+    assert!(
+        common::eventually(WAIT, async || relay
+            .metric("fp_relay_spans_dropped_total")
+            .await
+            >= 3.0)
+        .await,
+        "dropped spans are counted"
+    );
+    relay.shutdown().await;
+}
