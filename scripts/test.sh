@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs (the tansu broker, Prometheus's binaries and
-# kubernetes-validate, all cached under ~/.cache/fp-relay), then runs every test, never stopping
-# at the first failing test binary. Each integration test starts its own tansu broker on a free
-# loopback port.
+# The whole test suite: installs what it needs first, once (the tansu broker, Prometheus's
+# binaries, kubernetes-validate and the examples' pinned packages, all cached under
+# ~/.cache/fp-relay or FP_RELAY_CACHE_DIR), then runs every test, never stopping at the first
+# failing test binary. Each integration test starts its own tansu broker on a free loopback port.
 #
 #   scripts/test.sh                     every test (cargo test --all-targets)
 #   scripts/test.sh --test fulfilment   only what the arguments select (passed to cargo test)
@@ -15,6 +15,11 @@ TANSU_BIN="${TANSU_BIN:-$(scripts/ensure-tansu.sh)}"
 export TANSU_BIN
 PATH="$(scripts/ensure-prometheus.sh):$(scripts/ensure-kubernetes-validate.sh):$PATH"
 export PATH
+# The examples' interpreter and node_modules (tests/examples.rs reads these two variables).
+examples=$(scripts/ensure-examples.sh)
+FP_RELAY_EXAMPLES_PYTHON=$(sed -n 1p <<<"$examples")
+FP_RELAY_EXAMPLES_NODE_PATH=$(sed -n 2p <<<"$examples")
+export FP_RELAY_EXAMPLES_PYTHON FP_RELAY_EXAMPLES_NODE_PATH
 
 if [ "${CI:-}" = "true" ]; then
     cargo fmt --all -- --check

@@ -4,7 +4,14 @@ use super::*;
 
 /// `FP_RELAY_*` variables that are not settings: read by the command line (`CONFIG`) or by the
 /// project's scripts.
-const NOT_SETTINGS: &[&str] = &["config", "cache_dir", "skip_fuzz", "soak_secs"];
+const NOT_SETTINGS: &[&str] = &[
+    "config",
+    "cache_dir",
+    "skip_fuzz",
+    "soak_secs",
+    "examples_python",
+    "examples_node_path",
+];
 
 /// Sections that `FP_RELAY_{SECTION}_{KEY}` may address.
 const SECTIONS: &[&str] = &[
@@ -175,6 +182,48 @@ pub(super) fn naming_variable(error: ConfigError, sources: &[(String, String)]) 
         }
         other => other,
     }
+}
+
+/// ` (FP_RELAY_...)`: the variable that sets `field`, for an error about it, or nothing when the
+/// message names the variable that did or no variable can set it.
+pub(super) fn variable_hint(field: &str, message: &str) -> String {
+    if message.contains("(set by ") {
+        return String::new();
+    }
+    variable_for(field)
+        .map(|variable| format!(" ({variable})"))
+        .unwrap_or_default()
+}
+
+/// The environment variable that sets `field` (`kafka.ack_timeout`, `auth.basic.ops`,
+/// `kafka.properties.sasl.password`, `auth.tokens[0]`), if there is one.
+pub fn variable_for(field: &str) -> Option<String> {
+    let field = field.split('[').next()?;
+    let (section, rest) = field.split_once('.')?;
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    if !SECTIONS.contains(&section) {
+        return None;
+    }
+    let name = match rest.split_once('.') {
+        None if plain(rest) => format!("{section}_{rest}"),
+        // Underscores in the variable become dots: a property with an underscore has none.
+        Some(("properties", property))
+            if property
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.') =>
+        {
+            format!("{section}_property_{}", property.replace('.', "_"))
+        }
+        Some((table, entry)) if plain(table) && plain(entry) => {
+            format!("{section}_{table}__{entry}")
+        }
+        _ => return None,
+    };
+    Some(format!("{ENV_PREFIX}{name}").to_ascii_uppercase())
 }
 
 /// Kubernetes injects `{SERVICE}_SERVICE_HOST`, `{SERVICE}_SERVICE_PORT[_NAME]`,

@@ -172,8 +172,19 @@ fn tansu_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("TANSU_BIN") {
         return bin.into();
     }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let cached = PathBuf::from(home).join(".cache/fp-relay/tansu-0.6.0/tansu");
+    // Where scripts/cache.sh keeps it.
+    let cache = std::env::var("FP_RELAY_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                        .join(".cache")
+                })
+                .join("fp-relay")
+        });
+    let cached = cache.join("tansu-0.6.0/tansu");
     assert!(
         cached.exists(),
         "no tansu broker: run scripts/test.sh (it installs one) or set TANSU_BIN"
