@@ -62,8 +62,17 @@ fn the_dockerfile_copies_everything_the_build_needs() {
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         copy_tree(&root().join(&source), &target);
     }
+    // Only this platform's packages: a fresh machine's registry cache holds what `cargo build`
+    // fetched here, not the Windows-only crates the lock file also names.
+    let host = Command::new("rustc").arg("-vV").output().unwrap().stdout;
+    let host = String::from_utf8(host).unwrap();
+    let host = host
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host");
     let output = Command::new(env!("CARGO"))
         .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", host])
         .current_dir(&context)
         .output()
         .unwrap();
@@ -135,32 +144,375 @@ fn the_image_configuration_holds_the_listen_addresses_and_nothing_overrides_them
     assert_eq!(config.admin.listen.to_string(), "0.0.0.0:9090");
 }
 
-/// Every manifest is a valid object of its kind (the Prometheus operator's ServiceMonitor is a
-/// custom resource without a bundled schema, and is only warned about).
-#[test]
-fn the_kubernetes_manifests_validate_against_the_schemas() {
-    let manifests: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/kubernetes"))
+fn manifests() -> Vec<PathBuf> {
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/kubernetes"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    let output = Command::new("kubernetes-validate")
-        .arg("--strict")
-        .args(&manifests)
-        .output()
-        .unwrap_or_else(|error| {
-            panic!("kubernetes-validate not found ({error}): scripts/test.sh installs it")
-        });
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{report}");
-    for kind in ["statefulset", "deployment", "job", "service", "configmap"] {
+    manifests.sort();
+    manifests
+}
+
+/// The oldest Kubernetes the manifests say they need (the preStop `sleep` action), and the
+/// newest kubernetes-validate knows.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
+
+/// Every manifest, on its own, is a valid set of objects of their kinds for every Kubernetes
+/// version it claims (the Prometheus operator's ServiceMonitor is a custom resource without a
+/// bundled schema, and is only warned about).
+#[test]
+fn each_kubernetes_manifest_validates_alone_against_the_schemas() {
+    let mut report = String::new();
+    for manifest in manifests() {
+        for version in KUBERNETES_VERSIONS {
+            let output = Command::new("kubernetes-validate")
+                .args(["--strict", "-k", version])
+                .arg(&manifest)
+                .output()
+                .unwrap_or_else(|error| {
+                    panic!("kubernetes-validate not found ({error}): scripts/test.sh installs it")
+                });
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                output.status.success() && !text.contains("ERROR"),
+                "{} against {version}: {text}",
+                manifest.display()
+            );
+            report.push_str(&text);
+        }
+    }
+    for kind in [
+        "statefulset",
+        "deployment",
+        "job",
+        "service",
+        "configmap",
+        "networkpolicy",
+        "poddisruptionbudget",
+    ] {
         assert!(
             report.contains(&format!("passed for resource {kind}/")),
             "{kind}: {report}"
         );
+    }
+}
+
+/// The objects of one manifest file.
+struct Manifest {
+    file: String,
+    text: String,
+    objects: Vec<serde_yaml::Value>,
+}
+
+impl Manifest {
+    fn read(file: &str) -> Self {
+        let text = std::fs::read_to_string(root().join("deploy/kubernetes").join(file)).unwrap();
+        let objects = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{file}: {e}")))
+            .filter(|o: &serde_yaml::Value| !o.is_null())
+            .collect();
+        Self {
+            file: file.to_owned(),
+            text,
+            objects,
+        }
+    }
+
+    fn of_kind(&self, kind: &str) -> Vec<&serde_yaml::Value> {
+        self.objects.iter().filter(|o| o["kind"] == kind).collect()
+    }
+
+    fn names(&self, kind: &str) -> Vec<String> {
+        self.of_kind(kind)
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// (workload name, its pod template) for every Deployment, StatefulSet and Job.
+    fn pod_templates(&self) -> Vec<(String, &serde_yaml::Value)> {
+        ["Deployment", "StatefulSet", "Job"]
+            .iter()
+            .flat_map(|kind| self.of_kind(kind))
+            .map(|o| {
+                (
+                    o["metadata"]["name"].as_str().unwrap().to_owned(),
+                    &o["spec"]["template"],
+                )
+            })
+            .collect()
+    }
+
+    /// True when some pod template of this file carries every label of `selector`.
+    fn selects_a_pod(&self, selector: &serde_yaml::Value) -> bool {
+        let wanted = selector.as_mapping().expect("a selector");
+        !wanted.is_empty()
+            && self.pod_templates().iter().any(|(_, template)| {
+                wanted
+                    .iter()
+                    .all(|(k, v)| template["metadata"]["labels"][k.as_str().unwrap()] == *v)
+            })
+    }
+
+    /// The Secrets and keys the file's comments say how to create
+    /// (`kubectl create secret generic NAME --from-literal=KEY=...`).
+    fn documented_secrets(&self) -> Vec<(String, Vec<String>)> {
+        let comments: String = self
+            .text
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix('#'))
+            .map(|l| l.trim_end().trim_end_matches('\\'))
+            .collect::<Vec<_>>()
+            .join(" ");
+        comments
+            .split("kubectl create secret generic ")
+            .skip(1)
+            .map(|command| {
+                let command = command.split("kubectl ").next().unwrap();
+                let name = command.split_whitespace().next().unwrap().to_owned();
+                let keys = command
+                    .split("--from-literal=")
+                    .skip(1)
+                    .map(|kv| kv.split('=').next().unwrap().to_owned())
+                    .collect();
+                (name, keys)
+            })
+            .collect()
+    }
+}
+
+/// Every value under `value` whose key is `key`, at any depth.
+fn find_all<'a>(value: &'a serde_yaml::Value, key: &str, found: &mut Vec<&'a serde_yaml::Value>) {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (k, v) in map {
+                if k.as_str() == Some(key) {
+                    found.push(v);
+                }
+                find_all(v, key, found);
+            }
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for item in items {
+                find_all(item, key, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn references<'a>(template: &'a serde_yaml::Value, key: &str) -> Vec<&'a serde_yaml::Value> {
+    let mut found = Vec::new();
+    find_all(template, key, &mut found);
+    found
+}
+
+/// Each manifest applies alone: every ConfigMap, Service and PodDisruptionBudget it needs is in
+/// it, every Secret it reads is either in it or created by a command in its comments (with the
+/// keys it reads), a StatefulSet's governing Service is headless, and every Service, budget
+/// and policy selects a pod of the file. The drain Job's volume claim is the one
+/// gateway-spool.yaml's StatefulSet makes.
+#[test]
+fn each_kubernetes_manifest_names_nothing_it_does_not_hold_or_say_how_to_create() {
+    let spool = Manifest::read("gateway-spool.yaml");
+    for path in manifests() {
+        let file = path.file_name().unwrap().to_str().unwrap();
+        let manifest = Manifest::read(file);
+        let secrets = manifest.documented_secrets();
+        for (workload, template) in manifest.pod_templates() {
+            let at = format!("{}: {workload}", manifest.file);
+            assert_eq!(
+                template["spec"]["automountServiceAccountToken"],
+                serde_yaml::Value::Bool(false),
+                "{at}: no service account token"
+            );
+            for config_map in references(template, "configMap")
+                .into_iter()
+                .chain(references(template, "configMapKeyRef"))
+            {
+                let name = config_map["name"].as_str().unwrap();
+                assert!(
+                    manifest.names("ConfigMap").iter().any(|n| n == name),
+                    "{at} mounts ConfigMap {name}, which the file does not hold"
+                );
+            }
+            for secret in references(template, "secretKeyRef") {
+                let name = secret["name"].as_str().unwrap();
+                let key = secret["key"].as_str().unwrap();
+                assert!(
+                    manifest.names("Secret").iter().any(|n| n == name)
+                        || secrets
+                            .iter()
+                            .any(|(n, keys)| n == name && keys.iter().any(|k| k == key)),
+                    "{at} reads Secret {name} key {key}: neither in the file nor created by a \
+                     documented command ({secrets:?})"
+                );
+            }
+            for claim in references(template, "persistentVolumeClaim") {
+                let claim = claim["claimName"].as_str().unwrap();
+                let statefulset = &spool.names("StatefulSet")[0];
+                assert!(
+                    claim.starts_with(&format!("spool-{statefulset}-")),
+                    "{at} mounts claim {claim}, which gateway-spool.yaml's StatefulSet does not make"
+                );
+            }
+        }
+        for statefulset in manifest.of_kind("StatefulSet") {
+            let service = statefulset["spec"]["serviceName"].as_str().unwrap();
+            let governing = manifest
+                .of_kind("Service")
+                .into_iter()
+                .find(|s| s["metadata"]["name"] == service)
+                .unwrap_or_else(|| panic!("{file}: no Service {service} for the StatefulSet"));
+            assert_eq!(
+                governing["spec"]["clusterIP"], "None",
+                "{service} is headless"
+            );
+        }
+        for service in manifest.of_kind("Service") {
+            assert!(
+                manifest.selects_a_pod(&service["spec"]["selector"]),
+                "{file}: Service {:?} selects no pod of the file",
+                service["metadata"]["name"]
+            );
+        }
+        for kind in ["PodDisruptionBudget", "NetworkPolicy"] {
+            for object in manifest.of_kind(kind) {
+                let selector = if kind == "NetworkPolicy" {
+                    &object["spec"]["podSelector"]["matchLabels"]
+                } else {
+                    &object["spec"]["selector"]["matchLabels"]
+                };
+                assert!(
+                    manifest.selects_a_pod(selector),
+                    "{file}: {kind} {:?} selects no pod of the file",
+                    object["metadata"]["name"]
+                );
+            }
+        }
+    }
+}
+
+/// The stateless and the spooling gateway are alternatives: applied side by side they share
+/// no object and neither's Services, budget or policy select the other's pods. The
+/// ServiceMonitor scrapes the admin Service of both, and no webhook Service exposes the admin
+/// port.
+#[test]
+fn the_two_gateways_share_nothing_and_only_admin_services_expose_metrics() {
+    let gateway = Manifest::read("gateway.yaml");
+    let spool = Manifest::read("gateway-spool.yaml");
+    for (one, other) in [(&gateway, &spool), (&spool, &gateway)] {
+        for object in &one.objects {
+            let key = (&object["kind"], &object["metadata"]["name"]);
+            assert!(
+                !other
+                    .objects
+                    .iter()
+                    .any(|o| (&o["kind"], &o["metadata"]["name"]) == key),
+                "{key:?} is in both {} and {}",
+                one.file,
+                other.file
+            );
+        }
+        for service in one.of_kind("Service") {
+            assert!(
+                !other.selects_a_pod(&service["spec"]["selector"]),
+                "{}: Service {:?} also selects {}'s pods",
+                one.file,
+                service["metadata"]["name"],
+                other.file
+            );
+        }
+    }
+    let monitor = Manifest::read("servicemonitor.yaml");
+    let selector = monitor.of_kind("ServiceMonitor")[0]["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+        .clone();
+    for manifest in [&gateway, &spool] {
+        let mut admin = 0;
+        for service in manifest.of_kind("Service") {
+            let labels = &service["metadata"]["labels"];
+            let selected = selector
+                .iter()
+                .all(|(k, v)| labels[k.as_str().unwrap()] == *v);
+            let ports: Vec<_> = service["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(
+                selected,
+                ports.contains(&"admin".to_owned()),
+                "{}: {:?} (ports {ports:?})",
+                manifest.file,
+                service["metadata"]["name"]
+            );
+            admin += usize::from(selected);
+        }
+        assert_eq!(admin, 1, "{}: one admin Service", manifest.file);
+    }
+}
+
+/// The relay configuration each manifest ships (its ConfigMap, plus the variables its
+/// containers set) is one the relay accepts.
+#[test]
+fn the_configuration_each_manifest_ships_is_valid() {
+    for path in manifests() {
+        let file = path.file_name().unwrap().to_str().unwrap();
+        let manifest = Manifest::read(file);
+        for (workload, template) in manifest.pod_templates() {
+            let config_map = references(template, "configMap")
+                .first()
+                .map(|c| c["name"].as_str().unwrap().to_owned());
+            let toml = config_map.map(|name| {
+                let object = manifest
+                    .of_kind("ConfigMap")
+                    .into_iter()
+                    .find(|c| c["metadata"]["name"] == name.as_str())
+                    .unwrap();
+                let dir =
+                    std::env::temp_dir().join(format!("fp-relay-k8s-{}", uuid::Uuid::new_v4()));
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join("relay.toml");
+                std::fs::write(&path, object["data"]["relay.toml"].as_str().unwrap()).unwrap();
+                path
+            });
+            // Each variable a container sets, with a value of the shape its Secret must hold.
+            let env: Vec<(String, String)> = references(template, "env")
+                .iter()
+                .flat_map(|list| list.as_sequence().unwrap())
+                .map(|var| {
+                    let name = var["name"].as_str().unwrap().to_owned();
+                    let value = var["value"].as_str().map(str::to_owned).unwrap_or_else(|| {
+                        if name.starts_with("FP_RELAY_AUTH_") {
+                            r#"["a-secret-of-sixteen-characters-or-more"]"#.to_owned()
+                        } else {
+                            "a-secret".to_owned()
+                        }
+                    });
+                    (name, value)
+                })
+                .collect();
+            // `serve` needs credentials; the other commands (spool drain) read only Kafka's.
+            let serves = references(template, "args")
+                .iter()
+                .any(|args| args[0] == "serve");
+            let overrides = Overrides {
+                insecure_no_auth: !serves,
+                ..Overrides::default()
+            };
+            let result = Config::load(toml.as_deref(), env, &overrides);
+            if let Some(toml) = &toml {
+                let _ = std::fs::remove_dir_all(toml.parent().unwrap());
+            }
+            result.unwrap_or_else(|error| panic!("{file}: {workload}: {error}"));
+        }
     }
 }

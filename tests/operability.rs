@@ -210,7 +210,7 @@ fn manifests_parse_and_dashboards_only_use_metrics_the_relay_exports() {
         "Deployment",
         "Service",
         "PodDisruptionBudget",
-        "ServiceMonitor",
+        "NetworkPolicy",
         "readinessProbe",
         "livenessProbe",
     ] {
