@@ -92,10 +92,15 @@ pub async fn run(
         options.group
     );
     tokio::pin!(stop);
+    // Piped into `head`, which has read enough: stop as Unix tools do, whether or not another
+    // line is ever written (the answers before may all sit in the pipe already).
+    let closed = output_closed();
+    tokio::pin!(closed);
     let mut last_error = String::new();
     loop {
         let message = tokio::select! {
             _ = &mut stop => return Ok(()),
+            _ = &mut closed => return Ok(()),
             message = consumer.recv() => message,
         };
         let message = match message {
@@ -123,6 +128,45 @@ pub async fn run(
             answer(&producer, &options, &request).await;
         });
     }
+}
+
+/// Resolves once standard output is a pipe or socket whose reading end has closed. poll(2)
+/// reports POLLERR (pipe) or POLLHUP (socket, terminal) on the writing end then, without a
+/// write; for a file it never resolves. The waiting thread blocks in poll and costs nothing.
+async fn output_closed() {
+    let (closed, wait) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("stdout-watch".into())
+        .spawn(move || loop {
+            let mut stdout = libc::pollfd {
+                fd: libc::STDOUT_FILENO,
+                events: 0,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let ready = unsafe { libc::poll(&mut stdout, 1, -1) };
+            if ready > 0 && stdout.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                let _ = closed.send(());
+                return;
+            }
+            if ready < 0
+                && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                return; // cannot watch: answer until stopped otherwise
+            }
+        });
+    if spawned.is_err() || wait.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// True when the request's `fp-deadline` (RFC 3339) has passed: the relay has answered
+/// FirstPromoter already (v1: "pending", it asks again later), so acting on it now would grant
+/// a reward nobody is told about.
+fn past_deadline(deadline: Option<&str>, now: std::time::SystemTime) -> bool {
+    deadline
+        .and_then(|text| humantime::parse_rfc3339_weak(text.trim()).ok())
+        .is_some_and(|at| at <= now)
 }
 
 /// A client context that keeps librdkafka's connection chatter at debug level: a broker that
@@ -163,6 +207,13 @@ async fn answer(
         );
         return;
     };
+    if past_deadline(
+        header(headers::DEADLINE).as_deref(),
+        std::time::SystemTime::now(),
+    ) {
+        eprintln!("skipped {correlation_id}: past its fp-deadline, nobody waits for the answer");
+        return;
+    }
     let reply_topic =
         header(headers::REPLY_TOPIC).unwrap_or_else(|| options.default_reply_topic.clone());
     let value =
@@ -203,5 +254,26 @@ async fn answer(
             }
         }
         Err((error, _)) => eprintln!("cannot reply to {correlation_id}: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_deadline_in_the_past_is_past_and_anything_else_is_not() {
+        let now = humantime::parse_rfc3339("2026-12-02T10:00:00Z").unwrap();
+        assert!(past_deadline(Some("2026-12-02T09:59:59.999Z"), now));
+        assert!(past_deadline(Some("2026-12-02T10:00:00Z"), now));
+        assert!(!past_deadline(Some("2026-12-02T10:00:00.001Z"), now));
+        // What the relay writes (crate::kafka::record::rfc3339) reads back.
+        let later = crate::kafka::record::rfc3339(now + Duration::from_secs(10));
+        assert!(!past_deadline(Some(&later), now));
+        assert!(past_deadline(Some(&later), now + Duration::from_secs(11)));
+        // No deadline, or one that does not parse: answered (the relay decides lateness).
+        assert!(!past_deadline(None, SystemTime::now()));
+        assert!(!past_deadline(Some("soon"), SystemTime::now()));
     }
 }
