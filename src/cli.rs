@@ -34,7 +34,13 @@ pub enum Command {
     /// FP_RELAY_KAFKA_ACK_TIMEOUT=5s, FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD for the librdkafka
     /// property sasl.password), then these flags.
     Serve(ServeArgs),
-    /// Validate a configuration file and print the effective configuration, secrets masked.
+    /// Validate the configuration as `serve` would read it and print the effective
+    /// configuration, secrets masked.
+    ///
+    /// Reads the same layers as `serve`: built-in defaults, the file (--config or
+    /// FP_RELAY_CONFIG, if given), then FP_RELAY_{SECTION}_{KEY} variables. Without a file it
+    /// checks an environment-only setup. Exits 2, naming the setting and its variable, when
+    /// `serve` would refuse it.
     CheckConfig(CheckConfigArgs),
     /// A reference fulfiller: answer every fulfilment request with one outcome.
     ///
@@ -112,9 +118,9 @@ pub struct ServeArgs {
 /// `fp-relay check-config`.
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
-    /// TOML configuration file to validate.
+    /// TOML configuration file to validate [default: none: defaults and environment only].
     #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     /// Check the file as `serve --insecure-no-auth` would read it (no warning when it
     /// configures no credentials).
     #[arg(long)]

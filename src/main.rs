@@ -40,7 +40,11 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
             insecure_no_auth,
             ..Overrides::default()
         };
-        Config::load(Some(&args.config), std::env::vars(), &overrides)
+        Config::load(args.config.as_deref(), std::env::vars(), &overrides)
+    };
+    let what = match &args.config {
+        Some(path) => path.display().to_string(),
+        None => "the defaults and the FP_RELAY_* environment (no --config)".to_owned(),
     };
     // The answer `serve` would give: a file without credentials is refused (secrets belong in
     // the environment, so say which variables), but whether the rest is valid is said too.
@@ -49,10 +53,7 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
             for deprecation in &config.deprecations {
                 eprintln!("warning: {deprecation}");
             }
-            println!(
-                "# {}: valid. Effective configuration (secrets masked):",
-                args.config.display()
-            );
+            println!("# {what}: valid. Effective configuration (secrets masked):");
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
         }
@@ -66,7 +67,7 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
                  Set auth.path_tokens (v1), auth.tokens, auth.basic or auth.signature_secrets (v2), \
                  best from the environment, e.g. FP_RELAY_AUTH_PATH_TOKENS='[\"<token>\"]'; or check \
                  it with --insecure-no-auth for a relay behind something that checks credentials",
-                args.config.display()
+                what
             );
             ExitCode::from(EXIT_CONFIG)
         }
@@ -107,7 +108,7 @@ fn send(options: SendOptions) -> ExitCode {
 }
 
 fn first_promoter(command: FirstPromoterCommand) -> ExitCode {
-    let result = runtime().and_then(|runtime| {
+    finish(runtime().and_then(|runtime| {
         let out = &mut std::io::stdout();
         Ok(runtime.block_on(async {
             match &command {
@@ -120,34 +121,32 @@ fn first_promoter(command: FirstPromoterCommand) -> ExitCode {
                 }
             }
         })?)
-    });
+    }))
+}
+
+fn drain(options: DrainOptions) -> ExitCode {
+    finish(runtime().and_then(|runtime| Ok(runtime.block_on(drain::run(&options)).map(|_| ())?)))
+}
+
+fn redrive(options: RedriveOptions) -> ExitCode {
+    finish(runtime().and_then(|runtime| {
+        Ok(runtime
+            .block_on(redrive::run(&options, &mut std::io::stdout()))
+            .map(|_| ())?)
+    }))
+}
+
+/// A tool's exit status: 0 when it did its work, 2 when the configuration is unusable (as
+/// `serve` and `check-config` answer it), 1 for anything else, said on one line.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", describe(&error));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn drain(options: DrainOptions) -> ExitCode {
-    match runtime().and_then(|runtime| Ok(runtime.block_on(drain::run(&options))?)) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {}", describe(&error));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn redrive(options: RedriveOptions) -> ExitCode {
-    let result = runtime()
-        .and_then(|runtime| Ok(runtime.block_on(redrive::run(&options, &mut std::io::stdout()))?));
-    match result {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {}", describe(&error));
-            ExitCode::FAILURE
+            match error.downcast_ref::<ToolError>() {
+                Some(ToolError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -261,15 +260,10 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 fn respond(options: ResponderOptions) -> ExitCode {
     telemetry::init(telemetry::LogFormat::Human);
-    match runtime()
-        .and_then(|runtime| Ok(runtime.block_on(respond::run(options, shutdown_signal()))?))
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {}", describe(&error));
-            ExitCode::FAILURE
-        }
-    }
+    finish(
+        runtime()
+            .and_then(|runtime| Ok(runtime.block_on(respond::run(options, shutdown_signal()))?)),
+    )
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

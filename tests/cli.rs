@@ -205,6 +205,188 @@ fn config_errors_name_the_field_and_exit_2() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("kafka.ack_timeout"));
 }
 
+/// Every command that reads the configuration answers an unusable one as `serve` does: exit
+/// 2, the key and the variable that sets it, and for a duration or a size an accepted form.
+#[test]
+fn every_command_names_the_key_its_variable_and_an_accepted_form_and_exits_2() {
+    let dir = std::env::temp_dir().join(format!("fp-relay-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let commands: [&[&str]; 5] = [
+        &["check-config"],
+        &["serve"],
+        &["spool", "drain", "--dir", dir.to_str().unwrap()],
+        &["firstpromoter", "status"],
+        &["firstpromoter", "recover", "--since", "1h"],
+    ];
+    let cases: [(&str, &str, &[&str]); 4] = [
+        (
+            "FP_RELAY_KAFKA_ACK_TIMEOUT",
+            "5x",
+            &["kafka.ack_timeout", "FP_RELAY_KAFKA_ACK_TIMEOUT", "\"10s\""],
+        ),
+        (
+            "FP_RELAY_KAFKA_ACK_TIMEOUT",
+            "5",
+            &[
+                "kafka.ack_timeout",
+                "FP_RELAY_KAFKA_ACK_TIMEOUT",
+                "\"1m30s\"",
+            ],
+        ),
+        (
+            "FP_RELAY_SPOOL_MAX_BYTES",
+            "2MiB",
+            &["spool.max_bytes", "FP_RELAY_SPOOL_MAX_BYTES", "1048576"],
+        ),
+        (
+            "FP_RELAY_HTTP_SHUTDOWN_TIMEOUT",
+            "soon",
+            &[
+                "http.shutdown_timeout",
+                "FP_RELAY_HTTP_SHUTDOWN_TIMEOUT",
+                "500ms",
+            ],
+        ),
+    ];
+    for (variable, value, wanted) in cases {
+        for command in commands {
+            let output = fp_relay()
+                .args(command)
+                .env("FP_RELAY_AUTH_INSECURE_NO_AUTH", "true")
+                .env(variable, value)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{command:?} {variable}={value}: {stderr}"
+            );
+            for text in wanted {
+                assert!(
+                    stderr.contains(text),
+                    "{command:?} {variable}={value}: no {text} in {stderr}"
+                );
+            }
+        }
+    }
+    // The same rule from a file names the variable too (the other place to set it).
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, "[kafka]\nack_timeout = 5\n").unwrap();
+    let output = fp_relay()
+        .args(["check-config", "--insecure-no-auth", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("kafka.ack_timeout (FP_RELAY_KAFKA_ACK_TIMEOUT)")
+            && stderr.contains("\"10s\""),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A token where a list belongs (the natural mistake with a Secret) is refused without the
+/// token in the message, with the form that works.
+#[test]
+fn a_bare_secret_where_a_list_belongs_is_refused_without_showing_it() {
+    let token = "a-bare-token-that-must-stay-secret";
+    for variable in [
+        "FP_RELAY_AUTH_TOKENS",
+        "FP_RELAY_AUTH_PATH_TOKENS",
+        "FP_RELAY_AUTH_SIGNATURE_SECRETS",
+    ] {
+        for command in [&["check-config"][..], &["serve"][..]] {
+            let output = fp_relay()
+                .args(command)
+                .env(variable, token)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{variable}: {stderr}");
+            assert!(
+                !stderr.contains(token),
+                "{variable}: the secret leaked: {stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("{variable}='[\"")),
+                "{variable}: says how to write it: {stderr}"
+            );
+        }
+    }
+}
+
+/// check-config without a file checks an environment-only setup (as the sidecar manifest's).
+#[test]
+fn check_config_without_a_file_checks_defaults_and_environment() {
+    let output = fp_relay()
+        .arg("check-config")
+        .env("FP_RELAY_KAFKA_BROKERS", "kafka-1:9092,kafka-2:9092")
+        .env("FP_RELAY_AUTH_TOKENS", r#"["a-token-of-sixteen-chars"]"#)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("environment (no --config): valid"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("kafka-1:9092,kafka-2:9092"), "{stdout}");
+    assert!(!stdout.contains("a-token-of-sixteen-chars"), "{stdout}");
+    let refused = fp_relay().arg("check-config").output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "no credentials: refused");
+}
+
+/// The FirstPromoter commands without API settings name both settings and their variables at
+/// once, and exit 2 like every configuration error.
+#[test]
+fn firstpromoter_commands_without_api_settings_name_both_variables() {
+    for command in ["status", "subscribe"] {
+        let output = fp_relay()
+            .args(["firstpromoter", command])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        for text in [
+            "firstpromoter.api_key (FP_RELAY_FIRSTPROMOTER_API_KEY)",
+            "FP_RELAY_FIRSTPROMOTER_ACCOUNT_ID",
+            &format!("for `fp-relay firstpromoter {command}`"),
+        ] {
+            assert!(stderr.contains(text), "{command}: no {text:?} in {stderr}");
+        }
+    }
+}
+
+/// Nothing dead-lettered yet means nothing to move: a success, said so.
+#[test]
+fn redrive_with_no_dead_letter_topic_yet_moves_nothing_and_succeeds() {
+    let broker = Tansu::start();
+    for dry_run in [true, false] {
+        let mut command = fp_relay();
+        command.args(["redrive", "--brokers", &broker.bootstrap()]);
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("nothing to move"), "{stdout}");
+    }
+}
+
 #[test]
 fn help_explains_every_subcommand() {
     for args in [
@@ -471,8 +653,12 @@ async fn respond_piped_into_head_ends_quietly_when_the_pipe_closes() {
         .unwrap();
     let stdout = responder.stdout.take().unwrap();
     let first = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        reader.read_line(&mut line).unwrap();
+        // The other two answers (500 ms each, at once) land in the pipe before it closes, so
+        // no later write would notice: respond must see the closed pipe by itself.
+        std::thread::sleep(Duration::from_millis(1500));
         line // the reader, and so the pipe, is closed here
     })
     .await
@@ -497,5 +683,77 @@ async fn respond_piped_into_head_ends_quietly_when_the_pipe_closes() {
         status.and_then(|s| s.code()),
         Some(0),
         "ended by itself, quietly, once its output was closed"
+    );
+}
+
+/// Like the examples, `respond` leaves alone a request whose fp-deadline has passed (the relay
+/// answered FirstPromoter already) and answers the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn respond_skips_requests_past_their_deadline() {
+    let broker = Tansu::start();
+    let bootstrap = broker.bootstrap();
+    let now = std::time::SystemTime::now();
+    let past = fp_relay::kafka::record::rfc3339(now - Duration::from_secs(1));
+    let future = fp_relay::kafka::record::rfc3339(now + Duration::from_secs(600));
+    for (id, deadline) in [
+        ("late", Some(&past)),
+        ("timely", Some(&future)),
+        ("open", None),
+    ] {
+        let mut headers = vec![
+            ("fp-correlation-id", id),
+            ("fp-reply-topic", "firstpromoter.fulfilment_replies"),
+        ];
+        if let Some(deadline) = deadline {
+            headers.push(("fp-deadline", deadline.as_str()));
+        }
+        common::produce(
+            &bootstrap,
+            "firstpromoter.fulfilment_pending",
+            Some(0),
+            None,
+            &headers,
+            r#"{"event":{"type":"fulfilment_pending"}}"#,
+        )
+        .await;
+    }
+    let mut responder = fp_relay()
+        .args(["respond", "--brokers", &bootstrap])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = responder.stdout.take().unwrap();
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        (0..2)
+            .map(|_| {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                line
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let replies = common::consume_all(
+        &bootstrap,
+        "firstpromoter.fulfilment_replies",
+        Duration::from_secs(2),
+    )
+    .await;
+    let _ = responder.kill();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut responder.stderr.take().unwrap(), &mut stderr).unwrap();
+    let _ = responder.wait();
+    let mut ids: Vec<_> = replies
+        .iter()
+        .filter_map(|r| r.header("fp-correlation-id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["open", "timely"], "{answered:?}");
+    assert!(
+        stderr.contains("skipped late: past its fp-deadline"),
+        "{stderr}"
     );
 }

@@ -344,7 +344,7 @@ async fn redrive_moves_matching_dead_letters_back_once() {
     let (dry, listing) = run(options(true, &["kafka_refused"])).await;
     assert_eq!((dry.read, dry.moved), (3, 1), "{listing}");
     assert!(
-        listing.contains("0/0  would move to firstpromoter.lead_signup"),
+        listing.contains("partition 0 offset 0: would move to firstpromoter.lead_signup"),
         "{listing}"
     );
     let lead_signups = consume_all(

@@ -617,7 +617,10 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
-    #[error("{field}: {message}")]
+    /// A setting's value breaks a rule; shown with the variable that sets it
+    /// (`kafka.ack_timeout (FP_RELAY_KAFKA_ACK_TIMEOUT): ...`) unless the message names the one
+    /// that did.
+    #[error("{field}{}: {message}", env::variable_hint(field, message))]
     Invalid { field: String, message: String },
 }
 
@@ -693,9 +696,10 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let field = e.path().to_string();
+                let message = explain_type_error(&field, e.into_inner().message());
                 name(ConfigError::Invalid {
                     field: if field == "." { origin.clone() } else { field },
-                    message: e.into_inner().message().to_owned(),
+                    message,
                 })
             })?;
         config.move_deprecated().map_err(name)?;
@@ -753,7 +757,8 @@ impl Config {
         carry!(allow_insecure_http);
         self.deprecations.extend(moved.into_iter().map(|key| {
             format!(
-                "fulfilment.v2.{key} is deprecated: it is read as firstpromoter.{key}                  (FP_RELAY_FIRSTPROMOTER_{}); move it there",
+                "fulfilment.v2.{key} is deprecated: it is read as firstpromoter.{key} \
+                 (FP_RELAY_FIRSTPROMOTER_{}); move it there",
                 key.to_ascii_uppercase()
             )
         }));
@@ -837,6 +842,62 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// A type error from the parser made useful: secrets' values left out (a bare token where a
+/// list belongs must not land in a pod's log), and an accepted form shown for lists of
+/// secrets, durations and sizes.
+fn explain_type_error(field: &str, message: &str) -> String {
+    // `auth.path_tokens[0]` is the list's field.
+    let setting = field.split('[').next().unwrap_or(field);
+    let mut message = if is_secret_setting(setting) {
+        without_values(message)
+    } else {
+        message.to_owned()
+    };
+    let key = setting.rsplit('.').next().unwrap_or(setting);
+    if message.contains("expected a sequence") {
+        let variable = format!("{ENV_PREFIX}{}", setting.replace('.', "_")).to_ascii_uppercase();
+        message.push_str(&format!(
+            "; write a list, e.g. {key} = [\"<first>\", \"<second>\"] in the file or {variable}='[\"<first>\"]'"
+        ));
+    } else if message.contains("duration") || message.contains("time unit") {
+        message.push_str("; write a duration such as \"10s\", \"1m30s\" or \"500ms\"");
+    } else if key.ends_with("_bytes") {
+        message.push_str("; write a number of bytes, e.g. 1048576 for 1 MiB");
+    }
+    message
+}
+
+/// True for settings whose values are secrets (what `to_masked_toml` masks).
+pub fn is_secret_setting(field: &str) -> bool {
+    let field = field.to_ascii_lowercase();
+    matches!(
+        field.as_str(),
+        "auth.tokens" | "auth.path_tokens" | "auth.signature_secrets" | "firstpromoter.api_key"
+    ) || field.starts_with("auth.basic")
+        || field
+            .split_once("properties.")
+            .is_some_and(|(_, key)| is_secret_property(key))
+}
+
+/// `message` with every quoted value (`"..."` or `` `...` ``) replaced by the mask.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['"', '`']) {
+        let quote = rest[start..].chars().next().unwrap_or('"');
+        let Some(length) = rest[start + 1..].find(quote) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push(quote);
+        out.push_str(MASK);
+        out.push(quote);
+        rest = &rest[start + 1 + length + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Shortest secret, token or password accepted: guessing must stay hopeless.

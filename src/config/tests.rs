@@ -59,7 +59,10 @@ fn ack_timeout_must_stay_below_firstpromoter_timeout() {
     let err = load_str("[kafka]\nack_timeout = \"15s\"\n", &[])
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("kafka.ack_timeout:"), "{err}");
+    assert!(
+        err.starts_with("kafka.ack_timeout (FP_RELAY_KAFKA_ACK_TIMEOUT): "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -523,4 +526,62 @@ fn errors_in_values_from_the_environment_name_the_variable() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("(set by FP_RELAY_ADMIN_LISTN)"), "{err}");
+}
+
+#[test]
+fn every_field_an_error_can_name_maps_to_the_variable_that_sets_it() {
+    use super::env::variable_for;
+    for (field, variable) in [
+        ("kafka.ack_timeout", Some("FP_RELAY_KAFKA_ACK_TIMEOUT")),
+        ("auth.path_tokens[0]", Some("FP_RELAY_AUTH_PATH_TOKENS")),
+        ("auth.basic.ops", Some("FP_RELAY_AUTH_BASIC__OPS")),
+        (
+            "fulfilment.v2.enabled",
+            Some("FP_RELAY_FULFILMENT_V2__ENABLED"),
+        ),
+        (
+            "kafka.properties.sasl.password",
+            Some("FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD"),
+        ),
+        // Underscores in a variable become dots: no variable can set this property.
+        ("kafka.properties.sasl.oauthbearer.client_id", None),
+        ("kafka.properties.\"enable.idempotence\"", None),
+        ("kafka.topics.\"referral.created\"", None),
+        ("relay.toml", None),
+        ("FP_RELAY_KAFAK_BROKERS", None),
+        ("fulfilment.v2.api_url (now firstpromoter.api_url)", None),
+    ] {
+        assert_eq!(variable_for(field).as_deref(), variable, "{field}");
+    }
+    // Each variable named sets the field it was named for: the environment layer agrees.
+    for (field, variable) in [
+        ("kafka.ack_timeout", "FP_RELAY_KAFKA_ACK_TIMEOUT"),
+        ("auth.basic.ops", "FP_RELAY_AUTH_BASIC__OPS"),
+        (
+            "kafka.properties.sasl.password",
+            "FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD",
+        ),
+    ] {
+        let mut table = toml::Table::new();
+        let sources =
+            super::env::apply_env(&mut table, [(variable.to_owned(), "x".to_owned())]).unwrap();
+        let set = &sources[0].0;
+        assert!(
+            field == set || field.starts_with(&format!("{set}.")),
+            "{variable} sets {set}, not {field}"
+        );
+    }
+}
+
+#[test]
+fn a_secret_setting_of_the_wrong_type_is_named_without_its_value() {
+    let err = load_str("", &[("FP_RELAY_AUTH_TOKENS", "hunter2-hunter2-hunter2")])
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("FP_RELAY_AUTH_TOKENS='[\""), "{err}");
+    let err = load_str("[firstpromoter]\napi_key = 12345678901234567\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("12345678901234567"), "{err}");
 }

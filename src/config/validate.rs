@@ -350,7 +350,7 @@ impl Config {
         if !v2.enabled {
             return Ok(());
         }
-        self.validate_firstpromoter_api("fulfilment.v2.enabled")?;
+        self.validate_firstpromoter_api("when fulfilment.v2.enabled is true")?;
         if v2.units.is_empty() {
             return Err(ConfigError::invalid(
                 "fulfilment.v2.units",
@@ -425,31 +425,34 @@ impl Config {
             ));
         }
         if fp.reconcile.enabled {
-            self.validate_firstpromoter_api("firstpromoter.reconcile.enabled")?;
+            self.validate_firstpromoter_api("when firstpromoter.reconcile.enabled is true")?;
         }
         Ok(())
     }
 
-    /// The key and account id a caller of the API needs; `because` names the setting that
-    /// makes the relay call it.
+    /// The key and account id a caller of the API needs; `because` says what makes the relay
+    /// call it ("when fulfilment.v2.enabled is true", "for `fp-relay firstpromoter status`").
+    /// Both are named at once when both are missing, each with its variable.
     pub fn validate_firstpromoter_api(&self, because: &str) -> Result<(), ConfigError> {
         let fp = &self.firstpromoter;
-        if fp.api_key.trim().is_empty() {
-            return Err(ConfigError::invalid(
+        let key = fp.api_key.trim().is_empty();
+        let account = fp.account_id.trim().is_empty();
+        let (field, also) = match (key, account) {
+            (false, false) => return Ok(()),
+            (true, true) => (
                 "firstpromoter.api_key",
-                format!(
-                    "is required when {because} is set (FirstPromoter API key; \
-                     prefer FP_RELAY_FIRSTPROMOTER_API_KEY)"
-                ),
-            ));
-        }
-        if fp.account_id.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "firstpromoter.account_id",
-                format!("is required when {because} is set (FirstPromoter account id)"),
-            ));
-        }
-        Ok(())
+                ", and so is firstpromoter.account_id (FP_RELAY_FIRSTPROMOTER_ACCOUNT_ID)",
+            ),
+            (true, false) => ("firstpromoter.api_key", ""),
+            (false, true) => ("firstpromoter.account_id", ""),
+        };
+        Err(ConfigError::invalid(
+            field,
+            format!(
+                "is required {because}{also}: your FirstPromoter API key and account id (set \
+                 the key from the environment or a secret, not in the file)"
+            ),
+        ))
     }
 }
 

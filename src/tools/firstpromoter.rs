@@ -103,12 +103,14 @@ pub struct Recovered {
     pub skipped: BTreeMap<String, usize>,
 }
 
-/// The configuration and API client every subcommand starts from.
-fn load(options: &ApiOptions, brokers: Option<String>) -> Result<(Config, ApiClient), ToolError> {
+/// The configuration and API client every subcommand (`command`) starts from.
+fn load(
+    command: &str,
+    options: &ApiOptions,
+    brokers: Option<String>,
+) -> Result<(Config, ApiClient), ToolError> {
     let config = super::relay_config(options.config.as_deref(), brokers)?;
-    config
-        .validate_firstpromoter_api("`fp-relay firstpromoter`")
-        .map_err(|error| ToolError::Usage(error.to_string()))?;
+    config.validate_firstpromoter_api(&format!("for `fp-relay firstpromoter {command}`"))?;
     let client =
         ApiClient::new(&config.firstpromoter, None).map_err(|e| ToolError::Usage(e.to_string()))?;
     Ok((config, client))
@@ -167,7 +169,7 @@ pub fn subscription_timeout(config: &Config) -> u64 {
 
 /// Creates or updates the subscription for `--url`; what it did goes to `out`.
 pub async fn subscribe(options: &SubscribeOptions, out: &mut impl Write) -> Result<(), ToolError> {
-    let (config, client) = load(&options.api, None)?;
+    let (config, client) = load("subscribe", &options.api, None)?;
     let url = options
         .url
         .clone()
@@ -357,7 +359,7 @@ impl Wanted<'_> {
 
 /// Prints the subscriptions and their deliveries by status over `--since`.
 pub async fn status(options: &StatusOptions, out: &mut impl Write) -> Result<(), ToolError> {
-    let (config, client) = load(&options.api, None)?;
+    let (config, client) = load("status", &options.api, None)?;
     let webhooks = Webhooks::new(&client);
     let subscriptions = webhooks.subscriptions().await.map_err(api_error)?;
     if subscriptions.is_empty() {
@@ -447,7 +449,7 @@ pub async fn recover(
     options: &RecoverOptions,
     out: &mut impl Write,
 ) -> Result<Recovered, ToolError> {
-    let (config, client) = load(&options.api, options.brokers.clone())?;
+    let (config, client) = load("recover", &options.api, options.brokers.clone())?;
     let webhooks = Webhooks::new(&client);
     let since = SystemTime::now() - options.since;
     let subscriptions: Vec<Subscription> = webhooks

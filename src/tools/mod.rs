@@ -27,8 +27,11 @@ pub fn relay_config(
         insecure_no_auth: true,
         ..Default::default()
     };
-    crate::config::Config::load(file, std::env::vars(), &overrides)
-        .map_err(|error| ToolError::Usage(error.to_string()))
+    Ok(crate::config::Config::load(
+        file,
+        std::env::vars(),
+        &overrides,
+    )?)
 }
 
 /// `KEY=VALUE` for `--property`.
@@ -44,7 +47,11 @@ pub fn parse_property(text: &str) -> Result<(String, String), String> {
 /// Why a developer tool stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    /// The command line asks for something that cannot be done.
+    /// The configuration (file, `FP_RELAY_*` environment) is unusable: exit status 2, as
+    /// `serve` and `check-config` answer it.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The command line asks for something that cannot be done (exit status 2 too).
     #[error("{0}")]
     Usage(String),
     /// A file could not be read.

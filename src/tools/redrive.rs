@@ -151,8 +151,16 @@ pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summa
         &options.brokers,
     )
     .create()?;
-    assign_from_committed(&consumer, &options.dead_letter_topic).await?;
     let started = SystemTime::now();
+    if !assign_from_committed(&consumer, &options.dead_letter_topic).await? {
+        // Nothing was ever dead-lettered on these brokers: nothing to move is success.
+        writeln!(
+            out,
+            "redrive: the dead-letter topic {:?} does not exist on these brokers yet: nothing to move",
+            options.dead_letter_topic
+        )?;
+        return Ok(Summary::default());
+    }
     let mut summary = Summary::default();
     let mut done: BTreeMap<i32, i64> = BTreeMap::new();
     let progress = std::io::stderr().is_terminal();
@@ -194,7 +202,7 @@ pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summa
         if let Some(line) = line {
             writeln!(
                 out,
-                "{}/{}  {line}  reason: {}",
+                "partition {} offset {}: {line} (reason: {})",
                 message.partition, message.offset, message.reason
             )?;
         }
@@ -214,7 +222,7 @@ pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summa
     }
     writeln!(
         out,
-        "redrive: {} read, {} {verb}, {} left (group {group}{})",
+        "redrive: {} read, {} {verb}, {} left where they are (progress group {group}{})",
         summary.read,
         summary.moved,
         summary.skipped,
@@ -228,8 +236,8 @@ pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summa
 }
 
 /// Assigns every partition of `topic`, each at this group's committed offset (its beginning
-/// when there is none).
-async fn assign_from_committed(consumer: &StreamConsumer, topic: &str) -> Result<(), ToolError> {
+/// when there is none). False when the topic does not exist.
+async fn assign_from_committed(consumer: &StreamConsumer, topic: &str) -> Result<bool, ToolError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = metadata
         .topics()
@@ -237,9 +245,7 @@ async fn assign_from_committed(consumer: &StreamConsumer, topic: &str) -> Result
         .find(|t| t.name() == topic)
         .map_or(0, |t| t.partitions().len() as i32);
     if partitions == 0 {
-        return Err(ToolError::Usage(format!(
-            "the dead-letter topic {topic:?} does not exist on these brokers"
-        )));
+        return Ok(false);
     }
     let mut wanted = TopicPartitionList::new();
     for partition in 0..partitions {
@@ -259,7 +265,7 @@ async fn assign_from_committed(consumer: &StreamConsumer, topic: &str) -> Result
     }
     drop(committed);
     consumer.assign(&assignment)?;
-    Ok(())
+    Ok(true)
 }
 
 fn commit(
