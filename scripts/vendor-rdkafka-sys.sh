@@ -20,7 +20,12 @@ rm -rf vendor/rdkafka-sys
 cp -a "$registry" vendor/rdkafka-sys
 rm -rf vendor/rdkafka-sys/librdkafka/{tests,packaging,examples,win32}
 rm -f vendor/rdkafka-sys/{.cargo_vcs_info.json,.cargo-ok,Cargo.toml.orig}
-for patch in vendor/patches/*.patch; do
+# librdkafka-*.patch change the C library, rdkafka-sys-*.patch the crate around it.
+for patch in vendor/patches/librdkafka-*.patch; do
     echo "applying $patch" >&2
     patch -d vendor/rdkafka-sys/librdkafka -p1 --no-backup-if-mismatch < "$patch"
+done
+for patch in vendor/patches/rdkafka-sys-*.patch; do
+    echo "applying $patch" >&2
+    patch -d vendor/rdkafka-sys -p1 --no-backup-if-mismatch < "$patch"
 done

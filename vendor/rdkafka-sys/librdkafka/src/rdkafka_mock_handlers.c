@@ -1747,12 +1747,18 @@ static int rd_kafka_mock_handle_LeaveGroup(rd_kafka_mock_connection_t *mconn,
         const rd_bool_t log_decode_errors = rd_true;
         rd_kafka_buf_t *resp = rd_kafka_mock_buf_new_response(rkbuf);
         rd_kafkap_str_t GroupId, MemberId;
+        int32_t MemberCnt = 0;
+        int32_t i;
         rd_kafka_resp_err_t err;
-        rd_kafka_mock_cgrp_classic_t *mcgrp;
+        rd_kafka_mock_cgrp_classic_t *mcgrp = NULL;
         rd_kafka_mock_cgrp_classic_member_t *member = NULL;
 
         rd_kafka_buf_read_str(rkbuf, &GroupId);
-        rd_kafka_buf_read_str(rkbuf, &MemberId);
+        /* v3+ (KIP-345) names a batch of members instead of one. */
+        if (rkbuf->rkbuf_reqhdr.ApiVersion >= 3)
+                rd_kafka_buf_read_arraycnt(rkbuf, &MemberCnt, 10000);
+        else
+                rd_kafka_buf_read_str(rkbuf, &MemberId);
 
         /*
          * Construct response
@@ -1779,6 +1785,43 @@ static int rd_kafka_mock_handle_LeaveGroup(rd_kafka_mock_connection_t *mconn,
                 mcgrp = rd_kafka_mock_cgrp_classic_find(mcluster, &GroupId);
                 if (!mcgrp)
                         err = RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND;
+        }
+
+        if (rkbuf->rkbuf_reqhdr.ApiVersion >= 3) {
+                /* ErrorCode, then each member's own answer (none when the
+                 * whole request failed). */
+                rd_kafka_buf_write_i16(resp, err);
+                rd_kafka_buf_write_arraycnt(resp, err ? 0 : MemberCnt);
+                for (i = 0; i < MemberCnt; i++) {
+                        rd_kafkap_str_t GroupInstanceId;
+                        rd_kafka_resp_err_t member_err;
+
+                        rd_kafka_buf_read_str(rkbuf, &MemberId);
+                        rd_kafka_buf_read_str(rkbuf, &GroupInstanceId);
+                        rd_kafka_buf_skip_tags(rkbuf);
+                        if (err)
+                                continue;
+
+                        member = rd_kafka_mock_cgrp_classic_member_find(
+                            mcgrp, &MemberId);
+                        if (!member)
+                                member_err =
+                                    RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID;
+                        else
+                                member_err =
+                                    rd_kafka_mock_cgrp_classic_check_state(
+                                        mcgrp, member, rkbuf, -1);
+                        if (!member_err)
+                                rd_kafka_mock_cgrp_classic_member_leave(
+                                    mcgrp, member);
+
+                        rd_kafka_buf_write_kstr(resp, &MemberId);
+                        rd_kafka_buf_write_kstr(resp, &GroupInstanceId);
+                        rd_kafka_buf_write_i16(resp, member_err);
+                        rd_kafka_buf_write_tags_empty(resp);
+                }
+                rd_kafka_mock_connection_send_response(mconn, resp);
+                return 0;
         }
 
         if (!err) {
