@@ -8,7 +8,7 @@ use http::StatusCode;
 
 use crate::kafka::publisher::PublishError;
 use crate::webhook::auth::AuthFailure;
-use crate::webhook::envelope::EnvelopeError;
+use crate::webhook::envelope::{EnvelopeError, WebhookVersion};
 
 /// Seconds a client is told to wait after a 503.
 pub const RETRY_AFTER_SECS: &str = "5";
@@ -31,6 +31,13 @@ pub enum RelayError {
     /// The client address is outside `auth.allow_sources`.
     #[error("source address not allowed")]
     Forbidden,
+    /// The request's credential may not deliver this envelope (a v1 path token carrying a v2
+    /// webhook, a v2 token carrying v1's `fulfilment_pending`): refused unpublished.
+    #[error("the credential used may not deliver {} webhooks", .0.as_str())]
+    CredentialScope(WebhookVersion),
+    /// A v2 event older than `auth.max_event_age`: a replayed body, refused unpublished.
+    #[error("the event is older than auth.max_event_age ({}s old)", .age.as_secs())]
+    StaleEvent { age: std::time::Duration },
     /// Buffering this body would exceed `http.max_buffered_body_bytes` (the memory budget).
     #[error("too many request bodies in memory right now")]
     Busy,
@@ -63,7 +70,9 @@ impl RelayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::CredentialScope(_) | Self::StaleEvent { .. } => {
+                StatusCode::FORBIDDEN
+            }
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
@@ -102,6 +111,8 @@ impl RelayError {
             Self::PayloadTooLarge { .. } => "too_large",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::CredentialScope(_) => "credential_scope",
+            Self::StaleEvent { .. } => "stale_event",
             Self::RequestTimeout => "request_timeout",
             Self::BodyRead(_) => "body_read",
             Self::Invalid { error, .. } => error.reason(),

@@ -86,6 +86,50 @@ const MIN_LATE_RETENTION: Duration = Duration::from_secs(60);
 /// Longest wait at shutdown for the v2 marker to leave its consumer group.
 const MARKER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Checks the files `auth.*` secrets came from every `auth.reload_interval`; when one changed,
+/// reads them all again and checks credentials with the new set (a Secret rotated in place).
+/// A set that does not validate is refused with one line, and the previous one stays.
+async fn watch_auth_files(relay: Arc<Relay>, stop: CancellationToken) {
+    let fingerprint = |relay: &Relay| -> Vec<Option<[u8; 32]>> {
+        use sha2::Digest;
+        relay
+            .config()
+            .secret_files
+            .iter()
+            .map(|f| {
+                std::fs::read(&f.path)
+                    .ok()
+                    .map(|b| sha2::Sha256::digest(b).into())
+            })
+            .collect()
+    };
+    let mut seen = fingerprint(&relay);
+    let mut tick = tokio::time::interval(relay.config().auth.reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = fingerprint(&relay);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match relay.config().reread_auth_files() {
+            Ok(Some(auth)) => {
+                relay.replace_authenticator(webhook::auth::Authenticator::new(&auth));
+                tracing::info!("auth secrets changed in their files; the new ones are in use");
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(
+                %error,
+                "auth secrets changed in their files but are not usable; the previous ones stay in use"
+            ),
+        }
+    }
+}
+
 /// A relay whose listeners are bound and which is ready to [`Server::run`].
 pub struct Server {
     config: Config,
@@ -148,6 +192,14 @@ impl Server {
             "fp-relay is serving"
         );
 
+        if relay
+            .config()
+            .secret_files
+            .iter()
+            .any(|f| f.variable.starts_with("FP_RELAY_AUTH_"))
+        {
+            tokio::spawn(watch_auth_files(relay.clone(), background.clone()));
+        }
         let tls = match &relay.config().http.tls {
             Some(settings) => {
                 let (acceptor, cert) = http::tls::acceptor(settings)?;
@@ -176,7 +228,10 @@ impl Server {
         let public_task = tokio::spawn(http::server::serve(
             public,
             tls,
-            http::server::Limits::public(&relay.config().http),
+            http::server::Limits::public(
+                &relay.config().http,
+                &relay.config().auth.trusted_proxies,
+            ),
             move |request, peer| {
                 let relay = public_relay.clone();
                 async move { http::handler::handle(&relay, request, peer).await }
@@ -303,8 +358,7 @@ fn start_services(
         None
     };
     let dedup = config
-        .dedup
-        .enabled
+        .dedup_enabled()
         .then(|| Dedup::new(config.dedup.window, config.dedup.max_entries));
     tokio::spawn(probe_cluster(
         publisher.clone(),

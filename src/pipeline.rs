@@ -56,6 +56,28 @@ impl Pipeline {
         crate::fulfilment::v2::approval(envelope, self.approval_units.as_deref()?)
     }
 
+    /// What a body that did not parse may be kept as on the dead-letter topic: its bytes with
+    /// the `[redact]` fields' values replaced, or (when that cannot be done safely) a JSON
+    /// note of its SHA-256 and size; with how many values were replaced and whether only the
+    /// digest is kept.
+    pub fn dead_letter_body(&self, body: Bytes) -> (Bytes, usize, bool) {
+        use crate::webhook::scrub::Scrubbed;
+        match self.redactor.scrub(&body) {
+            Scrubbed::Unchanged => (body, 0, false),
+            Scrubbed::Redacted { bytes, count } => (Bytes::from(bytes), count, false),
+            Scrubbed::Unscannable => {
+                use sha2::Digest;
+                let note = serde_json::json!({
+                    "sha256": hex::encode(sha2::Sha256::digest(&body)),
+                    "bytes": body.len(),
+                    "kept": "digest only: the body could not be scanned for secrets \
+                             (kafka.dead_letter_raw_bodies keeps it whole)",
+                });
+                (Bytes::from(note.to_string()), 0, true)
+            }
+        }
+    }
+
     /// The topic events of `event_type` go to.
     pub fn topic_for(&self, event_type: &str) -> String {
         self.router.topic(event_type)

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Prepared};
 use crate::spool::{Spool, SpoolError};
 use crate::trace::TraceContext;
-use crate::webhook::auth::Authenticator;
+use crate::webhook::auth::{Authenticator, Scope};
 use crate::webhook::envelope::{self, Envelope, WebhookVersion};
 
 /// What the relay answers when a request was accepted.
@@ -104,15 +104,22 @@ pub struct Relay {
     config: Config,
     /// Parse, redact and route.
     pipeline: Pipeline,
-    /// Credential and source checks.
-    authenticator: Authenticator,
+    /// Credential and source checks; replaced whole when secrets read from files change.
+    authenticator: std::sync::RwLock<Arc<Authenticator>>,
     /// The producer, correlator, spool, dedup table, metrics and readiness, as built.
     services: Services,
     /// `http.max_buffered_body_bytes`: the memory budget for request bodies.
     body_budget: BodyBudget,
     /// Where v1 `fulfilment_pending` goes, and so v2 fulfilment requests too.
     fulfilment_topic: String,
+    /// One "request refused" line per reason every [`REFUSAL_LINE_GAP`].
+    refusal_lines: crate::telemetry::LineLimit,
+    /// Signs v2 correlation ids (`fulfilment.v2.reply_keys`).
+    reply_keys: fulfilment::v2::ReplyKeys,
 }
+
+/// How often a refusal of one kind is logged at most; the metrics count every one.
+pub const REFUSAL_LINE_GAP: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Relay {
     /// The memory budget request bodies are read into.
@@ -127,10 +134,17 @@ impl Relay {
             body_budget: BodyBudget::new(config.http.max_buffered_body_bytes),
             fulfilment_topic: pipeline.topic_for(&config.fulfilment.event_type),
             pipeline,
-            authenticator: Authenticator::new(&config.auth),
+            authenticator: std::sync::RwLock::new(Arc::new(Authenticator::new(&config.auth))),
+            reply_keys: fulfilment::v2::ReplyKeys::new(&config),
             config,
             services,
+            refusal_lines: crate::telemetry::LineLimit::new(REFUSAL_LINE_GAP),
         }
+    }
+
+    /// The limiter of "request refused" lines.
+    pub fn refusal_lines(&self) -> &crate::telemetry::LineLimit {
+        &self.refusal_lines
     }
 
     /// The validated configuration.
@@ -139,8 +153,20 @@ impl Relay {
     }
 
     /// Credential and source checks.
-    pub fn authenticator(&self) -> &Authenticator {
-        &self.authenticator
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.authenticator
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Checks credentials with `authenticator` from now on (secrets reloaded from their
+    /// files); requests already past their checks are not affected.
+    pub fn replace_authenticator(&self, authenticator: Authenticator) {
+        *self
+            .authenticator
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(authenticator);
     }
 
     /// Shared metrics.
@@ -187,12 +213,15 @@ impl Relay {
     /// must come within `kafka.ack_timeout` of it.
     /// `budget` is the body's share of `http.max_buffered_body_bytes`, given back once the body
     /// is no longer held (at the end, or before a fulfilment request waits for its answer).
+    /// `scope` is what the request's credentials may deliver: another envelope is refused
+    /// unpublished (a v1 path token must not carry a v2 approval that makes a reward happen).
     pub async fn ingest(
         &self,
         headers: HeaderMap,
         body: Bytes,
         arrived: Instant,
         budget: BodyPermit<'_>,
+        scope: Scope,
     ) -> (EventMeta, Result<Accepted, RelayError>) {
         let received = Received::for_request(&headers);
         let body_for_dead_letter = body.clone();
@@ -214,6 +243,28 @@ impl Relay {
                 return (EventMeta::default(), Err(error));
             }
         };
+        if let Err(failure) = self.authenticator().check_scope(scope, envelope.version) {
+            let meta = EventMeta {
+                event_type: Some(envelope.event_type),
+                event_id: envelope.event_id,
+                trace: Some(received.trace.clone()),
+                topic: None,
+            };
+            let error = match failure {
+                Some(failure) => RelayError::Unauthorized(failure),
+                None => RelayError::CredentialScope(envelope.version),
+            };
+            return (meta, Err(error));
+        }
+        if let Some(age) = self.stale(&envelope) {
+            let meta = EventMeta {
+                event_type: Some(envelope.event_type),
+                event_id: envelope.event_id,
+                trace: Some(received.trace.clone()),
+                topic: None,
+            };
+            return (meta, Err(RelayError::StaleEvent { age }));
+        }
         let approved = self.pipeline.approval(&envelope);
         let Envelope {
             version,
@@ -241,6 +292,20 @@ impl Relay {
             Box::pin(self.standard(version, &meta, record, &received, arrived)).await
         };
         (meta, result)
+    }
+
+    /// How old a v2 event is when `auth.max_event_age` refuses it (its `timestamp` is in the
+    /// signed body); `None` when it is young enough, v1, or without a readable timestamp.
+    fn stale(&self, envelope: &Envelope) -> Option<std::time::Duration> {
+        let max = self.config.auth.max_event_age?;
+        if envelope.version != WebhookVersion::V2 {
+            return None;
+        }
+        let at = crate::firstpromoter::parse_time(envelope.occurred_at.as_deref()?)?;
+        std::time::SystemTime::now()
+            .duration_since(at)
+            .ok()
+            .filter(|age| *age > max)
     }
 
     /// A standard event: suppressed if its id was already published, otherwise into Kafka, or
@@ -320,6 +385,7 @@ impl Relay {
         let (request, correlation_id) = fulfilment::v2::request_for(
             &record,
             commission,
+            &self.reply_keys,
             &self.fulfilment_topic,
             &self.config.fulfilment.reply_topic,
             received,
@@ -445,12 +511,26 @@ impl Relay {
         body: Bytes,
         arrived: Instant,
     ) -> RelayError {
-        let record = OutboundRecord::dead_letter(
+        let (body, redacted, digest_only) = if self.config.kafka.dead_letter_raw_bodies {
+            (body, 0, false)
+        } else {
+            self.pipeline.dead_letter_body(body)
+        };
+        let mut record = OutboundRecord::dead_letter(
             &self.config.kafka.dead_letter_topic,
             error.reason(),
             received,
             body,
         );
+        if redacted > 0 {
+            record.mark_redacted(redacted);
+        }
+        if digest_only {
+            record.headers.push((
+                crate::kafka::record::headers::DEAD_LETTER_BODY.into(),
+                "sha256".to_owned(),
+            ));
+        }
         let dead_lettered = match self.publish(&record, arrived).await {
             Ok(_) => {
                 self.services.metrics.dead_lettered.inc();

@@ -57,3 +57,74 @@ pub fn init(format: LogFormat) {
     }
     log_panics();
 }
+
+/// At most one log line per key every `gap`, with how many were held back since the last one:
+/// a flood of the same refusal (a scanner guessing tokens, a misconfigured sender retrying)
+/// costs one line per interval, and the metrics count every one. Keys are a bounded set
+/// (stable reason codes), so the table stays small.
+#[derive(Debug)]
+pub struct LineLimit {
+    gap: std::time::Duration,
+    last: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl LineLimit {
+    /// A limiter allowing one line per key every `gap`.
+    pub fn new(gap: std::time::Duration) -> Self {
+        Self {
+            gap,
+            last: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// `Some(held_back)` when a line for `key` is due now (and how many were not logged since
+    /// the previous one), `None` when it is to be held back.
+    pub fn admit(&self, key: &'static str) -> Option<u64> {
+        self.admit_at(key, std::time::Instant::now())
+    }
+
+    fn admit_at(&self, key: &'static str, now: std::time::Instant) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get_mut(key) {
+            Some((at, held)) if now.duration_since(*at) < self.gap => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                *at = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                last.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_line_per_key_and_interval_with_the_count_held_back() {
+        let limit = LineLimit::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(limit.admit_at("unauthorized", start), Some(0));
+        for n in 1..=5 {
+            let at = start + Duration::from_secs(n);
+            assert_eq!(limit.admit_at("unauthorized", at), None);
+        }
+        // Another key has its own interval.
+        assert_eq!(limit.admit_at("forbidden", start), Some(0));
+        assert_eq!(
+            limit.admit_at("unauthorized", start + Duration::from_secs(10)),
+            Some(5)
+        );
+        assert_eq!(
+            limit.admit_at("unauthorized", start + Duration::from_secs(11)),
+            None
+        );
+    }
+}

@@ -379,7 +379,7 @@ async fn a_torn_last_record_is_skipped_and_counted_and_the_complete_ones_are_rep
 async fn duplicate_event_ids_concurrent_and_sequential_are_published_once() {
     let broker = Tansu::start();
     let mut config = config(&broker, None);
-    config.dedup.enabled = true;
+    config.dedup.enabled = Some(true);
     let relay = TestRelay::start_ready(config).await;
     let concurrent: Vec<_> = (0..10)
         .map(|_| relay.post_in_background(event(7).into()))

@@ -159,6 +159,14 @@ fn update(commission: u64, status: &str, unit: &str) -> Bytes {
     ))
 }
 
+/// A correlation id for `commission` as a relay with the tests' API key signs it (the key
+/// replies are bound with is derived from it).
+fn signed(commission: u64) -> String {
+    let mut config = fp_relay::config::Config::default();
+    config.firstpromoter.api_key = API_KEY.to_owned();
+    fp_relay::fulfilment::v2::ReplyKeys::new(&config).correlation_id(commission)
+}
+
 async fn reply(broker: &Tansu, partition: Option<i32>, correlation_id: &str, outcome: &str) {
     produce(
         &broker.bootstrap(),
@@ -408,7 +416,7 @@ async fn a_refused_commission_is_dead_lettered_and_already_fulfilled_counts_as_d
     ])
     .await;
     let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
-    let refused = format!("v2:31:{}", uuid::Uuid::new_v4());
+    let refused = signed(31);
     reply(&broker, None, &refused, "fulfilled").await;
     calls_settle_at(&fake, 1).await;
     let dead = consume(&broker.bootstrap(), DEAD_LETTERS, 1, WAIT, Duration::ZERO).await;
@@ -428,13 +436,7 @@ async fn a_refused_commission_is_dead_lettered_and_already_fulfilled_counts_as_d
         1.0
     );
 
-    reply(
-        &broker,
-        None,
-        &format!("v2:32:{}", uuid::Uuid::new_v4()),
-        "fulfilled",
-    )
-    .await;
+    reply(&broker, None, &signed(32), "fulfilled").await;
     calls_settle_at(&fake, 2).await;
     assert_eq!(fake.ids(), vec![31, 32]);
     let already =
@@ -462,7 +464,7 @@ async fn a_reply_written_while_the_relay_was_stopped_is_acted_on_after_it_starts
     reply(&broker, None, &correlation_id, "fulfilled").await;
     // Six more fulfilled while no relay runs: ready together, they share calls of at most 5.
     for commission in 556..562 {
-        let id = format!("v2:{commission}:{}", uuid::Uuid::new_v4());
+        let id = signed(commission);
         reply(&broker, None, &id, "fulfilled").await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -516,13 +518,7 @@ async fn two_replicas_mark_each_commission_once() {
     );
     for (n, partition) in (0..4).enumerate() {
         let commission = 700 + n as u64;
-        reply(
-            &broker,
-            Some(partition),
-            &format!("v2:{commission}:{}", uuid::Uuid::new_v4()),
-            "fulfilled",
-        )
-        .await;
+        reply(&broker, Some(partition), &signed(commission), "fulfilled").await;
     }
     assert!(
         eventually(WAIT, async || fake.ids().len() >= 4).await,
@@ -580,7 +576,7 @@ async fn send_and_respond_drive_a_v2_reward_end_to_end() {
 /// that the marker reads them as one batch and asks for them in one call.
 async fn fulfilled_before_start(broker: &Tansu, commissions: &[u64]) {
     for commission in commissions {
-        let id = format!("v2:{commission}:{}", uuid::Uuid::new_v4());
+        let id = signed(*commission);
         reply(broker, Some(0), &id, "fulfilled").await;
     }
 }
@@ -792,5 +788,60 @@ async fn malformed_replies_are_dead_lettered_with_the_reason() {
         3.0
     );
     assert!(fake.calls().is_empty());
+    relay.shutdown().await;
+}
+
+/// Replies bound to requests: a record anyone wrote to the reply topic with a `v2:` correlation
+/// id (unsigned, signed by another relay's key, or a genuine id moved to another commission) is
+/// dead-lettered as `unrequested_reply` and FirstPromoter is never called for it; the genuine
+/// reply beside them marks its commission exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_replies_are_dead_lettered_and_only_the_genuine_one_is_marked() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    let relay = TestRelay::start_ready(common::v2_config(&broker, api)).await;
+    let answer = relay
+        .post(sample("v2/commission.updated.reward.json"))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let genuine = answer.json()["correlation_id"].as_str().unwrap().to_owned();
+
+    let mut other_account = fp_relay::config::Config::default();
+    other_account.firstpromoter.api_key = "another-account-api-key".to_owned();
+    let foreign = fp_relay::fulfilment::v2::ReplyKeys::new(&other_account).correlation_id(777);
+    let (unsigned, tag) = genuine.rsplit_once(':').unwrap();
+    let moved = format!(
+        "{}:{tag}",
+        unsigned.replacen(&COMMISSION.to_string(), "778", 1)
+    );
+    let forged = [format!("v2:776:{}", uuid::Uuid::new_v4()), foreign, moved];
+    for id in &forged {
+        reply(&broker, None, id, "fulfilled").await;
+    }
+    reply(&broker, None, &genuine, "fulfilled").await;
+
+    calls_settle_at(&fake, 1).await;
+    assert_eq!(
+        fake.calls()[0].body,
+        serde_json::json!({ "ids": [COMMISSION] })
+    );
+    let dead = consume(&broker.bootstrap(), DEAD_LETTERS, 3, WAIT, Duration::ZERO).await;
+    let mut commissions: Vec<&str> = dead
+        .iter()
+        .filter(|d| d.header("fp-dead-letter-reason") == Some("unrequested_reply"))
+        .filter_map(|d| d.header("fp-commission-id"))
+        .collect();
+    commissions.sort_unstable();
+    assert_eq!(commissions, ["776", "777", "778"]);
+    assert_eq!(
+        relay
+            .metric("fp_relay_fulfilment_v2_replies_total{outcome=\"unrequested\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        relay.metric("fp_relay_fulfilment_v2_marked_total").await,
+        1.0
+    );
     relay.shutdown().await;
 }

@@ -79,7 +79,8 @@ async fn slow_unauthenticated_uploads_are_refused_before_their_body_and_cost_no_
     }
     assert_eq!(refused, 300, "every upload answered 401 from its head");
     let during = rss_kib(relay.pid());
-    let body = common::sample("v1/lead_signup.json");
+    // A token delivers v2 webhooks (auth.token_versions).
+    let body = common::sample("v2/referral.created.json");
     let auth = format!("Bearer {TOKEN}");
     let reply = common::send(
         relay.addr,

@@ -203,7 +203,7 @@ async fn unknown_types_string_ids_and_missing_fields_are_routed_not_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn malformed_bodies_get_400_and_are_dead_lettered_raw_with_a_reason() {
+async fn malformed_bodies_get_400_and_are_dead_lettered_with_a_reason() {
     let broker = Tansu::start();
     let relay = TestRelay::start_ready(common::test_config(&broker.bootstrap())).await;
     let cases: &[(&[u8], &str)] = &[
@@ -228,7 +228,9 @@ async fn malformed_bodies_get_400_and_are_dead_lettered_raw_with_a_reason() {
     )
     .await;
     assert_eq!(dead.len(), cases.len());
-    for (body, reason) in cases {
+    // JSON-like bodies with nothing to redact are kept byte for byte; one the secret scan
+    // cannot read (not starting with { or [) only as its digest and size.
+    for (body, reason) in &cases[..3] {
         let found = dead
             .iter()
             .find(|m| m.value == *body)
@@ -236,6 +238,13 @@ async fn malformed_bodies_get_400_and_are_dead_lettered_raw_with_a_reason() {
         assert_eq!(found.header("fp-dead-letter-reason"), Some(*reason));
         assert!(found.header("fp-received-at").is_some());
     }
+    let digest = dead
+        .iter()
+        .find(|m| m.header("fp-dead-letter-body") == Some("sha256"))
+        .expect("the binary body kept as a digest");
+    let note: serde_json::Value = serde_json::from_slice(&digest.value).unwrap();
+    assert_eq!(note["bytes"], 3);
+    assert_eq!(digest.header("fp-dead-letter-reason"), Some("bad_json"));
     assert_eq!(
         relay.metric("fp_relay_dead_lettered_total").await,
         cases.len() as f64

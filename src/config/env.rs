@@ -34,16 +34,39 @@ const SECTIONS: &[&str] = &[
 /// quoting. A table is merged into the file's entry by entry, and one entry can be set with a
 /// double underscore: `FP_RELAY_AUTH_BASIC__FIRSTPROMOTER=secret` sets `auth.basic.firstpromoter`.
 /// An unknown key is refused by the strict parse that follows; a variable that names no section
-/// (`FP_RELAY_BROKERS`, `FP_RELAY_KAFAK_BROKERS`) is refused here, with a suggestion. Returns
-/// which setting each variable set, so that errors can name the variable.
+/// (`FP_RELAY_BROKERS`, `FP_RELAY_KAFAK_BROKERS`) is refused here, with a suggestion.
+///
+/// Any variable can instead name a file holding its value: `FP_RELAY_AUTH_TOKENS_FILE=/run/
+/// secrets/tokens` (a Kubernetes Secret mounted as files). The file's content is the value,
+/// without its trailing newline; for a list it may be a TOML array or one entry per line.
+///
+/// Returns which setting each variable set, so that errors can name the variable, and the
+/// files read.
 pub(super) fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<(String, String)>, ConfigError> {
+) -> Result<(Sources, Vec<SecretFile>), ConfigError> {
     let mut sources = Vec::new();
+    let mut files = Vec::new();
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
+        };
+        // `..._FILE`: the value is the file's content (no setting's name ends in `_file`).
+        let (rest, raw, from_file) = match rest.strip_suffix("_FILE") {
+            Some(setting) if !NOT_SETTINGS.contains(&setting.to_ascii_lowercase().as_str()) => {
+                let path = std::path::PathBuf::from(&raw);
+                let content = read_secret_file(&path).map_err(|source| ConfigError::Read {
+                    path: format!("{} (named by {name})", path.display()),
+                    source,
+                })?;
+                files.push(SecretFile {
+                    variable: name.clone(),
+                    path,
+                });
+                (setting, content, true)
+            }
+            _ => (rest, raw, false),
         };
         let original = rest;
         let rest = rest.to_ascii_lowercase();
@@ -101,7 +124,19 @@ pub(super) fn apply_env(
             }
             None => {
                 sources.push((format!("{section}.{key}"), name.clone()));
-                (key, env_value(&raw))
+                let value = match env_value(&raw) {
+                    toml::Value::String(text) if from_file && is_list(section, key) => {
+                        toml::Value::Array(
+                            text.lines()
+                                .map(str::trim)
+                                .filter(|line| !line.is_empty())
+                                .map(|line| toml::Value::String(line.to_owned()))
+                                .collect(),
+                        )
+                    }
+                    value => value,
+                };
+                (key, value)
             }
         };
         match (section_table.get_mut(key), value) {
@@ -113,7 +148,40 @@ pub(super) fn apply_env(
             }
         }
     }
-    Ok(sources)
+    Ok((sources, files))
+}
+
+/// Which setting each variable set: `(setting, variable)`.
+pub(super) type Sources = Vec<(String, String)>;
+
+/// A setting read from a file named by a `..._FILE` variable; the relay reloads `auth.*`
+/// secrets from their files when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    /// The variable that named it, e.g. `FP_RELAY_AUTH_TOKENS_FILE`.
+    pub variable: String,
+    /// The file.
+    pub path: std::path::PathBuf,
+}
+
+/// A secret file's content: its text without the trailing newline an editor or `echo` adds.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// True when `section.key` holds a list (its default is an array).
+fn is_list(section: &str, key: &str) -> bool {
+    toml::Table::try_from(Config::default())
+        .ok()
+        .and_then(|defaults| {
+            defaults
+                .get(section)?
+                .as_table()?
+                .get(key)
+                .map(toml::Value::is_array)
+        })
+        .unwrap_or(false)
 }
 
 /// The variable a mistyped one probably meant: its key in the section it names (a section

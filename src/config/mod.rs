@@ -16,9 +16,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::webhook::envelope::WebhookVersion;
 use crate::webhook::routing::TOPIC_PLACEHOLDER;
 
-mod env;
+pub mod env;
 mod validate;
 
 use env::apply_env;
@@ -59,6 +60,10 @@ pub struct Config {
     /// start-up and printed by check-config. Never part of the file.
     #[serde(skip)]
     pub deprecations: Vec<String>,
+    /// Settings read from files named by `FP_RELAY_..._FILE` variables; `auth.*` ones are
+    /// reloaded when their files change. Never part of the file.
+    #[serde(skip)]
+    pub secret_files: Vec<env::SecretFile>,
 }
 
 /// The public webhook listener.
@@ -88,6 +93,10 @@ pub struct HttpConfig {
     /// Most connections open at once; further clients wait in the listen backlog. Lowered at
     /// start-up (with a warning) to what fits under the process's descriptor limit.
     pub max_connections: usize,
+    /// Most connections open at once from one address, so that one client (silent TLS
+    /// handshakes, idle sockets) cannot take every slot; further connections from it are
+    /// closed at once. `auth.trusted_proxies` are exempt: everyone arrives through them.
+    pub max_connections_per_source: usize,
     /// Largest request head (request line and headers); larger is refused with 431.
     pub max_header_bytes: usize,
     /// Most body bytes buffered across all requests at once (a memory budget), counted as
@@ -131,6 +140,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_source: 1024,
             max_header_bytes: 16 * 1024,
             max_buffered_body_bytes: 64 * 1024 * 1024,
             h2c: false,
@@ -146,14 +156,21 @@ pub struct AuthConfig {
     /// FirstPromoter v2 signing secrets: `X-Webhook-Signature` is verified against each, so a
     /// new secret can be added before the old one is removed.
     pub signature_secrets: Vec<String>,
-    /// Refuse requests without `X-Webhook-Signature`.
+    /// Refuse v2 webhooks without a valid `X-Webhook-Signature`, whatever else they carry
+    /// (v1 cannot sign: its path tokens are not affected).
     pub require_signature: bool,
     /// Header carrying a shared token; in `authorization` it is `Bearer <token>`.
     pub token_header: String,
     /// Accepted shared tokens (FirstPromoter v2 custom headers).
     pub tokens: Vec<String>,
+    /// The webhook versions a shared token may deliver (`["v2"]`: FirstPromoter v1 cannot send
+    /// headers). A request whose envelope its credential may not send is refused with 403.
+    pub token_versions: Vec<WebhookVersion>,
     /// Accepted HTTP Basic users and passwords (FirstPromoter v2 subscriptions).
     pub basic: BTreeMap<String, String>,
+    /// The webhook versions HTTP Basic may deliver (`["v2"]`, as `token_versions`). Path
+    /// tokens always deliver v1 only and signatures v2 only.
+    pub basic_versions: Vec<WebhookVersion>,
     /// Accepted tokens in the path, `POST {http.path}/{token}` (FirstPromoter v1).
     pub path_tokens: Vec<String>,
     /// Client networks allowed to post (CIDR); empty allows any.
@@ -165,6 +182,15 @@ pub struct AuthConfig {
     pub forwarded_header: ForwardedHeader,
     /// Run with no credential check at all (`--insecure-no-auth`).
     pub insecure_no_auth: bool,
+    /// Refuse a v2 webhook whose `timestamp` is older than this (403 `stale_event`): a bound
+    /// on replaying a captured signed body, which carries no other time. Off by default. Keep
+    /// it above FirstPromoter's own retry span (10 retries over about 17 hours): 24h or more.
+    #[serde(with = "humantime_serde::option")]
+    pub max_event_age: Option<Duration>,
+    /// How often secrets read from files (`FP_RELAY_AUTH_..._FILE`) are checked for changes
+    /// and, when changed, loaded without a restart (a rotated Kubernetes Secret).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl Default for AuthConfig {
@@ -174,12 +200,16 @@ impl Default for AuthConfig {
             require_signature: false,
             token_header: "authorization".to_owned(),
             tokens: Vec::new(),
+            token_versions: vec![WebhookVersion::V2],
             basic: BTreeMap::new(),
+            basic_versions: vec![WebhookVersion::V2],
             path_tokens: Vec::new(),
             allow_sources: Vec::new(),
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::XForwardedFor,
             insecure_no_auth: false,
+            max_event_age: None,
+            reload_interval: Duration::from_secs(10),
         }
     }
 }
@@ -257,8 +287,11 @@ impl Default for SpoolConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
-    /// Remember published event ids (per relay instance).
-    pub enabled: bool,
+    /// Remember published event ids (per relay instance) and answer a repeated one
+    /// `{"status":"duplicate"}` without publishing it again. Unset (the default): on whenever a
+    /// credential is checked, where it is also the defence against a replayed request (a
+    /// signed v2 body carries no timestamp); off with `--insecure-no-auth` and no credentials.
+    pub enabled: Option<bool>,
     /// How long an id is remembered.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
@@ -270,10 +303,24 @@ pub struct DedupConfig {
 impl Default for DedupConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: None,
             window: Duration::from_secs(24 * 3600),
             max_entries: 1_000_000,
         }
+    }
+}
+
+impl Config {
+    /// Whether duplicate suppression is on: `dedup.enabled`, or when unset, whether any
+    /// credential is checked.
+    pub fn dedup_enabled(&self) -> bool {
+        let auth = &self.auth;
+        self.dedup.enabled.unwrap_or(
+            !(auth.signature_secrets.is_empty()
+                && auth.tokens.is_empty()
+                && auth.basic.is_empty()
+                && auth.path_tokens.is_empty()),
+        )
     }
 }
 
@@ -338,8 +385,13 @@ pub struct KafkaConfig {
     pub topics: BTreeMap<String, String>,
     /// Per-event-type message key overrides as JSON pointers, e.g. `reward_created = "/data/promoter/id"`.
     pub keys: BTreeMap<String, String>,
-    /// Where bodies that cannot be parsed go, raw, so an operator can recover them.
+    /// Where bodies that cannot be parsed go, so an operator can recover them, with the
+    /// `[redact]` fields' values replaced by a lenient scan; a body the scan cannot delimit
+    /// is kept as its SHA-256 and size only (see `dead_letter_raw_bodies`).
     pub dead_letter_topic: String,
+    /// Keep unparseable bodies byte for byte on the dead-letter topic, secrets included. Only
+    /// for a topic whose readers may see the promoters' tokens and passwords.
+    pub dead_letter_raw_bodies: bool,
     /// Longest wait for Kafka's acknowledgement before the relay answers 503. Below 15 s.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
@@ -376,6 +428,7 @@ impl Default for KafkaConfig {
             topics: BTreeMap::new(),
             keys: BTreeMap::new(),
             dead_letter_topic: "firstpromoter.dead_letter".to_owned(),
+            dead_letter_raw_bodies: false,
             ack_timeout: Duration::from_secs(10),
             cloudevents_source: "https://firstpromoter.com".to_owned(),
             probe_interval: Duration::from_secs(2),
@@ -439,6 +492,13 @@ pub struct FulfilmentV2Config {
     /// 404, redirects) never count: they pause marking for every commission until fixed.
     #[serde(with = "humantime_serde")]
     pub give_up_after: Duration,
+    /// Keys that bind replies to the requests this relay issued: every v2 correlation id
+    /// carries an HMAC made with the first, and a reply is acted on only when one of them
+    /// verifies it (a forged or unknown reply is dead-lettered, never marked). Every replica
+    /// needs the same list; add a new key first and drop the old one once its requests are
+    /// answered. Empty (the default): one key derived from `firstpromoter.api_key`, which
+    /// every replica already shares (rotating the API key then orphans open requests).
+    pub reply_keys: Vec<String>,
     /// Deprecated: API settings that moved to `[firstpromoter]` (same names). Read, with a
     /// warning, and moved there while loading; never shown.
     #[serde(skip_serializing)]
@@ -484,6 +544,7 @@ impl Default for FulfilmentV2Config {
             .to_vec(),
             consumer_group: "fp-relay-fulfilment-v2".to_owned(),
             give_up_after: Duration::from_secs(24 * 3600),
+            reply_keys: Vec::new(),
             api_url: None,
             api_key: None,
             account_id: None,
@@ -691,7 +752,7 @@ impl Config {
             }
             None => (toml::Table::new(), "defaults".to_owned()),
         };
-        let sources = apply_env(&mut table, env)?;
+        let (sources, secret_files) = apply_env(&mut table, env)?;
         let name = |error| env::naming_variable(error, &sources);
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
@@ -702,6 +763,7 @@ impl Config {
                     message,
                 })
             })?;
+        config.secret_files = secret_files;
         config.move_deprecated().map_err(name)?;
         config.apply(overrides);
         let moved = |error| config.naming_old_place(error);
@@ -790,6 +852,34 @@ impl Config {
         }
     }
 
+    /// The `[auth]` settings with the secrets that came from files read again: `None` when no
+    /// `auth.*` setting came from a file. Validated like a start-up; an error leaves the caller
+    /// with the settings it has.
+    pub fn reread_auth_files(&self) -> Result<Option<AuthConfig>, ConfigError> {
+        let files: Vec<(String, String)> = self
+            .secret_files
+            .iter()
+            .filter(|f| f.variable.starts_with("FP_RELAY_AUTH_"))
+            .map(|f| (f.variable.clone(), f.path.display().to_string()))
+            .collect();
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let mut table = toml::Table::try_from(self).map_err(|e| {
+            ConfigError::invalid("auth", format!("cannot re-read the settings: {e}"))
+        })?;
+        let (sources, _) = apply_env(&mut table, files)?;
+        let name = |error| env::naming_variable(error, &sources);
+        let reread: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let field = e.path().to_string();
+                let message = explain_type_error(&field, e.into_inner().message());
+                name(ConfigError::Invalid { field, message })
+            })?;
+        reread.validate_auth().map_err(name)?;
+        Ok(Some(reread.auth))
+    }
+
     /// Checks every rule that serde's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_http()?;
@@ -829,6 +919,12 @@ impl Config {
         if !shown.firstpromoter.api_key.is_empty() {
             shown.firstpromoter.api_key = MASK.to_owned();
         }
+        shown
+            .fulfilment
+            .v2
+            .reply_keys
+            .iter_mut()
+            .for_each(|key| *key = MASK.to_owned());
         for map in [
             &mut shown.kafka.properties,
             &mut shown.kafka.producer_properties,
@@ -874,7 +970,11 @@ pub fn is_secret_setting(field: &str) -> bool {
     let field = field.to_ascii_lowercase();
     matches!(
         field.as_str(),
-        "auth.tokens" | "auth.path_tokens" | "auth.signature_secrets" | "firstpromoter.api_key"
+        "auth.tokens"
+            | "auth.path_tokens"
+            | "auth.signature_secrets"
+            | "firstpromoter.api_key"
+            | "fulfilment.v2.reply_keys"
     ) || field.starts_with("auth.basic")
         || field
             .split_once("properties.")

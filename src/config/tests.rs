@@ -563,7 +563,7 @@ fn every_field_an_error_can_name_maps_to_the_variable_that_sets_it() {
         ),
     ] {
         let mut table = toml::Table::new();
-        let sources =
+        let (sources, _) =
             super::env::apply_env(&mut table, [(variable.to_owned(), "x".to_owned())]).unwrap();
         let set = &sources[0].0;
         assert!(

@@ -32,6 +32,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.http.max_connections_per_source == 0 {
+            return Err(ConfigError::invalid(
+                "http.max_connections_per_source",
+                "must be at least 1",
+            ));
+        }
         if !(8 * 1024..=1024 * 1024).contains(&self.http.max_header_bytes) {
             return Err(ConfigError::invalid(
                 "http.max_header_bytes",
@@ -118,6 +124,32 @@ impl Config {
                 ));
             }
         }
+        if auth
+            .max_event_age
+            .is_some_and(|age| age < Duration::from_secs(3600))
+        {
+            return Err(ConfigError::invalid(
+                "auth.max_event_age",
+                "must be at least 1h (FirstPromoter retries a v2 delivery for about 17 hours; 24h or more is safe)",
+            ));
+        }
+        if auth.reload_interval < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "auth.reload_interval",
+                "must be at least 100ms",
+            ));
+        }
+        for (field, versions) in [
+            ("auth.token_versions", &auth.token_versions),
+            ("auth.basic_versions", &auth.basic_versions),
+        ] {
+            if versions.is_empty() {
+                return Err(ConfigError::invalid(
+                    field,
+                    "needs at least one of \"v1\", \"v2\" (the webhook versions the credential may deliver)",
+                ));
+            }
+        }
         if http::HeaderName::from_bytes(auth.token_header.as_bytes()).is_err() {
             return Err(ConfigError::invalid(
                 "auth.token_header",
@@ -149,7 +181,7 @@ impl Config {
                 "must be at least kafka.ack_timeout",
             ));
         }
-        if self.dedup.enabled && (self.dedup.max_entries == 0 || self.dedup.window.is_zero()) {
+        if self.dedup_enabled() && (self.dedup.max_entries == 0 || self.dedup.window.is_zero()) {
             return Err(ConfigError::invalid(
                 "dedup",
                 "window and max_entries must be above 0",
@@ -351,6 +383,12 @@ impl Config {
             return Ok(());
         }
         self.validate_firstpromoter_api("when fulfilment.v2.enabled is true")?;
+        if v2.reply_keys.iter().any(|key| key.len() < MIN_SECRET_LEN) {
+            return Err(ConfigError::invalid(
+                "fulfilment.v2.reply_keys",
+                format!("every entry needs at least {MIN_SECRET_LEN} characters"),
+            ));
+        }
         if v2.units.is_empty() {
             return Err(ConfigError::invalid(
                 "fulfilment.v2.units",

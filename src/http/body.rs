@@ -7,9 +7,11 @@
 //! sent. Why a share: bodies whose signature can only be checked once they are read (v2's
 //! `X-Webhook-Signature`) may use at most half of the budget, so a request whose credential was
 //! accepted from its head (a v1 path token, which FirstPromoter never re-sends) always finds
-//! room. Why one buffer: keeping each received chunk as its own allocation cost about 40 bytes
+//! room; and the bodies of one client address at most an eighth of that half, so a few slow
+//! senders announcing any signature cannot keep FirstPromoter's real deliveries at 503. Why one buffer: keeping each received chunk as its own allocation cost about 40 bytes
 //! of memory per body byte for 1-byte chunks.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +27,9 @@ pub const LINGER_TIME: Duration = Duration::from_secs(5);
 /// Most bytes drained from a refused request's body.
 pub const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
+/// Part of the unverified share one client address may hold: an eighth.
+const SOURCE_SHARE_DIVISOR: usize = 8;
+
 /// The memory budget for request bodies, in bytes.
 #[derive(Debug)]
 pub struct BodyBudget {
@@ -32,6 +37,9 @@ pub struct BodyBudget {
     total: Semaphore,
     /// Bodies not yet authenticated count here too: at most half of the total.
     unverified: Semaphore,
+    /// Unverified bytes held per client address, each at most `source_share`.
+    sources: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    source_share: usize,
 }
 
 /// A body's bytes in the budget, given back when dropped.
@@ -39,17 +47,38 @@ pub struct BodyBudget {
 pub struct BodyPermit<'a> {
     total: Option<SemaphorePermit<'a>>,
     unverified: Option<SemaphorePermit<'a>>,
+    /// Unverified bytes counted against this client address.
+    source: Option<(&'a BodyBudget, IpAddr, usize)>,
 }
 
 impl BodyPermit<'_> {
     /// The body is authenticated: it no longer counts against the unverified share.
     pub fn verified(&mut self) {
         self.unverified = None;
+        self.release_source();
+    }
+
+    fn release_source(&mut self) {
+        if let Some((budget, ip, bytes)) = self.source.take() {
+            let mut sources = budget.sources.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(held) = sources.get_mut(&ip) {
+                *held = held.saturating_sub(bytes);
+                if *held == 0 {
+                    sources.remove(&ip);
+                }
+            }
+        }
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.total.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl Drop for BodyPermit<'_> {
+    fn drop(&mut self) {
+        self.release_source();
     }
 }
 
@@ -62,17 +91,39 @@ impl BodyBudget {
         Self {
             total: Semaphore::new(total),
             unverified: Semaphore::new(total / 2),
+            sources: std::sync::Mutex::new(std::collections::HashMap::new()),
+            source_share: total / 2 / SOURCE_SHARE_DIVISOR,
         }
     }
 
-    /// Takes `bytes` more for `permit` (and from the unverified share when `unverified`);
-    /// false when the budget is spent right now.
-    fn take<'a>(&'a self, permit: &mut BodyPermit<'a>, bytes: usize, unverified: bool) -> bool {
+    /// Takes `bytes` more for `permit` (and from the unverified share when `unverified`, and
+    /// from `source`'s part of it); false when the budget is spent right now.
+    fn take<'a>(
+        &'a self,
+        permit: &mut BodyPermit<'a>,
+        bytes: usize,
+        unverified: bool,
+        source: Option<IpAddr>,
+    ) -> bool {
         let Ok(count) = u32::try_from(bytes) else {
             return false;
         };
         if count == 0 {
             return true;
+        }
+        if let (true, Some(ip)) = (unverified, source) {
+            let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            let held = sources.entry(ip).or_insert(0);
+            if *held + bytes > self.source_share {
+                if *held == 0 {
+                    sources.remove(&ip);
+                }
+                return false;
+            }
+            *held += bytes;
+            drop(sources);
+            let counted = permit.source.get_or_insert((self, ip, 0));
+            counted.2 += bytes;
         }
         let share = if unverified {
             match self.unverified.try_acquire_many(count) {
@@ -127,14 +178,15 @@ pub struct Unread<B> {
 /// Reads the whole body into one buffer (sized from the declared length), never more than
 /// `limit` bytes: a declared length over the limit is refused before a byte is read, an
 /// undeclared one as soon as it crosses the limit. Every chunk is counted in `budget` as it
-/// arrives (`unverified`: also in the share for bodies not yet authenticated); a chunk that
-/// does not fit is `Busy`.
+/// arrives (`unverified`: also in the share for bodies not yet authenticated, and in the part
+/// of it the client address `source` may hold); a chunk that does not fit is `Busy`.
 pub async fn read<'a, B>(
     budget: &'a BodyBudget,
     mut body: B,
     declared: Option<u64>,
     limit: usize,
     unverified: bool,
+    source: Option<IpAddr>,
 ) -> Result<(Bytes, BodyPermit<'a>), Unread<B>>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -165,7 +217,7 @@ where
         };
         let error = if buffer.len() + data.len() > limit {
             Some(RelayError::PayloadTooLarge { limit })
-        } else if !budget.take(&mut permit, data.len(), unverified) {
+        } else if !budget.take(&mut permit, data.len(), unverified, source) {
             Some(RelayError::Busy)
         } else {
             None
@@ -240,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_are_counted_as_they_arrive_and_given_back_on_drop() {
         let budget = BodyBudget::new(100);
-        let (body, permit) = read(&budget, chunks(vec![b"ab", b"cde"]), None, 50, false)
+        let (body, permit) = read(&budget, chunks(vec![b"ab", b"cde"]), None, 50, false, None)
             .await
             .ok()
             .unwrap();
@@ -261,6 +313,7 @@ mod tests {
             Some(40),
             60,
             true,
+            None,
         )
         .await
         .ok()
@@ -271,6 +324,7 @@ mod tests {
             Some(40),
             60,
             true,
+            None,
         )
         .await;
         assert!(matches!(
@@ -286,6 +340,7 @@ mod tests {
             Some(40),
             60,
             false,
+            None,
         )
         .await;
         assert!(verified.is_ok(), "a head-authenticated body still fits");
@@ -296,7 +351,7 @@ mod tests {
     #[tokio::test]
     async fn over_the_limit_is_refused_with_the_body_kept_for_draining() {
         let budget = BodyBudget::new(100);
-        let declared = read(&budget, chunks(vec![b"x"]), Some(11), 10, false).await;
+        let declared = read(&budget, chunks(vec![b"x"]), Some(11), 10, false, None).await;
         assert!(matches!(
             declared,
             Err(Unread {
@@ -310,6 +365,7 @@ mod tests {
             None,
             10,
             false,
+            None,
         )
         .await;
         assert!(matches!(
@@ -324,5 +380,41 @@ mod tests {
             (100, 50),
             "nothing held after a refusal"
         );
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_an_eighth_of_the_unverified_share() {
+        // 1,600 bytes: 800 unverified, 100 per address.
+        let budget = BodyBudget::new(1600);
+        let slow: IpAddr = "198.51.100.9".parse().unwrap();
+        let other: IpAddr = "203.0.113.7".parse().unwrap();
+        let body = |n: usize| Full::new(Bytes::from(vec![b'x'; n]));
+        let (_, held) = read(&budget, body(80), Some(80), 1000, true, Some(slow))
+            .await
+            .ok()
+            .unwrap();
+        let refused = read(&budget, body(40), Some(40), 1000, true, Some(slow)).await;
+        assert!(matches!(
+            refused,
+            Err(Unread {
+                error: RelayError::Busy,
+                ..
+            })
+        ));
+        // Another address, and a body verified from its head, are unaffected.
+        assert!(read(&budget, body(90), Some(90), 1000, true, Some(other))
+            .await
+            .is_ok());
+        assert!(read(&budget, body(400), Some(400), 1000, false, Some(slow))
+            .await
+            .is_ok());
+        // Verified or dropped, the address's part is free again.
+        let mut held = held;
+        held.verified();
+        assert!(read(&budget, body(90), Some(90), 1000, true, Some(slow))
+            .await
+            .is_ok());
+        drop(held);
+        assert!(budget.sources.lock().unwrap().is_empty());
     }
 }

@@ -169,13 +169,15 @@ fn record_refusal(
             .with_label_values(&[failure.reason()])
             .inc();
     }
-    let logged = match error {
-        RelayError::Unavailable(_) => relay.note_kafka_refusal(),
+    let held_back = match error {
+        RelayError::Unavailable(_) => relay.note_kafka_refusal().then_some(0),
         // Logged where it was caught, with the panic.
-        RelayError::Internal { .. } => false,
-        _ => true,
+        RelayError::Internal { .. } => None,
+        // One line per reason every few seconds: a flood of bad credentials or junk bodies
+        // must not become a flood of log lines (the metrics above count every one).
+        _ => relay.refusal_lines().admit(error.code()),
     };
-    if logged {
+    if let Some(held_back) = held_back {
         tracing::warn!(
             %peer,
             reason = error.code(),
@@ -184,6 +186,7 @@ fn record_refusal(
             trace_id,
             status = error.status().as_u16(),
             detail = %error,
+            like_this_not_logged = held_back,
             "request refused"
         );
     }
@@ -217,36 +220,39 @@ where
         body::linger(body);
         (EventMeta::default(), Err(error))
     };
+    // One set of credentials for the whole request, even if they are reloaded meanwhile.
+    let auth = relay.authenticator();
     let path_token = match match_path(uri.path(), &relay.config().http.path) {
         Some(None) => None,
-        Some(Some(token)) if relay.authenticator().accepts_path_tokens() => Some(token.to_owned()),
+        Some(Some(token)) if auth.accepts_path_tokens() => Some(token.to_owned()),
         _ => return refuse(RelayError::NotFound, body),
     };
     drop(uri);
     if method != Method::POST {
         return refuse(RelayError::MethodNotAllowed, body);
     }
-    let client = relay.authenticator().client_ip(peer.ip(), &headers);
-    if relay.authenticator().check_source(client).is_err() {
+    let client = auth.client_ip(peer.ip(), &headers);
+    if auth.check_source(client).is_err() {
         return refuse(RelayError::Forbidden, body);
     }
     // Credentials that need no body are checked before a byte of it is read or buffered.
-    let verdict = match relay
-        .authenticator()
-        .check_head(&headers, path_token.as_deref())
-    {
+    let verdict = match auth.check_head(&headers, path_token.as_deref()) {
         Ok(verdict) => verdict,
         Err(failure) => return refuse(RelayError::Unauthorized(failure), body),
     };
     let http = &relay.config().http;
     let body_deadline = arrived + http.request_timeout.min(relay.config().kafka.ack_timeout);
-    let unverified = verdict == HeadVerdict::NeedsBody;
+    let (scope, unverified) = match verdict {
+        HeadVerdict::Passed(scope) => (scope, false),
+        HeadVerdict::NeedsBody(scope) => (scope, true),
+    };
     let read = body::read(
         relay.body_budget(),
         body,
         body::declared_length(&headers),
         http.max_body_bytes,
         unverified,
+        client,
     );
     let (body, mut budget) = match tokio::time::timeout_at(body_deadline, read).await {
         Ok(Ok(read)) => read,
@@ -257,17 +263,22 @@ where
         Ok(Err(Unread { error, body: None })) => return (EventMeta::default(), Err(error)),
         Err(_) => return (EventMeta::default(), Err(RelayError::RequestTimeout)),
     };
-    if unverified {
-        if let Err(failure) = relay.authenticator().check_body(&headers, &body) {
-            return (EventMeta::default(), Err(RelayError::Unauthorized(failure)));
+    let scope = if unverified {
+        match auth.check_body(&headers, &body, scope) {
+            Ok(scope) => {
+                budget.verified();
+                scope
+            }
+            Err(failure) => return (EventMeta::default(), Err(RelayError::Unauthorized(failure))),
         }
-        budget.verified();
-    }
+    } else {
+        scope
+    };
     // Boxed: a held fulfilment request then keeps only the state of the path it is on, not
     // the largest of every path's (measured: the handler's future went from 3.5 KiB inline in
     // every connection to a few hundred bytes). The headers go with it, to be dropped as soon
     // as they are read: they point into hyper's read buffer, which can then be freed.
-    Box::pin(relay.ingest(headers, body, arrived, budget)).await
+    Box::pin(relay.ingest(headers, body, arrived, budget, scope)).await
 }
 
 /// `Some(None)` for the webhook path itself, `Some(Some(token))` for `{path}/{token}`, `None`
@@ -435,7 +446,8 @@ mod tests {
             config.http.max_buffered_body_bytes = 4096;
         });
         let whole = Full::new(Bytes::from(vec![b' '; 4096]));
-        let Ok((_, held)) = body::read(relay.body_budget(), whole, Some(4096), 4096, false).await
+        let Ok((_, held)) =
+            body::read(relay.body_budget(), whole, Some(4096), 4096, false, None).await
         else {
             panic!("the whole budget");
         };

@@ -1,5 +1,6 @@
-//! The accept loop shared by both listeners: a cap on open connections, timeouts against slow
-//! and idle clients, a request-head size limit, optional TLS, and graceful shutdown.
+//! The accept loop shared by both listeners: a cap on open connections (and on those of one
+//! address), timeouts against slow, silent and idle clients, a request-head size limit,
+//! optional TLS, and graceful shutdown.
 //!
 //! Connection lifetimes are managed here rather than by hyper-util's `GracefulShutdown`, because
 //! the idle timeout and the shutdown signal must both be able to close one connection, and the
@@ -39,6 +40,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most connections open at once from one address; `usize::MAX` for no limit.
+    pub max_connections_per_source: usize,
+    /// Addresses the per-source cap does not apply to (trusted proxies).
+    pub exempt_sources: Vec<ipnet::IpNet>,
     /// Largest request head.
     pub max_header_bytes: usize,
     /// How long shutdown waits for open connections.
@@ -57,7 +62,7 @@ impl Limits {
     /// The public listener's limits, from `[http]`. `http.max_connections` is lowered to what
     /// fits under the process's descriptor limit (with [`descriptors::RESERVED`] and the admin
     /// listener's connections kept aside), with a warning that says so.
-    pub fn public(http: &HttpConfig) -> Self {
+    pub fn public(http: &HttpConfig, trusted_proxies: &[ipnet::IpNet]) -> Self {
         let admin = Self::admin().max_connections;
         let max_connections = match descriptors::limits() {
             Ok((soft, _))
@@ -81,6 +86,8 @@ impl Limits {
             header_read_timeout: http.header_read_timeout,
             idle_timeout: http.idle_timeout,
             max_connections,
+            max_connections_per_source: http.max_connections_per_source,
+            exempt_sources: trusted_proxies.to_vec(),
             max_header_bytes: http.max_header_bytes,
             grace: http.shutdown_timeout,
             http2: http.tls.is_some() || http.h2c,
@@ -93,6 +100,8 @@ impl Limits {
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             max_connections: 64,
+            max_connections_per_source: usize::MAX,
+            exempt_sources: Vec::new(),
             max_header_bytes: 16 * 1024,
             grace: Duration::from_secs(1),
             http2: false,
@@ -128,6 +137,9 @@ pub async fn serve<H, F>(
         builder = builder.http1_only();
     }
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Arc::new(SourceCounts::default());
+    let mut over_cap_lines = Instant::now() - ACCEPT_ERROR_LOG_INTERVAL;
+    let mut over_cap = 0u64;
     let (closing, closing_rx) = watch::channel(false);
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(stop);
@@ -152,18 +164,47 @@ pub async fn serve<H, F>(
                 }
             },
         };
+        let exempt = limits
+            .exempt_sources
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
+        let source = if exempt {
+            None
+        } else {
+            match sources.enter(peer.ip(), limits.max_connections_per_source) {
+                Some(slot) => Some(slot),
+                None => {
+                    // Closed at once: this address holds its share of the slots already.
+                    over_cap += 1;
+                    if over_cap_lines.elapsed() >= ACCEPT_ERROR_LOG_INTERVAL {
+                        tracing::warn!(
+                            %peer,
+                            closed = over_cap,
+                            limit = limits.max_connections_per_source,
+                            "connections from one address over http.max_connections_per_source; closing new ones"
+                        );
+                        over_cap_lines = Instant::now();
+                        over_cap = 0;
+                    }
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: builder.clone(),
             handle: handle.clone(),
             peer,
             idle_timeout: limits.idle_timeout,
+            first_request_timeout: limits.header_read_timeout,
             closing: closing_rx.clone(),
         };
         let tls = tls.clone();
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
+            let _source = source;
             match tls {
                 None => connection.serve(stream).await,
                 // Boxed: the handshake's state would otherwise sit in every plain connection too.
@@ -232,12 +273,56 @@ impl AcceptErrors {
     }
 }
 
+/// Open connections per address, for the per-source cap.
+#[derive(Default)]
+struct SourceCounts {
+    open: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl SourceCounts {
+    /// A slot for one more connection from `ip`, unless it holds `limit` already.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<SourceSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in its address's count, given back when it closes.
+struct SourceSlot {
+    counts: Arc<SourceCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// One accepted connection and what it needs to serve itself.
 struct Connection<H> {
     builder: auto::Builder<TokioExecutor>,
     handle: H,
     peer: SocketAddr,
     idle_timeout: Duration,
+    /// A connection that has not begun a request this long after it was accepted (and after
+    /// its TLS handshake) is closed: hyper's header timeout starts only once the protocol is
+    /// known, so a silent h2c or TLS client would otherwise keep its slot until idle_timeout.
+    first_request_timeout: Duration,
     /// Becomes true when the server shuts down.
     closing: watch::Receiver<bool>,
 }
@@ -268,6 +353,7 @@ where
             (self.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
         );
         let mut closing = false;
+        let opened = Instant::now();
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -283,6 +369,10 @@ where
                     }
                 }
                 _ = check.tick(), if !closing => {
+                    if !activity.has_begun() && opened.elapsed() >= self.first_request_timeout {
+                        tracing::debug!(peer = %self.peer, "closing a connection that sent no request");
+                        return;
+                    }
                     if activity.idle_for() >= self.idle_timeout {
                         tracing::debug!(peer = %self.peer, "closing an idle connection");
                         connection.as_mut().graceful_shutdown();
@@ -298,6 +388,8 @@ where
 struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// A request has begun on it (its head was read).
+    begun: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Activity {
@@ -305,6 +397,7 @@ impl Default for Activity {
         Self {
             in_flight: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            begun: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -314,7 +407,12 @@ impl Activity {
     /// client's request future is dropped).
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.begun.store(true, Ordering::Release);
         Busy(self.clone())
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Acquire)
     }
 
     fn idle_for(&self) -> Duration {

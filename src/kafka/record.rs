@@ -21,6 +21,9 @@ pub mod headers {
     pub const ORIGINAL_TOPIC: &str = "fp-original-topic";
     pub const CORRELATION_ID: &str = "fp-correlation-id";
     pub const REPLY_TOPIC: &str = "fp-reply-topic";
+    /// On a dead letter whose body could not be scanned for secrets: `sha256`, the value is a
+    /// JSON note of the body's SHA-256 and size instead of the body.
+    pub const DEAD_LETTER_BODY: &str = "fp-dead-letter-body";
     pub const DEADLINE: &str = "fp-deadline";
     pub const REDACTED: &str = "fp-redacted";
     pub const CONTENT_TYPE: &str = "content-type";

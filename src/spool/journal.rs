@@ -455,9 +455,7 @@ impl ActiveSegment {
     /// Creates segment `id` (and makes its directory entry durable).
     pub fn create(dir: &Path, id: u64, faults: &Faults) -> io::Result<Self> {
         faults.check(Op::Open)?;
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
+        let file = private(OpenOptions::new().create_new(true).append(true))
             .open(segment_path(dir, id))?;
         sync_dir(dir, faults)?;
         Ok(Self {
@@ -507,10 +505,29 @@ pub fn sync_dir(dir: &Path, faults: &Faults) -> io::Result<()> {
     dir.sync_all()
 }
 
+/// Options for a spool file: readable by the relay's user only (segments hold payloads with
+/// personal data), and never through a symbolic link (a link planted in the spool directory
+/// must not redirect a write elsewhere).
+pub fn private(options: &mut OpenOptions) -> &mut OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    options.mode(0o600).custom_flags(libc::O_NOFOLLOW)
+}
+
+/// Creates the spool directory (and its parents) if missing, with only its owner allowed in.
+/// A directory that exists is left as it is: a mounted volume's root belongs to root with the
+/// pod's fsGroup, and the files in it are private anyway.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Appends `frame` to the file at `path` (created if missing) and makes it durable.
 pub fn append_durably(path: &Path, frame: &[u8], faults: &Faults) -> io::Result<()> {
     faults.check(Op::Open)?;
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut file = private(OpenOptions::new().create(true).append(true)).open(path)?;
     faults.check(Op::Write)?;
     file.write_all(frame)?;
     faults.check(Op::Fsync)?;

@@ -106,7 +106,7 @@ impl Spool {
         metrics: Arc<Metrics>,
         faults: Faults,
     ) -> Result<Arc<Self>, SpoolError> {
-        std::fs::create_dir_all(dir)?;
+        journal::create_private_dir(dir)?;
         let segments = journal::list_segments(dir)?;
         let active = ActiveSegment::create(dir, segments.last().map_or(0, |id| id + 1), &faults)?;
         let mut index = Index::new(active.id);

@@ -584,6 +584,7 @@ pub async fn recover(
             let (request, _) = crate::fulfilment::v2::request_for(
                 &records[0],
                 commission,
+                &crate::fulfilment::v2::ReplyKeys::new(&config),
                 &pipeline.topic_for(&config.fulfilment.event_type),
                 &config.fulfilment.reply_topic,
                 &Received::now(),

@@ -6,6 +6,11 @@
 //! excused by a right token. Failures carry a reason for metrics and logs only; the client is
 //! told nothing about which check failed.
 //!
+//! Each credential is scoped to what it may deliver ([`Scope`]): a path token v1 envelopes
+//! only (it sits in campaign settings and access logs), a signature v2 only, shared tokens and
+//! Basic what `auth.token_versions` / `auth.basic_versions` say (v2 by default). The scope is
+//! enforced once the body says which envelope it is.
+//!
 //! Over 450 lines with its unit tests (the checks themselves are about 320 lines).
 
 use std::collections::BTreeMap;
@@ -19,6 +24,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::config::{AuthConfig, ForwardedHeader};
+use crate::webhook::envelope::WebhookVersion;
 
 /// Header carrying FirstPromoter v2's signature: lowercase hex HMAC-SHA256 of the raw body.
 pub const SIGNATURE_HEADER: &str = "x-webhook-signature";
@@ -61,13 +67,74 @@ impl AuthFailure {
     }
 }
 
+/// The webhook versions a request's credentials may deliver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scope {
+    v1: bool,
+    v2: bool,
+}
+
+impl Scope {
+    /// Nothing: no credential matched.
+    pub const NONE: Self = Self {
+        v1: false,
+        v2: false,
+    };
+    /// Everything: no credential is checked (`insecure_no_auth`).
+    pub const ALL: Self = Self { v1: true, v2: true };
+    /// v1 envelopes only (path tokens).
+    pub const V1: Self = Self {
+        v1: true,
+        v2: false,
+    };
+    /// v2 envelopes only (signatures).
+    pub const V2: Self = Self {
+        v1: false,
+        v2: true,
+    };
+
+    /// The scope of a credential configured to deliver `versions`.
+    pub fn of(versions: &[WebhookVersion]) -> Self {
+        Self {
+            v1: versions.contains(&WebhookVersion::V1),
+            v2: versions.contains(&WebhookVersion::V2),
+        }
+    }
+
+    /// True when an envelope of `version` may be delivered.
+    pub fn allows(self, version: WebhookVersion) -> bool {
+        match version {
+            WebhookVersion::V1 => self.v1,
+            WebhookVersion::V2 => self.v2,
+        }
+    }
+
+    /// Whatever either may deliver.
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            v1: self.v1 || other.v1,
+            v2: self.v2 || other.v2,
+        }
+    }
+
+    fn without_v2(self) -> Self {
+        Self { v2: false, ..self }
+    }
+
+    fn is_empty(self) -> bool {
+        !self.v1 && !self.v2
+    }
+}
+
 /// What the request head alone says about a request's credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadVerdict {
-    /// A credential matched and nothing presented is wrong: read the body.
-    Passed,
-    /// A signature is presented: it is verified over the body once read.
-    NeedsBody,
+    /// A credential matched and nothing presented is wrong: read the body, which may be an
+    /// envelope of this scope.
+    Passed(Scope),
+    /// A signature is presented: it is verified over the body once read; the scope is what the
+    /// head's other credentials granted (v2 is added when the signature verifies).
+    NeedsBody(Scope),
 }
 
 /// The parsed `[auth]` settings.
@@ -81,8 +148,12 @@ pub struct Authenticator {
     token_header: String,
     /// Accepted shared tokens.
     tokens: Vec<Vec<u8>>,
+    /// What a shared token may deliver.
+    token_scope: Scope,
     /// Accepted Basic credentials, as `user:password` bytes.
     basic: Vec<Vec<u8>>,
+    /// What Basic may deliver.
+    basic_scope: Scope,
     /// Accepted path tokens.
     path_tokens: Vec<Vec<u8>>,
     /// Allowed client networks; empty allows any.
@@ -102,7 +173,9 @@ impl Authenticator {
             require_signature: config.require_signature,
             token_header: config.token_header.to_ascii_lowercase(),
             tokens: bytes(&config.tokens),
+            token_scope: Scope::of(&config.token_versions),
             basic: basic_pairs(&config.basic),
+            basic_scope: Scope::of(&config.basic_versions),
             path_tokens: bytes(&config.path_tokens),
             allow_sources: config.allow_sources.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -124,42 +197,71 @@ impl Authenticator {
     }
 
     /// The address the request came from: the peer, or, when the peer is a trusted proxy, the
-    /// nearest untrusted address in the configured forwarding header (`auth.forwarded_header`).
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// first untrusted hop from the right in the configured forwarding header
+    /// (`auth.forwarded_header`): only what trusted proxies appended is believed, so a client
+    /// cannot pick its address by writing entries on the left. `None` when that hop cannot be
+    /// read as an address (`unknown`, junk): it is then allowed nowhere.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         if !contains(&self.trusted_proxies, peer) {
-            return peer;
+            return Some(peer);
         }
         let chain = forwarded_chain(headers, self.forwarded_header);
-        chain
-            .iter()
-            .rev()
-            .find(|ip| !contains(&self.trusted_proxies, **ip))
-            .or(chain.first())
-            .copied()
-            .unwrap_or(peer)
+        for hop in chain.iter().rev() {
+            match hop {
+                Some(ip) if contains(&self.trusted_proxies, *ip) => continue,
+                hop => return *hop,
+            }
+        }
+        // Every hop is a trusted proxy: the leftmost is the client (or, with no header, the
+        // peer itself).
+        Some(chain.first().copied().flatten().unwrap_or(peer))
     }
 
-    /// Checks the client address against `auth.allow_sources`.
-    pub fn check_source(&self, client: IpAddr) -> Result<(), AuthFailure> {
-        if self.allow_sources.is_empty() || contains(&self.allow_sources, client) {
+    /// Checks the client address against `auth.allow_sources` (an unreadable one is in none).
+    pub fn check_source(&self, client: Option<IpAddr>) -> Result<(), AuthFailure> {
+        if self.allow_sources.is_empty()
+            || client.is_some_and(|client| contains(&self.allow_sources, client))
+        {
             Ok(())
         } else {
             Err(AuthFailure::SourceNotAllowed)
         }
     }
 
+    /// True when `peer` is a proxy whose forwarding header is believed.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        contains(&self.trusted_proxies, peer)
+    }
+
     /// Checks the credentials of a request whose body is `body`: [`Self::check_head`], then
-    /// [`Self::check_body`].
+    /// [`Self::check_body`]; the scope they grant.
     pub fn check(
         &self,
         headers: &HeaderMap,
         path_token: Option<&str>,
         body: &[u8],
-    ) -> Result<(), AuthFailure> {
+    ) -> Result<Scope, AuthFailure> {
         match self.check_head(headers, path_token)? {
-            HeadVerdict::Passed => Ok(()),
-            HeadVerdict::NeedsBody => self.check_body(headers, body),
+            HeadVerdict::Passed(scope) => Ok(scope),
+            HeadVerdict::NeedsBody(scope) => self.check_body(headers, body, scope),
         }
+    }
+
+    /// Whether a request its credentials scoped to `scope` may deliver a `version` envelope:
+    /// `Err(MissingSignature)` for an unsigned v2 envelope when signatures are required,
+    /// `Err(None)` when the credential is for the other version.
+    pub fn check_scope(
+        &self,
+        scope: Scope,
+        version: WebhookVersion,
+    ) -> Result<(), Option<AuthFailure>> {
+        if scope.allows(version) {
+            return Ok(());
+        }
+        if version == WebhookVersion::V2 && self.require_signature {
+            return Err(Some(AuthFailure::MissingSignature));
+        }
+        Err(None)
     }
 
     /// Everything that can be checked before the body is read: path token, Bearer or custom
@@ -172,18 +274,17 @@ impl Authenticator {
         path_token: Option<&str>,
     ) -> Result<HeadVerdict, AuthFailure> {
         if self.is_open() {
-            return Ok(HeadVerdict::Passed);
+            return Ok(HeadVerdict::Passed(Scope::ALL));
         }
         let signed = !self.signature_secrets.is_empty() && headers.contains_key(SIGNATURE_HEADER);
-        if !signed && !self.signature_secrets.is_empty() && self.require_signature {
-            return Err(AuthFailure::MissingSignature);
-        }
         let mut passed = false;
+        let mut scope = Scope::NONE;
         if let Some(token) = path_token {
             if !any_equal(&self.path_tokens, token.as_bytes()) {
                 return Err(AuthFailure::BadPathToken);
             }
             passed = true;
+            scope = scope.union(Scope::V1);
         }
         if let Some(value) = headers
             .get(http::header::AUTHORIZATION)
@@ -200,6 +301,7 @@ impl Authenticator {
                     return Err(AuthFailure::BadBasic);
                 }
                 passed = true;
+                scope = scope.union(self.basic_scope);
             }
         }
         if !self.tokens.is_empty() {
@@ -208,7 +310,12 @@ impl Authenticator {
                     return Err(AuthFailure::BadToken);
                 }
                 passed = true;
+                scope = scope.union(self.token_scope);
             }
+        }
+        // With signatures required, only a signature delivers v2.
+        if self.require_signature {
+            scope = scope.without_v2();
         }
         let schemeless = || {
             headers.get(http::header::AUTHORIZATION).is_some_and(|v| {
@@ -218,21 +325,29 @@ impl Authenticator {
         };
         match (signed, passed) {
             // A signature that is presented must verify, even next to a good token.
-            (true, _) => Ok(HeadVerdict::NeedsBody),
-            (false, true) => Ok(HeadVerdict::Passed),
+            (true, _) => Ok(HeadVerdict::NeedsBody(scope)),
+            // Credentials that may deliver nothing once v2 needs a signature.
+            (false, true) if scope.is_empty() => Err(AuthFailure::MissingSignature),
+            (false, true) => Ok(HeadVerdict::Passed(scope)),
+            (false, false) if self.require_signature => Err(AuthFailure::MissingSignature),
             (false, false) if schemeless() => Err(AuthFailure::AuthorizationWithoutScheme),
             (false, false) => Err(AuthFailure::MissingCredentials),
         }
     }
 
     /// Verifies `X-Webhook-Signature` over `body`; call it when [`Self::check_head`] said
-    /// [`HeadVerdict::NeedsBody`].
-    pub fn check_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), AuthFailure> {
+    /// [`HeadVerdict::NeedsBody`] with `scope`. The scope then includes v2.
+    pub fn check_body(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        scope: Scope,
+    ) -> Result<Scope, AuthFailure> {
         match headers.get(SIGNATURE_HEADER) {
             Some(signature)
                 if verify_signature(&self.signature_secrets, signature.as_bytes(), body) =>
             {
-                Ok(())
+                Ok(scope.union(Scope::V2))
             }
             Some(_) => Err(AuthFailure::BadSignature),
             None => Err(AuthFailure::MissingSignature),
@@ -296,43 +411,55 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Addresses from the one configured forwarding header, leftmost (client) first.
-fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<IpAddr> {
+/// Hops from the one configured forwarding header, leftmost (client) first; `None` for a hop
+/// that is not an address.
+fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<IpAddr>> {
     match header {
         ForwardedHeader::XForwardedFor => headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse().ok())
-            .map(canonical)
+            .flat_map(|v| match v.to_str() {
+                Ok(text) => text.split(',').map(hop_ip).collect::<Vec<_>>(),
+                Err(_) => vec![None],
+            })
+            .map(|ip| ip.map(canonical))
             .collect(),
         ForwardedHeader::Forwarded => headers
             .get_all(http::header::FORWARDED)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split([',', ';']))
-            .filter_map(|pair| {
-                let (key, value) = pair.trim().split_once('=')?;
-                key.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then(|| forwarded_ip(value.trim()))?
+            .flat_map(|v| match v.to_str() {
+                // One element per hop; its `for=` parameter names it.
+                Ok(text) => text
+                    .split(',')
+                    .map(|element| {
+                        element.split(';').find_map(|pair| {
+                            let (key, value) = pair.trim().split_once('=')?;
+                            key.trim()
+                                .eq_ignore_ascii_case("for")
+                                .then(|| hop_ip(value))
+                        })?
+                    })
+                    .collect::<Vec<_>>(),
+                Err(_) => vec![None],
             })
-            .map(canonical)
+            .map(|ip| ip.map(canonical))
             .collect(),
     }
 }
 
-/// `for=` values: `192.0.2.1`, `"192.0.2.1:4711"`, `"[2001:db8::1]:4711"`.
-fn forwarded_ip(value: &str) -> Option<IpAddr> {
-    let value = value.trim_matches('"');
+/// One hop as proxies write it: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`,
+/// `[2001:db8::1]:4711`, any of them quoted.
+fn hop_ip(value: &str) -> Option<IpAddr> {
+    let value = value.trim().trim_matches('"');
     if let Some(rest) = value.strip_prefix('[') {
         return rest.split(']').next()?.parse().ok();
     }
-    value
-        .parse()
-        .ok()
-        .or_else(|| value.rsplit_once(':')?.0.parse().ok())
+    value.parse().ok().or_else(|| {
+        let (host, port) = value.rsplit_once(':')?;
+        // `host:port` only for IPv4: a bare IPv6 address has colons of its own.
+        (port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':'))
+            .then(|| host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4))?
+    })
 }
 
 #[cfg(test)]
@@ -370,7 +497,7 @@ mod tests {
         let a = auth(|c| c.signature_secrets = vec!["new".into(), "old".into()]);
         for secret in ["new", "old"] {
             let h = headers(&[(SIGNATURE_HEADER, &hmac_hex(secret, SIGNED_BODY))]);
-            assert_eq!(a.check(&h, None, SIGNED_BODY), Ok(()));
+            assert_eq!(a.check(&h, None, SIGNED_BODY), Ok(Scope::V2));
         }
         let h = headers(&[(SIGNATURE_HEADER, &hmac_hex("retired", SIGNED_BODY))]);
         assert_eq!(
@@ -423,11 +550,11 @@ mod tests {
         let bearer = auth(|c| c.tokens = vec!["tok".into()]);
         assert_eq!(
             bearer.check(&headers(&[("authorization", "Bearer tok")]), None, b""),
-            Ok(())
+            Ok(Scope::V2)
         );
         assert_eq!(
             bearer.check(&headers(&[("authorization", "bearer tok")]), None, b""),
-            Ok(())
+            Ok(Scope::V2)
         );
         assert_eq!(
             bearer.check(&headers(&[("authorization", "Bearer nope")]), None, b""),
@@ -445,7 +572,7 @@ mod tests {
         });
         assert_eq!(
             custom.check(&headers(&[("x-relay-token", "tok")]), None, b""),
-            Ok(())
+            Ok(Scope::V2)
         );
         assert_eq!(
             custom.check(&headers(&[("authorization", "Bearer tok")]), None, b""),
@@ -461,7 +588,7 @@ mod tests {
                 None,
                 b""
             ),
-            Ok(())
+            Ok(Scope::V2)
         );
         assert_eq!(
             basic.check(
@@ -477,7 +604,10 @@ mod tests {
         );
 
         let path = auth(|c| c.path_tokens = vec!["p4th".into()]);
-        assert_eq!(path.check(&HeaderMap::new(), Some("p4th"), b""), Ok(()));
+        assert_eq!(
+            path.check(&HeaderMap::new(), Some("p4th"), b""),
+            Ok(Scope::V1)
+        );
         assert_eq!(
             path.check(&HeaderMap::new(), Some("wrong"), b""),
             Err(AuthFailure::BadPathToken)
@@ -489,21 +619,83 @@ mod tests {
     }
 
     #[test]
+    fn each_credential_delivers_only_its_versions_and_signatures_rule_v2_when_required() {
+        let secret = "signing-secret";
+        let a = auth(|c| {
+            c.signature_secrets = vec![secret.into()];
+            c.tokens = vec!["tok".into()];
+            c.path_tokens = vec!["p4th".into()];
+            c.basic = BTreeMap::from([("fp".into(), "pw".into())]);
+        });
+        let signed = headers(&[(SIGNATURE_HEADER, &hmac_hex(secret, SIGNED_BODY))]);
+        let basic = base64::engine::general_purpose::STANDARD.encode("fp:pw");
+        let basic = headers(&[("authorization", &format!("Basic {basic}"))]);
+        let bearer = headers(&[("authorization", "Bearer tok")]);
+        assert_eq!(a.check(&signed, None, SIGNED_BODY), Ok(Scope::V2));
+        assert_eq!(a.check(&bearer, None, b""), Ok(Scope::V2));
+        assert_eq!(a.check(&basic, None, b""), Ok(Scope::V2));
+        assert_eq!(a.check(&HeaderMap::new(), Some("p4th"), b""), Ok(Scope::V1));
+        // Both at once: what either may deliver.
+        assert_eq!(a.check(&bearer, Some("p4th"), b""), Ok(Scope::ALL));
+        for (scope, version, allowed) in [
+            (Scope::V1, WebhookVersion::V1, true),
+            (Scope::V1, WebhookVersion::V2, false),
+            (Scope::V2, WebhookVersion::V1, false),
+            (Scope::ALL, WebhookVersion::V2, true),
+        ] {
+            assert_eq!(a.check_scope(scope, version).is_ok(), allowed);
+        }
+        assert_eq!(a.check_scope(Scope::V1, WebhookVersion::V2), Err(None));
+
+        // Tokens configured for both versions.
+        let both = auth(|c| {
+            c.tokens = vec!["tok".into()];
+            c.token_versions = vec![WebhookVersion::V1, WebhookVersion::V2];
+        });
+        assert_eq!(both.check(&bearer, None, b""), Ok(Scope::ALL));
+
+        // Signatures required: they rule v2 only; a path token still delivers v1, a token
+        // that may deliver only v2 delivers nothing, and an unsigned v2 envelope that got in
+        // with a path token is refused as unsigned.
+        let strict = auth(|c| {
+            c.signature_secrets = vec![secret.into()];
+            c.require_signature = true;
+            c.tokens = vec!["tok".into()];
+            c.path_tokens = vec!["p4th".into()];
+        });
+        assert_eq!(
+            strict.check(&HeaderMap::new(), Some("p4th"), b""),
+            Ok(Scope::V1)
+        );
+        assert_eq!(
+            strict.check(&bearer, None, b""),
+            Err(AuthFailure::MissingSignature)
+        );
+        assert_eq!(
+            strict.check(&HeaderMap::new(), None, b""),
+            Err(AuthFailure::MissingSignature)
+        );
+        assert_eq!(
+            strict.check_scope(Scope::V1, WebhookVersion::V2),
+            Err(Some(AuthFailure::MissingSignature))
+        );
+        assert_eq!(strict.check(&signed, None, SIGNED_BODY), Ok(Scope::V2));
+    }
+
+    #[test]
     fn forwarded_headers_count_only_from_trusted_proxies() {
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
         let a = auth(|c| {
             c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
             c.allow_sources = vec!["203.0.113.0/24".parse().unwrap()];
         });
         let xff = headers(&[("x-forwarded-for", "198.51.100.9, 203.0.113.7, 10.0.0.2")]);
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(
-            a.client_ip(proxy, &xff),
-            "203.0.113.7".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(a.client_ip(proxy, &xff), ip("203.0.113.7"));
         let stranger: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(
             a.client_ip(stranger, &xff),
-            stranger,
+            Some(stranger),
             "untrusted peers cannot claim an address"
         );
         let fwd = headers(&[(
@@ -512,32 +704,63 @@ mod tests {
         )]);
         assert_eq!(
             a.client_ip(proxy, &fwd),
-            proxy,
+            Some(proxy),
             "only the configured header (x-forwarded-for) is read"
         );
         let rfc = auth(|c| {
             c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
             c.forwarded_header = ForwardedHeader::Forwarded;
         });
-        assert_eq!(
-            rfc.client_ip(proxy, &fwd),
-            "203.0.113.8".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(rfc.client_ip(proxy, &fwd), ip("203.0.113.8"));
         let both = headers(&[
             ("x-forwarded-for", "198.51.100.66"),
             ("forwarded", "for=203.0.113.8"),
         ]);
         assert_eq!(
             rfc.client_ip(proxy, &both),
-            "203.0.113.8".parse::<IpAddr>().unwrap(),
+            ip("203.0.113.8"),
             "a client-supplied X-Forwarded-For cannot override the proxy's Forwarded"
         );
-        assert_eq!(a.check_source("203.0.113.8".parse().unwrap()), Ok(()));
-        assert_eq!(a.check_source(stranger), Err(AuthFailure::SourceNotAllowed));
+        assert_eq!(a.check_source(ip("203.0.113.8")), Ok(()));
         assert_eq!(
-            a.check_source("::ffff:203.0.113.8".parse().unwrap()),
+            a.check_source(Some(stranger)),
+            Err(AuthFailure::SourceNotAllowed)
+        );
+        assert_eq!(
+            a.check_source(ip("::ffff:203.0.113.8")),
             Ok(()),
             "v4-mapped v6 is v4"
         );
+        assert_eq!(
+            a.check_source(None),
+            Err(AuthFailure::SourceNotAllowed),
+            "an unreadable hop is allowed nowhere"
+        );
+    }
+
+    #[test]
+    fn forwarded_hops_with_ports_and_brackets_are_read_and_a_forged_left_entry_never_counts() {
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let a = auth(|c| c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()]);
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        for (value, client) in [
+            // The proxy appended the real client with its port; the left entry is forged.
+            ("203.0.113.250, 198.51.100.7:51234", ip("198.51.100.7")),
+            ("203.0.113.250, [2001:db8::7]:443", ip("2001:db8::7")),
+            ("203.0.113.250, 2001:db8::7", ip("2001:db8::7")),
+            (
+                "203.0.113.250, \"198.51.100.7\", 10.0.0.9:80",
+                ip("198.51.100.7"),
+            ),
+            // The first untrusted hop from the right is junk: nobody can be named.
+            ("203.0.113.250, unknown", None),
+            ("203.0.113.250, 198.51.100.7:port", None),
+            // Only trusted hops: the leftmost.
+            ("10.0.0.7, 10.0.0.8", ip("10.0.0.7")),
+        ] {
+            let h = headers(&[("x-forwarded-for", value)]);
+            assert_eq!(a.client_ip(proxy, &h), client, "{value}");
+        }
+        assert_eq!(a.client_ip(proxy, &HeaderMap::new()), Some(proxy));
     }
 }

@@ -18,7 +18,8 @@ pub const HEADER_EVENT_ID: &str = "x-event-id";
 pub const HEADER_EVENT_TYPE: &str = "x-event-type";
 
 /// Which FirstPromoter delivery system sent the event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WebhookVersion {
     /// Legacy per-campaign webhooks: no retries for standard events.
     V1,

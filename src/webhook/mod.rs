@@ -5,6 +5,7 @@ pub mod auth;
 pub mod envelope;
 pub mod redact;
 pub mod routing;
+pub mod scrub;
 
 /// v1 event types in FirstPromoter's documentation (each has a sample in `samples/v1`).
 pub const V1_EVENT_TYPES: &[&str] = &[

@@ -76,6 +76,17 @@ impl Redactor {
         Ok(Some((out, scanner.spans.len())))
     }
 
+    /// The secrets of a body that did not parse, for the dead-letter topic (see
+    /// [`crate::webhook::scrub`]). With JSON pointers configured nothing but a digest is safe:
+    /// a pointer cannot be followed in a broken body.
+    pub fn scrub(&self, body: &[u8]) -> crate::webhook::scrub::Scrubbed {
+        if !self.pointers.is_empty() {
+            return crate::webhook::scrub::Scrubbed::Unscannable;
+        }
+        let replacement = serde_json::to_vec(&self.replacement).expect("a string serialises");
+        crate::webhook::scrub::scrub(body, &self.fields, &replacement)
+    }
+
     /// Redacts `document` in place; returns how many values were redacted.
     pub fn apply(&self, document: &mut Value) -> usize {
         let mut count = 0;

@@ -63,6 +63,8 @@ const ASSIGNMENT_CHECK: Duration = Duration::from_secs(1);
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Header on a dead-lettered v2 reply: the commission FirstPromoter refused to mark.
 pub const COMMISSION_ID_HEADER: &str = "fp-commission-id";
+/// Dead-letter reason of a v2 reply whose correlation id no reply key signed.
+pub const UNREQUESTED_REPLY: &str = "unrequested_reply";
 
 /// One reply as read from Kafka, kept until its commission is settled.
 struct ReadReply {
@@ -134,6 +136,9 @@ enum Read {
     Reply(u64, Outcome),
     /// Nobody can act on it: why.
     Malformed(&'static str),
+    /// Well formed, but to no request a relay issued (its correlation id's signature does not
+    /// verify): forged, or from another account's relay. Never acted on.
+    Unrequested(u64),
 }
 
 /// The v2 reply reader and API caller; see the module documentation.
@@ -154,6 +159,8 @@ pub struct Marker {
     api_reachable: Arc<AtomicBool>,
     /// Replies read while waiting to retry (the consumer keeps polling then); handled next.
     backlog: Mutex<VecDeque<ReadReply>>,
+    /// Verifies that a reply answers a request some relay issued.
+    keys: super::ReplyKeys,
 }
 
 impl Marker {
@@ -184,6 +191,7 @@ impl Marker {
             metrics,
             api_reachable,
             backlog: Mutex::new(VecDeque::new()),
+            keys: super::ReplyKeys::new(config),
         })
     }
 
@@ -270,6 +278,15 @@ impl Marker {
                 Read::Malformed(why) => {
                     let reason = format!("malformed_reply: {why}");
                     if !self.dead_letter(None, reply, &reason, stop).await {
+                        return self.stopped();
+                    }
+                    continue;
+                }
+                Read::Unrequested(commission) => {
+                    if !self
+                        .dead_letter(Some(commission), reply, UNREQUESTED_REPLY, stop)
+                        .await
+                    {
                         return self.stopped();
                     }
                     continue;
@@ -371,6 +388,21 @@ impl Marker {
                     .ok()
                     .map(|r| r.outcome);
                 match (super::commission_of(id), outcome) {
+                    (Some(commission), Some(_)) if !self.keys.verify(id) => {
+                        self.metrics
+                            .fulfilment_v2_replies
+                            .with_label_values(&["unrequested"])
+                            .inc();
+                        tracing::warn!(
+                            partition = reply.partition,
+                            offset = reply.offset,
+                            commission,
+                            "a v2 reply to no request this relay issued (its correlation id is \
+                             not signed with a reply key) goes to the dead-letter topic; \
+                             FirstPromoter is not called"
+                        );
+                        return Read::Unrequested(commission);
+                    }
                     (Some(commission), Some(outcome)) => return Read::Reply(commission, outcome),
                     (None, _) => "the correlation id names no commission (v2:<commission>:<id>)",
                     (_, None) => "the value is not JSON with a known outcome",
