@@ -153,15 +153,11 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
 
 fn tail(options: TailOptions) -> ExitCode {
     match tail::run(&options, &mut std::io::stdout().lock()) {
-        Ok(_) => ExitCode::SUCCESS,
         // Piped into `head`, which has read enough.
         Err(ToolError::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("error: {}", describe(&error.into()));
-            ExitCode::FAILURE
-        }
+        result => finish(result.map(|_| ()).map_err(anyhow::Error::from)),
     }
 }
 

@@ -425,8 +425,7 @@ fn responder(
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(run(
         ResponderOptions {
-            brokers: broker.bootstrap(),
-            properties: vec![("log_level".into(), "3".into())],
+            kafka: fp_relay::tools::KafkaArgs::at(&broker.bootstrap(), &[("log_level", "3")]),
             topic: REQUESTS.into(),
             default_reply_topic: REPLIES.into(),
             outcome: Outcome::Fulfilled,

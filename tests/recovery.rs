@@ -132,8 +132,7 @@ async fn missing_from(broker: &Tansu, acknowledged: &[u64]) -> Vec<u64> {
 fn start_responder(broker: &Tansu) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let options = ResponderOptions {
-        brokers: broker.bootstrap(),
-        properties: vec![("log_level".into(), "3".into())],
+        kafka: fp_relay::tools::KafkaArgs::at(&broker.bootstrap(), &[("log_level", "3")]),
         topic: "firstpromoter.fulfilment_pending".into(),
         default_reply_topic: "firstpromoter.fulfilment_replies".into(),
         outcome: Outcome::Fulfilled,

@@ -325,7 +325,7 @@ async fn redrive_moves_matching_dead_letters_back_once() {
         produce(&bootstrap, DEAD, Some(0), Some("k"), headers, value).await;
     }
     let options = |dry_run: bool, reasons: &[&str]| RedriveOptions {
-        brokers: bootstrap.clone(),
+        kafka: fp_relay::tools::KafkaArgs::at(&bootstrap, &[]),
         dead_letter_topic: DEAD.to_owned(),
         reasons: reasons.iter().map(|r| r.to_string()).collect(),
         topics: Vec::new(),
@@ -334,7 +334,6 @@ async fn redrive_moves_matching_dead_letters_back_once() {
         dry_run,
         group: None,
         idle_exit: Duration::from_secs(2),
-        properties: Vec::new(),
     };
     let run = |options: RedriveOptions| async move {
         let mut out = Vec::new();

@@ -34,6 +34,50 @@ pub fn relay_config(
     )?)
 }
 
+/// How a tool reaches Kafka: the relay's own `[kafka]` settings (the same file and
+/// `FP_RELAY_*` variables `serve` reads, SASL and TLS included), with `--brokers` and `-X`
+/// over them. Without a file or variables it is librdkafka's defaults at localhost:9092.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KafkaArgs {
+    /// The relay's configuration file; its [kafka] settings (brokers, SASL, TLS) are used.
+    #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers, comma separated [default: kafka.brokers, localhost:9092].
+    #[arg(long, value_name = "LIST")]
+    pub brokers: Option<String>,
+    /// A librdkafka property over the configuration's, e.g. `-X security.protocol=SASL_SSL
+    /// -X sasl.mechanisms=SCRAM-SHA-512` (repeatable).
+    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// Bootstrap servers and properties given on the command line only (tests, scripts).
+    pub fn at(brokers: &str, properties: &[(&str, &str)]) -> Self {
+        Self {
+            config: None,
+            brokers: Some(brokers.to_owned()),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// The client settings: `defaults`, then the configuration's `kafka.properties`, then
+    /// `-X`, with the bootstrap servers; and those servers, for messages.
+    pub fn client(
+        &self,
+        defaults: &[(&str, &str)],
+    ) -> Result<(rdkafka::ClientConfig, String), ToolError> {
+        let config = relay_config(self.config.as_deref(), self.brokers.clone())?;
+        let mut properties = config.kafka.properties;
+        properties.extend(self.properties.iter().cloned());
+        let client = crate::kafka::client_config(defaults, &properties, &config.kafka.brokers);
+        Ok((client, config.kafka.brokers))
+    }
+}
+
 /// `KEY=VALUE` for `--property`.
 pub fn parse_property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {

@@ -33,9 +33,9 @@ pub const REDRIVEN_REASON: &str = "fp-redriven-reason";
 /// What to move, and whether to move it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedriveOptions {
-    /// Kafka bootstrap servers.
-    #[arg(long, value_name = "LIST", default_value = "localhost:9092")]
-    pub brokers: String,
+    /// Where Kafka is.
+    #[command(flatten)]
+    pub kafka: super::KafkaArgs,
     /// The relay's `kafka.dead_letter_topic`.
     #[arg(
         long,
@@ -65,9 +65,6 @@ pub struct RedriveOptions {
     /// Stop after this long without a record (the end of the topic).
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub idle_exit: Duration,
-    /// A librdkafka property for both clients, e.g. `-X security.protocol=SASL_SSL` (repeatable).
-    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = super::parse_property)]
-    pub properties: Vec<(String, String)>,
 }
 
 /// What a run did.
@@ -130,27 +127,21 @@ struct DeadLetter {
 /// Moves (or lists) the matching records; a line per record on `out`, progress on stderr
 /// when it is a terminal.
 pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summary, ToolError> {
-    let properties = || options.properties.iter().map(|(k, v)| (k, v));
     let group = options.group();
-    let consumer: StreamConsumer = crate::kafka::client_config(
-        &[("log_level", "3"), ("fetch.wait.max.ms", "100")],
-        properties(),
-        &options.brokers,
-    )
-    .set("group.id", &group)
-    .set("enable.auto.commit", "false")
-    .set("auto.offset.reset", "earliest")
-    .create()?;
-    let producer: FutureProducer = crate::kafka::client_config(
-        &[
-            ("log_level", "3"),
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-        ],
-        properties(),
-        &options.brokers,
-    )
-    .create()?;
+    let (mut consumer, _) = options
+        .kafka
+        .client(&[("log_level", "3"), ("fetch.wait.max.ms", "100")])?;
+    let consumer: StreamConsumer = consumer
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let (producer, _) = options.kafka.client(&[
+        ("log_level", "3"),
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+    ])?;
+    let producer: FutureProducer = producer.create()?;
     let started = SystemTime::now();
     if !assign_from_committed(&consumer, &options.dead_letter_topic).await? {
         // Nothing was ever dead-lettered on these brokers: nothing to move is success.

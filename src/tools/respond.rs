@@ -19,13 +19,9 @@ use crate::kafka::record::headers;
 /// What the responder consumes and how it answers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ResponderOptions {
-    /// Kafka bootstrap servers, comma separated.
-    #[arg(long, value_name = "LIST", default_value = "localhost:9092")]
-    pub brokers: String,
-    /// A librdkafka property for the Kafka client, e.g. `-X security.protocol=SASL_SSL
-    /// -X sasl.mechanisms=SCRAM-SHA-512` (repeatable).
-    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = super::parse_property)]
-    pub properties: Vec<(String, String)>,
+    /// Where Kafka is.
+    #[command(flatten)]
+    pub kafka: super::KafkaArgs,
     /// The answer to give every request.
     #[arg(long, value_enum, default_value_t = Outcome::Fulfilled)]
     pub outcome: Outcome,
@@ -55,9 +51,8 @@ pub async fn run(
     options: ResponderOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), super::ToolError> {
-    let properties = options.properties.iter().map(|(k, v)| (k, v));
     // librdkafka's own lines only for errors: a broker away is said once below.
-    let base = crate::kafka::client_config(&[("log_level", "3")], properties, &options.brokers);
+    let (base, brokers) = options.kafka.client(&[("log_level", "3")])?;
     let consumer: StreamConsumer<Quiet> = base
         .clone()
         .set("group.id", &options.group)
@@ -79,10 +74,7 @@ pub async fn run(
         .client()
         .fetch_metadata(Some(&options.topic), Duration::from_secs(10))
     {
-        return Err(super::ToolError::Unreachable {
-            brokers: options.brokers.clone(),
-            source,
-        });
+        return Err(super::ToolError::Unreachable { brokers, source });
     }
     consumer.subscribe(&[&options.topic])?;
     eprintln!(

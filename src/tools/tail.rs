@@ -17,9 +17,9 @@ use crate::webhook::redact::Redactor;
 /// What to read and when to stop.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailOptions {
-    /// Kafka bootstrap servers (the address `serve --dev` prints).
-    #[arg(long, value_name = "LIST", default_value = "localhost:9092")]
-    pub brokers: String,
+    /// Where Kafka is (`--brokers`: the address `serve --dev` prints).
+    #[command(flatten)]
+    pub kafka: super::KafkaArgs,
     /// Only this event type's topic (repeatable); default: every topic starting with --prefix.
     #[arg(long = "event", value_name = "TYPE")]
     pub events: Vec<String>,
@@ -35,10 +35,6 @@ pub struct TailOptions {
     /// Exit after this long without a message (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_exit: Option<Duration>,
-    /// A librdkafka property for the Kafka client, e.g. `-X security.protocol=SASL_SSL
-    /// -X sasl.mechanisms=SCRAM-SHA-512` (repeatable).
-    #[arg(short = 'X', long = "property", value_name = "KEY=VALUE", value_parser = super::parse_property)]
-    pub properties: Vec<(String, String)>,
 }
 
 /// How often new topics are looked for.
@@ -46,16 +42,16 @@ const REFRESH: Duration = Duration::from_secs(1);
 
 /// Prints messages until `count` or `idle_exit` (or forever). Blocking: run it on its own thread.
 pub fn run(options: &TailOptions, out: &mut impl Write) -> Result<usize, ToolError> {
-    let defaults = [("fetch.wait.max.ms", "100"), ("log_level", "3")];
-    let properties = options.properties.iter().map(|(k, v)| (k, v));
-    let consumer: BaseConsumer =
-        crate::kafka::client_config(&defaults, properties, &options.brokers)
-            .set(
-                "group.id",
-                format!("fp-relay-tail-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .create()?;
+    let (mut client, brokers) = options
+        .kafka
+        .client(&[("fetch.wait.max.ms", "100"), ("log_level", "3")])?;
+    let consumer: BaseConsumer = client
+        .set(
+            "group.id",
+            format!("fp-relay-tail-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
     let mask = Redactor::new(&RedactConfig::default());
     let mut assigned: HashSet<(String, i32)> = HashSet::new();
     let (mut printed, mut last_message, mut last_refresh) =
@@ -68,7 +64,7 @@ pub fn run(options: &TailOptions, out: &mut impl Write) -> Result<usize, ToolErr
                 new_partitions(&consumer, options, &mut assigned, first).map_err(|error| {
                     match error {
                         ToolError::Kafka(source) if first => ToolError::Unreachable {
-                            brokers: options.brokers.clone(),
+                            brokers: brokers.clone(),
                             source,
                         },
                         other => other,
