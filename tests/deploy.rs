@@ -306,6 +306,47 @@ fn find_all<'a>(value: &'a serde_yaml::Value, key: &str, found: &mut Vec<&'a ser
     }
 }
 
+/// (Secret name, mount path) of every Secret a pod template mounts as files.
+fn secret_mounts(template: &serde_yaml::Value) -> Vec<(String, String)> {
+    let volumes = &template["spec"]["volumes"];
+    let mut found = Vec::new();
+    for mount in references(template, "volumeMounts")
+        .iter()
+        .flat_map(|list| list.as_sequence().unwrap())
+    {
+        // Not a pod volume: a StatefulSet's claim template.
+        let Some(volume) = volumes
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount["name"])
+        else {
+            continue;
+        };
+        if let Some(secret) = volume["secret"]["secretName"].as_str() {
+            found.push((
+                secret.to_owned(),
+                mount["mountPath"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    found
+}
+
+/// (name, path) of every `..._FILE` variable a pod template's containers set.
+fn file_variables(template: &serde_yaml::Value) -> Vec<(String, String)> {
+    references(template, "env")
+        .iter()
+        .flat_map(|list| list.as_sequence().unwrap())
+        .filter_map(|var| {
+            let name = var["name"].as_str()?;
+            let value = var["value"].as_str()?;
+            name.ends_with("_FILE")
+                .then(|| (name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
 fn references<'a>(template: &'a serde_yaml::Value, key: &str) -> Vec<&'a serde_yaml::Value> {
     let mut found = Vec::new();
     find_all(template, key, &mut found);
@@ -341,17 +382,38 @@ fn each_kubernetes_manifest_names_nothing_it_does_not_hold_or_say_how_to_create(
                     "{at} mounts ConfigMap {name}, which the file does not hold"
                 );
             }
+            let documented = |name: &str, key: &str| {
+                manifest.names("Secret").iter().any(|n| n == name)
+                    || secrets
+                        .iter()
+                        .any(|(n, keys)| n == name && keys.iter().any(|k| k == key))
+            };
             for secret in references(template, "secretKeyRef") {
                 let name = secret["name"].as_str().unwrap();
                 let key = secret["key"].as_str().unwrap();
                 assert!(
-                    manifest.names("Secret").iter().any(|n| n == name)
-                        || secrets
-                            .iter()
-                            .any(|(n, keys)| n == name && keys.iter().any(|k| k == key)),
+                    documented(name, key),
                     "{at} reads Secret {name} key {key}: neither in the file nor created by a \
                      documented command ({secrets:?})"
                 );
+            }
+            // Secrets mounted as files: every FP_RELAY_*_FILE variable names a key of a
+            // mounted Secret that the file says how to create.
+            for (secret, mount) in secret_mounts(template) {
+                assert!(
+                    documented(&secret, "") || secrets.iter().any(|(n, _)| *n == secret),
+                    "{at} mounts Secret {secret}, which no documented command creates"
+                );
+                for variable in file_variables(template) {
+                    if let Some(key) = variable.1.strip_prefix(&format!("{mount}/")) {
+                        assert!(
+                            documented(&secret, key),
+                            "{at}: {} reads key {key} of Secret {secret}, which no documented \
+                             command creates ({secrets:?})",
+                            variable.0
+                        );
+                    }
+                }
             }
             for claim in references(template, "persistentVolumeClaim") {
                 let claim = claim["claimName"].as_str().unwrap();
@@ -484,19 +546,30 @@ fn the_configuration_each_manifest_ships_is_valid() {
                 std::fs::write(&path, object["data"]["relay.toml"].as_str().unwrap()).unwrap();
                 path
             });
-            // Each variable a container sets, with a value of the shape its Secret must hold.
+            // Each variable a container sets; a Secret's file holds a value of the shape the
+            // documented command gives it.
+            let secrets_dir =
+                std::env::temp_dir().join(format!("fp-relay-k8s-secrets-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&secrets_dir).unwrap();
             let env: Vec<(String, String)> = references(template, "env")
                 .iter()
                 .flat_map(|list| list.as_sequence().unwrap())
                 .map(|var| {
                     let name = var["name"].as_str().unwrap().to_owned();
-                    let value = var["value"].as_str().map(str::to_owned).unwrap_or_else(|| {
-                        if name.starts_with("FP_RELAY_AUTH_") {
-                            r#"["a-secret-of-sixteen-characters-or-more"]"#.to_owned()
-                        } else {
-                            "a-secret".to_owned()
+                    let secret = if name.starts_with("FP_RELAY_AUTH_") {
+                        r#"["a-secret-of-sixteen-characters-or-more"]"#
+                    } else {
+                        "a-secret"
+                    };
+                    let value = match var["value"].as_str() {
+                        Some(path) if name.ends_with("_FILE") => {
+                            let file = secrets_dir.join(path.replace('/', "_"));
+                            std::fs::write(&file, format!("{secret}\n")).unwrap();
+                            file.display().to_string()
                         }
-                    });
+                        Some(value) => value.to_owned(),
+                        None => secret.to_owned(),
+                    };
                     (name, value)
                 })
                 .collect();
@@ -509,6 +582,7 @@ fn the_configuration_each_manifest_ships_is_valid() {
                 ..Overrides::default()
             };
             let result = Config::load(toml.as_deref(), env, &overrides);
+            let _ = std::fs::remove_dir_all(&secrets_dir);
             if let Some(toml) = &toml {
                 let _ = std::fs::remove_dir_all(toml.parent().unwrap());
             }
