@@ -9,6 +9,7 @@ use crate::telemetry::LogFormat;
 use crate::tools::drain::DrainOptions;
 use crate::tools::firstpromoter::{RecoverOptions, StatusOptions, SubscribeOptions};
 use crate::tools::redrive::RedriveOptions;
+use crate::tools::requeue::RequeueOptions;
 use crate::tools::respond::ResponderOptions;
 use crate::tools::send::SendOptions;
 use crate::tools::tail::TailOptions;
@@ -84,8 +85,16 @@ pub enum SpoolCommand {
     /// For a spool whose relay will not come back (a replica scaled down, a machine retired):
     /// run it as a Kubernetes Job on the replica's volume, or from a preStop hook. It reads
     /// Kafka's settings as `serve` does (file, FP_RELAY_* environment, --brokers). Exits 1,
-    /// losing nothing, if the spool is not drained within --timeout.
+    /// losing nothing, if the spool is not drained within --timeout. Refused while a relay (or
+    /// another drain) owns the directory.
     Drain(DrainOptions),
+    /// Put the records of the spool's quarantine.log back into Kafka, once.
+    ///
+    /// quarantine.log holds what neither its topic nor the dead-letter topic would take (a
+    /// topic's size limit, an ACL). Once that is fixed, this publishes each record to its
+    /// topic again (with an fp-requeued-from header); interrupted, a second run goes on where
+    /// it stopped, publishing nothing twice. Refused while a relay owns the directory.
+    Requeue(RequeueOptions),
 }
 
 /// `fp-relay serve`.

@@ -178,7 +178,7 @@ impl Server {
             admin,
         } = self;
         let background = CancellationToken::new();
-        let (services, marker) = start_services(&config, &background)?;
+        let (services, marker, replay) = start_services(&config, &background)?;
         let publisher = services.publisher.clone();
         let watch = services.health.cluster.clone();
         let spans = services.spans.clone();
@@ -246,15 +246,28 @@ impl Server {
         let _ = public_task.await;
         tracing::info!("flushing the Kafka producer");
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(ack_timeout)).await;
-        if !matches!(flushed, Ok(Ok(()))) {
+        let flushed = matches!(flushed, Ok(Ok(())));
+        if !flushed {
             tracing::error!(
                 "the producer did not flush in time; unacknowledged records may be lost"
             );
         }
+        // The spool's replay settles the batch it handed over (its outcomes are known once the
+        // producer flushed) and records it done, so a restart does not replay it again.
+        let replay_settled = if flushed {
+            ack_timeout
+        } else {
+            Duration::from_secs(1)
+        };
         if let Some(spans) = spans {
             let _ = tokio::task::spawn_blocking(move || spans.flush()).await;
         }
         background.cancel();
+        if let Some(replay) = replay {
+            if tokio::time::timeout(replay_settled, replay).await.is_err() {
+                tracing::warn!("the spool's replay did not settle its last batch in time; it may be replayed again after a restart");
+            }
+        }
         let _ = admin_task.await;
         if let Some(marker) = marker {
             let _ = tokio::time::timeout(MARKER_STOP_TIMEOUT, marker).await;
@@ -266,13 +279,17 @@ impl Server {
     }
 }
 
+/// A background task shutdown waits for.
+type Task = tokio::task::JoinHandle<()>;
+
 /// Builds the producer, the reply consumer, the spool and the dedup table, and starts their
-/// background tasks (stopped by `background`). Also returns the v2 fulfilment marker's task,
-/// which shutdown waits for, so that it leaves its consumer group before the process ends.
+/// background tasks (stopped by `background`). Also returns the tasks shutdown waits for: the
+/// v2 fulfilment marker (so that it leaves its consumer group) and the spool's replay (so that
+/// it settles the batch it handed over).
 fn start_services(
     config: &Config,
     background: &CancellationToken,
-) -> Result<(Services, Option<tokio::task::JoinHandle<()>>), StartError> {
+) -> Result<(Services, Option<Task>, Option<Task>), StartError> {
     let metrics = Arc::new(Metrics::new());
     // A write handed to the spool keeps its chance of delivery for spool.delivery_timeout;
     // its outcome decides whether the spooled copy is replayed.
@@ -345,17 +362,18 @@ fn start_services(
         ),
         _ => None,
     };
-    let spool = if config.spool.enabled {
+    let (spool, replay) = if config.spool.enabled {
         let spool = Spool::open(&config.spool.dir, config.spool.max_bytes, metrics.clone())?;
         let replay = spool::replay::Replay {
             publisher: publisher.clone(),
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
             enqueue_timeout: config.kafka.ack_timeout,
+            unknown_topic_wait: config.spool.unknown_topic_wait,
         };
-        tokio::spawn(spool.clone().replay(replay, background.clone()));
-        Some(spool)
+        let task = tokio::spawn(spool.clone().replay(replay, background.clone()));
+        (Some(spool), Some(task))
     } else {
-        None
+        (None, None)
     };
     let dedup = config
         .dedup_enabled()
@@ -383,7 +401,7 @@ fn start_services(
         metrics,
         health,
     };
-    Ok((services, marker))
+    Ok((services, marker, replay))
 }
 
 /// The one topic the readiness probe names: the reply topic when fulfilment is on (the relay

@@ -10,6 +10,7 @@ use fp_relay::tools::dev::DevBroker;
 use fp_relay::tools::drain::{self, DrainOptions};
 use fp_relay::tools::firstpromoter;
 use fp_relay::tools::redrive::{self, RedriveOptions};
+use fp_relay::tools::requeue::{self, RequeueOptions};
 use fp_relay::tools::respond::{self, ResponderOptions};
 use fp_relay::tools::send::{self, SendOptions};
 use fp_relay::tools::tail::{self, TailOptions};
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => tail(args),
         Command::Redrive(args) => redrive(args),
         Command::Spool(SpoolCommand::Drain(args)) => drain(args),
+        Command::Spool(SpoolCommand::Requeue(args)) => requeue(args),
         Command::FirstPromoter(command) => first_promoter(command),
     }
 }
@@ -126,6 +128,14 @@ fn first_promoter(command: FirstPromoterCommand) -> ExitCode {
 
 fn drain(options: DrainOptions) -> ExitCode {
     finish(runtime().and_then(|runtime| Ok(runtime.block_on(drain::run(&options)).map(|_| ())?)))
+}
+
+fn requeue(options: RequeueOptions) -> ExitCode {
+    finish(runtime().and_then(|runtime| {
+        Ok(runtime
+            .block_on(requeue::run(&options, &mut std::io::stdout()))
+            .map(|_| ())?)
+    }))
 }
 
 fn redrive(options: RedriveOptions) -> ExitCode {

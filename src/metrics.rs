@@ -132,6 +132,12 @@ metrics! {
     spool_records: IntGauge = "fp_relay_spool_records" [],
     /// Age of the oldest spooled event not yet in Kafka.
     spool_oldest_age_seconds: Gauge = "fp_relay_spool_oldest_age_seconds" [],
+    /// Bytes of spooled events not yet in Kafka plus quarantine.log: what spool.max_bytes limits.
+    spool_pending_bytes: IntGauge = "fp_relay_spool_pending_bytes" [],
+    /// Bytes of the spool's quarantine.log: records no topic would take (fp-relay spool requeue).
+    spool_quarantine_bytes: IntGauge = "fp_relay_spool_quarantine_bytes" [],
+    /// Spool segments that cannot be read (a disk or permission error): set aside, retried.
+    spool_segments_set_aside: IntGauge = "fp_relay_spool_segments_set_aside" [],
     /// Requests answered as duplicates of an event id already published.
     duplicates: IntCounter = "fp_relay_duplicates_total" [],
     /// 1 when `/readyz` would answer 200, else 0; refreshed at every scrape.

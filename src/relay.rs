@@ -26,7 +26,7 @@ use crate::kafka::publisher::{refusal_reason, Delivered, Handoff, PublishError, 
 use crate::kafka::record::{rfc3339, OutboundRecord, Received};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Prepared};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::Spool;
 use crate::trace::TraceContext;
 use crate::webhook::auth::{Authenticator, Scope};
 use crate::webhook::envelope::{self, Envelope, WebhookVersion};
@@ -433,7 +433,11 @@ impl Relay {
                         delivered,
                     })
                 }
-                Err(Handoff::Failed(error)) if error.is_permanent() => {
+                // "No such topic" may be a cluster restarting empty: spooled, where replay
+                // waits to see whether the topic comes back before dead-lettering.
+                Err(Handoff::Failed(error))
+                    if error.is_permanent() && !error.may_be_transient() =>
+                {
                     match self
                         .dead_letter_refused(record.clone(), &error, arrived)
                         .await
@@ -450,17 +454,10 @@ impl Relay {
                 Err(Handoff::InFlight(pending)) => Some(pending),
             }
         };
-        // Bounded like everything after the head; a write that finishes after the deadline
-        // is replayed all the same (a duplicate at worst, never a loss).
+        // Bounded like everything after the head: at the deadline the write is cancelled
+        // unless the writer has it already (then its outcome is the answer).
         let deadline = arrived + self.config.kafka.ack_timeout;
-        let appended =
-            tokio::time::timeout_at(deadline, spool.append(&record, received.at, attempt))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(SpoolError::Io(std::io::Error::other(
-                        "the spool did not take the event before the deadline",
-                    )))
-                });
+        let appended = spool.append(&record, received.at, attempt, deadline).await;
         match appended {
             Ok(seq) => Ok(Accepted::Spooled { seq }),
             Err(error) => {

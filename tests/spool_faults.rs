@@ -7,27 +7,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{consume, eventually, get, RelayProcess, Tansu, TestRelay};
+use common::spool::{event, ids_in_kafka, post_at_once, spool_dir, spooling_env, TOPIC};
+use common::{eventually, get, RelayProcess, Tansu, TestRelay};
 use fp_relay::config::Config;
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
-
-const TOPIC: &str = "firstpromoter.lead_signup";
-
-/// A `lead_signup` with id `id` and `pad` bytes of filler (to fill a disk quickly).
-fn event(id: u64, pad: usize) -> bytes::Bytes {
-    format!(
-        r#"{{"event":{{"id":{id},"type":"lead_signup","created_at":"2024-10-03T13:45:20.103Z"}},"data":{{"id":{id},"note":"{}"}}}}"#,
-        "x".repeat(pad)
-    )
-    .into()
-}
-
-fn spool_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fp-relay-spool-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn config(broker: &Tansu, dir: &std::path::Path) -> Config {
     let mut config = common::test_config(&broker.bootstrap());
@@ -38,54 +22,6 @@ fn config(broker: &Tansu, dir: &std::path::Path) -> Config {
     config.spool.handoff_after = Duration::from_millis(300);
     config.validate().unwrap();
     config
-}
-
-/// The environment of a relay process spooling into `dir` after 300 ms, fulfilment off.
-fn spooling_env(dir: &str) -> Vec<(&'static str, &str)> {
-    vec![
-        ("FP_RELAY_SPOOL_ENABLED", "true"),
-        ("FP_RELAY_SPOOL_DIR", dir),
-        ("FP_RELAY_SPOOL_HANDOFF_AFTER", "300ms"),
-        ("FP_RELAY_FULFILMENT_ENABLED", "false"),
-    ]
-}
-
-/// Posts the events `ids` (padded with `pad` bytes) all at once; each id with its status.
-async fn post_at_once(
-    addr: std::net::SocketAddr,
-    ids: impl IntoIterator<Item = u64>,
-    pad: usize,
-) -> Vec<(u64, StatusCode)> {
-    let posts: Vec<_> = ids
-        .into_iter()
-        .map(|id| {
-            tokio::spawn(async move {
-                let path = "/webhooks/firstpromoter";
-                let reply = common::send(addr, "POST", path, &[], event(id, pad)).await;
-                (id, reply.status)
-            })
-        })
-        .collect();
-    let mut statuses = Vec::with_capacity(posts.len());
-    for post in posts {
-        statuses.push(post.await.unwrap());
-    }
-    statuses
-}
-
-/// The `fp-event-id`s on the lead_signup topic (read for `window`).
-async fn ids_in_kafka(broker: &Tansu, window: Duration) -> HashSet<u64> {
-    consume(
-        &broker.bootstrap(),
-        TOPIC,
-        usize::MAX,
-        window,
-        Duration::ZERO,
-    )
-    .await
-    .iter()
-    .filter_map(|m| m.header("fp-event-id").and_then(|id| id.parse().ok()))
-    .collect()
 }
 
 /// A Prometheus sample from `/metrics` on `admin`.
@@ -471,7 +407,13 @@ async fn spool_drain_replays_a_killed_relays_spool_and_empties_it() {
         missing.is_empty(),
         "not in Kafka after the drain: {missing:?}"
     );
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    // Emptied: only the owner's lock file stays (deleting it could let two processes each
+    // lock a file of that name at once).
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "owner.lock")
+        .collect();
     assert!(left.is_empty(), "the spool directory is emptied: {left:?}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -266,6 +266,8 @@ fn help_of_every_subcommand_matches_its_snapshot() {
         "send",
         "tail",
         "redrive",
+        "spool drain",
+        "spool requeue",
         "firstpromoter subscribe",
         "firstpromoter status",
         "firstpromoter recover",

@@ -263,12 +263,19 @@ pub struct SpoolConfig {
     /// How long a request waits for Kafka before its event is spooled. Below `kafka.ack_timeout`.
     #[serde(with = "humantime_serde")]
     pub handoff_after: Duration,
-    /// Largest journal; when full, the relay answers 503 again.
+    /// Most bytes of spooled events not yet in Kafka (plus quarantine.log); when reached, the
+    /// relay answers 503 again. The segment files may exceed it by up to two segments (an
+    /// eighth of it each, at most 16 MiB) while done records wait for their segment to go.
     pub max_bytes: u64,
     /// How long librdkafka keeps retrying a write that was handed off (its outcome decides
     /// whether the spooled copy is replayed).
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
+    /// How long Kafka must have said a topic does not exist before replay dead-letters its
+    /// spooled events: a cluster restarting empty says so for seconds of topics that come
+    /// back. Until then those events wait in the spool.
+    #[serde(with = "humantime_serde")]
+    pub unknown_topic_wait: Duration,
 }
 
 impl Default for SpoolConfig {
@@ -279,6 +286,7 @@ impl Default for SpoolConfig {
             handoff_after: Duration::from_secs(2),
             max_bytes: 1024 * 1024 * 1024,
             delivery_timeout: Duration::from_secs(300),
+            unknown_topic_wait: Duration::from_secs(60),
         }
     }
 }

@@ -123,6 +123,19 @@ impl PublishError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Refused(_))
     }
+
+    /// A permanent refusal that is also what a cluster restarting empty says for a few seconds:
+    /// the topic (or partition) does not exist.
+    pub fn may_be_transient(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        matches!(
+            self,
+            Self::Refused(kafka) if matches!(
+                kafka.rdkafka_error_code(),
+                Some(Code::UnknownTopic | Code::UnknownPartition | Code::UnknownTopicOrPartition)
+            )
+        )
+    }
 }
 
 /// A deadline passed before the delivery report came.

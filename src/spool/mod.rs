@@ -8,29 +8,34 @@
 //! if it succeeded, the record is only marked done, never replayed. Only an attempt that was in
 //! flight when the process died can end up twice in Kafka; `fp-event-id` lets consumers drop it.
 //!
-//! Layout: [`journal`] (the on-disk format), [`index`] (what is pending where), [`writer`]
-//! (the thread that appends, fsyncs and registers), [`replay`] (back to Kafka), [`fault`]
-//! (the seam tests use to fail its file operations).
+//! One owner per directory: the relay or `spool drain` that opens it holds an exclusive lock
+//! for its whole life ([`journal::take_ownership`]); a second one is refused at once.
+//!
+//! Layout: [`journal`] (the on-disk format, scan and files), [`index`] (what is pending where),
+//! [`writer`] (the thread that appends, fsyncs, registers and rotates), [`replay`] (back to
+//! Kafka), [`requeue`] (quarantine.log back to Kafka), [`fault`] (the seam tests use to fail
+//! its file operations).
 
+mod append;
 pub mod fault;
 pub mod index;
 pub mod journal;
 pub mod replay;
+pub mod requeue;
 pub mod writer;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, Notify};
 
 use self::fault::Faults;
-use self::index::{Index, Status};
+use self::index::Index;
 use self::journal::{ActiveSegment, Entry, Found, SpooledEvent};
 use self::writer::{WriteRequest, Writer};
-use crate::kafka::publisher::PendingDelivery;
 use crate::kafka::record::OutboundRecord;
 use crate::metrics::Metrics;
 
@@ -47,7 +52,21 @@ pub enum SpoolError {
     DiskFull { free: u64 },
     #[error("cannot write the spool: {0}")]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Owned(#[from] journal::OwnerError),
+    #[error("the spool's write queue is full ({0} appends waiting)")]
+    Busy(usize),
+    #[error("the spool did not take the event before the deadline; it was not written")]
+    Late,
 }
+
+/// Most appends waiting for the writer thread at once; beyond it, 503 at once instead of a
+/// queue that grows without bound while the disk is slow.
+pub const MAX_QUEUED_APPENDS: usize = 4096;
+
+/// The sequence number of the probe's marker: a done-marker for no event, written after a
+/// failed write to prove the disk takes a real write and fsync again.
+const PROBE_SEQ: u64 = u64::MAX;
 
 /// How often the disk is probed after a failed write.
 const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -68,6 +87,13 @@ struct Sequencer {
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
+    /// This process's hold on the directory, released when the spool is dropped (`None` only
+    /// for the fault-injection tests, which reopen in one process what a crash releases).
+    _owner: Option<journal::Owner>,
+    /// Appends waiting for the writer ([`MAX_QUEUED_APPENDS`]).
+    queued: tokio::sync::Semaphore,
+    /// Bytes of quarantine.log, counted against `max_bytes`.
+    quarantine_bytes: AtomicU64,
     /// Taken for each write, so sequence order is write order.
     sequencer: Mutex<Sequencer>,
     /// What is pending where; shared with the writer thread.
@@ -85,26 +111,42 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, recovering every record not yet in Kafka.
+    /// Opens (or creates) the spool in `dir`, recovering every record not yet in Kafka, and
+    /// owns the directory until the spool is dropped: a second owner is refused
+    /// ([`SpoolError::Owned`]).
     pub fn open(
         dir: &Path,
         max_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, SpoolError> {
-        Self::open_with_faults(dir, max_bytes, metrics, Faults::none())
+        journal::create_private_dir(dir)?;
+        let owner = journal::take_ownership(dir)?;
+        Self::open_inner(dir, max_bytes, metrics, Faults::none(), Some(owner))
     }
 
-    /// [`Spool::open`] with injected file faults.
-    ///
-    /// Recovery keeps only where each pending record is (sequence, location, time), never a
-    /// payload: start-up memory does not grow with the spool (payloads are read back at replay,
-    /// a batch at a time). Done-markers always follow their event, so scanning segments oldest
-    /// first and forgetting an event at its marker leaves exactly what Kafka does not have.
+    /// [`Spool::open`] with injected file faults and without the ownership lock (the tests
+    /// that use it reopen the directory in one process to model a crash).
     pub fn open_with_faults(
         dir: &Path,
         max_bytes: u64,
         metrics: Arc<Metrics>,
         faults: Faults,
+    ) -> Result<Arc<Self>, SpoolError> {
+        Self::open_inner(dir, max_bytes, metrics, faults, None)
+    }
+
+    /// Opening proper.
+    ///
+    /// Recovery keeps only where each pending record is (sequence, location, time), never a
+    /// payload: start-up memory does not grow with the spool (payloads are read back at replay,
+    /// a batch at a time). Done-markers always follow their event, so scanning segments oldest
+    /// first and forgetting an event at its marker leaves exactly what Kafka does not have.
+    fn open_inner(
+        dir: &Path,
+        max_bytes: u64,
+        metrics: Arc<Metrics>,
+        faults: Faults,
+        owner: Option<journal::Owner>,
     ) -> Result<Arc<Self>, SpoolError> {
         journal::create_private_dir(dir)?;
         let segments = journal::list_segments(dir)?;
@@ -112,7 +154,8 @@ impl Spool {
         let mut index = Index::new(active.id);
         let (mut next_seq, mut corrupt) = (0, 0);
         for &id in &segments {
-            let scan = journal::scan(dir, id, &faults, |found| match found {
+            let scanned = journal::scan(dir, id, &faults, |found| match found {
+                Found::Done(PROBE_SEQ) => {}
                 Found::Event {
                     seq,
                     received_ms,
@@ -123,31 +166,46 @@ impl Spool {
                 }
                 Found::Done(seq) => {
                     next_seq = next_seq.max(seq + 1);
-                    index.done(seq);
+                    index.recovered_done(seq);
                 }
-            })?;
-            corrupt += scan.corrupt;
-            index.add_segment(id, scan.bytes);
-        }
-        if corrupt > 0 {
-            tracing::error!(corrupt, dir = %dir.display(), "skipped damaged spool records (torn or corrupt); they will not be replayed");
-        }
-        if !index.is_empty() {
-            tracing::warn!(
-                records = index.len(),
-                "found spooled events not yet in Kafka; replaying them"
-            );
+            });
+            match scanned {
+                Ok(scan) => {
+                    corrupt += scan.corrupt;
+                    index.add_segment(id, scan.bytes);
+                }
+                // One segment that cannot be read never stops the relay: it is kept, counted
+                // and scanned again later, and nothing it holds is lost or replayed twice.
+                Err(error) => {
+                    let bytes =
+                        std::fs::metadata(journal::segment_path(dir, id)).map_or(0, |m| m.len());
+                    tracing::error!(%error, segment = id, bytes, "cannot read a spool segment; keeping it and trying again later (the rest of the spool is replayed meanwhile)");
+                    index.add_unreadable(id, bytes);
+                    // Its sequence numbers are unknown: none of them may be given out again.
+                    next_seq += bytes / journal::MIN_FRAME as u64 + 1;
+                }
+            }
         }
         let index = Arc::new(Mutex::new(index));
         let (sender, receiver) = mpsc::channel();
-        let writer = Writer::new(dir, active, index.clone(), faults.clone());
+        let writer = Writer::new(
+            dir,
+            active,
+            index.clone(),
+            faults.clone(),
+            writer::segment_bytes(max_bytes),
+        );
         std::thread::Builder::new()
             .name("fp-relay-spool".into())
             .spawn(move || writer.run(&receiver))?;
         metrics.spool_corrupt_records.inc_by(corrupt);
+        let quarantined = std::fs::metadata(dir.join(QUARANTINE_FILE)).map_or(0, |m| m.len());
         let spool = Arc::new(Self {
             dir: dir.to_path_buf(),
             max_bytes,
+            _owner: owner,
+            queued: tokio::sync::Semaphore::new(MAX_QUEUED_APPENDS),
+            quarantine_bytes: AtomicU64::new(quarantined),
             sequencer: Mutex::new(Sequencer {
                 next: next_seq,
                 writer: sender,
@@ -182,120 +240,14 @@ impl Spool {
     /// last write succeeded. With the spool on, this is what readiness means during an outage.
     pub fn accepting(&self) -> bool {
         !self.failing.load(Ordering::Acquire)
-            && self.index().bytes() < self.max_bytes
+            && self.held_bytes() < self.max_bytes
             && free_bytes(&self.dir).is_none_or(|free| free > MIN_FREE_BYTES)
     }
 
-    /// Appends `record` durably. With `attempt`, the record's direct publish is still in flight:
-    /// it is replayed only if that attempt fails.
-    ///
-    /// The work runs in its own task: a client that hangs up (dropping the request future)
-    /// cannot leave a record half-registered, which used to stall replay until a restart.
-    pub async fn append(
-        self: &Arc<Self>,
-        record: &OutboundRecord,
-        received: SystemTime,
-        attempt: Option<PendingDelivery>,
-    ) -> Result<u64, SpoolError> {
-        let received_ms = received
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let spool = self.clone();
-        let frame_source = record.clone();
-        tokio::spawn(async move { spool.append_owned(frame_source, received_ms, attempt).await })
-            .await
-            .unwrap_or_else(|_| Err(SpoolError::Io(io::Error::other("the spool task failed"))))
-    }
-
-    async fn append_owned(
-        self: Arc<Self>,
-        record: OutboundRecord,
-        received_ms: u64,
-        attempt: Option<PendingDelivery>,
-    ) -> Result<u64, SpoolError> {
-        let status = if attempt.is_some() {
-            Status::InFlight
-        } else {
-            Status::Ready
-        };
-        let (reply, written) = oneshot::channel();
-        let seq = {
-            let mut sequencer = self.sequencer.lock().expect("lock not poisoned");
-            let seq = sequencer.next;
-            let frame = journal::encode(&Entry::Event(to_spooled(&record, seq, received_ms)));
-            self.check_room(frame.len() as u64)?;
-            self.index().reserve(seq, received_ms);
-            let request = WriteRequest {
-                frame,
-                event: Some((seq, status)),
-                reply,
-            };
-            if sequencer.writer.send(request).is_err() {
-                self.index().unreserve(seq);
-                return Err(SpoolError::Io(io::Error::other("the spool writer stopped")));
-            }
-            sequencer.next += 1;
-            seq
-        };
-        let result = written
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("the spool writer stopped")));
-        if let Err(error) = result {
-            self.index().unreserve(seq);
-            self.failing.store(true, Ordering::Release);
-            self.probe_until_writable();
-            return Err(SpoolError::Io(error));
-        }
-        self.failing.store(false, Ordering::Release);
-        self.metrics.spooled.inc();
-        self.refresh_metrics();
-        match attempt {
-            Some(attempt) => {
-                tokio::spawn(async move {
-                    let delivered = attempt.outcome().await.is_ok();
-                    self.settle(seq, delivered).await;
-                });
-            }
-            None => self.wake.notify_one(),
-        }
-        Ok(seq)
-    }
-
-    /// After a failed write: probes the disk (an fsync through the writer, which also cuts
-    /// back what the failure left) every [`PROBE_INTERVAL`] until it works, then says the
-    /// spool accepts again. Without it, readiness waited for a successful write, which cannot
-    /// come while the replica is out of its Service.
-    fn probe_until_writable(self: &Arc<Self>) {
-        if self.probing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let spool = self.clone();
-        tokio::spawn(async move {
-            while spool.failing.load(Ordering::Acquire) {
-                tokio::time::sleep(PROBE_INTERVAL).await;
-                let (reply, written) = oneshot::channel();
-                let probe = WriteRequest {
-                    frame: Vec::new(),
-                    event: None,
-                    reply,
-                };
-                let sent = spool
-                    .sequencer
-                    .lock()
-                    .expect("lock not poisoned")
-                    .writer
-                    .send(probe);
-                if sent.is_err() {
-                    break;
-                }
-                if let Ok(Ok(())) = written.await {
-                    if spool.failing.swap(false, Ordering::AcqRel) {
-                        tracing::info!("the spool's disk takes writes again");
-                    }
-                }
-            }
-            spool.probing.store(false, Ordering::Release);
-        });
+    /// What `max_bytes` limits: spooled events not yet in Kafka, and quarantine.log. Done
+    /// records are not counted: their segments are deleted (or rotated out) once done.
+    fn held_bytes(&self) -> u64 {
+        self.index().pending_bytes() + self.quarantine_bytes.load(Ordering::Acquire)
     }
 
     /// Keeps a record that neither its topic nor the dead-letter topic will take (a topic's
@@ -314,26 +266,14 @@ impl Spool {
             .push((QUARANTINE_REASON_HEADER.to_owned(), reason.to_owned()));
         let frame = journal::encode(&Entry::Event(event));
         let (path, faults) = (self.dir.join(QUARANTINE_FILE), self.faults.clone());
+        let len = frame.len() as u64;
         tokio::task::spawn_blocking(move || journal::append_durably(&path, &frame, &faults))
             .await
             .unwrap_or_else(|_| Err(io::Error::other("the quarantine write failed")))?;
+        self.quarantine_bytes.fetch_add(len, Ordering::AcqRel);
         self.metrics.spool_quarantined.inc();
+        self.refresh_metrics();
         Ok(())
-    }
-
-    /// `spool.max_bytes` and the disk's free space, for one more frame of `len` bytes.
-    fn check_room(&self, len: u64) -> Result<(), SpoolError> {
-        let bytes = self.index().bytes();
-        if bytes + len > self.max_bytes {
-            return Err(SpoolError::Full {
-                bytes,
-                max: self.max_bytes,
-            });
-        }
-        match free_bytes(&self.dir) {
-            Some(free) if free < len + MIN_FREE_BYTES => Err(SpoolError::DiskFull { free }),
-            _ => Ok(()),
-        }
     }
 
     /// The in-flight attempt for `seq` ended: delivered means done, otherwise replay it.
@@ -357,11 +297,8 @@ impl Spool {
             seqs.iter()
                 .filter_map(|&seq| {
                     let (reply, written) = oneshot::channel();
-                    let request = WriteRequest {
-                        frame: journal::encode(&Entry::Done(seq)),
-                        event: None,
-                        reply,
-                    };
+                    let request =
+                        WriteRequest::new(journal::encode(&Entry::Done(seq)), None, reply);
                     sequencer.writer.send(request).ok().map(|()| written)
                 })
                 .collect()
@@ -371,14 +308,108 @@ impl Spool {
                 tracing::warn!(%error, "cannot record a replayed event as done; it may be replayed again after a restart");
             }
         }
-        {
+        let spent = {
             let mut index = self.index();
             for &seq in seqs {
                 index.done(seq);
             }
+            index.active_is_spent()
+        };
+        if spent {
+            self.rotate_spent().await;
         }
         self.delete_finished_segments();
         self.refresh_metrics();
+    }
+
+    /// Asks the writer to start a new segment if the current one holds nothing pending (it
+    /// checks again itself: an append may have come in meanwhile), so that the drained one can
+    /// be deleted.
+    async fn rotate_spent(&self) {
+        let (reply, written) = oneshot::channel();
+        let request = WriteRequest {
+            rotate: true,
+            ..WriteRequest::new(Vec::new(), None, reply)
+        };
+        let sent = self
+            .sequencer
+            .lock()
+            .expect("lock not poisoned")
+            .writer
+            .send(request);
+        if sent.is_ok() {
+            let _ = written.await;
+        }
+    }
+
+    /// Passes by the records of `segment`, which cannot be read right now (see
+    /// [`index`]); retried by [`Spool::retry_troubled`].
+    fn set_aside(&self, segment: u64) {
+        if self.index().set_aside(segment) {
+            tracing::error!(segment, dir = %self.dir.display(), "a spool segment cannot be read; setting it aside and retrying it with backoff (newer events are replayed meanwhile)");
+        }
+        self.refresh_metrics();
+    }
+
+    /// Tries the segments that were set aside or could not be scanned again; those that read
+    /// now rejoin the replay (their records first, as the oldest). Returns how many remain.
+    async fn retry_troubled(self: &Arc<Self>) -> usize {
+        let (aside, unreadable) = {
+            let index = self.index();
+            (index.aside(), index.unreadable())
+        };
+        let (dir, faults) = (self.dir.clone(), self.faults.clone());
+        for (segment, location) in aside {
+            let (dir, faults) = (dir.clone(), faults.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                journal::read_events(&dir, &[location], &faults)
+            })
+            .await;
+            if let Ok(results) = read {
+                if results.first().is_some_and(|r| {
+                    r.as_ref().is_ok() || r.as_ref().is_err_and(journal::is_damage)
+                }) {
+                    self.index().restore(segment);
+                    tracing::info!(
+                        segment,
+                        "a spool segment set aside reads again; replaying it"
+                    );
+                }
+            }
+        }
+        for id in unreadable {
+            let (dir, faults) = (dir.clone(), faults.clone());
+            let mut found = Vec::new();
+            let scanned = tokio::task::spawn_blocking(move || {
+                let scan = journal::scan(&dir, id, &faults, |f| found.push(f));
+                scan.map(|scan| (scan, found))
+            })
+            .await;
+            if let Ok(Ok((scan, found))) = scanned {
+                let mut index = self.index();
+                for found in found {
+                    match found {
+                        Found::Done(PROBE_SEQ) => {}
+                        Found::Event {
+                            seq,
+                            received_ms,
+                            location,
+                        } => index.recover(seq, received_ms, location),
+                        Found::Done(seq) => index.recovered_done(seq),
+                    }
+                }
+                index.rescued(id);
+                drop(index);
+                self.metrics.spool_corrupt_records.inc_by(scan.corrupt);
+                tracing::info!(
+                    segment = id,
+                    "a spool segment that could not be read at start-up reads now; replaying it"
+                );
+                self.wake.notify_one();
+            }
+        }
+        self.refresh_metrics();
+        self.index().troubled_segments()
     }
 
     /// Deletes segments nothing pending needs any more (oldest first), then makes the
@@ -423,6 +454,16 @@ impl Spool {
         self.metrics
             .spool_records
             .set(i64::try_from(index.len()).unwrap_or(i64::MAX));
+        let quarantined = self.quarantine_bytes.load(Ordering::Acquire);
+        self.metrics
+            .spool_pending_bytes
+            .set(i64::try_from(index.pending_bytes() + quarantined).unwrap_or(i64::MAX));
+        self.metrics
+            .spool_quarantine_bytes
+            .set(i64::try_from(quarantined).unwrap_or(i64::MAX));
+        self.metrics
+            .spool_segments_set_aside
+            .set(i64::try_from(index.troubled_segments()).unwrap_or(i64::MAX));
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -11,9 +11,19 @@
 //! - **Poison records**: a record Kafka refuses for good (too large, not authorised, no such
 //!   topic) goes to the dead-letter topic with the reason instead of blocking every record
 //!   behind it forever.
+//! - **Transient is not permanent**: "no such topic" is also what a cluster restarting empty
+//!   answers for a few seconds. A topic is taken for missing only once it has been refused so
+//!   for `spool.unknown_topic_wait`; until then its records wait, and nothing of a backlog is
+//!   dead-lettered (or quarantined) because of a restart.
+//! - **One bad segment never stalls the rest**: a segment that keeps failing to read (a system
+//!   error, not damage) is set aside after [`SET_ASIDE_AFTER`] tries; newer records go on, and
+//!   the segment is tried again with backoff until it reads.
+//! - **Shutdown**: a batch handed to the producer is settled before replay stops (its outcomes
+//!   and done-markers), so that a restart replays nothing Kafka already has.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +37,22 @@ pub const BATCH: usize = 512;
 /// First and longest pause between replay attempts while Kafka refuses.
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Consecutive failed reads of one segment before it is set aside.
+pub const SET_ASIDE_AFTER: u32 = 3;
+/// First and longest pause between retries of segments set aside.
+const ASIDE_RETRY_MIN: Duration = Duration::from_secs(5);
+const ASIDE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// What replay remembers between batches.
+#[derive(Default)]
+struct State {
+    /// Topics refused as unknown, and since when.
+    unknown_since: HashMap<String, Instant>,
+    /// The segment that failed to read last, and how many times in a row.
+    failing_segment: Option<(u64, u32)>,
+    /// When to try the troubled segments again, and the pause after that.
+    troubled_retry: Option<(Instant, Duration)>,
+}
 
 /// What replay needs besides the spool.
 pub struct Replay {
@@ -35,13 +61,25 @@ pub struct Replay {
     pub dead_letter_topic: String,
     /// How long to wait for room in the producer's queue.
     pub enqueue_timeout: Duration,
+    /// How long a topic must have been refused as unknown before its records are
+    /// dead-lettered (`spool.unknown_topic_wait`).
+    pub unknown_topic_wait: Duration,
 }
 
 impl Replay {
     /// Replays until `stop`.
     pub async fn run(self, spool: Arc<Spool>, stop: CancellationToken) {
         let mut pause = RETRY_MIN;
+        let mut state = State {
+            troubled_retry: Some((Instant::now() + ASIDE_RETRY_MIN, ASIDE_RETRY_MIN)),
+            ..State::default()
+        };
         loop {
+            // Never a new batch once stopping; a batch already handed over is settled below.
+            if stop.is_cancelled() {
+                return;
+            }
+            self.retry_troubled(&spool, &mut state).await;
             let head = spool.index().ready_head(BATCH);
             if head.is_empty() {
                 tokio::select! {
@@ -54,12 +92,29 @@ impl Replay {
             let Some((records, read_failure)) = read(&spool, head).await else {
                 return;
             };
-            let (done, failure) = self.send_batch(&spool, records).await;
+            let (done, failure) = self.send_batch(&spool, records, &mut state).await;
             spool.metrics.spool_replayed.inc_by(done.len() as u64);
             spool.mark_done(&done).await;
+            if let Some((segment, _)) = &read_failure {
+                let tries = match state.failing_segment {
+                    Some((failed, tries)) if failed == *segment => tries + 1,
+                    _ => 1,
+                };
+                state.failing_segment = Some((*segment, tries));
+                if tries >= SET_ASIDE_AFTER {
+                    spool.set_aside(*segment);
+                    state.failing_segment = None;
+                    state
+                        .troubled_retry
+                        .get_or_insert((Instant::now() + ASIDE_RETRY_MIN, ASIDE_RETRY_MIN));
+                    continue;
+                }
+            } else {
+                state.failing_segment = None;
+            }
             let failure = failure
                 .map(|error| format!("Kafka: {error}"))
-                .or(read_failure.map(|error| format!("cannot read the spool: {error}")));
+                .or(read_failure.map(|(_, error)| format!("cannot read the spool: {error}")));
             match failure {
                 None => pause = RETRY_MIN,
                 Some(error) => {
@@ -74,12 +129,31 @@ impl Replay {
         }
     }
 
+    /// Tries the segments set aside (or unreadable since start-up) when their retry is due,
+    /// backing off while they still fail.
+    async fn retry_troubled(&self, spool: &Arc<Spool>, state: &mut State) {
+        let Some((due, pause)) = state.troubled_retry else {
+            return;
+        };
+        if Instant::now() < due {
+            return;
+        }
+        state.troubled_retry = match spool.retry_troubled().await {
+            0 => None,
+            _ => {
+                let next = (pause * 2).min(ASIDE_RETRY_MAX);
+                Some((Instant::now() + pause, next))
+            }
+        };
+    }
+
     /// Sends `records` and waits for each to be settled. Returns the sequence numbers now in
     /// Kafka (or on the dead-letter topic), and the first retriable failure, if any.
     async fn send_batch(
         &self,
         spool: &Arc<Spool>,
         records: Vec<(u64, OutboundRecord)>,
+        state: &mut State,
     ) -> (Vec<u64>, Option<PublishError>) {
         let deadline = tokio::time::Instant::now() + self.enqueue_timeout;
         let mut in_flight: Vec<(u64, OutboundRecord, Result<PendingDelivery, PublishError>)> =
@@ -101,11 +175,28 @@ impl Replay {
                 Err(error) => Err(error),
             };
             match outcome {
-                Ok(()) => done.push(seq),
+                Ok(()) => {
+                    state.unknown_since.remove(&record.topic);
+                    done.push(seq);
+                }
+                Err(error)
+                    if error.is_permanent()
+                        && !confirmed(state, &record.topic, &error, self.unknown_topic_wait) =>
+                {
+                    failure.get_or_insert(error);
+                }
                 Err(error) if error.is_permanent() => {
                     match self.dead_letter(seq, record.clone(), &error).await {
                         Ok(()) => done.push(seq),
-                        Err(refused) if refused.is_permanent() => {
+                        Err(refused)
+                            if refused.is_permanent()
+                                && confirmed(
+                                    state,
+                                    &self.dead_letter_topic,
+                                    &refused,
+                                    self.unknown_topic_wait,
+                                ) =>
+                        {
                             // Refused for good twice: kept on local disk so replay goes on.
                             let reason = format!(
                                 "{}; dead letter: {}",
@@ -156,15 +247,33 @@ impl Replay {
     }
 }
 
+/// Whether a permanent refusal of `topic` stands: always, except "unknown topic", which must
+/// have been said of the topic for `wait` (a cluster restarting empty says it for a few
+/// seconds of topics that come back).
+fn confirmed(state: &mut State, topic: &str, error: &PublishError, wait: Duration) -> bool {
+    if !error.may_be_transient() {
+        return true;
+    }
+    let since = *state
+        .unknown_since
+        .entry(topic.to_owned())
+        .or_insert_with(Instant::now);
+    let confirmed = since.elapsed() >= wait;
+    if !confirmed {
+        tracing::warn!(topic, %error, waited = ?since.elapsed(), "Kafka says the topic does not exist; waiting before dead-lettering its spooled events (a cluster may be restarting)");
+    }
+    confirmed
+}
+
 /// Reads the records at `head` back from disk. A damaged record (it will never read back) is
 /// counted, logged and marked done: it cannot be published. A read the system failed (out of
-/// descriptors or memory, a disk error) ends the batch there and is returned, so that replay
-/// pauses and reads it again: it never marks a record done. `None` if the runtime is shutting
-/// down.
+/// descriptors or memory, a disk error) ends the batch there and is returned with its segment,
+/// so that replay pauses and reads it again (and sets the segment aside if it keeps failing):
+/// it never marks a record done. `None` if the runtime is shutting down.
 pub(super) async fn read(
     spool: &Arc<Spool>,
     head: Vec<(u64, Location)>,
-) -> Option<(Vec<(u64, OutboundRecord)>, Option<std::io::Error>)> {
+) -> Option<(Vec<(u64, OutboundRecord)>, Option<(u64, std::io::Error)>)> {
     let (dir, faults) = (spool.dir.clone(), spool.faults.clone());
     let locations: Vec<Location> = head.iter().map(|(_, location)| *location).collect();
     let read = tokio::task::spawn_blocking(move || journal::read_events(&dir, &locations, &faults))
@@ -173,14 +282,14 @@ pub(super) async fn read(
     let mut records = Vec::with_capacity(read.len());
     let mut damaged = Vec::new();
     let mut failure = None;
-    for ((seq, _), event) in head.into_iter().zip(read) {
+    for ((seq, location), event) in head.into_iter().zip(read) {
         match event {
             Ok(event) => records.push((seq, from_spooled(event))),
             Err(error) if journal::is_damage(&error) => {
                 tracing::error!(%error, seq, "a spooled record is damaged; skipping it");
                 damaged.push(seq);
             }
-            Err(error) => failure = Some(error),
+            Err(error) => failure = Some((location.segment, error)),
         }
     }
     if !damaged.is_empty() {

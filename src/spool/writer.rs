@@ -10,6 +10,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -18,8 +19,27 @@ use super::fault::Faults;
 use super::index::{Index, Status};
 use super::journal::{self, ActiveSegment, Location};
 
-/// A segment is closed and a new one started beyond this size.
+/// A segment is closed and a new one started beyond this size (smaller for a small spool:
+/// see [`segment_bytes`]).
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// The smallest segment size a small spool uses.
+const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+
+/// The segment size for a spool of `max_bytes`: an eighth of it, between 64 KiB and 16 MiB, so
+/// that what finished segments waste is a small part of any spool.
+pub fn segment_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES)
+}
+
+/// A write's claim, between its requester (who may give up at its deadline) and the writer.
+pub mod claim {
+    /// Not taken yet: the requester may still cancel it.
+    pub const WAITING: u8 = 0;
+    /// Taken by the writer: it will be written (or fail), whatever the requester does now.
+    pub const TAKEN: u8 = 1;
+    /// Cancelled by the requester before the writer took it: never written.
+    pub const CANCELLED: u8 = 2;
+}
 /// Most records written per fsync.
 const MAX_BATCH: usize = 512;
 
@@ -31,6 +51,29 @@ pub struct WriteRequest {
     pub event: Option<(u64, Status)>,
     /// Told once the record is durable and registered, or why it is not.
     pub reply: oneshot::Sender<io::Result<()>>,
+    /// For an append its requester may give up on: see [`claim`]. A cancelled write is
+    /// skipped and answered with `ErrorKind::Interrupted`.
+    pub claim: Option<Arc<AtomicU8>>,
+    /// Start a new segment after this batch if the current one holds nothing pending, so
+    /// that it can be deleted (a drained spool frees its disk).
+    pub rotate: bool,
+}
+
+impl WriteRequest {
+    /// A request with no claim and no rotation.
+    pub fn new(
+        frame: Vec<u8>,
+        event: Option<(u64, Status)>,
+        reply: oneshot::Sender<io::Result<()>>,
+    ) -> Self {
+        Self {
+            frame,
+            event,
+            reply,
+            claim: None,
+            rotate: false,
+        }
+    }
 }
 
 /// The writer's state.
@@ -43,6 +86,8 @@ pub struct Writer {
     undo_to: Option<u64>,
     /// Passed to every segment it creates.
     faults: Faults,
+    /// Rotate beyond this size ([`segment_bytes`]).
+    segment_bytes: u64,
 }
 
 impl Writer {
@@ -52,6 +97,7 @@ impl Writer {
         active: ActiveSegment,
         index: Arc<Mutex<Index>>,
         faults: Faults,
+        segment_bytes: u64,
     ) -> Self {
         Self {
             dir: dir.to_path_buf(),
@@ -59,19 +105,43 @@ impl Writer {
             index,
             undo_to: None,
             faults,
+            segment_bytes,
         }
     }
 
     /// Serves requests until every sender is gone.
     pub fn run(mut self, requests: &mpsc::Receiver<WriteRequest>) {
         while let Ok(first) = requests.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match requests.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                // A requester that gave up before the writer got to it: never written.
+                let cancelled = request.claim.as_ref().is_some_and(|claim| {
+                    claim
+                        .compare_exchange(
+                            claim::WAITING,
+                            claim::TAKEN,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_err()
+                });
+                if cancelled {
+                    let _ = request.reply.send(Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "cancelled before it was written",
+                    )));
+                } else {
+                    batch.push(request);
+                }
+                if batch.len() < MAX_BATCH {
+                    next = requests.try_recv().ok();
                 }
             }
+            if batch.is_empty() {
+                continue;
+            }
+            let rotate = batch.iter().any(|r| r.rotate);
             match self.write(&batch) {
                 Ok(offsets) => {
                     self.register(&batch, &offsets);
@@ -88,7 +158,13 @@ impl Writer {
                     }
                 }
             }
-            if self.active.len >= SEGMENT_BYTES {
+            let spent = rotate
+                && self
+                    .index
+                    .lock()
+                    .expect("lock not poisoned")
+                    .active_is_spent();
+            if self.active.len >= self.segment_bytes || spent {
                 self.rotate();
             }
         }
@@ -106,11 +182,15 @@ impl Writer {
             .map(|request| self.active.append(&request.frame))
             .collect::<io::Result<Vec<u64>>>()
             .and_then(|offsets| self.active.sync().map(|()| offsets));
-        if result.is_err() {
+        if let Err(failed) = &result {
             if let Err(error) = self.active.truncate(start) {
                 tracing::error!(%error, "cannot cut a failed spool write back; starting a new segment");
                 self.active.len = start;
                 self.undo_to = Some(start);
+                self.rotate();
+            } else if failed.raw_os_error() == Some(libc::EFBIG) {
+                // The file may grow no further (RLIMIT_FSIZE, a filesystem's file size limit):
+                // the next write goes to a new segment.
                 self.rotate();
             }
         }

@@ -3,7 +3,12 @@
 //! volume), a machine being retired. It uses the relay's own configuration (file, environment,
 //! `--brokers`), so it reaches Kafka exactly as `serve` would, and the spool's own replay, so
 //! order, dead letters and quarantine work as they do there. Once every record is in Kafka the
-//! segments are deleted; `quarantine.log`, if any, is left for a person.
+//! segments are deleted; `quarantine.log`, if any, is left for `fp-relay spool requeue`.
+//!
+//! It owns the directory for its whole run (the lock `serve` takes too): beside a relay that
+//! uses the directory it refuses at once, naming that process. Its deadline holds whatever
+//! Kafka does: a broker that does not answer (frozen, not refusing) cannot keep it past
+//! `--timeout`, and what is not acknowledged by then stays in the spool.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,8 +60,10 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
         )));
     }
     let metrics = Arc::new(Metrics::new());
-    let spool = Spool::open(&dir, u64::MAX, metrics.clone())
-        .map_err(|error| ToolError::Usage(format!("{}: {error}", dir.display())))?;
+    let spool = Spool::open(&dir, u64::MAX, metrics.clone()).map_err(|error| match error {
+        crate::spool::SpoolError::Owned(owned) => ToolError::Usage(owned.to_string()),
+        other => ToolError::Usage(format!("{}: {other}", dir.display())),
+    })?;
     let records = spool.pending();
     eprintln!(
         "spool drain: {records} record(s) in {} to replay to {}",
@@ -75,31 +82,43 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
             publisher: publisher.clone(),
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
             enqueue_timeout: config.kafka.ack_timeout,
+            unknown_topic_wait: config.spool.unknown_topic_wait,
         },
         stop.clone(),
     ));
-    let started = Instant::now();
-    while spool.has_backlog() && started.elapsed() < options.timeout {
+    let deadline = Instant::now() + options.timeout;
+    while spool.has_backlog() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
-    let _ = replaying.await;
+    // The batch handed to the producer settles within what is left of the deadline (a moment
+    // at least, to write the done-markers of what Kafka acknowledged), never later.
+    let settle = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(500));
+    let settled = tokio::time::timeout(settle, replaying).await.is_ok();
     let left = spool.pending();
-    if left > 0 {
+    if left > 0 || !settled {
+        // A producer whose broker does not answer can take minutes to be destroyed; the
+        // process is about to end, and nothing it holds is acknowledged, so it is left as it
+        // is rather than waited for.
+        std::mem::forget(publisher);
         return Err(ToolError::Usage(format!(
             "{left} of {records} record(s) still spooled after {}; nothing was lost, run it again",
             humantime::format_duration(options.timeout)
         )));
     }
-    drop(spool);
+    // Still the owner while the segments go: no relay can start on a half-deleted spool.
     for id in journal::list_segments(&dir)? {
         std::fs::remove_file(journal::segment_path(&dir, id))?;
     }
     journal::sync_dir(&dir, &Default::default())?;
+    drop(spool);
     if dir.join(QUARANTINE_FILE).exists() {
         eprintln!(
-            "spool drain: {} holds records no topic would take; see the README's spool section",
-            dir.join(QUARANTINE_FILE).display()
+            "spool drain: {} holds records no topic would take; once the cause is fixed, `fp-relay spool requeue --dir {}` puts them back",
+            dir.join(QUARANTINE_FILE).display(),
+            dir.display()
         );
     }
     eprintln!("spool drain: {records} record(s) in Kafka; the spool is empty");

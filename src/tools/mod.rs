@@ -11,6 +11,7 @@ pub mod dev;
 pub mod drain;
 pub mod firstpromoter;
 pub mod redrive;
+pub mod requeue;
 pub mod respond;
 pub mod samples;
 pub mod send;

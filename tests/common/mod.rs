@@ -844,3 +844,79 @@ pub fn respond_process(broker: &Tansu) -> Child {
         .spawn()
         .expect("fp-relay respond starts")
 }
+
+/// What the spool tests share: lead_signup events, a spool directory, posting many at once, and
+/// reading which arrived.
+pub mod spool {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use http::StatusCode;
+
+    use super::{consume, Tansu};
+
+    pub const TOPIC: &str = "firstpromoter.lead_signup";
+
+    /// A `lead_signup` with id `id` and `pad` bytes of filler (to fill a disk quickly).
+    pub fn event(id: u64, pad: usize) -> bytes::Bytes {
+        format!(
+            r#"{{"event":{{"id":{id},"type":"lead_signup","created_at":"2024-10-03T13:45:20.103Z"}},"data":{{"id":{id},"note":"{}"}}}}"#,
+            "x".repeat(pad)
+        )
+        .into()
+    }
+
+    pub fn spool_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("fp-relay-spool-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The environment of a relay process spooling into `dir` after 300 ms, fulfilment off.
+    pub fn spooling_env(dir: &str) -> Vec<(&'static str, &str)> {
+        vec![
+            ("FP_RELAY_SPOOL_ENABLED", "true"),
+            ("FP_RELAY_SPOOL_DIR", dir),
+            ("FP_RELAY_SPOOL_HANDOFF_AFTER", "300ms"),
+            ("FP_RELAY_FULFILMENT_ENABLED", "false"),
+        ]
+    }
+
+    /// Posts the events `ids` (padded with `pad` bytes) all at once; each id with its status.
+    pub async fn post_at_once(
+        addr: std::net::SocketAddr,
+        ids: impl IntoIterator<Item = u64>,
+        pad: usize,
+    ) -> Vec<(u64, StatusCode)> {
+        let posts: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                tokio::spawn(async move {
+                    let path = "/webhooks/firstpromoter";
+                    let reply = super::send(addr, "POST", path, &[], event(id, pad)).await;
+                    (id, reply.status)
+                })
+            })
+            .collect();
+        let mut statuses = Vec::with_capacity(posts.len());
+        for post in posts {
+            statuses.push(post.await.unwrap());
+        }
+        statuses
+    }
+
+    /// The `fp-event-id`s on the lead_signup topic (read for `window`).
+    pub async fn ids_in_kafka(broker: &Tansu, window: Duration) -> HashSet<u64> {
+        consume(
+            &broker.bootstrap(),
+            TOPIC,
+            usize::MAX,
+            window,
+            Duration::ZERO,
+        )
+        .await
+        .iter()
+        .filter_map(|m| m.header("fp-event-id").and_then(|id| id.parse().ok()))
+        .collect()
+    }
+}

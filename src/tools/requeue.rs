@@ -1,0 +1,62 @@
+//! `fp-relay spool requeue`: put the records of a spool's `quarantine.log` back into Kafka,
+//! once (see [`crate::spool::requeue`]). It owns the directory while it runs, like `serve` and
+//! `spool drain`: stop the relay that uses it first (or run it in the drain Job).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::kafka::outage::ClusterWatch;
+use crate::kafka::publisher::Publisher;
+use crate::metrics::Metrics;
+use crate::spool::{journal, requeue};
+use crate::tools::ToolError;
+
+/// Which spool, and how to reach Kafka.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RequeueOptions {
+    /// The spool directory [default: spool.dir from the configuration].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The relay's TOML configuration (Kafka settings).
+    #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides the configuration).
+    #[arg(long, value_name = "LIST")]
+    pub brokers: Option<String>,
+}
+
+/// Requeues the quarantine; what it did, said on `out`.
+pub async fn run(
+    options: &RequeueOptions,
+    out: &mut impl std::io::Write,
+) -> Result<requeue::Requeued, ToolError> {
+    let config = super::relay_config(options.config.as_deref(), options.brokers.clone())?;
+    let dir = options
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.spool.dir.clone());
+    let _owner =
+        journal::take_ownership(&dir).map_err(|error| ToolError::Usage(error.to_string()))?;
+    let publisher = Arc::new(Publisher::new(
+        crate::kafka::producer_config(&config.kafka, config.kafka.ack_timeout),
+        config.kafka.ack_timeout,
+        Arc::new(Metrics::new()),
+        Arc::new(ClusterWatch::default()),
+    )?);
+    let done = requeue::requeue(&dir, &publisher, config.kafka.ack_timeout)
+        .await
+        .map_err(|error| ToolError::Usage(error.to_string()))?;
+    let _ = tokio::task::spawn_blocking(move || publisher.flush(config.kafka.ack_timeout)).await;
+    writeln!(
+        out,
+        "spool requeue: {} record(s) back in Kafka{}; {} holds no quarantine now",
+        done.published,
+        if done.already > 0 {
+            format!(" ({} more by an earlier, interrupted run)", done.already)
+        } else {
+            String::new()
+        },
+        dir.display()
+    )?;
+    Ok(done)
+}
