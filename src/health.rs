@@ -35,8 +35,15 @@ impl Health {
         let producer = self.producer.load(Ordering::Acquire);
         let replies = self.reply_consumer.load(Ordering::Acquire);
         let state = |ok: bool| if ok { "ok" } else { "failing" };
+        // Why Kafka is failing, when a client said: authentication, TLS, mechanism, unreachable.
+        let producer_state = match (producer, self.cluster.failure()) {
+            (false, Some((failure, detail))) => {
+                json!(format!("failing: {} ({detail})", failure.label()))
+            }
+            _ => json!(state(producer)),
+        };
         let mut checks = json!({
-            "kafka_producer": state(producer),
+            "kafka_producer": producer_state,
             "reply_consumer": if replies {
                 "ok"
             } else {

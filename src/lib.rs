@@ -130,6 +130,59 @@ async fn watch_auth_files(relay: Arc<Relay>, stop: CancellationToken) {
     }
 }
 
+/// Checks the files Kafka credentials come from every `kafka.credentials_check_interval`
+/// ([`Config::kafka_credential_files`]); when one changed, reads the secrets again and rebuilds
+/// every Kafka client with them: the producer at once, the consumers through `settings`. A
+/// set that does not validate is refused with one line, and the clients keep theirs.
+async fn watch_kafka_credentials(
+    config: Config,
+    publisher: Arc<Publisher>,
+    settings: tokio::sync::watch::Sender<Arc<config::KafkaConfig>>,
+    message_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let files = config.kafka_credential_files();
+    let fingerprint = || -> Vec<Option<[u8; 32]>> {
+        use sha2::Digest;
+        files
+            .iter()
+            .map(|path| {
+                std::fs::read(path)
+                    .ok()
+                    .map(|b| sha2::Sha256::digest(b).into())
+            })
+            .collect()
+    };
+    let mut seen = fingerprint();
+    let mut tick = tokio::time::interval(config.kafka.credentials_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = fingerprint();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let kafka = match config.reread_kafka_files() {
+            Ok(Some(kafka)) => kafka,
+            // Only TLS files changed: librdkafka reads them itself when a client is built.
+            Ok(None) => config.kafka.clone(),
+            Err(error) => {
+                tracing::error!(%error, "Kafka credentials changed in their files but are not usable; the clients keep the previous ones");
+                continue;
+            }
+        };
+        tracing::info!(
+            "Kafka credentials changed in their files; rebuilding the Kafka clients with them"
+        );
+        publisher.reconfigure(kafka::producer_config(&kafka, message_timeout));
+        settings.send_replace(Arc::new(kafka));
+    }
+}
+
 /// A relay whose listeners are bound and which is ready to [`Server::run`].
 pub struct Server {
     config: Config,
@@ -315,6 +368,17 @@ fn start_services(
         metrics.clone(),
         health.cluster.clone(),
     )?);
+    // The Kafka settings every client is built from, replaced when credentials change.
+    let (settings, kafka_settings) = tokio::sync::watch::channel(Arc::new(config.kafka.clone()));
+    if !config.kafka_credential_files().is_empty() {
+        tokio::spawn(watch_kafka_credentials(
+            config.clone(),
+            publisher.clone(),
+            settings,
+            message_timeout,
+            background.clone(),
+        ));
+    }
     let correlator = if config.fulfilment.enabled {
         metrics
             .fulfilment_max_in_flight
@@ -323,7 +387,7 @@ fn start_services(
         let correlator =
             Correlator::new(config.fulfilment.max_in_flight, retention, metrics.clone());
         ReplyConsumer::new(
-            &config.kafka,
+            kafka_settings.clone(),
             &config.fulfilment,
             correlator.clone(),
             metrics.clone(),
@@ -352,6 +416,7 @@ fn start_services(
         (Some(api_reachable), Some(api)) => Some(
             fulfilment::v2::marker::Marker::new(
                 config,
+                kafka_settings.clone(),
                 publisher.clone(),
                 metrics.clone(),
                 health.cluster.clone(),

@@ -105,6 +105,9 @@ metrics! {
     /// Producers replaced after a fatal error or several unacknowledged writes in a row (e.g.
     /// the cluster forgot the idempotent producer id).
     kafka_producer_rebuilds: IntCounter = "fp_relay_kafka_producer_rebuilds_total" [],
+    /// Reports from librdkafka of a fault of the connection to Kafka, by kind:
+    /// authentication, sasl_mechanism, tls, unreachable (each said once in the log).
+    kafka_client_errors: IntCounterVec = "fp_relay_kafka_client_errors_total" ["kind"],
     /// Messages waiting in the producer's queue (librdkafka statistics).
     kafka_queue_messages: IntGauge = "fp_relay_kafka_queue_messages" [],
     /// Requests sent to a broker and not yet answered (librdkafka statistics).
@@ -349,7 +352,7 @@ mod tests {
         ), "two doc lines make one HELP line:\n{text}");
         assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
         let names = metrics.names();
-        assert_eq!(names.len(), 48, "47 declared plus build_info: {names:?}");
+        assert_eq!(names.len(), 49, "48 declared plus build_info: {names:?}");
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }

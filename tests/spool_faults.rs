@@ -40,7 +40,9 @@ async fn with_the_spool_readiness_stays_200_during_an_outage_and_events_are_spoo
     broker.freeze();
     assert!(
         eventually(Duration::from_secs(15), async || {
-            get(relay.admin, "/readyz").await.json()["checks"]["kafka_producer"] == "failing"
+            get(relay.admin, "/readyz").await.json()["checks"]["kafka_producer"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("failing"))
         })
         .await,
         "the probe notices the outage"

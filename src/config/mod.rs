@@ -408,6 +408,11 @@ pub struct KafkaConfig {
     /// How often the relay checks that it can still reach the cluster (drives `/readyz`).
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// How often the files Kafka credentials come from (`FP_RELAY_KAFKA_..._FILE` secrets,
+    /// the `ssl.*.location` files of the properties) are checked; when one changed (a rotated
+    /// Secret, a renewed certificate), the Kafka clients are rebuilt with it.
+    #[serde(with = "humantime_serde")]
+    pub credentials_check_interval: Duration,
     /// librdkafka settings for every client (SASL, TLS, ...), passed through as they are.
     pub properties: BTreeMap<String, String>,
     /// librdkafka settings for the producer only (`linger.ms`, `compression.type`, ...).
@@ -440,6 +445,7 @@ impl Default for KafkaConfig {
             ack_timeout: Duration::from_secs(10),
             cloudevents_source: "https://firstpromoter.com".to_owned(),
             probe_interval: Duration::from_secs(2),
+            credentials_check_interval: Duration::from_secs(10),
             properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
@@ -864,17 +870,61 @@ impl Config {
     /// `auth.*` setting came from a file. Validated like a start-up; an error leaves the caller
     /// with the settings it has.
     pub fn reread_auth_files(&self) -> Result<Option<AuthConfig>, ConfigError> {
+        Ok(self
+            .reread_files("FP_RELAY_AUTH_")?
+            .map(|config| config.auth))
+    }
+
+    /// The `[kafka]` settings with the secrets that came from files (`FP_RELAY_KAFKA_..._FILE`,
+    /// e.g. a SASL password) read again; `None` when none came from a file.
+    pub fn reread_kafka_files(&self) -> Result<Option<KafkaConfig>, ConfigError> {
+        Ok(self
+            .reread_files("FP_RELAY_KAFKA_")?
+            .map(|config| config.kafka))
+    }
+
+    /// Files the Kafka clients read their credentials from: secrets named by
+    /// `FP_RELAY_KAFKA_..._FILE` variables and the TLS files the librdkafka properties name
+    /// (`ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`, ...). A change to
+    /// any of them rebuilds the clients.
+    pub fn kafka_credential_files(&self) -> Vec<std::path::PathBuf> {
+        let kafka = &self.kafka;
+        let mut files: Vec<std::path::PathBuf> = self
+            .secret_files
+            .iter()
+            .filter(|f| f.variable.starts_with("FP_RELAY_KAFKA_"))
+            .map(|f| f.path.clone())
+            .collect();
+        for map in [
+            &kafka.properties,
+            &kafka.producer_properties,
+            &kafka.consumer_properties,
+        ] {
+            files.extend(
+                map.iter()
+                    .filter(|(key, _)| key.starts_with("ssl.") && key.ends_with(".location"))
+                    .map(|(_, value)| std::path::PathBuf::from(value)),
+            );
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// The configuration with the secrets of variables starting with `prefix` read again from
+    /// their files, validated; `None` when no such secret came from a file.
+    fn reread_files(&self, prefix: &str) -> Result<Option<Config>, ConfigError> {
         let files: Vec<(String, String)> = self
             .secret_files
             .iter()
-            .filter(|f| f.variable.starts_with("FP_RELAY_AUTH_"))
+            .filter(|f| f.variable.starts_with(prefix))
             .map(|f| (f.variable.clone(), f.path.display().to_string()))
             .collect();
         if files.is_empty() {
             return Ok(None);
         }
         let mut table = toml::Table::try_from(self).map_err(|e| {
-            ConfigError::invalid("auth", format!("cannot re-read the settings: {e}"))
+            ConfigError::invalid("config", format!("cannot re-read the settings: {e}"))
         })?;
         let (sources, _) = apply_env(&mut table, files)?;
         let name = |error| env::naming_variable(error, &sources);
@@ -884,8 +934,8 @@ impl Config {
                 let message = explain_type_error(&field, e.into_inner().message());
                 name(ConfigError::Invalid { field, message })
             })?;
-        reread.validate_auth().map_err(name)?;
-        Ok(Some(reread.auth))
+        reread.validate().map_err(name)?;
+        Ok(Some(reread))
     }
 
     /// Checks every rule that serde's types cannot express.

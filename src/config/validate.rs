@@ -235,6 +235,12 @@ impl Config {
                 "must be above 0 and below 15s (FirstPromoter v1 gives up at 15 s)",
             ));
         }
+        if kafka.credentials_check_interval < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "kafka.credentials_check_interval",
+                "must be at least 100ms",
+            ));
+        }
         if kafka.probe_interval < Duration::from_millis(100) {
             return Err(ConfigError::invalid(
                 "kafka.probe_interval",

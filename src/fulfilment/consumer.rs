@@ -72,6 +72,11 @@ pub struct ReplyConsumer {
     metrics: Arc<Metrics>,
     /// Set once every partition is assigned at a concrete offset; drives `/readyz`.
     ready: Arc<AtomicBool>,
+    /// The Kafka settings, replaced when credentials change in their files: the consumer is
+    /// then rebuilt with them, where it was reading.
+    settings: crate::kafka::Settings,
+    /// The group id every instance uses (never joined: partitions are assigned).
+    group: String,
 }
 
 /// Why [`ReplyConsumer::serve`] returned.
@@ -80,6 +85,8 @@ enum Served {
     Stopped,
     /// The reply topic is not the one the consumer was positioned on; the reason says how.
     TopicLost(&'static str),
+    /// The Kafka credentials changed: rebuild with them and go on from these positions.
+    Reconfigured(TopicPartitionList),
 }
 
 /// What the receive loop and the topic checks share.
@@ -103,7 +110,7 @@ enum Check {
 impl ReplyConsumer {
     /// Builds the consumer; nothing talks to the cluster until [`ReplyConsumer::spawn`].
     pub fn new(
-        kafka: &KafkaConfig,
+        settings: crate::kafka::Settings,
         fulfilment: &FulfilmentConfig,
         correlator: Arc<Correlator>,
         metrics: Arc<Metrics>,
@@ -112,12 +119,10 @@ impl ReplyConsumer {
     ) -> Result<Self, KafkaError> {
         // A group id is required by librdkafka but never joined: partitions are assigned.
         let group = format!("fp-relay-replies-{}", Uuid::new_v4());
-        let mut consumer_config = consumer_config(kafka, &group);
-        // An offset out of range means the reply log moved; rereading old replies is harmless
-        // (they are unmatched), skipping new ones is not.
-        consumer_config.set("auto.offset.reset", "earliest");
+        let kafka = settings.borrow().clone();
+        let consumer_config = reply_consumer_config(&kafka, &group);
         let consumer = build(&consumer_config, &metrics, &watch)?;
-        let admin_config = crate::kafka::admin_config(kafka);
+        let admin_config = crate::kafka::admin_config(&kafka);
         Ok(Self {
             consumer,
             consumer_config,
@@ -130,6 +135,8 @@ impl ReplyConsumer {
             correlator,
             metrics,
             ready,
+            settings,
+            group,
         })
     }
 
@@ -149,6 +156,27 @@ impl ReplyConsumer {
                 tracing::info!(topic = %self.topic, partitions = assigned, "reply consumer positioned on every partition");
                 match self.serve(assigned, &stop).await {
                     Served::Stopped => return,
+                    Served::Reconfigured(positions) => {
+                        tracing::info!(topic = %self.topic, "Kafka credentials changed; rebuilding the reply consumer with them");
+                        let kafka = self.settings.borrow_and_update().clone();
+                        self.consumer_config = reply_consumer_config(&kafka, &self.group);
+                        self.admin_config = crate::kafka::admin_config(&kafka);
+                        while let Err(error) = self.rebuild() {
+                            tracing::error!(%error, "cannot build a new reply consumer; retrying");
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                            }
+                        }
+                        // Where the old one was: no reply is skipped or read twice.
+                        if let Err(error) = self.consumer.assign(&positions) {
+                            tracing::warn!(%error, "cannot resume the reply consumer where it was; positioning it again");
+                            start = Offset::End;
+                            continue;
+                        }
+                        self.ready.store(true, Ordering::Release);
+                        continue;
+                    }
                     Served::TopicLost(reason) => {
                         self.ready.store(false, Ordering::Release);
                         self.metrics.fulfilment_reply_consumer_rebuilds.inc();
@@ -190,6 +218,9 @@ impl ReplyConsumer {
     /// Hands replies to the correlator while [`ReplyConsumer::watch_topic`] checks the reply
     /// topic every `check_interval` beside it, never in its way.
     async fn serve(&self, assigned: i32, stop: &CancellationToken) -> Served {
+        let mut settings = self.settings.clone();
+        // Closed when no credentials come from files: nothing will ever change.
+        let mut listening = true;
         let state = CheckState {
             assigned: AtomicI32::new(assigned),
             disturbed: AtomicBool::new(false),
@@ -207,6 +238,14 @@ impl ReplyConsumer {
             tokio::select! {
                 _ = stop.cancelled() => return Served::Stopped,
                 reason = &mut watching => return Served::TopicLost(reason),
+                changed = settings.changed(), if listening => match changed {
+                    Ok(()) => {
+                        if let Ok(positions) = self.consumer.position() {
+                            return Served::Reconfigured(positions);
+                        }
+                    }
+                    Err(_) => listening = false,
+                },
                 _ = rest_check.tick(), if !paused => {
                     if self.correlator.quiet_for() >= self.correlator.late_retention().max(MIN_QUIET) {
                         paused = self.set_paused(true);
@@ -455,6 +494,15 @@ impl ReplyConsumer {
             tracing::debug!(correlation_id = %id, reason, "ignored a fulfilment reply");
         }
     }
+}
+
+/// The reply consumer's settings: assigned partitions, never committed.
+fn reply_consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut config = consumer_config(kafka, group);
+    // An offset out of range means the reply log moved; rereading old replies is harmless
+    // (they are unmatched), skipping new ones is not.
+    config.set("auto.offset.reset", "earliest");
+    config
 }
 
 fn build(

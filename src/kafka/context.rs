@@ -13,6 +13,7 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::Statistics;
 
+use super::failure::Failure;
 use super::outage::ClusterWatch;
 use crate::metrics::Metrics;
 
@@ -113,6 +114,20 @@ impl ClientContext for RelayContext {
         // Connection losses come here every few seconds while a broker is away, and were
         // already logged by `log`; the outage itself is reported by the ClusterWatch.
         if self.not_kafka(reason) {
+            return;
+        }
+        // Wrong credentials, mechanism or TLS: said once, with what to check, then counted.
+        if let Some(failure) = Failure::classify(&error, reason) {
+            self.metrics
+                .kafka_client_errors
+                .with_label_values(&[failure.label()])
+                .inc();
+            let first = self.watch.note_failure(failure, reason);
+            if first && failure != Failure::Unreachable {
+                tracing::error!(target: "librdkafka", role = self.role, kind = failure.label(), detail = reason, "{}", failure.advice());
+            } else {
+                tracing::debug!(target: "librdkafka", role = self.role, %error, "{reason}");
+            }
             return;
         }
         if is_connection_trouble(&error) {

@@ -2,6 +2,7 @@
 
 pub mod classify;
 pub mod context;
+pub mod failure;
 pub mod outage;
 pub mod probe;
 pub mod publisher;
@@ -10,6 +11,10 @@ pub mod record;
 use rdkafka::config::ClientConfig;
 
 use crate::config::KafkaConfig;
+
+/// The `[kafka]` settings as they are now: replaced (and every client rebuilt with them) when
+/// credentials change in their files; see `Server::run`'s credentials watch.
+pub type Settings = tokio::sync::watch::Receiver<std::sync::Arc<KafkaConfig>>;
 
 /// The producer's default `linger.ms` (see [`producer_config`]).
 pub const DEFAULT_LINGER_MS: &str = "0";

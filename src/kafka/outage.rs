@@ -30,6 +30,9 @@ pub struct ClusterWatch {
     /// What the operator probably got wrong, said with the first "unreachable" line (a broker
     /// name that does not resolve, the default address with no broker there).
     hint: Mutex<Option<String>>,
+    /// The last fault a Kafka client reported since the cluster was last reachable, and
+    /// librdkafka's words for it (shown on `/readyz`).
+    failure: Mutex<Option<(super::failure::Failure, String)>>,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +49,26 @@ struct State {
 }
 
 impl ClusterWatch {
+    /// Notes a fault a client reported; true when it is a different fault from the last one (it
+    /// is then worth a log line; repeats are only counted).
+    pub fn note_failure(&self, failure: super::failure::Failure, detail: &str) -> bool {
+        let mut last = self.failure.lock().expect("lock not poisoned");
+        let new = last.as_ref().is_none_or(|(kind, _)| *kind != failure);
+        // An authentication, mechanism or TLS fault says more than the connection loss each
+        // one also causes: it is not overwritten by that.
+        let keep = matches!(last.as_ref(), Some((kind, _)) if *kind != super::failure::Failure::Unreachable)
+            && failure == super::failure::Failure::Unreachable;
+        if !keep {
+            *last = Some((failure, detail.chars().take(300).collect()));
+        }
+        new && !keep
+    }
+
+    /// The last fault reported since the cluster was last reachable, for `/readyz`.
+    pub fn failure(&self) -> Option<(super::failure::Failure, String)> {
+        self.failure.lock().expect("lock not poisoned").clone()
+    }
+
     /// Sets the hint said when the cluster is first found unreachable.
     pub fn set_hint(&self, hint: String) {
         *self.hint.lock().expect("lock not poisoned") = Some(hint);
@@ -54,6 +77,9 @@ impl ClusterWatch {
     /// Takes the latest probe result and logs a transition or a due summary. Call it after
     /// every probe.
     pub fn observe(&self, reachable: bool) {
+        if reachable {
+            *self.failure.lock().expect("lock not poisoned") = None;
+        }
         self.observe_at(reachable, Instant::now());
     }
 

@@ -223,8 +223,8 @@ pub struct Publisher {
     current: RwLock<Arc<Generation>>,
     /// Held while a replacement is built, so only one is.
     replacing: Mutex<()>,
-    /// Settings every generation is built from.
-    client_config: ClientConfig,
+    /// Settings every generation is built from; replaced when credentials change.
+    client_config: RwLock<ClientConfig>,
     /// Source of generation ids.
     generations: AtomicU64,
     /// Writes in a row that ended without an acknowledgement (queue-full backpressure excluded).
@@ -261,7 +261,7 @@ impl Publisher {
             produced,
             current: RwLock::new(Arc::new(first)),
             replacing: Mutex::new(()),
-            client_config,
+            client_config: RwLock::new(client_config),
             generations: AtomicU64::new(1),
             failures_in_a_row: AtomicU32::new(0),
             last_unstuck: Mutex::new(Instant::now()),
@@ -506,7 +506,12 @@ impl Publisher {
             return current;
         }
         let id = self.generations.fetch_add(1, Ordering::Relaxed);
-        match build(&self.client_config, &self.metrics, &self.watch, id) {
+        let config = self
+            .client_config
+            .read()
+            .expect("lock not poisoned")
+            .clone();
+        match build(&config, &self.metrics, &self.watch, id) {
             Ok(fresh) => {
                 let reason = broken
                     .producer()
@@ -524,6 +529,13 @@ impl Publisher {
                 current
             }
         }
+    }
+
+    /// Builds every later producer from `client_config` (new credentials from their files) and
+    /// replaces the current one now; records it holds are delivered or fail as usual.
+    pub fn reconfigure(&self, client_config: ClientConfig) {
+        *self.client_config.write().expect("lock not poisoned") = client_config;
+        self.replace(&self.current());
     }
 
     /// Waits until everything queued is delivered or `timeout` passes. Call it on shutdown:

@@ -49,15 +49,33 @@ impl Tansu {
         Self::try_start_on(port).unwrap_or_else(|why| panic!("{why}"))
     }
 
+    /// Starts a broker on a free port that tells clients to connect to `advertised` instead
+    /// (a proxy in front of it, see [`secure`]).
+    pub fn start_advertising(advertised: u16) -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(free_port(), advertised) {
+                Ok(broker) => return broker,
+                Err(why) => last = why,
+            }
+        }
+        panic!("{last}");
+    }
+
     fn try_start_on(port: u16) -> Result<Self, String> {
+        Self::try_start(port, port)
+    }
+
+    fn try_start(port: u16, advertised: u16) -> Result<Self, String> {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(tansu_bin())
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .env_remove("CLUSTER_ID")
@@ -473,6 +491,30 @@ pub async fn consume_all(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<C
     consume(bootstrap, topic, usize::MAX, quiet, Duration::ZERO).await
 }
 
+/// [`consume`] with extra client properties (SASL, TLS).
+pub async fn consume_with(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Consumed> {
+    let (bootstrap, topic, properties) =
+        (bootstrap.to_owned(), topic.to_owned(), properties.to_vec());
+    tokio::task::spawn_blocking(move || {
+        consume_blocking_with(
+            &bootstrap,
+            &properties,
+            &topic,
+            expected,
+            timeout,
+            Duration::ZERO,
+        )
+    })
+    .await
+    .unwrap()
+}
+
 fn consume_blocking(
     bootstrap: &str,
     topic: &str,
@@ -480,7 +522,22 @@ fn consume_blocking(
     timeout: Duration,
     settle: Duration,
 ) -> Vec<Consumed> {
-    let consumer: BaseConsumer = client_config(bootstrap).create().expect("consumer");
+    consume_blocking_with(bootstrap, &[], topic, expected, timeout, settle)
+}
+
+fn consume_blocking_with(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<Consumed> {
+    let mut config = client_config(bootstrap);
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let started = Instant::now();
     let mut out = Vec::new();
     // The topic may not exist yet (the relay creates it with its first write): keep looking.
@@ -551,13 +608,29 @@ pub async fn produce(
     headers: &[(&str, &str)],
     value: &str,
 ) {
+    produce_with(bootstrap, &[], topic, partition, key, headers, value).await
+}
+
+/// [`produce`] with extra producer properties (`compression.type`, SASL, TLS).
+pub async fn produce_with(
+    bootstrap: &str,
+    properties: &[(&str, &str)],
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    value: &str,
+) {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("log_level", "3")
-        .create()
-        .expect("producer");
+        .set("log_level", "3");
+    for (key, value) in properties {
+        config.set(*key, *value);
+    }
+    let producer: FutureProducer = config.create().expect("producer");
     let owned = headers.iter().fold(OwnedHeaders::new(), |acc, (k, v)| {
         acc.insert(Header {
             key: k,
@@ -652,6 +725,17 @@ impl RelayProcess {
 
     /// [`RelayProcess::start_with`], run under `wrapper` (e.g. `prlimit --fsize=N`).
     pub async fn start_wrapped(broker: &Tansu, env: &[(&str, &str)], wrapper: &[&str]) -> Self {
+        let relay = Self::launch(&broker.bootstrap(), env, wrapper);
+        assert!(
+            relay.wait_ready(Duration::from_secs(20)).await.is_some(),
+            "relay never became ready"
+        );
+        relay
+    }
+
+    /// Starts the binary against the brokers at `bootstrap` without waiting for it to be ready
+    /// (a relay whose Kafka settings are wrong never is).
+    pub fn launch(bootstrap: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Self {
         let (port, admin) = (free_port(), free_port());
         let log =
             std::env::temp_dir().join(format!("fp-relay-recovery-{}.log", uuid::Uuid::new_v4()));
@@ -665,12 +749,7 @@ impl RelayProcess {
             None => Command::new(binary),
         };
         let child = command
-            .args([
-                "serve",
-                "--brokers",
-                &broker.bootstrap(),
-                "--insecure-no-auth",
-            ])
+            .args(["serve", "--brokers", bootstrap, "--insecure-no-auth"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--log-format", "json"])
@@ -683,17 +762,12 @@ impl RelayProcess {
             .stderr(File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let relay = Self {
+        Self {
             child,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             admin: format!("127.0.0.1:{admin}").parse().unwrap(),
             log,
-        };
-        assert!(
-            relay.wait_ready(Duration::from_secs(20)).await.is_some(),
-            "relay never became ready"
-        );
-        relay
+        }
     }
 
     /// Waits for `/readyz` 200 with the reply path ready (see [`fully_ready`]); how long it
@@ -847,6 +921,8 @@ pub fn respond_process(broker: &Tansu) -> Child {
 
 /// What the spool tests share: lead_signup events, a spool directory, posting many at once, and
 /// reading which arrived.
+pub mod secure;
+
 pub mod spool {
     use std::collections::HashSet;
     use std::time::Duration;

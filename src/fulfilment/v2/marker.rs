@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{CallResult, FirstPromoterApi, MARK_FULFILLED, MAX_IDS_PER_CALL};
-use crate::config::Config;
+use crate::config::{Config, KafkaConfig};
 use crate::firstpromoter::client::{backoff, ApiClient};
 use crate::fulfilment::correlator::{Outcome, Reply};
 use crate::kafka::context::RelayContext;
@@ -57,6 +57,18 @@ const MAX_BATCH: usize = 100;
 const GATHER: Duration = Duration::from_millis(20);
 /// Pause after a consumer error (the reply topic may not exist yet).
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// A consumer of the v2 replies in `group`, built from `kafka`.
+fn build(
+    kafka: &KafkaConfig,
+    group: &str,
+    metrics: &Arc<Metrics>,
+    watch: &Arc<ClusterWatch>,
+) -> Result<Arc<StreamConsumer<RelayContext>>, KafkaError> {
+    let config = crate::kafka::group_consumer_config(kafka, group);
+    let context = RelayContext::new(metrics.clone(), watch.clone(), "fulfilment-v2");
+    Ok(Arc::new(config.create_with_context(context)?))
+}
+
 /// How often the assigned-partitions gauge is refreshed.
 const ASSIGNMENT_CHECK: Duration = Duration::from_secs(1);
 /// Consumer errors are logged at most this often.
@@ -143,7 +155,14 @@ enum Read {
 
 /// The v2 reply reader and API caller; see the module documentation.
 pub struct Marker {
-    consumer: Arc<StreamConsumer<RelayContext>>,
+    /// Replaced (rebuilt, rejoining the group) when Kafka credentials change in their files.
+    consumer: std::sync::RwLock<Arc<StreamConsumer<RelayContext>>>,
+    /// The Kafka settings as they are now.
+    settings: crate::kafka::Settings,
+    /// `fulfilment.v2.consumer_group`.
+    group: String,
+    /// Given to every consumer's context.
+    watch: Arc<ClusterWatch>,
     topic: String,
     api: FirstPromoterApi,
     publisher: Arc<Publisher>,
@@ -167,6 +186,7 @@ impl Marker {
     /// Builds the consumer and the API client; nothing talks to either until [`Marker::spawn`].
     pub fn new(
         config: &Config,
+        kafka: crate::kafka::Settings,
         publisher: Arc<Publisher>,
         metrics: Arc<Metrics>,
         watch: Arc<ClusterWatch>,
@@ -174,12 +194,12 @@ impl Marker {
         client: Arc<ApiClient>,
     ) -> Result<Self, crate::StartError> {
         let settings = &config.fulfilment.v2;
-        let consumer_config =
-            crate::kafka::group_consumer_config(&config.kafka, &settings.consumer_group);
-        let context = RelayContext::new(metrics.clone(), watch, "fulfilment-v2");
-        let consumer = Arc::new(consumer_config.create_with_context(context)?);
+        let consumer = build(&kafka.borrow(), &settings.consumer_group, &metrics, &watch)?;
         Ok(Self {
-            consumer,
+            consumer: std::sync::RwLock::new(consumer),
+            settings: kafka,
+            group: settings.consumer_group.clone(),
+            watch,
             topic: config.fulfilment.reply_topic.clone(),
             api: FirstPromoterApi::new(client),
             publisher,
@@ -199,14 +219,14 @@ impl Marker {
     /// picked up again by whichever replica reads the partition next.
     pub fn spawn(self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            if let Err(error) = self.consumer.subscribe(&[&self.topic]) {
+            if let Err(error) = self.consumer().subscribe(&[&self.topic]) {
                 tracing::error!(%error, topic = %self.topic, "cannot subscribe to the reply topic; v2 fulfilment is off");
                 return;
             }
             tracing::info!(topic = %self.topic, endpoint = %self.api.endpoint(), "v2 fulfilment: acting on fulfilled replies");
             self.run(&stop).await;
             // Leaving the group blocks while librdkafka says goodbye.
-            let consumer = self.consumer.clone();
+            let consumer = self.consumer();
             drop(self);
             let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         })
@@ -215,7 +235,11 @@ impl Marker {
     async fn run(&self, stop: &CancellationToken) {
         let mut last_error_log: Option<Instant> = None;
         let mut tick = tokio::time::interval(ASSIGNMENT_CHECK);
+        let mut settings = self.settings.clone();
+        // Closed when no credentials come from files: nothing will ever change.
+        let mut listening = true;
         loop {
+            let consumer = self.consumer();
             let waiting = self.backlog.lock().expect("lock not poisoned").pop_front();
             let first = match waiting {
                 Some(reply) => Ok(reply),
@@ -225,7 +249,17 @@ impl Marker {
                         self.show_assignment();
                         continue;
                     }
-                    message = self.consumer.recv() => message.map(|m| ReadReply::from_message(&m)),
+                    changed = settings.changed(), if listening => {
+                        match changed {
+                            Ok(()) => {
+                                let kafka = settings.borrow_and_update().clone();
+                                self.rebuild(&kafka).await;
+                            }
+                            Err(_) => listening = false,
+                        }
+                        continue;
+                    }
+                    message = consumer.recv() => message.map(|m| ReadReply::from_message(&m)),
                 },
             };
             let first = match first {
@@ -252,7 +286,7 @@ impl Marker {
                 }
             }
             while batch.len() < MAX_BATCH {
-                match tokio::time::timeout(GATHER, self.consumer.recv()).await {
+                match tokio::time::timeout(GATHER, consumer.recv()).await {
                     Ok(Ok(message)) => batch.push(ReadReply::from_message(&message)),
                     _ => break,
                 }
@@ -266,6 +300,37 @@ impl Marker {
                 tracing::warn!(%error, "v2 fulfilment could not commit its progress");
             }
         }
+    }
+
+    /// The consumer in use.
+    fn consumer(&self) -> Arc<StreamConsumer<RelayContext>> {
+        self.consumer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the consumer with one built from `kafka` (new credentials): it joins the group
+    /// again, and replies not committed yet are read again by whoever gets their partition.
+    async fn rebuild(&self, kafka: &KafkaConfig) {
+        let fresh = match build(kafka, &self.group, &self.metrics, &self.watch) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(%error, "cannot build the v2 reply consumer with the new Kafka credentials; keeping the old one");
+                return;
+            }
+        };
+        if let Err(error) = fresh.subscribe(&[&self.topic]) {
+            tracing::error!(%error, "cannot subscribe the rebuilt v2 reply consumer; keeping the old one");
+            return;
+        }
+        tracing::info!("Kafka credentials changed; the v2 reply consumer was rebuilt with them");
+        let old = std::mem::replace(
+            &mut *self.consumer.write().unwrap_or_else(|p| p.into_inner()),
+            fresh,
+        );
+        // Leaving the group blocks while librdkafka says goodbye.
+        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
     }
 
     /// Acts on every reply of `batch`; false when stopped before all were settled.
@@ -366,7 +431,7 @@ impl Marker {
 
     /// How many reply partitions this replica reads now (0 while the group rebalances).
     fn show_assignment(&self) {
-        let assigned = self.consumer.assignment().map_or(0, |list| list.count());
+        let assigned = self.consumer().assignment().map_or(0, |list| list.count());
         self.metrics
             .fulfilment_v2_assigned_partitions
             .set(i64::try_from(assigned).unwrap_or(i64::MAX));
@@ -520,9 +585,10 @@ impl Marker {
         oldest: SystemTime,
         stop: &CancellationToken,
     ) -> bool {
-        let paused = self.consumer.assignment().ok();
+        let consumer = self.consumer();
+        let paused = consumer.assignment().ok();
         if let Some(list) = &paused {
-            let _ = self.consumer.pause(list);
+            let _ = consumer.pause(list);
         }
         let until = Instant::now() + pause;
         let mut stopped = false;
@@ -535,7 +601,7 @@ impl Marker {
                     break;
                 }
                 _ = tokio::time::sleep_until(tick) => {}
-                message = self.consumer.recv() => {
+                message = consumer.recv() => {
                     if let Ok(message) = message {
                         let reply = ReadReply::from_message(&message);
                         self.backlog.lock().expect("lock not poisoned").push_back(reply);
@@ -544,7 +610,7 @@ impl Marker {
             }
         }
         if let Some(list) = &paused {
-            let _ = self.consumer.resume(list);
+            let _ = consumer.resume(list);
         }
         !stopped
     }
@@ -619,7 +685,7 @@ impl Marker {
         for (partition, offset) in next {
             list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
         }
-        let consumer = self.consumer.clone();
+        let consumer = self.consumer();
         tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
             .await
             .unwrap_or(Err(KafkaError::Canceled))

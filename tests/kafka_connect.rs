@@ -1,0 +1,368 @@
+//! Connecting to the Kafka that users run: every compression codec both ways, SASL (PLAIN,
+//! SCRAM-SHA-256/512) over TLS, OAUTHBEARER, mutual TLS, secrets from files that are fixed
+//! while the relay runs, and what an operator sees when a setting is wrong. Against tansu, behind
+//! the authenticating proxy of `tests/common/secure.rs` where authentication is involved.
+
+mod common;
+
+use std::time::Duration;
+
+use common::secure::{sasl_properties, Pki, SecureKafka, Security};
+use common::{consume, consume_with, eventually, get, produce_with, sample, Tansu, TestRelay};
+use fp_relay::config::Config;
+use http::StatusCode;
+
+const REQUESTS: &str = "firstpromoter.fulfilment_pending";
+const REPLIES: &str = "firstpromoter.fulfilment_replies";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Replies compressed with each codec a fulfiller may use are heard (the relay's consumer
+/// decompresses all four), and the relay's own records can be compressed with each.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_codec_both_ways() {
+    let broker = Tansu::start();
+    let mut seen: Vec<String> = Vec::new();
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let mut config = common::test_config(&broker.bootstrap());
+        config.fulfilment.timeout = Duration::from_secs(10);
+        config
+            .kafka
+            .producer_properties
+            .insert("compression.type".into(), codec.into());
+        config.validate().unwrap();
+        let relay = TestRelay::start_ready(config).await;
+
+        let event = relay.post(sample("v1/lead_signup.json")).await;
+        assert_eq!(event.status, StatusCode::OK, "{codec}: {}", event.text());
+
+        let held = relay.post_in_background(sample("v1/fulfilment_pending.json"));
+        // The request this relay just published: the correlation id not seen before.
+        let mut correlation_id = None;
+        let found = eventually(WAIT, async || {
+            let ids: Vec<String> = consume(
+                &broker.bootstrap(),
+                REQUESTS,
+                usize::MAX,
+                Duration::from_millis(300),
+                Duration::ZERO,
+            )
+            .await
+            .iter()
+            .filter_map(|r| r.header("fp-correlation-id").map(str::to_owned))
+            .collect();
+            correlation_id = ids.into_iter().find(|id| !seen.contains(id));
+            correlation_id.is_some()
+        })
+        .await;
+        assert!(found, "{codec}: the request was published");
+        let correlation_id = correlation_id.unwrap();
+        seen.push(correlation_id.clone());
+        produce_with(
+            &broker.bootstrap(),
+            &[("compression.type", codec)],
+            REPLIES,
+            None,
+            None,
+            &[("fp-correlation-id", &correlation_id)],
+            r#"{"outcome":"fulfilled","reason":"compressed"}"#,
+        )
+        .await;
+        let answer = held.await.unwrap();
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{codec}: a reply compressed with {codec} was heard: {}",
+            answer.text()
+        );
+        relay.shutdown().await;
+    }
+    let events = consume(
+        &broker.bootstrap(),
+        "firstpromoter.lead_signup",
+        4,
+        WAIT,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(
+        events.len(),
+        4,
+        "one event written with each codec, all read back"
+    );
+}
+
+fn relay_config(kafka: &SecureKafka, properties: &[(String, String)]) -> Config {
+    let mut config = common::test_config(&kafka.bootstrap());
+    config.fulfilment.enabled = false;
+    for (key, value) in properties {
+        config.kafka.properties.insert(key.clone(), value.clone());
+    }
+    config.validate().unwrap();
+    config
+}
+
+/// SASL over TLS with each password mechanism: events reach Kafka through the authenticated
+/// connection, and what a consumer with the same credentials reads is what was sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_over_tls_with_each_password_mechanism() {
+    let pki = Pki::new();
+    let mechanisms = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+    let kafka = SecureKafka::start(&Security {
+        mechanisms: &mechanisms,
+        users: &[("fp-relay", "relay-password-0123")],
+        tls: Some(&pki),
+        mutual: false,
+    });
+    for mechanism in mechanisms {
+        let properties = sasl_properties(
+            mechanism,
+            "fp-relay",
+            "relay-password-0123",
+            Some(&pki.ca()),
+        );
+        let relay = TestRelay::start_ready(relay_config(&kafka, &properties)).await;
+        let reply = relay.post(sample("v1/lead_signup.json")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{mechanism}: {}",
+            reply.text()
+        );
+        relay.shutdown().await;
+    }
+    let properties = sasl_properties(
+        "SCRAM-SHA-512",
+        "fp-relay",
+        "relay-password-0123",
+        Some(&pki.ca()),
+    );
+    let events = consume_with(
+        &kafka.bootstrap(),
+        &properties,
+        "firstpromoter.lead_signup",
+        3,
+        WAIT,
+    )
+    .await;
+    assert_eq!(events.len(), 3, "one event per mechanism");
+    assert!(events
+        .iter()
+        .all(|e| e.header("fp-event-id") == Some("22736304")));
+}
+
+/// Mutual TLS: the relay presents a client certificate the broker requires.
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_with_a_client_certificate() {
+    let pki = Pki::new();
+    let kafka = SecureKafka::start(&Security {
+        mechanisms: &[],
+        users: &[],
+        tls: Some(&pki),
+        mutual: true,
+    });
+    let (cert, key) = pki.issue("fp-relay", "client");
+    let properties = vec![
+        ("security.protocol".to_owned(), "SSL".to_owned()),
+        ("ssl.ca.location".to_owned(), pki.ca().display().to_string()),
+        (
+            "ssl.certificate.location".to_owned(),
+            cert.display().to_string(),
+        ),
+        ("ssl.key.location".to_owned(), key.display().to_string()),
+    ];
+    let relay = TestRelay::start_ready(relay_config(&kafka, &properties)).await;
+    let reply = relay.post(sample("v1/lead_signup.json")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    relay.shutdown().await;
+    let events = consume_with(
+        &kafka.bootstrap(),
+        &properties,
+        "firstpromoter.lead_signup",
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(events.len(), 1);
+}
+
+/// A wrong SASL password: nothing is acknowledged (503), /readyz names the reason, and once
+/// the password's file is fixed the relay recovers by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_is_named_and_fixing_its_file_recovers_the_relay() {
+    let pki = Pki::new();
+    let kafka = SecureKafka::start(&Security {
+        mechanisms: &["SCRAM-SHA-512"],
+        users: &[("fp-relay", "the-right-password")],
+        tls: Some(&pki),
+        mutual: false,
+    });
+    let secret = pki.dir.join("sasl-password");
+    std::fs::write(&secret, "a-wrong-password\n").unwrap();
+    let env = [
+        ("FP_RELAY_KAFKA_BROKERS".to_owned(), kafka.bootstrap()),
+        (
+            "FP_RELAY_AUTH_INSECURE_NO_AUTH".to_owned(),
+            "true".to_owned(),
+        ),
+        ("FP_RELAY_FULFILMENT_ENABLED".to_owned(), "false".to_owned()),
+        ("FP_RELAY_KAFKA_ACK_TIMEOUT".to_owned(), "3s".to_owned()),
+        (
+            "FP_RELAY_KAFKA_PROPERTY_SECURITY_PROTOCOL".to_owned(),
+            "SASL_SSL".to_owned(),
+        ),
+        (
+            "FP_RELAY_KAFKA_PROPERTY_SASL_MECHANISM".to_owned(),
+            "SCRAM-SHA-512".to_owned(),
+        ),
+        (
+            "FP_RELAY_KAFKA_PROPERTY_SASL_USERNAME".to_owned(),
+            "fp-relay".to_owned(),
+        ),
+        (
+            "FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD_FILE".to_owned(),
+            secret.display().to_string(),
+        ),
+        (
+            "FP_RELAY_KAFKA_PROPERTY_SSL_CA_LOCATION".to_owned(),
+            pki.ca().display().to_string(),
+        ),
+        (
+            "FP_RELAY_KAFKA_CREDENTIALS_CHECK_INTERVAL".to_owned(),
+            "200ms".to_owned(),
+        ),
+        ("FP_RELAY_HTTP_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        ("FP_RELAY_ADMIN_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+    ];
+    let config = Config::load(None, env, &Default::default()).unwrap();
+    let relay = TestRelay::start(config).await;
+    let reply = relay.post(sample("v1/lead_signup.json")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        eventually(WAIT, async || get(relay.admin, "/readyz")
+            .await
+            .text()
+            .contains("authentication"))
+        .await,
+        "/readyz names the failure: {}",
+        get(relay.admin, "/readyz").await.text()
+    );
+    std::fs::write(&secret, "the-right-password\n").unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), async || relay
+            .post(sample("v1/lead_signup.json"))
+            .await
+            .status
+            == StatusCode::OK)
+        .await,
+        "the relay recovers once the password's file is fixed"
+    );
+    relay.shutdown().await;
+}
+
+/// Four faults an operator meets, four different answers: a wrong password, an untrusted
+/// broker certificate, a mechanism the cluster does not offer, and no broker at all. Each is
+/// named on `/readyz` and in one log line with what to check (librdkafka repeats them every few
+/// hundred milliseconds: those are counted, not logged), and nothing is acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_connection_fault_has_its_own_answer_said_once() {
+    let pki = Pki::new();
+    let other_ca = Pki::new();
+    let kafka = SecureKafka::start(&Security {
+        mechanisms: &["SCRAM-SHA-512"],
+        users: &[("fp-relay", "the-right-password")],
+        tls: Some(&pki),
+        mutual: false,
+    });
+    let ca = pki.ca().display().to_string();
+    let untrusted = other_ca.ca().display().to_string();
+    let unreachable = format!("127.0.0.1:{}", common::free_port());
+    let cases: [(&str, &str, &str, &str, &str); 4] = [
+        (
+            "authentication",
+            "SCRAM-SHA-512",
+            "a-wrong-password",
+            &ca,
+            &kafka.bootstrap(),
+        ),
+        (
+            "tls",
+            "SCRAM-SHA-512",
+            "the-right-password",
+            &untrusted,
+            &kafka.bootstrap(),
+        ),
+        (
+            "sasl_mechanism",
+            "PLAIN",
+            "the-right-password",
+            &ca,
+            &kafka.bootstrap(),
+        ),
+        (
+            "unreachable",
+            "SCRAM-SHA-512",
+            "the-right-password",
+            &ca,
+            &unreachable,
+        ),
+    ];
+    for (kind, mechanism, password, ca, bootstrap) in cases {
+        let relay = common::RelayProcess::launch(
+            bootstrap,
+            &[
+                ("FP_RELAY_FULFILMENT_ENABLED", "false"),
+                ("FP_RELAY_KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("FP_RELAY_KAFKA_PROPERTY_SASL_MECHANISM", mechanism),
+                ("FP_RELAY_KAFKA_PROPERTY_SASL_USERNAME", "fp-relay"),
+                ("FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD", password),
+                ("FP_RELAY_KAFKA_PROPERTY_SSL_CA_LOCATION", ca),
+            ],
+            &[],
+        );
+        let named = eventually(WAIT, async || {
+            common::try_get(relay.admin, "/readyz").await.is_some()
+                && get(relay.admin, "/readyz").await.json()["checks"]["kafka_producer"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&format!("failing: {kind}")))
+        })
+        .await;
+        let ready = get(relay.admin, "/readyz").await;
+        assert!(named, "{kind}: {}", ready.text());
+        assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            relay.post(sample("v1/lead_signup.json")).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // Long enough for librdkafka to say it again and again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let metrics = get(relay.admin, "/metrics").await.text();
+        let reports: f64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "fp_relay_kafka_client_errors_total{{kind=\"{kind}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let (_, lines) = relay.terminate().await;
+        let said: Vec<_> = lines
+            .iter()
+            .filter(|l| l["kind"] == kind && l["level"] == "ERROR")
+            .collect();
+        if kind == "unreachable" {
+            // Said by the outage lines instead (once, then summaries).
+            assert!(lines.iter().any(|l| l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Kafka cluster unreachable"))));
+        } else {
+            assert_eq!(said.len(), 1, "{kind}: said once: {said:?}");
+            assert!(reports >= 1.0, "{kind}: counted");
+        }
+    }
+}
