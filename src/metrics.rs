@@ -106,7 +106,7 @@ metrics! {
     /// the cluster forgot the idempotent producer id).
     kafka_producer_rebuilds: IntCounter = "fp_relay_kafka_producer_rebuilds_total" [],
     /// Reports from librdkafka of a fault of the connection to Kafka, by kind:
-    /// authentication, sasl_mechanism, tls, unreachable (each said once in the log).
+    /// authentication, sasl_mechanism, sasl_required, tls, unreachable (each said once in the log).
     kafka_client_errors: IntCounterVec = "fp_relay_kafka_client_errors_total" ["kind"],
     /// Messages waiting in the producer's queue (librdkafka statistics).
     kafka_queue_messages: IntGauge = "fp_relay_kafka_queue_messages" [],

@@ -366,3 +366,71 @@ async fn each_connection_fault_has_its_own_answer_said_once() {
         }
     }
 }
+
+/// tansu's own `--authentication`, no proxy: a SCRAM user the broker does not know, and a
+/// client that offers no SASL at all (the broker hangs up at its first request); then plaintext
+/// spoken to a TLS port. Each is named on `/readyz` as what to fix, counted, and nothing is
+/// acknowledged (503: FirstPromoter v1 never retries a 2xx'd event, and retries a 503'd v2 or
+/// fulfilment event).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_requires_what_the_relay_does_not_do_is_named() {
+    let kafka = Tansu::start_authenticating();
+    let pki = Pki::new();
+    let tls_only = SecureKafka::start(&Security {
+        mechanisms: &[],
+        users: &[],
+        tls: Some(&pki),
+        mutual: false,
+    });
+    let cases: [(&str, String, &[(&str, &str)]); 3] = [
+        (
+            "authentication",
+            kafka.bootstrap(),
+            &[
+                (
+                    "FP_RELAY_KAFKA_PROPERTY_SECURITY_PROTOCOL",
+                    "SASL_PLAINTEXT",
+                ),
+                ("FP_RELAY_KAFKA_PROPERTY_SASL_MECHANISM", "SCRAM-SHA-512"),
+                (
+                    "FP_RELAY_KAFKA_PROPERTY_SASL_USERNAME",
+                    "nobody-tansu-knows",
+                ),
+                ("FP_RELAY_KAFKA_PROPERTY_SASL_PASSWORD", "a-password"),
+            ],
+        ),
+        ("sasl_required", kafka.bootstrap(), &[]),
+        ("tls", tls_only.bootstrap(), &[]),
+    ];
+    for (kind, bootstrap, properties) in cases {
+        let mut env = vec![("FP_RELAY_FULFILMENT_ENABLED", "false")];
+        env.extend_from_slice(properties);
+        let relay = common::RelayProcess::launch(&bootstrap, &env, &[]);
+        let named = eventually(WAIT, async || {
+            common::try_get(relay.admin, "/readyz").await.is_some()
+                && get(relay.admin, "/readyz").await.json()["checks"]["kafka_producer"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&format!("failing: {kind}")))
+        })
+        .await;
+        let ready = get(relay.admin, "/readyz").await;
+        assert!(named, "{kind}: {}", ready.text());
+        assert_eq!(
+            relay.post(sample("v1/lead_signup.json")).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let metrics = get(relay.admin, "/metrics").await.text();
+        assert!(
+            metrics.contains(&format!(
+                "fp_relay_kafka_client_errors_total{{kind=\"{kind}\"}}"
+            )),
+            "{kind}: counted"
+        );
+        let (_, lines) = relay.terminate().await;
+        let said: Vec<_> = lines
+            .iter()
+            .filter(|l| l["kind"] == kind && l["level"] == "ERROR")
+            .collect();
+        assert_eq!(said.len(), 1, "{kind}: said once: {said:?}");
+    }
+}

@@ -41,6 +41,20 @@ impl RelayContext {
         }
     }
 
+    /// Counts a connection fault and says it once (the outage lines say `Unreachable`).
+    fn report(&self, failure: Failure, detail: &str) {
+        self.metrics
+            .kafka_client_errors
+            .with_label_values(&[failure.label()])
+            .inc();
+        let first = self.watch.note_failure(failure, detail);
+        if first && failure != Failure::Unreachable {
+            tracing::error!(target: "librdkafka", role = self.role, kind = failure.label(), detail, "{}", failure.advice());
+        } else {
+            tracing::debug!(target: "librdkafka", role = self.role, kind = failure.label(), "{detail}");
+        }
+    }
+
     /// librdkafka's advice for a reply it cannot parse (raise receive.message.max.bytes) is
     /// wrong when the address is not a Kafka port at all, which is the usual cause: say that,
     /// once. True when `text` was such a line.
@@ -86,6 +100,10 @@ impl ClientContext for RelayContext {
         if self.not_kafka(message) {
             return;
         }
+        if let Some(failure) = Failure::from_log(fac, message) {
+            self.report(failure, message);
+            return;
+        }
         if CONNECTION_FACILITIES.contains(&fac) {
             tracing::debug!(target: "librdkafka", role, fac, "{message}");
             return;
@@ -118,16 +136,7 @@ impl ClientContext for RelayContext {
         }
         // Wrong credentials, mechanism or TLS: said once, with what to check, then counted.
         if let Some(failure) = Failure::classify(&error, reason) {
-            self.metrics
-                .kafka_client_errors
-                .with_label_values(&[failure.label()])
-                .inc();
-            let first = self.watch.note_failure(failure, reason);
-            if first && failure != Failure::Unreachable {
-                tracing::error!(target: "librdkafka", role = self.role, kind = failure.label(), detail = reason, "{}", failure.advice());
-            } else {
-                tracing::debug!(target: "librdkafka", role = self.role, %error, "{reason}");
-            }
+            self.report(failure, reason);
             return;
         }
         if is_connection_trouble(&error) {

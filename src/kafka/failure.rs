@@ -16,6 +16,9 @@ pub enum Failure {
     /// The TLS handshake failed: an untrusted broker certificate, a client certificate the
     /// broker refuses, TLS spoken to a plaintext port or the reverse.
     Tls,
+    /// A broker answers the first exchange and then hangs up: its listener requires SASL and
+    /// the relay does not authenticate.
+    SaslRequired,
     /// No broker answers (down, unreachable, a name that does not resolve).
     Unreachable,
 }
@@ -53,12 +56,39 @@ impl Failure {
         }
     }
 
+    /// The fault a librdkafka log line reports, for the faults that only come as log lines: a
+    /// connection closed with requests in flight is logged as a warning, never sent to the
+    /// error callback. `message` starts with the broker's name, which librdkafka prefixes with
+    /// the security protocol (`sasl_ssl://`, `ssl://`) unless it is plaintext.
+    pub fn from_log(facility: &str, message: &str) -> Option<Self> {
+        if facility != "FAIL" {
+            return None;
+        }
+        if message.contains("connecting to a SSL listener?") {
+            return Some(Self::Tls);
+        }
+        if !(message.contains("closed by peer") || message.contains("reset by peer")) {
+            return None;
+        }
+        let (ms, state) = hung_up_in(message)?;
+        let tls = message.starts_with("ssl://") || message.starts_with("sasl_ssl://");
+        let sasl = message.starts_with("sasl_");
+        // librdkafka's own rules for its hints: a hang-up before the ApiVersions answer is a TLS
+        // port spoken to in plaintext; one within 2 s of coming up is a SASL listener.
+        match state {
+            "APIVERSION_QUERY" if !tls => Some(Self::Tls),
+            "UP" if ms < 2000 && !sasl => Some(Self::SaslRequired),
+            _ => None,
+        }
+    }
+
     /// The `kind` label and the word `/readyz` uses.
     pub fn label(self) -> &'static str {
         match self {
             Self::Authentication => "authentication",
             Self::Mechanism => "sasl_mechanism",
             Self::Tls => "tls",
+            Self::SaslRequired => "sasl_required",
             Self::Unreachable => "unreachable",
         }
     }
@@ -69,9 +99,19 @@ impl Failure {
             Self::Authentication => "Kafka refuses the relay's credentials: check sasl.username and sasl.password (or the token settings) in [kafka.properties] or their FP_RELAY_KAFKA_PROPERTY_* variables and files",
             Self::Mechanism => "Kafka does not offer the SASL mechanism the relay uses: check sasl.mechanism in [kafka.properties] against what the cluster enables",
             Self::Tls => "the TLS handshake with Kafka failed: check ssl.ca.location (the broker's certificate must be trusted), the client certificate and key for mutual TLS, and that security.protocol matches the port",
+            Self::SaslRequired => "a Kafka broker answers and then closes the connection at the first request: its listener probably requires SASL. Set security.protocol (SASL_SSL or SASL_PLAINTEXT), sasl.mechanism and the credentials in [kafka.properties] or their FP_RELAY_KAFKA_PROPERTY_* variables",
             Self::Unreachable => "no Kafka broker answers: check kafka.brokers and the network",
         }
     }
+}
+
+/// How long the connection had been in which state when it went down, from librdkafka's
+/// "(after 12ms in state UP" suffix.
+fn hung_up_in(message: &str) -> Option<(u32, &str)> {
+    let (_, tail) = message.rsplit_once("(after ")?;
+    let (ms, tail) = tail.split_once("ms in state ")?;
+    let state = tail.split([',', ')']).next()?;
+    Some((ms.parse().ok()?, state))
 }
 
 #[cfg(test)]
@@ -115,5 +155,54 @@ mod tests {
         ] {
             assert_eq!(Failure::classify(&error, reason), expected, "{reason}");
         }
+    }
+
+    #[test]
+    fn hang_ups_are_told_apart_by_protocol_and_timing() {
+        for (message, expected) in [
+            (
+                "127.0.0.1:9092/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 0ms in state UP)",
+                Some(Failure::SaslRequired),
+            ),
+            (
+                "127.0.0.1:9092/bootstrap: Disconnected: connection reset by peer (after 2ms in state UP, 3 identical error(s) suppressed)",
+                Some(Failure::SaslRequired),
+            ),
+            (
+                "127.0.0.1:9092/1: Disconnected: connection reset by peer (after 1999ms in state UP)",
+                Some(Failure::SaslRequired),
+            ),
+            // A broker restarting after hours up is not a SASL listener.
+            (
+                "127.0.0.1:9092/1: Disconnected: connection closed by peer: receive 0 after POLLIN (after 3600000ms in state UP)",
+                None,
+            ),
+            // With SASL configured, a hang-up is something else.
+            (
+                "sasl_ssl://127.0.0.1:9092/bootstrap: Disconnected: connection closed by peer (after 0ms in state UP)",
+                None,
+            ),
+            (
+                "127.0.0.1:9093/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 0ms in state APIVERSION_QUERY)",
+                Some(Failure::Tls),
+            ),
+            (
+                "ssl://127.0.0.1:9093/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 0ms in state APIVERSION_QUERY)",
+                None,
+            ),
+            (
+                "127.0.0.1:9093/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 (see api.version.request) (after 1ms in state APIVERSION_QUERY)",
+                Some(Failure::Tls),
+            ),
+        ] {
+            assert_eq!(Failure::from_log("FAIL", message), expected, "{message}");
+        }
+        assert_eq!(
+            Failure::from_log(
+                "CONNECT",
+                "127.0.0.1:9092/bootstrap: Disconnected: connection closed by peer (after 0ms in state UP)"
+            ),
+            None
+        );
     }
 }

@@ -66,6 +66,37 @@ impl Tansu {
         Self::try_start(port, port)
     }
 
+    /// Starts a broker with `--authentication`: every client must authenticate with SASL.
+    /// tansu 0.6.0 keeps no users in memory storage that a client could authenticate as (see
+    /// the README's "Testing against an authenticating Kafka"), so this broker is for the
+    /// refusals; `secure::SecureKafka` is for the accepted logins. Ready once it accepts TCP.
+    pub fn start_authenticating() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/", "--authentication"])
+            .env_remove("CLUSTER_ID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu --authentication not listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
     fn try_start(port: u16, advertised: u16) -> Result<Self, String> {
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised = format!("tcp://127.0.0.1:{advertised}");
