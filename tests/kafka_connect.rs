@@ -5,9 +5,10 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::secure::{sasl_properties, Pki, SecureKafka, Security};
+use common::secure::{sasl_properties, Pki, SecureKafka, Security, TokenEndpoint};
 use common::{consume, consume_with, eventually, get, produce_with, sample, Tansu, TestRelay};
 use fp_relay::config::Config;
 use http::StatusCode;
@@ -264,6 +265,139 @@ async fn a_wrong_password_is_named_and_fixing_its_file_recovers_the_relay() {
     relay.shutdown().await;
 }
 
+/// OAUTHBEARER with OIDC client credentials, librdkafka's own token fetch: with a wrong client
+/// secret nothing is acknowledged and /readyz names it; once the secret's file is fixed the
+/// relay fetches a token, events reach Kafka through the OAuth-authenticated connection, and
+/// the token is fetched again before it expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth_client_credentials_from_a_token_endpoint_refreshed_before_expiry() {
+    let pki = Pki::new();
+    let kafka = SecureKafka::start(&Security {
+        mechanisms: &["OAUTHBEARER"],
+        users: &[("fp-relay-client", "")],
+        tls: Some(&pki),
+        mutual: false,
+    });
+    let lifetime = Duration::from_secs(6);
+    let endpoint = TokenEndpoint::start(
+        "fp-relay-client",
+        "the-client-secret",
+        "kafka.produce",
+        "fp-relay-client",
+        lifetime,
+    )
+    .await;
+    let secret = pki.dir.join("client-secret");
+    std::fs::write(&secret, "a-wrong-secret\n").unwrap();
+    let property = |name: &str, value: &str| {
+        (
+            format!(
+                "FP_RELAY_KAFKA_PROPERTY_{}",
+                name.replace('.', "_").to_ascii_uppercase()
+            ),
+            value.to_owned(),
+        )
+    };
+    let env = [
+        ("FP_RELAY_KAFKA_BROKERS".to_owned(), kafka.bootstrap()),
+        (
+            "FP_RELAY_AUTH_INSECURE_NO_AUTH".to_owned(),
+            "true".to_owned(),
+        ),
+        ("FP_RELAY_FULFILMENT_ENABLED".to_owned(), "false".to_owned()),
+        ("FP_RELAY_KAFKA_ACK_TIMEOUT".to_owned(), "3s".to_owned()),
+        (
+            "FP_RELAY_KAFKA_CREDENTIALS_CHECK_INTERVAL".to_owned(),
+            "200ms".to_owned(),
+        ),
+        ("FP_RELAY_HTTP_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        ("FP_RELAY_ADMIN_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        property("security.protocol", "SASL_SSL"),
+        property("ssl.ca.location", &pki.ca().display().to_string()),
+        property("sasl.mechanism", "OAUTHBEARER"),
+        property("sasl.oauthbearer.method", "oidc"),
+        property("sasl.oauthbearer.client.id", "fp-relay-client"),
+        property(
+            "sasl.oauthbearer.client.secret_file",
+            &secret.display().to_string(),
+        ),
+        property("sasl.oauthbearer.token.endpoint.url", &endpoint.url),
+        property("sasl.oauthbearer.scope", "kafka.produce"),
+        property(
+            "sasl.oauthbearer.extensions",
+            "logicalCluster=lkc-test,identityPoolId=pool-test",
+        ),
+    ];
+    let config = Config::load(None, env, &Default::default()).unwrap();
+    let relay = TestRelay::start(config).await;
+    assert_eq!(
+        relay.post(sample("v1/lead_signup.json")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        eventually(WAIT, async || get(relay.admin, "/readyz")
+            .await
+            .text()
+            .contains("failing: authentication"))
+        .await,
+        "/readyz names the failure: {}",
+        get(relay.admin, "/readyz").await.text()
+    );
+    assert!(endpoint.refused.load(Ordering::SeqCst) >= 1);
+    assert_eq!(endpoint.issued.load(Ordering::SeqCst), 0);
+
+    std::fs::write(&secret, "the-client-secret\n").unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), async || relay
+            .post(sample("v1/lead_signup.json"))
+            .await
+            .status
+            == StatusCode::OK)
+        .await,
+        "the relay recovers once the secret's file is fixed"
+    );
+    let first = endpoint.issued.load(Ordering::SeqCst);
+    assert!(first >= 1);
+    // librdkafka asks again at 80 % of the token's life: twice within two lifetimes.
+    tokio::time::sleep(lifetime * 2).await;
+    assert!(
+        endpoint.issued.load(Ordering::SeqCst) >= first + 2,
+        "refreshed before expiry: {} tokens after {first}",
+        endpoint.issued.load(Ordering::SeqCst)
+    );
+    // A new connection after the first token expired authenticates with a fresh one.
+    assert_eq!(
+        relay.post(sample("v1/lead_signup.json")).await.status,
+        StatusCode::OK
+    );
+    relay.shutdown().await;
+    let reader = [
+        ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+        ("ssl.ca.location".to_owned(), pki.ca().display().to_string()),
+        ("sasl.mechanism".to_owned(), "OAUTHBEARER".to_owned()),
+        (
+            "enable.sasl.oauthbearer.unsecure.jwt".to_owned(),
+            "true".to_owned(),
+        ),
+        (
+            "sasl.oauthbearer.config".to_owned(),
+            "principal=fp-relay-client".to_owned(),
+        ),
+    ];
+    let events = consume_with(
+        &kafka.bootstrap(),
+        &reader,
+        "firstpromoter.lead_signup",
+        2,
+        WAIT,
+    )
+    .await;
+    assert_eq!(events.len(), 2, "only what was acknowledged");
+    assert!(events
+        .iter()
+        .all(|e| e.header("fp-event-id") == Some("22736304")));
+}
+
 /// Four faults an operator meets, four different answers: a wrong password, an untrusted
 /// broker certificate, a mechanism the cluster does not offer, and no broker at all. Each is
 /// named on `/readyz` and in one log line with what to check (librdkafka repeats them every few
@@ -382,7 +516,8 @@ async fn a_broker_that_requires_what_the_relay_does_not_do_is_named() {
         tls: Some(&pki),
         mutual: false,
     });
-    let cases: [(&str, String, &[(&str, &str)]); 3] = [
+    type Properties<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, String, Properties); 3] = [
         (
             "authentication",
             kafka.bootstrap(),

@@ -61,6 +61,11 @@ impl Failure {
     /// error callback. `message` starts with the broker's name, which librdkafka prefixes with
     /// the security protocol (`sasl_ssl://`, `ssl://`) unless it is plaintext.
     pub fn from_log(facility: &str, message: &str) -> Option<Self> {
+        // librdkafka's own OAUTHBEARER token fetch (sasl.oauthbearer.method=oidc): the token
+        // endpoint refused the client or could not be reached. Retried every 10 s.
+        if matches!(facility, "OIDC" | "JWT") && message.starts_with("Failed") {
+            return Some(Self::Authentication);
+        }
         if facility != "FAIL" {
             return None;
         }
@@ -197,6 +202,13 @@ mod tests {
         ] {
             assert_eq!(Failure::from_log("FAIL", message), expected, "{message}");
         }
+        assert_eq!(
+            Failure::from_log(
+                "OIDC",
+                "Failed to retrieve OIDC token from \"https://idp.example/oauth2/token\": HTTP 401 (401)"
+            ),
+            Some(Failure::Authentication)
+        );
         assert_eq!(
             Failure::from_log(
                 "CONNECT",

@@ -105,6 +105,11 @@ impl SecureKafka {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if security.mechanisms.contains(&"OAUTHBEARER") {
+            // The users' names are the token subjects accepted.
+            let subjects: Vec<&str> = security.users.iter().map(|(user, _)| *user).collect();
+            command.args(["--oauth-principals", &subjects.join(",")]);
+        }
         if security.mechanisms.is_empty() {
             command.arg("--no-sasl");
         } else {
@@ -173,4 +178,92 @@ pub fn sasl_properties(
         properties.push(("ssl.ca.location".to_owned(), ca.display().to_string()));
     }
     properties
+}
+
+/// An OAuth 2.0 token endpoint (client credentials grant, RFC 6749 §4.4) served by the test:
+/// it checks the client's id and secret (HTTP Basic, as librdkafka sends them) and the scope,
+/// and issues unsecured JWTs (`alg: none`, the only kind the proxy accepts) for `subject`
+/// that expire after `lifetime`. Counts what it was asked.
+pub struct TokenEndpoint {
+    pub url: String,
+    /// Tokens issued.
+    pub issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests refused (wrong client, wrong scope).
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenEndpoint {
+    pub async fn start(
+        client_id: &'static str,
+        secret: &'static str,
+        scope: &'static str,
+        subject: &'static str,
+        lifetime: Duration,
+    ) -> Self {
+        use base64::Engine as _;
+        use http_body_util::BodyExt as _;
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (counted, refusals) = (issued.clone(), refused.clone());
+        let addr = super::serve_http(move |request: http::Request<hyper::body::Incoming>| {
+            let (counted, refusals) = (counted.clone(), refusals.clone());
+            async move {
+                let expected = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{client_id}:{secret}"))
+                );
+                let authorized = request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let form = String::from_utf8_lossy(&body).into_owned();
+                let granted = form
+                    .split('&')
+                    .any(|p| p == "grant_type=client_credentials")
+                    && form.split('&').any(|p| p == format!("scope={scope}"));
+                if !(authorized && granted) {
+                    refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    return json_answer(401, r#"{"error":"invalid_client"}"#.to_owned());
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let claims = serde_json::json!({
+                    "sub": subject, "iat": now, "exp": now + lifetime.as_secs(), "scope": scope,
+                });
+                let token = format!(
+                    "{}.{}.",
+                    b64(r#"{"alg":"none","typ":"JWT"}"#),
+                    b64(&claims.to_string())
+                );
+                json_answer(
+                    200,
+                    serde_json::json!({
+                        "access_token": token, "token_type": "Bearer",
+                        "expires_in": lifetime.as_secs(),
+                    })
+                    .to_string(),
+                )
+            }
+        })
+        .await;
+        Self {
+            url: format!("http://{addr}/oauth2/token"),
+            issued,
+            refused,
+        }
+    }
+}
+
+fn json_answer(status: u16, body: String) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap()
 }

@@ -153,6 +153,10 @@ fn build_librdkafka() {
         if let Ok(curl_root) = env::var("DEP_CURL_ROOT") {
             cflags.push("-DCURLSTATIC_LIB".to_string());
             cflags.push(format!("-I{}/include", curl_root));
+            // fp-relay: curl-sys's static build leaves libcurl.a in build/ (lib/ holds only
+            // pkgconfig); without these, configure's check for -lcurl fails and OIDC is off.
+            ldflags.push(format!("-L{}/build", curl_root));
+            ldflags.push(format!("-L{}/lib", curl_root));
         }
     } else {
         configure_flags.push("--disable-curl".into());
