@@ -304,7 +304,6 @@ async fn oauth_client_credentials_from_a_token_endpoint_refreshed_before_expiry(
             "FP_RELAY_AUTH_INSECURE_NO_AUTH".to_owned(),
             "true".to_owned(),
         ),
-        ("FP_RELAY_FULFILMENT_ENABLED".to_owned(), "false".to_owned()),
         ("FP_RELAY_KAFKA_ACK_TIMEOUT".to_owned(), "3s".to_owned()),
         (
             "FP_RELAY_KAFKA_CREDENTIALS_CHECK_INTERVAL".to_owned(),

@@ -413,7 +413,12 @@ pub struct KafkaConfig {
     /// Secret, a renewed certificate), the Kafka clients are rebuilt with it.
     #[serde(with = "humantime_serde")]
     pub credentials_check_interval: Duration,
+    /// The region MSK IAM tokens are signed for (`sasl.mechanism = "AWS_MSK_IAM"`); empty:
+    /// `AWS_REGION`, then `AWS_DEFAULT_REGION`.
+    pub aws_region: String,
     /// librdkafka settings for every client (SASL, TLS, ...), passed through as they are.
+    /// `sasl.mechanism = "AWS_MSK_IAM"` is the relay's own: OAUTHBEARER with MSK IAM tokens
+    /// signed from AWS's default credential chain.
     pub properties: BTreeMap<String, String>,
     /// librdkafka settings for the producer only (`linger.ms`, `compression.type`, ...).
     pub producer_properties: BTreeMap<String, String>,
@@ -446,6 +451,7 @@ impl Default for KafkaConfig {
             cloudevents_source: "https://firstpromoter.com".to_owned(),
             probe_interval: Duration::from_secs(2),
             credentials_check_interval: Duration::from_secs(10),
+            aws_region: String::new(),
             properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),

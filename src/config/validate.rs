@@ -252,6 +252,9 @@ impl Config {
             ("kafka.producer_properties", &kafka.producer_properties),
             ("kafka.consumer_properties", &kafka.consumer_properties),
         ] {
+            if map.get("sasl.mechanism").map(String::as_str) == Some(crate::kafka::aws::MECHANISM) {
+                self.check_msk_iam(section, map)?;
+            }
             for key in map.keys() {
                 if let Some((_, owner)) = OWNED_PROPERTIES.iter().find(|(k, _)| k == key) {
                     return Err(ConfigError::invalid(
@@ -260,6 +263,42 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `sasl.mechanism = "AWS_MSK_IAM"` needs a region to sign for, and no other token source.
+    fn check_msk_iam(
+        &self,
+        section: &str,
+        map: &BTreeMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        if map.get("sasl.oauthbearer.method").map(String::as_str) == Some("oidc") {
+            return Err(ConfigError::invalid(
+                format!("{section}.\"sasl.oauthbearer.method\""),
+                "\"oidc\" is another token source than sasl.mechanism = \"AWS_MSK_IAM\": use one",
+            ));
+        }
+        let region = &self.kafka.aws_region;
+        let from_env = || {
+            ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        };
+        if region.trim().is_empty() && from_env().is_none() {
+            return Err(ConfigError::invalid(
+                "kafka.aws_region",
+                "MSK IAM signs for the cluster's region: set it, or AWS_REGION",
+            ));
+        }
+        if !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                "kafka.aws_region",
+                format!("{region:?} is not an AWS region name (like eu-west-1)"),
+            ));
         }
         Ok(())
     }

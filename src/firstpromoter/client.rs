@@ -3,22 +3,19 @@
 //! caller (v2 fulfilment, reconciliation, the `firstpromoter` commands), and one set of retry
 //! rules.
 //!
-//! One connection per call (calls are rare: rewards, a page of deliveries every few minutes),
-//! HTTP/1.1, TLS with the Mozilla root store built in (no dependency on the host's CA bundle).
-//! The API key never leaves this struct except in the header.
+//! One connection per call (`crate::http::outbound`: calls are rare, rewards and a page of
+//! deliveries every few minutes). The API key never leaves this struct except in the header.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
-use rustls::crypto::ring;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use http_body_util::Full;
+
+use crate::http::outbound::{self, Failure as Unanswered};
+pub use crate::http::outbound::{parse_retry_after, Answer};
 
 use crate::config::FirstPromoterConfig;
 use crate::metrics::Metrics;
@@ -31,15 +28,6 @@ const MAX_MESSAGE_CHARS: usize = 200;
 
 /// Calls that may go at once before the budget spaces them out.
 const BURST: u32 = 5;
-
-/// An HTTP answer, whatever its status.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: StatusCode,
-    /// What the server asked for (`Retry-After`), if anything.
-    pub retry_after: Option<Duration>,
-    pub body: Bytes,
-}
 
 /// Why a call got no HTTP answer.
 #[derive(Debug, Clone)]
@@ -113,8 +101,6 @@ pub struct ApiClient {
     timeout: Duration,
     retry_initial: Duration,
     retry_max: Duration,
-    /// Set for https:// URLs.
-    tls: Option<TlsConnector>,
     budget: RateBudget,
     metrics: Option<Arc<Metrics>>,
 }
@@ -139,7 +125,6 @@ impl ApiClient {
         authorization.set_sensitive(true);
         let account_id = HeaderValue::from_str(settings.account_id.trim())
             .map_err(|_| ApiConfigError("account_id is not a valid header value".into()))?;
-        let tls = (base.scheme_str() == Some("https")).then(tls_connector);
         Ok(Self {
             base,
             authorization,
@@ -147,7 +132,6 @@ impl ApiClient {
             timeout: settings.call_timeout,
             retry_initial: settings.retry_initial,
             retry_max: settings.retry_max,
-            tls,
             budget: RateBudget::per_minute(settings.requests_per_minute),
             metrics,
         })
@@ -259,27 +243,11 @@ impl ApiClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Answer, Failure> {
-        let host = self.base.host().expect("checked in new");
-        let port = self
-            .base
-            .port_u16()
-            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        // Resolved apart from connecting: a name that does not resolve is the settings' fault
-        // (or DNS's), not a passing failure of FirstPromoter's.
-        let addresses: Vec<_> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| Failure::Settings("dns", format!("cannot resolve {host}: {e}")))?
-            .collect();
-        let tcp = TcpStream::connect(&addresses[..])
-            .await
-            .map_err(|e| Failure::Network(format!("cannot connect to {host}:{port}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let authority = self.base.authority().map(|a| a.as_str()).unwrap_or(host);
         let target = format!("{}{path}", self.base.path().trim_end_matches('/'));
         let mut request = Request::builder()
             .method(method)
             .uri(target)
-            .header(header::HOST, authority)
+            .header(header::HOST, outbound::authority(&self.base))
             .header(header::ACCEPT, "application/json")
             .header(
                 header::USER_AGENT,
@@ -293,20 +261,16 @@ impl ApiClient {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Failure::Settings("bad_request", format!("{path}: {e}")))?;
-        match &self.tls {
-            Some(tls) => {
-                let name = ServerName::try_from(host.to_owned()).map_err(|_| {
-                    Failure::Settings("tls", format!("{host} is not a valid TLS server name"))
-                })?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| Failure::Settings("tls", format!("TLS with {host}: {e}")))?;
-                exchange(TokioIo::new(stream), request).await
-            }
-            None => exchange(TokioIo::new(tcp), request).await,
-        }
-        .map_err(Failure::Network)
+        outbound::send(&self.base, request, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|failure| match failure {
+                // A name that does not resolve is the settings' fault (or DNS's), not a
+                // passing failure of FirstPromoter's.
+                Unanswered::Resolve(detail) => Failure::Settings("dns", detail),
+                Unanswered::Tls(detail) => Failure::Settings("tls", detail),
+                Unanswered::Request(detail) => Failure::Settings("bad_request", detail),
+                Unanswered::Network(detail) => Failure::Network(detail),
+            })
     }
 }
 
@@ -426,40 +390,6 @@ impl RateBudget {
     }
 }
 
-/// One request over a fresh HTTP/1.1 connection.
-async fn exchange<S>(io: TokioIo<S>, request: Request<Full<Bytes>>) -> Result<Answer, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-        .map(|collected| collected.to_bytes())
-        // A status without a readable body is still an answer.
-        .unwrap_or_default();
-    Ok(Answer {
-        status,
-        retry_after,
-        body,
-    })
-}
-
 /// FirstPromoter's `{"message", "code"}`, shortened; the raw text when it is not that shape.
 pub fn message_of(body: &[u8]) -> String {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
@@ -483,16 +413,6 @@ pub fn message_of(body: &[u8]) -> String {
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 /// Exponential backoff with jitter: `initial * 2^attempt`, at most `max`, then a random point
 /// in its upper half, so replicas retrying together spread out.
 pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
@@ -501,19 +421,10 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-fn tls_connector() -> TlsConnector {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[test]
     fn retry_after_is_read_as_seconds_or_a_date() {
@@ -598,7 +509,7 @@ mod tests {
             api.url("/webhooks"),
             "https://api.firstpromoter.com/api/v2/company/webhooks"
         );
-        assert!(api.tls.is_some());
+        assert_eq!(api.base.scheme_str(), Some("https"));
         assert!(!format!("{settings:?}").contains("0123456789abcdef"));
     }
 }

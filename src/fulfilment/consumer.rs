@@ -511,7 +511,9 @@ fn build(
     watch: &Arc<ClusterWatch>,
 ) -> Result<Arc<StreamConsumer<RelayContext>>, KafkaError> {
     let context = RelayContext::new(metrics.clone(), watch.clone(), "reply-consumer");
-    Ok(Arc::new(config.create_with_context(context)?))
+    let consumer = config.create_with_context(context)?;
+    crate::kafka::aws::prime_stream(&consumer);
+    Ok(Arc::new(consumer))
 }
 
 async fn blocking<T: Send + 'static>(

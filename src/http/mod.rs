@@ -6,5 +6,6 @@ pub mod answer;
 pub mod body;
 pub mod descriptors;
 pub mod handler;
+pub mod outbound;
 pub mod server;
 pub mod tls;

@@ -92,6 +92,17 @@ fn is_connection_trouble(error: &KafkaError) -> bool {
 }
 
 impl ClientContext for RelayContext {
+    /// librdkafka asks for OAUTHBEARER tokens only when `sasl.mechanism` is OAUTHBEARER and
+    /// no built-in source (`sasl.oauthbearer.method = "oidc"`) is set: the MSK IAM signer.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        super::aws::token(oauthbearer_config)
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if self.watch.is_silenced() {
             return;
@@ -168,3 +179,29 @@ impl ClientContext for RelayContext {
 }
 
 impl ConsumerContext for RelayContext {}
+
+/// The context of the commands' clients (`tail`, `respond`, `redrive`, `recover`): librdkafka's
+/// lines at debug level (the commands report failures themselves), and MSK IAM tokens.
+#[derive(Clone, Copy, Default)]
+pub struct ToolContext;
+
+impl ClientContext for ToolContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        super::aws::token(oauthbearer_config)
+    }
+
+    fn log(&self, _: RDKafkaLogLevel, facility: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", facility, "{message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for ToolContext {}

@@ -1,5 +1,6 @@
 //! Kafka: the publisher, the records it writes, client settings, and the readiness probe.
 
+pub mod aws;
 pub mod classify;
 pub mod context;
 pub mod failure;
@@ -20,12 +21,13 @@ pub type Settings = tokio::sync::watch::Receiver<std::sync::Arc<KafkaConfig>>;
 pub const DEFAULT_LINGER_MS: &str = "0";
 
 /// Every Kafka client's settings start here: `defaults`, then the user's `properties` (which
-/// may override them), then the bootstrap servers. The producer, the reply consumer, its
-/// admin client and the `tail` and `respond` tools all build on it.
+/// may override them), then the bootstrap servers of `kafka`; `sasl.mechanism = "AWS_MSK_IAM"`
+/// becomes OAUTHBEARER with the relay's MSK IAM tokens, the signer started ([`aws`]). The
+/// producer, the consumers, the admin client and every command's clients build on it.
 pub fn client_config<'a>(
     defaults: &[(&str, &str)],
     properties: impl IntoIterator<Item = (&'a String, &'a String)>,
-    brokers: &str,
+    kafka: &KafkaConfig,
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (key, value) in defaults {
@@ -34,7 +36,10 @@ pub fn client_config<'a>(
     for (key, value) in properties {
         config.set(key, value);
     }
-    config.set("bootstrap.servers", brokers);
+    config.set("bootstrap.servers", &kafka.brokers);
+    if aws::apply(&mut config) {
+        aws::start(&kafka.aws_region);
+    }
     config
 }
 
@@ -52,7 +57,7 @@ pub fn producer_config(kafka: &KafkaConfig, message_timeout: std::time::Duration
         ("linger.ms", DEFAULT_LINGER_MS),
     ];
     let properties = kafka.properties.iter().chain(&kafka.producer_properties);
-    let mut config = client_config(&defaults, properties, &kafka.brokers);
+    let mut config = client_config(&defaults, properties, kafka);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -72,7 +77,7 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     // (benches/load.sh); the cost is one fetch request per 5 ms per broker while idle.
     let defaults = [("fetch.wait.max.ms", "5"), ("fetch.min.bytes", "1")];
     let properties = kafka.properties.iter().chain(&kafka.consumer_properties);
-    let mut config = client_config(&defaults, properties, &kafka.brokers);
+    let mut config = client_config(&defaults, properties, kafka);
     config
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
@@ -83,7 +88,7 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
 
 /// Settings for an admin client (creating the reply topic).
 pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
-    client_config(&[], &kafka.properties, &kafka.brokers)
+    client_config(&[], &kafka.properties, kafka)
 }
 
 /// Settings for a consumer in a group that commits by hand once its work is done (the v2
@@ -98,7 +103,7 @@ pub fn group_consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfi
         ("fetch.wait.max.ms", "100"),
     ];
     let properties = kafka.properties.iter().chain(&kafka.consumer_properties);
-    let mut config = client_config(&defaults, properties, &kafka.brokers);
+    let mut config = client_config(&defaults, properties, kafka);
     config
         .set("group.id", group_id)
         .set("auto.offset.reset", "earliest")

@@ -72,9 +72,9 @@ impl KafkaArgs {
         defaults: &[(&str, &str)],
     ) -> Result<(rdkafka::ClientConfig, String), ToolError> {
         let config = relay_config(self.config.as_deref(), self.brokers.clone())?;
-        let mut properties = config.kafka.properties;
+        let mut properties = config.kafka.properties.clone();
         properties.extend(self.properties.iter().cloned());
-        let client = crate::kafka::client_config(defaults, &properties, &config.kafka.brokers);
+        let client = crate::kafka::client_config(defaults, &properties, &config.kafka);
         Ok((client, config.kafka.brokers))
     }
 }

@@ -17,6 +17,8 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+
+use crate::kafka::context::ToolContext;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -131,17 +133,18 @@ pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summa
     let (mut consumer, _) = options
         .kafka
         .client(&[("log_level", "3"), ("fetch.wait.max.ms", "100")])?;
-    let consumer: StreamConsumer = consumer
+    let consumer: StreamConsumer<ToolContext> = consumer
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .create()?;
+        .create_with_context(ToolContext)?;
+    crate::kafka::aws::prime_stream(&consumer);
     let (producer, _) = options.kafka.client(&[
         ("log_level", "3"),
         ("enable.idempotence", "true"),
         ("acks", "all"),
     ])?;
-    let producer: FutureProducer = producer.create()?;
+    let producer: FutureProducer<ToolContext> = producer.create_with_context(ToolContext)?;
     let started = SystemTime::now();
     if !assign_from_committed(&consumer, &options.dead_letter_topic).await? {
         // Nothing was ever dead-lettered on these brokers: nothing to move is success.
@@ -228,7 +231,10 @@ pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summa
 
 /// Assigns every partition of `topic`, each at this group's committed offset (its beginning
 /// when there is none). False when the topic does not exist.
-async fn assign_from_committed(consumer: &StreamConsumer, topic: &str) -> Result<bool, ToolError> {
+async fn assign_from_committed(
+    consumer: &StreamConsumer<ToolContext>,
+    topic: &str,
+) -> Result<bool, ToolError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = metadata
         .topics()
@@ -260,7 +266,7 @@ async fn assign_from_committed(consumer: &StreamConsumer, topic: &str) -> Result
 }
 
 fn commit(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<ToolContext>,
     topic: &str,
     done: &BTreeMap<i32, i64>,
 ) -> Result<(), ToolError> {
@@ -333,7 +339,7 @@ impl DeadLetter {
     /// Writes the record to `topic` as it was before it was dead-lettered, and waits for Kafka.
     async fn put_back(
         &self,
-        producer: &FutureProducer,
+        producer: &FutureProducer<ToolContext>,
         topic: &str,
         dead_letter_topic: &str,
     ) -> Result<(), ToolError> {

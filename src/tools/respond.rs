@@ -5,10 +5,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+
+use crate::kafka::context::ToolContext;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -53,7 +52,7 @@ pub async fn run(
 ) -> Result<(), super::ToolError> {
     // librdkafka's own lines only for errors: a broker away is said once below.
     let (base, brokers) = options.kafka.client(&[("log_level", "3")])?;
-    let consumer: StreamConsumer<Quiet> = base
+    let consumer: StreamConsumer<ToolContext> = base
         .clone()
         .set("group.id", &options.group)
         .set("auto.offset.reset", "earliest")
@@ -62,13 +61,14 @@ pub async fn run(
         // A relay is holding an HTTP request for every message here: fetch eagerly (see
         // kafka::consumer_config for the measurement behind 5 ms).
         .set("fetch.wait.max.ms", "5")
-        .create_with_context(Quiet)?;
-    let producer: FutureProducer<Quiet> = base
+        .create_with_context(ToolContext)?;
+    crate::kafka::aws::prime_stream(&consumer);
+    let producer: FutureProducer<ToolContext> = base
         .clone()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
-        .create_with_context(Quiet)?;
+        .create_with_context(ToolContext)?;
     // A wrong address is an error at once, not a wait that never ends.
     if let Err(source) = consumer
         .client()
@@ -163,22 +163,8 @@ fn past_deadline(deadline: Option<&str>, now: std::time::SystemTime) -> bool {
 
 /// A client context that keeps librdkafka's connection chatter at debug level: a broker that
 /// is away is said once by `run` (librdkafka repeats it for every reconnect attempt).
-struct Quiet;
-
-impl ClientContext for Quiet {
-    fn log(&self, _: RDKafkaLogLevel, facility: &str, message: &str) {
-        tracing::debug!(facility, message, "librdkafka");
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(%error, reason, "librdkafka");
-    }
-}
-
-impl ConsumerContext for Quiet {}
-
 async fn answer(
-    producer: &FutureProducer<Quiet>,
+    producer: &FutureProducer<ToolContext>,
     options: &ResponderOptions,
     request: &OwnedMessage,
 ) {

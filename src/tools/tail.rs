@@ -7,6 +7,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::kafka::context::ToolContext;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -45,13 +47,14 @@ pub fn run(options: &TailOptions, out: &mut impl Write) -> Result<usize, ToolErr
     let (mut client, brokers) = options
         .kafka
         .client(&[("fetch.wait.max.ms", "100"), ("log_level", "3")])?;
-    let consumer: BaseConsumer = client
+    let consumer: BaseConsumer<ToolContext> = client
         .set(
             "group.id",
             format!("fp-relay-tail-{}", uuid::Uuid::new_v4()),
         )
         .set("enable.auto.commit", "false")
-        .create()?;
+        .create_with_context(ToolContext)?;
+    crate::kafka::aws::prime(&consumer);
     let mask = Redactor::new(&RedactConfig::default());
     let mut assigned: HashSet<(String, i32)> = HashSet::new();
     let (mut printed, mut last_message, mut last_refresh) =
@@ -113,7 +116,7 @@ pub fn run(options: &TailOptions, out: &mut impl Write) -> Result<usize, ToolErr
 /// written meanwhile), or at the beginning if asked; a topic that appears later was created by
 /// new events, so it is read whole.
 fn new_partitions(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ToolContext>,
     options: &TailOptions,
     assigned: &mut HashSet<(String, i32)>,
     first: bool,

@@ -84,10 +84,18 @@ pub struct SecureKafka {
     proxy: Child,
     /// The proxy's port: the only address clients are given.
     pub port: u16,
+    /// The proxy's log: one line per connection authenticated or refused, with the principal.
+    pub log: PathBuf,
 }
 
 impl SecureKafka {
     pub fn start(security: &Security<'_>) -> Self {
+        Self::start_with(security, &[])
+    }
+
+    /// [`start`](Self::start) with more of the proxy's options (`--msk-iam-keys`,
+    /// `--max-connection-age`).
+    pub fn start_with(security: &Security<'_>, options: &[&str]) -> Self {
         let port = free_port();
         let broker = Tansu::start_advertising(port);
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/sasl_proxy.py");
@@ -96,15 +104,18 @@ impl SecureKafka {
             .iter()
             .map(|(user, password)| format!("{user}:{password}"))
             .collect();
+        let log = std::env::temp_dir().join(format!("fp-relay-sasl-proxy-{port}.log"));
         let mut command = Command::new("python3");
         command
             .arg(&script)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--upstream", &broker.bootstrap()])
+            .arg("-v")
+            .args(options)
             .env("SASL_PROXY_USERS", users.join(","))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(&log).expect("the proxy's log file"));
         if security.mechanisms.contains(&"OAUTHBEARER") {
             // The users' names are the token subjects accepted.
             let subjects: Vec<&str> = security.users.iter().map(|(user, _)| *user).collect();
@@ -131,6 +142,7 @@ impl SecureKafka {
             broker,
             proxy,
             port,
+            log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -144,12 +156,34 @@ impl SecureKafka {
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// The principals the proxy let in so far, in order, repeats included.
+    pub fn authenticated(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split(" authenticated '").nth(1))
+            .filter_map(|rest| rest.split('\'').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The reasons the proxy refused authentications so far.
+    pub fn refusals(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split(" authentication failed: ").nth(1))
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 impl Drop for SecureKafka {
     fn drop(&mut self) {
         let _ = self.proxy.kill();
         let _ = self.proxy.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

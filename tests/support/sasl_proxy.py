@@ -19,12 +19,19 @@ Per client connection:
 Mechanisms: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (users from --users FILE / $SASL_PROXY_USERS,
 "name:password" per line or comma separated), OAUTHBEARER (unsecured JWT, alg "none", like
 Kafka's OAuthBearerUnsecuredValidatorCallbackHandler: needs "sub" and a future "exp"; if
---oauth-principals is given, sub must be one of them).
+--oauth-principals is given, sub must be one of them), and AWS MSK IAM tokens on OAUTHBEARER
+(base64url of a SigV4-presigned kafka-cluster:Connect URL, as aws-msk-iam-sasl-signer makes
+them): the signature is recomputed here, independently of the relay's signer, from the keys in
+--msk-iam-keys / $SASL_PROXY_MSK_KEYS ("ACCESS_KEY_ID:SECRET[:SESSION_TOKEN]", comma
+separated), and the token's own expiry is checked. The principal is the access key id.
+
+--max-connection-age N closes every authenticated connection N seconds after it was accepted,
+so clients must authenticate again (with whatever token or keys they hold by then).
 
 The upstream broker must advertise the PROXY's address (tansu --advertised-listener-url),
 otherwise clients bypass the proxy after the bootstrap metadata request.
 """
-import argparse, asyncio, base64, hashlib, hmac, json, logging, os, secrets, ssl, struct, time
+import argparse, asyncio, base64, calendar, hashlib, hmac, json, logging, os, secrets, ssl, struct, time
 
 log = logging.getLogger("sasl_proxy")
 
@@ -211,9 +218,78 @@ class ScramSession:
         raise AuthFailed("unexpected SCRAM message")
 
 
+def sigv4_key(secret, date, region, service):
+    key = ("AWS4" + secret).encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def msk_iam_principal(token, keys):
+    """The access key id an MSK IAM token was signed with, or AuthFailed."""
+    from urllib.parse import urlsplit, parse_qsl, quote
+    try:
+        url = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        parts = urlsplit(url)
+        params = parse_qsl(parts.query, keep_blank_values=True)
+        q = dict(params)
+    except Exception:
+        raise AuthFailed("invalid OAUTHBEARER token")
+    host = parts.hostname or ""
+    if parts.scheme != "https" or not (host.startswith("kafka.") and host.endswith(".amazonaws.com")):
+        raise AuthFailed(f"MSK IAM: unexpected host {host!r}")
+    if q.get("Action") != "kafka-cluster:Connect" or q.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256" \
+            or q.get("X-Amz-SignedHeaders") != "host":
+        raise AuthFailed("MSK IAM: not a kafka-cluster:Connect presigned URL")
+    akid, date, region, service, term = q.get("X-Amz-Credential", "////").split("/")
+    region_in_host = host[len("kafka."):-len(".amazonaws.com")]
+    if service != "kafka-cluster" or term != "aws4_request" or region != region_in_host:
+        raise AuthFailed("MSK IAM: credential scope does not match the host")
+    try:
+        signed_at = calendar.timegm(time.strptime(q.get("X-Amz-Date", ""), "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        raise AuthFailed("MSK IAM: no X-Amz-Date")
+    expires = int(q.get("X-Amz-Expires", "0"))
+    now = time.time()
+    if not 0 < expires <= 900 or signed_at > now + 300 or signed_at + expires <= now:
+        raise AuthFailed("MSK IAM: token expired or not yet valid")
+    if q["X-Amz-Date"][:8] != date:
+        raise AuthFailed("MSK IAM: date does not match the credential scope")
+    key = keys.get(akid)
+    if key is None:
+        raise AuthFailed(f"MSK IAM: unknown access key {akid}")
+    if key["token"] is not None and q.get("X-Amz-Security-Token") != key["token"]:
+        raise AuthFailed("MSK IAM: session token does not match the access key")
+    enc = lambda v: quote(v, safe="-_.~")
+    signed = sorted((k, v) for k, v in params if k not in ("X-Amz-Signature", "User-Agent"))
+    canonical_query = "&".join(f"{enc(k)}={enc(v)}" for k, v in signed)
+    port = f":{parts.port}" if parts.port else ""
+    canonical = "\n".join(["GET", parts.path or "/", canonical_query, f"host:{host}{port}", "",
+                           "host", hashlib.sha256(b"").hexdigest()])
+    scope = f"{date}/{region}/kafka-cluster/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", q["X-Amz-Date"], scope,
+                         hashlib.sha256(canonical.encode()).hexdigest()])
+    expected = hmac.new(sigv4_key(key["secret"], date, region, "kafka-cluster"), to_sign.encode(),
+                        hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, q.get("X-Amz-Signature", "")):
+        raise AuthFailed("MSK IAM: signature does not match")
+    return akid
+
+
+def load_msk_keys(spec):
+    keys = {}
+    for entry in (e.strip() for e in (spec or "").split(",")):
+        if not entry:
+            continue
+        akid, secret, token = (entry.split(":") + [""])[:3]
+        keys[akid] = {"secret": secret, "token": token or None}
+    return keys
+
+
 class OAuthBearerSession:
     def __init__(self, users, _):
         self.principals = users.oauth_principals
+        self.msk_keys = users.msk_keys
 
     def step(self, data):
         try:
@@ -221,6 +297,13 @@ class OAuthBearerSession:
             kv = dict(p.split(b"=", 1) for p in kvs if b"=" in p)
             scheme, token = kv[b"auth"].decode().split(" ", 1)
             assert scheme.lower() == "bearer"
+        except Exception:
+            raise AuthFailed("invalid OAUTHBEARER token")
+        if token.count(".") != 2:
+            if not self.msk_keys:
+                raise AuthFailed("invalid OAUTHBEARER token")
+            return b"", msk_iam_principal(token, self.msk_keys)
+        try:
             hdr, payload, _sig = token.split(".")
             pad = lambda s: s + "=" * (-len(s) % 4)
             header = json.loads(base64.urlsafe_b64decode(pad(hdr)))
@@ -317,7 +400,14 @@ async def handle(creader, cwriter, args, users):
         if principal is None:
             return
         ur, uw = await upstream()
-        await asyncio.gather(pipe(creader, uw), pipe(ur, cwriter))
+        both = asyncio.gather(pipe(creader, uw), pipe(ur, cwriter))
+        if args.max_connection_age:
+            try:
+                await asyncio.wait_for(both, args.max_connection_age)
+            except asyncio.TimeoutError:
+                log.info("%s connection of %r past its age: closing", peer, principal)
+        else:
+            await both
     except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
         log.debug("%s closed: %r", peer, e)
     except Exception:
@@ -342,6 +432,10 @@ async def main():
     p.add_argument("--tls-cert"); p.add_argument("--tls-key")
     p.add_argument("--tls-client-ca", help="require a client certificate signed by this CA (mTLS)")
     p.add_argument("--no-sasl", action="store_true", help="TLS only: pipe every connection at once")
+    p.add_argument("--msk-iam-keys", default=os.environ.get("SASL_PROXY_MSK_KEYS", ""),
+                   help="AKID:SECRET[:SESSION_TOKEN],... accepted for MSK IAM tokens")
+    p.add_argument("--max-connection-age", type=float, default=0,
+                   help="seconds after which an authenticated connection is closed (0: never)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     args = p.parse_args()
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
@@ -351,6 +445,7 @@ async def main():
     host, _, port = args.listen.rpartition(":")
     users = Users(Users.load(args.users, os.environ.get("SASL_PROXY_USERS")), args.scram_iterations)
     users.oauth_principals = {s for s in args.oauth_principals.split(",") if s}
+    users.msk_keys = load_msk_keys(args.msk_iam_keys)
     ctx = None
     if args.tls_cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

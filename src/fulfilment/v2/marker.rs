@@ -66,7 +66,9 @@ fn build(
 ) -> Result<Arc<StreamConsumer<RelayContext>>, KafkaError> {
     let config = crate::kafka::group_consumer_config(kafka, group);
     let context = RelayContext::new(metrics.clone(), watch.clone(), "fulfilment-v2");
-    Ok(Arc::new(config.create_with_context(context)?))
+    let consumer = config.create_with_context(context)?;
+    crate::kafka::aws::prime_stream(&consumer);
+    Ok(Arc::new(consumer))
 }
 
 /// How often the assigned-partitions gauge is refreshed.
