@@ -151,7 +151,8 @@ async fn sasl_over_tls_with_each_password_mechanism() {
         .all(|e| e.header("fp-event-id") == Some("22736304")));
 }
 
-/// Mutual TLS: the relay presents a client certificate the broker requires.
+/// Mutual TLS: the relay presents a client certificate the broker requires; one the broker
+/// refuses is named, and the renewed pair written over it is used without a restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_with_a_client_certificate() {
     let pki = Pki::new();
@@ -161,7 +162,12 @@ async fn mutual_tls_with_a_client_certificate() {
         tls: Some(&pki),
         mutual: true,
     });
-    let (cert, key) = pki.issue("fp-relay", "client");
+    // First a certificate from a CA the broker does not trust (an expired or wrong issue).
+    let other = Pki::new();
+    let (wrong_cert, wrong_key) = other.issue("fp-relay", "client");
+    let (cert, key) = (pki.dir.join("client.pem"), pki.dir.join("client.key"));
+    std::fs::copy(&wrong_cert, &cert).unwrap();
+    std::fs::copy(&wrong_key, &key).unwrap();
     let properties = vec![
         ("security.protocol".to_owned(), "SSL".to_owned()),
         ("ssl.ca.location".to_owned(), pki.ca().display().to_string()),
@@ -171,9 +177,34 @@ async fn mutual_tls_with_a_client_certificate() {
         ),
         ("ssl.key.location".to_owned(), key.display().to_string()),
     ];
-    let relay = TestRelay::start_ready(relay_config(&kafka, &properties)).await;
-    let reply = relay.post(sample("v1/lead_signup.json")).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let mut config = relay_config(&kafka, &properties);
+    config.kafka.credentials_check_interval = Duration::from_millis(200);
+    config.kafka.ack_timeout = Duration::from_secs(3);
+    let relay = TestRelay::start(config).await;
+    assert_eq!(
+        relay.post(sample("v1/lead_signup.json")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        eventually(WAIT, async || get(relay.admin, "/readyz")
+            .await
+            .text()
+            .contains("failing: tls"))
+        .await,
+        "{}",
+        get(relay.admin, "/readyz").await.text()
+    );
+    // cert-manager writes the renewed pair in place: picked up without a restart.
+    pki.issue("fp-relay", "client");
+    assert!(
+        eventually(Duration::from_secs(30), async || relay
+            .post(sample("v1/lead_signup.json"))
+            .await
+            .status
+            == StatusCode::OK)
+        .await,
+        "the renewed certificate is used"
+    );
     relay.shutdown().await;
     let events = consume_with(
         &kafka.bootstrap(),
@@ -183,7 +214,7 @@ async fn mutual_tls_with_a_client_certificate() {
         WAIT,
     )
     .await;
-    assert_eq!(events.len(), 1);
+    assert_eq!(events.len(), 1, "only what was acknowledged");
 }
 
 /// A wrong SASL password: nothing is acknowledged (503), /readyz names the reason, and once

@@ -77,6 +77,41 @@ fn passthrough_property_conflicting_with_typed_setting_is_refused() {
 }
 
 #[test]
+fn msk_iam_needs_a_region_and_no_other_token_source() {
+    let iam = "[kafka.properties]\n\"sasl.mechanism\" = \"AWS_MSK_IAM\"\n";
+    let config = load_str(&format!("[kafka]\naws_region = \"eu-west-1\"\n{iam}"), &[]).unwrap();
+    assert_eq!(config.kafka.aws_region, "eu-west-1");
+    let err = load_str(&format!("[kafka]\naws_region = \"EU West\"\n{iam}"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("kafka.aws_region") && err.contains("EU West"),
+        "{err}"
+    );
+    let err = load_str(
+        &format!(
+            "[kafka]\naws_region = \"eu-west-1\"\n{iam}\"sasl.oauthbearer.method\" = \"oidc\"\n"
+        ),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("sasl.oauthbearer.method"), "{err}");
+    // Without a region anywhere (only checkable where the process has none).
+    if ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .all(|name| std::env::var(name).map_or(true, |v| v.trim().is_empty()))
+    {
+        let err = load_str(iam, &[]).unwrap_err().to_string();
+        assert!(err.contains("kafka.aws_region"), "{err}");
+        assert!(
+            err.contains("FP_RELAY_KAFKA_AWS_REGION"),
+            "names the variable: {err}"
+        );
+    }
+}
+
+#[test]
 fn environment_overrides_file_and_flags_override_environment() {
     let env = [
         ("FP_RELAY_KAFKA_BROKERS", "env:9092"),

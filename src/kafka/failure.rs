@@ -75,13 +75,19 @@ impl Failure {
         if !(message.contains("closed by peer") || message.contains("reset by peer")) {
             return None;
         }
+        // "[thrd:ssl://host:9093/bootstrap]: ssl://host:9093/bootstrap: Disconnected: ..."
+        let message = match message.split_once("]: ") {
+            Some((thread, rest)) if thread.starts_with("[thrd:") => rest,
+            _ => message,
+        };
         let (ms, state) = hung_up_in(message)?;
-        let tls = message.starts_with("ssl://") || message.starts_with("sasl_ssl://");
         let sasl = message.starts_with("sasl_");
         // librdkafka's own rules for its hints: a hang-up before the ApiVersions answer is a TLS
-        // port spoken to in plaintext; one within 2 s of coming up is a SASL listener.
+        // port spoken to in plaintext, or, over TLS, the broker refusing the client's
+        // certificate (TLS 1.3 says so only after the handshake); one within 2 s of coming up
+        // is a SASL listener.
         match state {
-            "APIVERSION_QUERY" if !tls => Some(Self::Tls),
+            "APIVERSION_QUERY" => Some(Self::Tls),
             "UP" if ms < 2000 && !sasl => Some(Self::SaslRequired),
             _ => None,
         }
@@ -192,8 +198,16 @@ mod tests {
                 Some(Failure::Tls),
             ),
             (
-                "ssl://127.0.0.1:9093/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 0ms in state APIVERSION_QUERY)",
+                "[thrd:ssl://127.0.0.1:9093/bootstrap]: ssl://127.0.0.1:9093/bootstrap: Disconnected: SSL connection closed by peer (after 0ms in state APIVERSION_QUERY)",
+                Some(Failure::Tls),
+            ),
+            (
+                "[thrd:sasl_ssl://127.0.0.1:9093/1]: sasl_ssl://127.0.0.1:9093/1: Disconnected: connection closed by peer (after 3ms in state UP)",
                 None,
+            ),
+            (
+                "[thrd:127.0.0.1:9092/1]: 127.0.0.1:9092/1: Disconnected: connection closed by peer (after 3ms in state UP)",
+                Some(Failure::SaslRequired),
             ),
             (
                 "127.0.0.1:9093/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?) or broker version is < 0.10 (see api.version.request) (after 1ms in state APIVERSION_QUERY)",

@@ -37,6 +37,14 @@ pub fn client_config<'a>(
         config.set(key, value);
     }
     config.set("bootstrap.servers", &kafka.brokers);
+    // What librdkafka says at info level is what tells connection faults apart
+    // ([`failure::Failure::from_log`]); rdkafka would pick the level from the `log` crate's
+    // filter, which in tests is off and under RUST_LOG=warn hides them. The context filters.
+    config.set_log_level(if config.get("debug").is_some() {
+        rdkafka::config::RDKafkaLogLevel::Debug
+    } else {
+        rdkafka::config::RDKafkaLogLevel::Info
+    });
     if aws::apply(&mut config) {
         aws::start(&kafka.aws_region);
     }

@@ -39,10 +39,14 @@ const TOKEN_SECONDS: u64 = 900;
 /// Rewrites the properties of a client that asked for `AWS_MSK_IAM` into what librdkafka
 /// speaks: OAUTHBEARER with the relay's token, over TLS unless told otherwise. True when it did.
 pub fn apply(config: &mut ClientConfig) -> bool {
-    if config.get("sasl.mechanism") != Some(MECHANISM) {
+    // librdkafka reads `sasl.mechanisms` as the same setting.
+    let key = ["sasl.mechanism", "sasl.mechanisms"]
+        .into_iter()
+        .find(|key| config.get(key) == Some(MECHANISM));
+    let Some(key) = key else {
         return false;
-    }
-    config.set("sasl.mechanism", "OAUTHBEARER");
+    };
+    config.set(key, "OAUTHBEARER");
     config.set("sasl.oauthbearer.config", OAUTHBEARER_CONFIG);
     if config.get("security.protocol").is_none() {
         config.set("security.protocol", "SASL_SSL");
@@ -52,7 +56,9 @@ pub fn apply(config: &mut ClientConfig) -> bool {
 
 /// True when these properties ask for MSK IAM.
 pub fn wanted<'a>(mut properties: impl Iterator<Item = (&'a String, &'a String)>) -> bool {
-    properties.any(|(key, value)| key == "sasl.mechanism" && value == MECHANISM)
+    properties.any(|(key, value)| {
+        matches!(key.as_str(), "sasl.mechanism" | "sasl.mechanisms") && value == MECHANISM
+    })
 }
 
 /// The process's signer, once [`install`]ed.
@@ -423,6 +429,11 @@ mod tests {
         assert_eq!(iam.get("sasl.mechanism"), Some("OAUTHBEARER"));
         assert_eq!(iam.get("sasl.oauthbearer.config"), Some(OAUTHBEARER_CONFIG));
         assert_eq!(iam.get("security.protocol"), Some("SASL_SSL"));
+
+        let mut alias = ClientConfig::new();
+        alias.set("sasl.mechanisms", MECHANISM);
+        assert!(apply(&mut alias));
+        assert_eq!(alias.get("sasl.mechanisms"), Some("OAUTHBEARER"));
 
         let mut plaintext = ClientConfig::new();
         plaintext
