@@ -511,8 +511,8 @@ fn build(
     watch: &Arc<ClusterWatch>,
 ) -> Result<Arc<StreamConsumer<RelayContext>>, KafkaError> {
     let context = RelayContext::new(metrics.clone(), watch.clone(), "reply-consumer");
-    let consumer = config.create_with_context(context)?;
-    crate::kafka::aws::prime_stream(&consumer);
+    let consumer: StreamConsumer<RelayContext> = config.create_with_context(context)?;
+    crate::kafka::aws::hand_first_token(config, consumer.client());
     Ok(Arc::new(consumer))
 }
 

@@ -686,10 +686,11 @@ async fn event_ids_on(
     let kafka = config.kafka.clone();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer<crate::kafka::context::ToolContext> = crate::kafka::consumer_config(&kafka, "fp-relay-recover")
-            .set("fetch.wait.max.ms", "100")
-            .create_with_context(crate::kafka::context::ToolContext)?;
-        crate::kafka::aws::prime(&consumer);
+        let mut config = crate::kafka::consumer_config(&kafka, "fp-relay-recover");
+        config.set("fetch.wait.max.ms", "100");
+        let consumer: BaseConsumer<crate::kafka::context::ToolContext> =
+            config.create_with_context(crate::kafka::context::ToolContext)?;
+        crate::kafka::aws::hand_first_token(&config, consumer.client());
         let metadata = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
             .map_err(|source| ToolError::Unreachable {

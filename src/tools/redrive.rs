@@ -130,15 +130,15 @@ struct DeadLetter {
 /// when it is a terminal.
 pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summary, ToolError> {
     let group = options.group();
-    let (mut consumer, _) = options
+    let (mut consumer_config, _) = options
         .kafka
         .client(&[("log_level", "3"), ("fetch.wait.max.ms", "100")])?;
-    let consumer: StreamConsumer<ToolContext> = consumer
+    let consumer: StreamConsumer<ToolContext> = consumer_config
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create_with_context(ToolContext)?;
-    crate::kafka::aws::prime_stream(&consumer);
+    crate::kafka::aws::hand_first_token(&consumer_config, consumer.client());
     let (producer, _) = options.kafka.client(&[
         ("log_level", "3"),
         ("enable.idempotence", "true"),

@@ -62,7 +62,7 @@ pub async fn run(
         // kafka::consumer_config for the measurement behind 5 ms).
         .set("fetch.wait.max.ms", "5")
         .create_with_context(ToolContext)?;
-    crate::kafka::aws::prime_stream(&consumer);
+    crate::kafka::aws::hand_first_token(&base, consumer.client());
     let producer: FutureProducer<ToolContext> = base
         .clone()
         .set("enable.idempotence", "true")

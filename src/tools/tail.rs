@@ -54,7 +54,7 @@ pub fn run(options: &TailOptions, out: &mut impl Write) -> Result<usize, ToolErr
         )
         .set("enable.auto.commit", "false")
         .create_with_context(ToolContext)?;
-    crate::kafka::aws::prime(&consumer);
+    crate::kafka::aws::hand_first_token(&client, consumer.client());
     let mask = Redactor::new(&RedactConfig::default());
     let mut assigned: HashSet<(String, i32)> = HashSet::new();
     let (mut printed, mut last_message, mut last_refresh) =

@@ -66,8 +66,8 @@ fn build(
 ) -> Result<Arc<StreamConsumer<RelayContext>>, KafkaError> {
     let config = crate::kafka::group_consumer_config(kafka, group);
     let context = RelayContext::new(metrics.clone(), watch.clone(), "fulfilment-v2");
-    let consumer = config.create_with_context(context)?;
-    crate::kafka::aws::prime_stream(&consumer);
+    let consumer: StreamConsumer<RelayContext> = config.create_with_context(context)?;
+    crate::kafka::aws::hand_first_token(&config, consumer.client());
     Ok(Arc::new(consumer))
 }
 

@@ -147,29 +147,52 @@ pub fn start(region: &str) {
     }
 }
 
-/// Hands a new [`BaseConsumer`](rdkafka::consumer::BaseConsumer) its first token. librdkafka
-/// asks for tokens through the client's event queue, which a `BaseConsumer` serves only when
-/// polled; one that fetches metadata first (`tail`, `recover`) would wait for a login that
-/// never starts. Polling before any assignment returns no message.
-pub fn prime<C: rdkafka::consumer::ConsumerContext>(consumer: &rdkafka::consumer::BaseConsumer<C>) {
-    if SIGNER.get().is_some() {
-        let _ = consumer.poll(Duration::ZERO);
-    }
-}
-
-/// [`prime`] for a [`StreamConsumer`](rdkafka::consumer::StreamConsumer) that fetches metadata
-/// or offsets before its first `recv` (the reply consumer, the v2 marker, `redrive`): its
-/// receive future polled once, which serves the waiting token request. Before any assignment
-/// or subscription, so no message can be taken and lost.
-pub fn prime_stream<C: rdkafka::consumer::ConsumerContext + 'static>(
-    consumer: &rdkafka::consumer::StreamConsumer<C>,
+/// Gives a client created from `config` its first MSK IAM token at once. librdkafka asks for
+/// tokens through the client's event queue, served only when the application polls; a client
+/// that fetches metadata or offsets before its first poll (the reply consumer, `tail`,
+/// `redrive`, `recover`) would wait for a login that never starts. Later tokens are asked for
+/// at 80 % of each one's life, by then from the client's regular polls. Does nothing for a
+/// client that does not use MSK IAM.
+pub fn hand_first_token<C: rdkafka::ClientContext>(
+    config: &ClientConfig,
+    client: &rdkafka::client::Client<C>,
 ) {
-    if SIGNER.get().is_none() {
+    if config.get("sasl.oauthbearer.config") != Some(OAUTHBEARER_CONFIG) {
         return;
     }
-    let mut receive = std::pin::pin!(consumer.recv());
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    let _ = std::future::Future::poll(receive.as_mut(), &mut context);
+    let Some(signer) = SIGNER.get() else {
+        return;
+    };
+    // Without credentials yet, librdkafka's own request (and its retry) will say why.
+    let Ok(token) = signer.sign(credentials::now()) else {
+        return;
+    };
+    let (Ok(value), Ok(principal)) = (
+        std::ffi::CString::new(token.token),
+        std::ffi::CString::new(token.principal_name),
+    ) else {
+        return;
+    };
+    let mut error = [0 as std::ffi::c_char; 256];
+    // SAFETY: the client pointer is valid for as long as `client` is borrowed; the strings
+    // and the error buffer outlive the call, which copies what it keeps; no extensions.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_oauthbearer_set_token(
+            client.native_ptr(),
+            value.as_ptr(),
+            token.lifetime_ms,
+            principal.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+            error.as_mut_ptr(),
+            error.len(),
+        )
+    };
+    if code != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        // SAFETY: librdkafka writes a NUL-terminated message into the buffer it was given.
+        let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
+        tracing::debug!(error = %message.to_string_lossy(), "could not hand a client its first MSK IAM token");
+    }
 }
 
 /// A token for librdkafka's refresh callback: `config` is the client's
