@@ -138,12 +138,27 @@ fn requeue(options: RequeueOptions) -> ExitCode {
     }))
 }
 
+/// Exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
 fn redrive(options: RedriveOptions) -> ExitCode {
-    finish(runtime().and_then(|runtime| {
-        Ok(runtime
-            .block_on(redrive::run(&options, &mut std::io::stdout()))
-            .map(|_| ())?)
-    }))
+    let summary = match runtime()
+        .and_then(|runtime| Ok(runtime.block_on(redrive::run(&options, &mut std::io::stdout()))?))
+    {
+        Ok(summary) => summary,
+        Err(error) => return finish(Err(error)),
+    };
+    if summary.interrupted {
+        return ExitCode::from(EXIT_INTERRUPTED);
+    }
+    if summary.failed > 0 {
+        eprintln!(
+            "error: {} record(s) could not be put back (listed above); they are on the dead-letter topic again: fix their cause and run the same command again",
+            summary.failed
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 /// A tool's exit status: 0 when it did its work, 2 when the configuration is unusable (as

@@ -3,14 +3,18 @@
 //! ACL or size limit) and v2 fulfilment replies FirstPromoter refused or was given up on (an
 //! API key, an outage). The relay's v2 marker then reads a redriven reply like any other.
 //!
-//! Idempotent across runs: progress is committed in a consumer group of its own (one per
-//! filter, so that redriving one reason does not skip the records of another), and only after
-//! each record is on its topic; a second run of the same command moves nothing. Each redriven
-//! record carries `fp-redriven-from: <dead-letter topic>/<partition>/<offset>` and
+//! Idempotent by construction: progress is kept in a consumer group named after the command
+//! line's filters as written (`--since 1h` names the same group at any hour), committed right
+//! after each record is back on its topic, and on an error, Ctrl-C or SIGTERM; a second run of
+//! the same command moves nothing. The group owns the partitions it reads (a subscription, not
+//! an assignment), so two runs of one command at once share them and never both move a record.
+//! A record Kafka will not take back (an invalid or forbidden topic) is reported, left on the
+//! dead-letter topic and passed; the run then ends with exit status 1 and says how many. Each
+//! redriven record carries `fp-redriven-from: <dead-letter topic>/<partition>/<offset>` and
 //! `fp-redriven-reason`, and loses the dead-letter headers. Records dead-lettered after the
-//! run started are left for the next run, so a record that fails again cannot loop. A
-//! record without `fp-original-topic` (a body that was not JSON) has nowhere to go and is
-//! listed as skipped.
+//! run started are left for the next run (their partition is paused), so a record that fails
+//! again cannot loop. A record without `fp-original-topic` (a body that was not JSON) has
+//! nowhere to go and is listed as skipped.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -31,6 +35,9 @@ use crate::tools::ToolError;
 pub const REDRIVEN_FROM: &str = "fp-redriven-from";
 /// Header on a redriven record: the reason it had been dead-lettered.
 pub const REDRIVEN_REASON: &str = "fp-redriven-reason";
+/// Header on a dead letter that a run could not put back and appended again for the next
+/// run: what Kafka said.
+pub const REDRIVE_ERROR: &str = "fp-redrive-error";
 
 /// What to move, and whether to move it.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,19 +61,28 @@ pub struct RedriveOptions {
     pub topics: Vec<String>,
     /// Only records dead-lettered at or after this time: RFC 3339, or a duration ago (`2h`).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub since: Option<SystemTime>,
+    pub since: Option<TimeArg>,
     /// Only records dead-lettered before this time: RFC 3339, or a duration ago (`30m`).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub until: Option<SystemTime>,
+    pub until: Option<TimeArg>,
     /// List what would move; move nothing and remember nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Consumer group that remembers progress [default: fp-relay-redrive-<hash of the filters>].
+    /// Consumer group that remembers progress [default: fp-relay-redrive-<hash of the filters
+    /// as written>].
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
     /// Stop after this long without a record (the end of the topic).
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     pub idle_exit: Duration,
+}
+
+/// A time given on the command line: as written (which names the progress group) and what it
+/// meant when the command started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeArg {
+    pub text: String,
+    pub at: SystemTime,
 }
 
 /// What a run did.
@@ -78,16 +94,24 @@ pub struct Summary {
     pub moved: usize,
     /// Left where they are: filtered out, or nowhere to go.
     pub skipped: usize,
+    /// Matching records Kafka would not take back: left on the dead-letter topic, passed.
+    pub failed: usize,
+    /// Stopped by Ctrl-C or SIGTERM (progress committed).
+    pub interrupted: bool,
 }
 
 /// `2026-11-30T08:00:00Z`, or a duration ago (`2h`).
-fn parse_time(text: &str) -> Result<SystemTime, String> {
-    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
-        return Ok(at);
-    }
-    humantime::parse_duration(text)
-        .map(|ago| SystemTime::now() - ago)
-        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration like 2h"))
+pub fn parse_time(text: &str) -> Result<TimeArg, String> {
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(at) => at,
+        Err(_) => humantime::parse_duration(text)
+            .map(|ago| SystemTime::now() - ago)
+            .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration like 2h"))?,
+    };
+    Ok(TimeArg {
+        text: text.trim().to_owned(),
+        at,
+    })
 }
 
 impl RedriveOptions {
@@ -104,11 +128,10 @@ impl RedriveOptions {
             }
             hash.update([1]);
         }
-        for time in [self.since, self.until] {
-            let secs = time.map_or(0, |t| {
-                t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-            });
-            hash.update(secs.to_le_bytes());
+        // As written: `--since 1h` is the same command, and the same progress, at any hour.
+        for time in [&self.since, &self.until] {
+            hash.update(time.as_ref().map_or("", |t| t.text.as_str()).as_bytes());
+            hash.update([2]);
         }
         format!("fp-relay-redrive-{}", hex::encode(&hash.finalize()[..6]))
     }
@@ -123,19 +146,40 @@ struct DeadLetter {
     at: Option<SystemTime>,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
+    /// The headers a redriven record gets back (the dead-letter ones removed).
     headers: Vec<(String, Vec<u8>)>,
+    /// Every header, as it is on the dead-letter topic.
+    all_headers: Vec<(String, Vec<u8>)>,
 }
 
-/// Moves (or lists) the matching records; a line per record on `out`, progress on stderr
-/// when it is a terminal.
+/// Moves (or lists) the matching records until the end of the topic, Ctrl-C or SIGTERM; a
+/// line per record on `out`, progress on stderr when it is a terminal.
 pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summary, ToolError> {
+    run_until(options, out, crate::shutdown_signal()).await
+}
+
+/// How long a run waits to be given partitions by its group before it concludes that another
+/// run of the same command holds them.
+const JOIN_WAIT: Duration = Duration::from_secs(20);
+
+/// [`run`], stopping (progress committed) when `stop` completes.
+pub async fn run_until(
+    options: &RedriveOptions,
+    out: &mut impl Write,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Summary, ToolError> {
     let group = options.group();
-    let (mut consumer_config, _) = options
-        .kafka
-        .client(&[("log_level", "3"), ("fetch.wait.max.ms", "100")])?;
+    let (mut consumer_config, _) = options.kafka.client(&[
+        ("log_level", "3"),
+        ("fetch.wait.max.ms", "100"),
+        // A second run of the same command joins within seconds, not librdkafka's 45.
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "1000"),
+    ])?;
     let consumer: StreamConsumer<ToolContext> = consumer_config
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create_with_context(ToolContext)?;
     crate::kafka::aws::hand_first_token(&consumer_config, consumer.client());
@@ -146,80 +190,49 @@ pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summa
     ])?;
     let producer: FutureProducer<ToolContext> = producer.create_with_context(ToolContext)?;
     let started = SystemTime::now();
-    if !assign_from_committed(&consumer, &options.dead_letter_topic).await? {
+    let topic = options.dead_letter_topic.as_str();
+    if partitions_of(&consumer, topic)? == 0 {
         // Nothing was ever dead-lettered on these brokers: nothing to move is success.
         writeln!(
             out,
-            "redrive: the dead-letter topic {:?} does not exist on these brokers yet: nothing to move",
-            options.dead_letter_topic
+            "redrive: the dead-letter topic {topic:?} does not exist on these brokers yet: nothing to move"
         )?;
         return Ok(Summary::default());
     }
-    let mut summary = Summary::default();
-    let mut done: BTreeMap<i32, i64> = BTreeMap::new();
-    let progress = std::io::stderr().is_terminal();
-    let verb = if options.dry_run {
-        "would move"
+    if options.dry_run {
+        // Reads where the real run would start, without joining its group (a dry run must not
+        // take partitions from a real run).
+        assign_from_committed(&consumer, topic).await?;
     } else {
-        "moved"
+        consumer.subscribe(&[topic])?;
+    }
+    let mut run = Run {
+        options,
+        consumer: &consumer,
+        producer: &producer,
+        started,
+        summary: Summary::default(),
+        done: BTreeMap::new(),
+        uncommitted: 0,
     };
-    loop {
-        let message = match tokio::time::timeout(options.idle_exit, consumer.recv()).await {
-            Err(_) => break,
-            Ok(Err(error)) => return Err(error.into()),
-            Ok(Ok(message)) => DeadLetter::from_message(&message),
-        };
-        // Dead-lettered after this run began: perhaps one of this run's records failing again.
-        if message.at.is_some_and(|at| at > started) {
-            break;
-        }
-        summary.read += 1;
-        let line = match (message.matches(options), &message.original_topic) {
-            (false, _) => None,
-            (true, None) => {
-                summary.skipped += 1;
-                Some("skipped (no fp-original-topic)".to_owned())
-            }
-            (true, Some(topic)) => {
-                if !options.dry_run {
-                    message
-                        .put_back(&producer, topic, &options.dead_letter_topic)
-                        .await?;
-                }
-                summary.moved += 1;
-                Some(format!("{verb} to {topic}"))
-            }
-        };
-        if line.is_none() {
-            summary.skipped += 1;
-        }
-        if let Some(line) = line {
-            writeln!(
-                out,
-                "partition {} offset {}: {line} (reason: {})",
-                message.partition, message.offset, message.reason
-            )?;
-        }
-        done.insert(message.partition, message.offset + 1);
-        if !options.dry_run && summary.read.is_multiple_of(100) {
-            commit(&consumer, &options.dead_letter_topic, &done)?;
-        }
-        if progress {
-            eprint!("\rredrive: {} read, {} {verb}", summary.read, summary.moved);
-        }
-    }
-    if !options.dry_run {
-        commit(&consumer, &options.dead_letter_topic, &done)?;
-    }
-    if progress {
+    let outcome = run.read(out, stop).await;
+    // Whatever ended the run, what was done is remembered.
+    let committed = run.commit();
+    let summary = run.summary;
+    if std::io::stderr().is_terminal() {
         eprintln!();
     }
+    outcome?;
+    committed?;
     writeln!(
         out,
-        "redrive: {} read, {} {verb}, {} left where they are (progress group {group}{})",
+        "redrive: {} read, {} {}, {} left where they are, {} could not be put back{} (progress group {group}{})",
         summary.read,
         summary.moved,
+        if options.dry_run { "would move" } else { "moved" },
         summary.skipped,
+        summary.failed,
+        if summary.interrupted { "; interrupted" } else { "" },
         if options.dry_run {
             ", nothing remembered"
         } else {
@@ -229,18 +242,185 @@ pub async fn run(options: &RedriveOptions, out: &mut impl Write) -> Result<Summa
     Ok(summary)
 }
 
+/// One run's state: what was read and done, per partition the next offset to commit.
+struct Run<'a> {
+    options: &'a RedriveOptions,
+    consumer: &'a StreamConsumer<ToolContext>,
+    producer: &'a FutureProducer<ToolContext>,
+    started: SystemTime,
+    summary: Summary,
+    done: BTreeMap<i32, i64>,
+    /// Records passed since the last commit (committed every 100, and after each move).
+    uncommitted: usize,
+}
+
+impl Run<'_> {
+    /// Reads and acts until the topic's end (`idle_exit` without a record), `stop`, or a
+    /// consumer error.
+    async fn read(
+        &mut self,
+        out: &mut impl Write,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ToolError> {
+        let options = self.options;
+        let topic = options.dead_letter_topic.as_str();
+        let progress = std::io::stderr().is_terminal();
+        let begun = tokio::time::Instant::now();
+        let mut last_record = begun;
+        let mut ever_assigned = options.dry_run;
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let received = tokio::select! {
+                _ = &mut stop => {
+                    self.summary.interrupted = true;
+                    writeln!(out, "redrive: interrupted; progress so far is committed")?;
+                    return Ok(());
+                }
+                received = tokio::time::timeout(Duration::from_millis(500), self.consumer.recv()) => received,
+            };
+            let message = match received {
+                Ok(Ok(message)) => DeadLetter::from_message(&message),
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_) => {
+                    let assigned = self.consumer.assignment().map_or(0, |a| a.count());
+                    if assigned > 0 && !ever_assigned {
+                        // The idle time counts from when there is something to read.
+                        ever_assigned = true;
+                        last_record = tokio::time::Instant::now();
+                    }
+                    if ever_assigned && last_record.elapsed() >= options.idle_exit {
+                        return Ok(());
+                    }
+                    if !ever_assigned && begun.elapsed() >= JOIN_WAIT.max(options.idle_exit) {
+                        writeln!(
+                            out,
+                            "redrive: no partition of {topic} was given to this run: another run of the same command holds them"
+                        )?;
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            ever_assigned = true;
+            last_record = tokio::time::Instant::now();
+            // Dead-lettered after this run began: perhaps one of this run's records failing
+            // again. Its partition waits for the next run.
+            if message.at.is_some_and(|at| at > self.started) {
+                let mut partition = TopicPartitionList::new();
+                partition.add_partition(topic, message.partition);
+                let _ = self.consumer.pause(&partition);
+                continue;
+            }
+            self.summary.read += 1;
+            let line = match (message.matches(options), &message.original_topic) {
+                (false, _) => {
+                    self.summary.skipped += 1;
+                    None
+                }
+                (true, None) => {
+                    self.summary.skipped += 1;
+                    Some("skipped (no fp-original-topic)".to_owned())
+                }
+                (true, Some(original)) if options.dry_run => {
+                    self.summary.moved += 1;
+                    Some(format!("would move to {original}"))
+                }
+                (true, Some(original)) => {
+                    let line = match message.put_back(self.producer, original, topic).await {
+                        Ok(()) => {
+                            self.summary.moved += 1;
+                            format!("moved to {original}")
+                        }
+                        // A poison record must not hold back the ones behind it: it is passed,
+                        // and appended again for the next run. Kafka refusing that as well is
+                        // an error: the run stops before passing it.
+                        Err(why) => {
+                            let offset = message
+                                .append_again(self.producer, topic, &why)
+                                .await
+                                .map_err(ToolError::Usage)?;
+                            self.summary.failed += 1;
+                            format!("could not be put back ({why}); left on the dead-letter topic at offset {offset} for the next run")
+                        }
+                    };
+                    self.pass(&message);
+                    // Right after the record is dealt with: a second run, or the one that takes
+                    // this partition over, starts after it.
+                    self.commit()?;
+                    Some(line)
+                }
+            };
+            if let Some(line) = line {
+                writeln!(
+                    out,
+                    "partition {} offset {}: {line} (reason: {})",
+                    message.partition, message.offset, message.reason
+                )?;
+            }
+            self.pass(&message);
+            if self.uncommitted >= 100 {
+                self.commit()?;
+            }
+            if progress {
+                eprint!(
+                    "\rredrive: {} read, {} moved, {} not",
+                    self.summary.read, self.summary.moved, self.summary.failed
+                );
+            }
+        }
+    }
+
+    /// Notes that `message` is behind this run.
+    fn pass(&mut self, message: &DeadLetter) {
+        let next = self.done.entry(message.partition).or_insert(0);
+        if *next < message.offset + 1 {
+            *next = message.offset + 1;
+            self.uncommitted += 1;
+        }
+    }
+
+    /// Commits what was passed (nothing on a dry run). Partitions this run no longer holds
+    /// (another run took them over) are left to their new holder.
+    fn commit(&mut self) -> Result<(), ToolError> {
+        if self.options.dry_run || self.uncommitted == 0 {
+            return Ok(());
+        }
+        let topic = self.options.dead_letter_topic.as_str();
+        let held: Vec<i32> = match self.consumer.assignment() {
+            Ok(list) => list.elements().iter().map(|e| e.partition()).collect(),
+            Err(_) => self.done.keys().copied().collect(),
+        };
+        let mut list = TopicPartitionList::new();
+        for (partition, next) in &self.done {
+            if held.contains(partition) {
+                list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            }
+        }
+        if list.count() > 0 {
+            self.consumer.commit(&list, CommitMode::Sync)?;
+        }
+        self.uncommitted = 0;
+        Ok(())
+    }
+}
+
+/// Partitions of `topic`; 0 when it does not exist.
+fn partitions_of(consumer: &StreamConsumer<ToolContext>, topic: &str) -> Result<i32, ToolError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32))
+}
+
 /// Assigns every partition of `topic`, each at this group's committed offset (its beginning
 /// when there is none). False when the topic does not exist.
 async fn assign_from_committed(
     consumer: &StreamConsumer<ToolContext>,
     topic: &str,
 ) -> Result<bool, ToolError> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map_or(0, |t| t.partitions().len() as i32);
+    let partitions = partitions_of(consumer, topic)?;
     if partitions == 0 {
         return Ok(false);
     }
@@ -265,22 +445,6 @@ async fn assign_from_committed(
     Ok(true)
 }
 
-fn commit(
-    consumer: &StreamConsumer<ToolContext>,
-    topic: &str,
-    done: &BTreeMap<i32, i64>,
-) -> Result<(), ToolError> {
-    if done.is_empty() {
-        return Ok(());
-    }
-    let mut list = TopicPartitionList::new();
-    for (partition, next) in done {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-    }
-    consumer.commit(&list, CommitMode::Sync)?;
-    Ok(())
-}
-
 impl DeadLetter {
     fn from_message(message: &impl Message) -> Self {
         let mut found = Self {
@@ -296,10 +460,16 @@ impl DeadLetter {
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().unwrap_or_default().to_vec(),
             headers: Vec::new(),
+            all_headers: Vec::new(),
         };
         if let Some(list) = message.headers() {
             for header in list.iter() {
                 let value = header.value.unwrap_or_default();
+                if header.key != REDRIVE_ERROR {
+                    found
+                        .all_headers
+                        .push((header.key.to_owned(), value.to_vec()));
+                }
                 match header.key {
                     headers::ORIGINAL_TOPIC => {
                         found.original_topic = Some(String::from_utf8_lossy(value).into_owned())
@@ -308,7 +478,7 @@ impl DeadLetter {
                         found.reason = String::from_utf8_lossy(value).into_owned()
                     }
                     // A record redriven before carries the previous run's headers: replaced.
-                    REDRIVEN_FROM | REDRIVEN_REASON => {}
+                    REDRIVEN_FROM | REDRIVEN_REASON | REDRIVE_ERROR => {}
                     key => found.headers.push((key.to_owned(), value.to_vec())),
                 }
             }
@@ -329,11 +499,46 @@ impl DeadLetter {
                 .is_some_and(|t| options.topics.contains(t));
         let since = options
             .since
-            .is_none_or(|since| self.at.is_some_and(|at| at >= since));
+            .as_ref()
+            .is_none_or(|since| self.at.is_some_and(|at| at >= since.at));
         let until = options
             .until
-            .is_none_or(|until| self.at.is_some_and(|at| at < until));
+            .as_ref()
+            .is_none_or(|until| self.at.is_some_and(|at| at < until.at));
         reason && topic && since && until
+    }
+
+    /// Appends the record again to the dead-letter topic, as it is plus `fp-redrive-error`, so
+    /// that the next run of the same command (which starts after this one's progress) tries it
+    /// again; the offset it got.
+    async fn append_again(
+        &self,
+        producer: &FutureProducer<ToolContext>,
+        dead_letter_topic: &str,
+        error: &str,
+    ) -> Result<i64, String> {
+        let mut owned = OwnedHeaders::new_with_capacity(self.all_headers.len() + 1);
+        for (key, value) in &self.all_headers {
+            owned = owned.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        owned = owned.insert(Header {
+            key: REDRIVE_ERROR,
+            value: Some(error.as_bytes()),
+        });
+        let mut record = FutureRecord::<[u8], [u8]>::to(dead_letter_topic)
+            .payload(&self.payload)
+            .headers(owned);
+        if let Some(key) = &self.key {
+            record = record.key(key);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|delivery| delivery.offset)
+            .map_err(|(error, _)| format!("{dead_letter_topic} refused it too: {error}"))
     }
 
     /// Writes the record to `topic` as it was before it was dead-lettered, and waits for Kafka.
@@ -342,7 +547,7 @@ impl DeadLetter {
         producer: &FutureProducer<ToolContext>,
         topic: &str,
         dead_letter_topic: &str,
-    ) -> Result<(), ToolError> {
+    ) -> Result<(), String> {
         let from = format!("{dead_letter_topic}/{}/{}", self.partition, self.offset);
         let mut owned = OwnedHeaders::new_with_capacity(self.headers.len() + 2);
         for (key, value) in &self.headers {
@@ -369,9 +574,7 @@ impl DeadLetter {
         producer
             .send(record, Duration::from_secs(30))
             .await
-            .map_err(|(error, _)| {
-                ToolError::Usage(format!("cannot write {from} to {topic}: {error}"))
-            })?;
+            .map_err(|(error, _)| format!("Kafka refused it on {topic}: {error}"))?;
         Ok(())
     }
 }
