@@ -118,6 +118,17 @@ fn build_librdkafka() {
         ldflags.push(var);
     }
 
+    // fp-relay: under `-Zsanitizer=address` (cargo fuzz) the cc crate compiles the C libraries
+    // librdkafka links (zstd, curl) with -fsanitize=address. configure's link checks against
+    // them then need the sanitizer runtime too, or they fail (zstd is then "not found", and the
+    // failures' output grows mklove's environment until every command fails with E2BIG).
+    // librdkafka is instrumented the same way, as cc does for the others.
+    let sanitize = env::var("CARGO_CFG_SANITIZE").unwrap_or_default();
+    if sanitize.split(',').any(|s| s == "address") {
+        cflags.push("-fsanitize=address -fno-ipa-icf-variables".to_string());
+        ldflags.push("-fsanitize=address".to_string());
+    }
+
     if env::var("CARGO_FEATURE_SSL").is_ok() {
         configure_flags.push("--enable-ssl".into());
         if let Ok(openssl_root) = env::var("DEP_OPENSSL_ROOT") {
