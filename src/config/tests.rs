@@ -1,6 +1,7 @@
 //! Configuration tests: defaults, the shipped file, layers and every validation rule.
 
 use super::*;
+use std::path::Path;
 
 /// Loads `text` with `insecure_no_auth` added, so tests of other sections need no credentials.
 fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -619,4 +620,41 @@ fn a_secret_setting_of_the_wrong_type_is_named_without_its_value() {
         .unwrap_err()
         .to_string();
     assert!(!err.contains("12345678901234567"), "{err}");
+}
+
+#[test]
+fn urls_are_printed_without_the_credentials_they_carry() {
+    use super::masked_url;
+    let path = "/webhooks/firstpromoter";
+    let cases = [
+        (
+            "https://relay.example.com/webhooks/firstpromoter",
+            "https://relay.example.com/webhooks/firstpromoter",
+        ),
+        (
+            "https://relay.example.com/webhooks/firstpromoter/p4th",
+            "https://relay.example.com/webhooks/firstpromoter/********",
+        ),
+        (
+            "https://relay.example.com/hooks/fp/9f86d081884c7d659a2f",
+            "https://relay.example.com/hooks/fp/********",
+        ),
+        (
+            "https://user:pass@relay.example.com/webhooks/firstpromoter?token=abc",
+            "https://********@relay.example.com/webhooks/firstpromoter?********",
+        ),
+        (
+            "https://relay.example.com/webhooks/firstpromoter-other",
+            "https://relay.example.com/webhooks/firstpromoter-other",
+        ),
+    ];
+    for (url, shown) in cases {
+        assert_eq!(masked_url(url, path), shown, "{url}");
+    }
+    let mut config = Config::default();
+    config.firstpromoter.webhook_url =
+        Some("https://relay.example.com/webhooks/firstpromoter/s3cr3t-path-token".into());
+    let shown = config.to_masked_toml();
+    assert!(!shown.contains("s3cr3t-path-token"), "{shown}");
+    assert!(shown.contains("https://relay.example.com/webhooks/firstpromoter/********"));
 }
