@@ -119,7 +119,20 @@ fn first_promoter(command: FirstPromoterCommand) -> ExitCode {
                 }
                 FirstPromoterCommand::Status(options) => firstpromoter::status(options, out).await,
                 FirstPromoterCommand::Recover(options) => {
-                    firstpromoter::recover(options, out).await.map(|_| ())
+                    let summary = firstpromoter::recover(options, out).await?;
+                    if summary.incomplete() && !options.dry_run {
+                        return Err(ToolError::Incomplete(format!(
+                            "{} failed deliver{} left undone{} (listed above); fix the cause and run the same command again",
+                            summary.undone(),
+                            if summary.undone() == 1 { "y" } else { "ies" },
+                            if summary.cut_short.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", and {} deliveries list(s) not read to the end: run again with a shorter --since", summary.cut_short.len())
+                            }
+                        )));
+                    }
+                    Ok(())
                 }
             }
         })?)

@@ -22,6 +22,8 @@ use tokio::time::Instant;
 const TOKEN: &str = "relay-token-0123456789abcdef";
 const RELAY_URL: &str = "https://relay.example.com/webhooks/firstpromoter";
 const WAIT: Duration = Duration::from_secs(20);
+/// How late the fake answers a slow `retry_delivery` (the tests' call timeout is 1 s).
+const SLOW_ANSWER: Duration = Duration::from_millis(2500);
 
 /// A request the fake received.
 #[derive(Debug, Clone)]
@@ -43,6 +45,12 @@ struct State {
     deliveries: BTreeMap<u64, Vec<Value>>,
     /// Deliveries whose subscription's `max_retries` is spent: `retry_delivery` answers 422.
     spent: Vec<u64>,
+    /// Deliveries whose first `retry_delivery` is queued (status `pending`) but answered only
+    /// after [`SLOW_ANSWER`], later than the client waits; a second call is answered 422, as
+    /// the delivery is no longer failed.
+    slow_retry: Vec<u64>,
+    /// Deliveries whose `retry_delivery` is answered 422 for another reason.
+    refused: Vec<u64>,
     /// The next this many requests are answered 429 with `Retry-After: 1`.
     rate_limit_next: usize,
     seen: Vec<Seen>,
@@ -126,7 +134,12 @@ impl FakeApi {
             status,
         });
         if let Some((subscription, delivery)) = redeliver {
-            self.redeliver(subscription, delivery).await;
+            if subscription == 0 {
+                // A slow answer to a retry that was queued.
+                tokio::time::sleep(SLOW_ANSWER).await;
+            } else {
+                self.redeliver(subscription, delivery).await;
+            }
         }
         let mut response = Response::builder()
             .status(status)
@@ -200,8 +213,47 @@ impl FakeApi {
                 let list = state.deliveries.get(&id).cloned().unwrap_or_default();
                 (200, paged(&list), None)
             }
+            ("GET", ["webhooks", id, "webhook_deliveries", delivery]) => {
+                let (id, delivery): (u64, u64) = (id.parse().unwrap(), delivery.parse().unwrap());
+                match state
+                    .deliveries
+                    .get(&id)
+                    .and_then(|list| list.iter().find(|d| d["id"] == delivery).cloned())
+                {
+                    Some(found) => (200, found, None),
+                    None => (404, json!({"message": "not found"}), None),
+                }
+            }
             ("POST", ["webhooks", id, "webhook_deliveries", delivery, "retry_delivery"]) => {
                 let (id, delivery): (u64, u64) = (id.parse().unwrap(), delivery.parse().unwrap());
+                let record = state
+                    .deliveries
+                    .get_mut(&id)
+                    .and_then(|list| list.iter_mut().find(|d| d["id"] == delivery))
+                    .expect("a delivery the fake holds");
+                if record["status"] != "failed" {
+                    return (
+                        422,
+                        json!({"message": "Delivery is not in a failed state", "code": "invalid_state"}),
+                        None,
+                    );
+                }
+                if state.refused.contains(&delivery) {
+                    return (
+                        422,
+                        json!({"message": "Validation failed", "code": "unprocessable"}),
+                        None,
+                    );
+                }
+                if state.slow_retry.contains(&delivery) {
+                    let record = state
+                        .deliveries
+                        .get_mut(&id)
+                        .and_then(|list| list.iter_mut().find(|d| d["id"] == delivery))
+                        .unwrap();
+                    record["status"] = "pending".into();
+                    return (200, json!({"status": "pending"}), Some((0, delivery)));
+                }
                 if state.spent.contains(&delivery) {
                     return (
                         422,
@@ -288,29 +340,74 @@ impl FakeApi {
     /// Adds a delivery of a fresh `referral.created` event to `subscription`, created `ago`;
     /// returns its event id.
     fn add_delivery(&self, subscription: u64, status: &str, ago: Duration) -> String {
+        self.add_deliveries(subscription, status, &[ago]).remove(0)
+    }
+
+    /// Adds one delivery of a fresh `referral.created` event per entry of `ages`; returns
+    /// their event ids.
+    fn add_deliveries(&self, subscription: u64, status: &str, ages: &[Duration]) -> Vec<String> {
+        let mut ids = Vec::new();
+        for ago in ages {
+            ids.push(
+                self.add_event(subscription, status, *ago, "referral.created", |id| {
+                    json!({"id": id, "email": format!("lead{id}@example.com"),
+                       "promoter": {"id": 7, "auth_token": "secret-promoter-token"}})
+                }),
+            );
+        }
+        // Newest first.
+        let mut state = self.state.lock().unwrap();
+        let list = state.deliveries.entry(subscription).or_default();
+        list.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+        ids
+    }
+
+    /// Adds a delivery of a fresh `event_type` event whose `data` is `data(entity id)`, at the
+    /// end of the list (callers sort); returns its event id.
+    fn add_event(
+        &self,
+        subscription: u64,
+        status: &str,
+        ago: Duration,
+        event_type: &str,
+        data: impl Fn(u64) -> Value,
+    ) -> String {
         let mut state = self.state.lock().unwrap();
         state.next_id += 1;
         let id = state.next_id;
         let event_id = format!("evt_{}", uuid::Uuid::new_v4().simple());
         let created = humantime::format_rfc3339_millis(SystemTime::now() - ago).to_string();
-        let payload = json!({
-            "event_id": event_id, "event_type": "referral.created", "action": "created",
-            "entity_type": "referral", "entity_id": id, "created_at": created,
-            "data": {"id": id, "email": format!("lead{id}@example.com"),
-                     "promoter": {"id": 7, "auth_token": "secret-promoter-token"}}
+        let (entity_type, action) = event_type.split_once('.').unwrap();
+        let mut payload = json!({
+            "event_id": event_id, "event_type": event_type, "action": action,
+            "entity_type": entity_type, "entity_id": id, "created_at": created,
+            "data": data(id)
         });
+        if event_type == "commission.updated" {
+            payload["changes"] = json!({"status": ["pending", "approved"]});
+            payload["entity_id"] = payload["data"]["id"].clone();
+        }
         let list = state.deliveries.entry(subscription).or_default();
         list.push(json!({
-            "id": id, "event_id": event_id, "event_type": "referral.created",
-            "action": "created", "entity_type": "referral", "entity_id": id,
+            "id": id, "event_id": event_id, "event_type": event_type,
+            "action": action, "entity_type": entity_type, "entity_id": id,
             "status": status, "attempts": 11, "last_error": "Connection refused",
             "response_code": if status == "failed" { json!(503) } else { json!(200) },
             "response_body": "", "object_changes": {}, "payload": payload,
             "created_at": created, "delivered_at": null
         }));
-        // Newest first.
-        list.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
         event_id
+    }
+
+    /// The fake's id of the delivery of `event_id`.
+    fn delivery_id(&self, subscription: u64, event_id: &str) -> u64 {
+        let state = self.state.lock().unwrap();
+        state.deliveries[&subscription]
+            .iter()
+            .find(|d| d["event_id"] == event_id)
+            .unwrap()["id"]
+            .as_u64()
+            .unwrap()
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -525,7 +622,9 @@ async fn recover_publishes_exactly_the_failed_deliveries_once_across_pages_and_r
     assert!(run.status.success(), "{}", text(&run));
     let said = text(&run);
     assert!(
-        said.contains("published 6, retried by FirstPromoter 0, already in Kafka 1, skipped 0"),
+        said.contains(
+            "published 6, fulfilment requests completed 0, retried by FirstPromoter 0, already in Kafka 1, undone 0"
+        ),
         "{said}"
     );
     assert!(!said.contains(API_KEY) && !said.contains("secret-promoter-token"));
@@ -570,7 +669,9 @@ async fn recover_publishes_exactly_the_failed_deliveries_once_across_pages_and_r
 
     let again = fp_relay(api, &env, &["firstpromoter", "recover", "--since", "24h"]).await;
     assert!(
-        text(&again).contains("published 0, retried by FirstPromoter 0, already in Kafka 7"),
+        text(&again).contains(
+            "published 0, fulfilment requests completed 0, retried by FirstPromoter 0, already in Kafka 7, undone 0"
+        ),
         "{}",
         text(&again)
     );
@@ -593,22 +694,16 @@ async fn recover_asks_firstpromoter_to_retry_and_publishes_what_it_refuses() {
     let sub = fake.add_subscription(&url, json!({"Authorization": format!("Bearer {TOKEN}")}));
     let retried = fake.add_delivery(sub, "failed", Duration::from_secs(600));
     let spent = fake.add_delivery(sub, "failed", Duration::from_secs(300));
-    {
-        let mut state = fake.state.lock().unwrap();
-        let id = state.deliveries[&sub]
-            .iter()
-            .find(|d| d["event_id"] == spent.as_str())
-            .unwrap()["id"]
-            .as_u64()
-            .unwrap();
-        state.spent.push(id);
-    }
+    let id = fake.delivery_id(sub, &spent);
+    fake.state.lock().unwrap().spent.push(id);
     let brokers = broker.bootstrap();
     let env = [("FP_RELAY_KAFKA_BROKERS", brokers.as_str())];
     let run = fp_relay(api, &env, &["firstpromoter", "recover", "--retry-delivery"]).await;
     assert!(run.status.success(), "{}", text(&run));
     assert!(
-        text(&run).contains("published 1, retried by FirstPromoter 1, already in Kafka 0"),
+        text(&run).contains(
+            "published 1, fulfilment requests completed 0, retried by FirstPromoter 1, already in Kafka 0, undone 0"
+        ),
         "{}",
         text(&run)
     );
@@ -733,4 +828,278 @@ async fn reconcile_metrics_match_firstpromoters_records() {
     let all = serde_json::to_string(&lines).unwrap();
     assert!(!all.contains(API_KEY), "the key never appears in logs");
     assert!(!all.contains("secret-promoter-token"), "nor a payload");
+}
+
+/// Env for v2 fulfilment: approvals of `points` commissions become fulfilment requests.
+const V2_FULFILMENT: (&str, &str) = ("FP_RELAY_FULFILMENT_V2__ENABLED", "true");
+const APPROVALS: &str = "firstpromoter.commission.updated";
+const REQUESTS: &str = "firstpromoter.fulfilment_pending";
+
+/// A failed delivery of the approval of `commission` (a `points` reward).
+fn add_approval(fake: &FakeApi, subscription: u64, commission: u64, ago: Duration) -> String {
+    let id = fake.add_event(subscription, "failed", ago, "commission.updated", |_| {
+        json!({"id": commission, "status": "approved", "unit": "points", "amount": 500,
+               "note": "x".repeat(17_000)})
+    });
+    let mut state = fake.state.lock().unwrap();
+    let list = state.deliveries.get_mut(&subscription).unwrap();
+    list.sort_by(|a, b| b["created_at"].as_str().cmp(&a["created_at"].as_str()));
+    id
+}
+
+/// Bytes librdkafka counts of a record against `message.max.bytes`, but its fixed framing.
+fn size_of(record: &common::Consumed) -> usize {
+    record.key.as_deref().map_or(0, str::len)
+        + record.value.len()
+        + record
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>()
+}
+
+/// A v2 approval whose event reached Kafka but whose fulfilment request did not (the live relay
+/// published the event and answered 503; or Kafka refused the request on an earlier run): the
+/// next run publishes the request only, never the event twice, and exits 1 while anything is
+/// left undone.
+#[tokio::test]
+async fn recover_finishes_half_published_approvals_and_publishes_nothing_twice() {
+    let broker = Tansu::start();
+    let brokers = broker.bootstrap();
+    let (fake, api) = FakeApi::start().await;
+    let sub = fake.add_subscription(RELAY_URL, json!({}));
+    let first = add_approval(&fake, sub, 4101, Duration::from_secs(900));
+    common::create_topic(&brokers, APPROVALS, 1).await;
+    common::create_topic(&brokers, REQUESTS, 1).await;
+    // The live relay published the event, then its request failed.
+    produce(
+        &brokers,
+        APPROVALS,
+        None,
+        Some("4101"),
+        &[("fp-event-id", &first)],
+        "{}",
+    )
+    .await;
+
+    let env = [("FP_RELAY_KAFKA_BROKERS", brokers.as_str()), V2_FULFILMENT];
+    let run = fp_relay(api, &env, &["firstpromoter", "recover"]).await;
+    let said = text(&run);
+    assert!(run.status.success(), "{said}");
+    assert!(said.contains("fulfilment requests completed 1"), "{said}");
+    let requests = consume_all(&brokers, REQUESTS, Duration::from_secs(2)).await;
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let request = &requests[0];
+    assert_eq!(request.key.as_deref(), Some("4101"));
+    assert_eq!(request.header("fp-event-id"), Some(first.as_str()));
+    assert!(request.header("fp-correlation-id").is_some());
+    assert!(request.header("fp-recovered-from").is_some());
+    assert_eq!(
+        consume_all(&brokers, APPROVALS, Duration::from_secs(1))
+            .await
+            .len(),
+        1,
+        "the event is not published again"
+    );
+
+    // A second approval; Kafka refuses its request (too large for message.max.bytes, set
+    // between the event's size and the request's), not its event. (The payloads are 17 KB, so
+    // that such a limit passes the relay's own check of message.max.bytes.)
+    let second = add_approval(&fake, sub, 4102, Duration::from_secs(600));
+    let fulfilment_headers: usize = request
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            ["fp-correlation-id", "fp-reply-topic", "fp-deadline"].contains(&k.as_str())
+        })
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum();
+    let limit = (size_of(request) - fulfilment_headers / 2 + 40).to_string();
+    let limited = [
+        ("FP_RELAY_KAFKA_BROKERS", brokers.as_str()),
+        V2_FULFILMENT,
+        ("FP_RELAY_KAFKA_PROPERTY_MESSAGE_MAX_BYTES", limit.as_str()),
+        // The relay keeps 16 KiB under message.max.bytes for headers and key.
+        ("FP_RELAY_HTTP_MAX_BODY_BYTES", "1024"),
+    ];
+    let run = fp_relay(api, &limited, &["firstpromoter", "recover"]).await;
+    let said = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{said}");
+    assert!(said.contains("undone 1 (1 refused by Kafka)"), "{said}");
+    assert!(said.contains("already in Kafka 1"), "{said}");
+    assert!(said.contains("1 failed delivery left undone"), "{said}");
+    let events = consume_all(&brokers, APPROVALS, Duration::from_secs(1)).await;
+    assert_eq!(events.len(), 2, "the second event went in: {events:?}");
+    assert_eq!(events[1].header("fp-event-id"), Some(second.as_str()));
+    assert_eq!(
+        consume_all(&brokers, REQUESTS, Duration::from_secs(1))
+            .await
+            .len(),
+        1
+    );
+
+    // The same command again, with Kafka accepting: only the missing request goes in.
+    let run = fp_relay(api, &env, &["firstpromoter", "recover"]).await;
+    let said = text(&run);
+    assert!(run.status.success(), "{said}");
+    assert!(
+        said.contains("published 0, fulfilment requests completed 1, retried by FirstPromoter 0, already in Kafka 1, undone 0"),
+        "{said}"
+    );
+    let requests = consume_all(&brokers, REQUESTS, Duration::from_secs(1)).await;
+    let keys: Vec<Option<&str>> = requests.iter().map(|r| r.key.as_deref()).collect();
+    assert_eq!(keys, [Some("4101"), Some("4102")]);
+    assert_eq!(
+        consume_all(&brokers, APPROVALS, Duration::from_secs(1))
+            .await
+            .len(),
+        2,
+        "no event twice"
+    );
+}
+
+/// `--retry-delivery` reads a 422 by what it means: spent retries (publish the payload), a
+/// retry queued by an earlier attempt of the same call whose answer came too late (the
+/// delivery is pending now: nothing to publish), anything else (left undone, exit 1).
+#[tokio::test]
+async fn recover_reads_a_422_by_its_message_and_the_deliverys_status() {
+    let broker = Tansu::start();
+    let brokers = broker.bootstrap();
+    let (fake, api) = FakeApi::start().await;
+    let sub = fake.add_subscription(RELAY_URL, json!({}));
+    let ids = fake.add_deliveries(
+        sub,
+        "failed",
+        &[
+            Duration::from_secs(900),
+            Duration::from_secs(600),
+            Duration::from_secs(300),
+        ],
+    );
+    let (spent, queued_late, refused) = (&ids[0], &ids[1], &ids[2]);
+    {
+        let spent = fake.delivery_id(sub, spent);
+        let late = fake.delivery_id(sub, queued_late);
+        let refused = fake.delivery_id(sub, refused);
+        let mut state = fake.state.lock().unwrap();
+        state.spent.push(spent);
+        state.slow_retry.push(late);
+        state.refused.push(refused);
+    }
+    let topic = "firstpromoter.referral.created";
+    common::create_topic(&brokers, topic, 1).await;
+    let env = [
+        ("FP_RELAY_KAFKA_BROKERS", brokers.as_str()),
+        ("FP_RELAY_FIRSTPROMOTER_CALL_TIMEOUT", "1s"),
+    ];
+    let run = fp_relay(api, &env, &["firstpromoter", "recover", "--retry-delivery"]).await;
+    let said = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("published 1, fulfilment requests completed 0, retried by FirstPromoter 1, already in Kafka 0, undone 1 (1 retry_delivery failed)"),
+        "{said}"
+    );
+    assert!(said.contains("queued already"), "{said}");
+    let published: Vec<String> = consume_all(&brokers, topic, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|r| r.header("fp-event-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        published,
+        std::slice::from_ref(spent),
+        "only the spent one from its payload"
+    );
+    let retries = fake
+        .seen()
+        .iter()
+        .filter(|s| s.path.ends_with("retry_delivery"))
+        .count();
+    assert_eq!(
+        retries, 4,
+        "one each, and the late one asked again after its timeout"
+    );
+    assert_eq!(fake.delivery_status(sub, queued_late), "pending");
+}
+
+/// More deliveries in the window than recover reads (100 pages of 100): it says so, reads
+/// what it can, and exits 1; `status` says so too; a window that fits reads to its end.
+#[tokio::test]
+async fn a_deliveries_list_longer_than_the_page_limit_is_said_and_fails_the_run() {
+    let broker = Tansu::start();
+    let brokers = broker.bootstrap();
+    let (fake, api) = FakeApi::start().await;
+    let sub = fake.add_subscription(RELAY_URL, json!({}));
+    let ages: Vec<Duration> = (0..10_050u64)
+        .map(|n| Duration::from_secs(3600 + n))
+        .collect();
+    fake.add_deliveries(sub, "delivered", &ages);
+    let recent = fake.add_delivery(sub, "failed", Duration::from_secs(60));
+    let env = [("FP_RELAY_KAFKA_BROKERS", brokers.as_str())];
+
+    let run = fp_relay(api, &env, &["firstpromoter", "recover", "--since", "24h"]).await;
+    let said = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "subscription {sub}: stopped after 100 pages of 100 deliveries"
+        )) && said.contains("were not read"),
+        "{said}"
+    );
+    assert!(
+        said.contains("published 1"),
+        "what was read is recovered: {said}"
+    );
+    assert!(said.contains("shorter --since"), "{said}");
+    let status = fp_relay(api, &env, &["firstpromoter", "status", "--since", "24h"]).await;
+    assert!(
+        text(&status).contains("stopped after 100 pages"),
+        "{}",
+        text(&status)
+    );
+
+    let run = fp_relay(api, &env, &["firstpromoter", "recover", "--since", "30m"]).await;
+    let said = text(&run);
+    assert!(run.status.success(), "{said}");
+    assert!(!said.contains("stopped after"), "{said}");
+    assert!(said.contains("already in Kafka 1"), "{said}");
+    let records = consume_all(
+        &brokers,
+        "firstpromoter.referral.created",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].header("fp-event-id"), Some(recent.as_str()));
+}
+
+/// A metadata error other than "unknown topic" (here: not authorised) stops the run before
+/// anything is published, instead of being read as "nothing there yet" and publishing
+/// everything again. librdkafka's mock cluster injects the error.
+#[tokio::test]
+async fn a_metadata_error_is_an_error_and_nothing_is_published() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::RDKafkaRespErr;
+    let (fake, api) = FakeApi::start().await;
+    let sub = fake.add_subscription(RELAY_URL, json!({}));
+    fake.add_delivery(sub, "failed", Duration::from_secs(60));
+    let cluster = MockCluster::new(1).unwrap();
+    let topic = "firstpromoter.referral.created";
+    cluster.create_topic(topic, 1, 1).unwrap();
+    cluster
+        .topic_error(
+            topic,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let env = [("FP_RELAY_KAFKA_BROKERS", brokers.as_str())];
+    let run = fp_relay(api, &env, &["firstpromoter", "recover"]).await;
+    let said = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("TopicAuthorizationFailed") && said.contains("nothing was published"),
+        "{said}"
+    );
+    assert!(!said.contains("publish "), "{said}");
 }

@@ -173,9 +173,8 @@ impl ApiClient {
         answer
     }
 
-    /// A JSON call with the retry rules of the API: timeouts, connection failures, 429 and
-    /// 5xx are retried (`attempts` in all) after the larger of `Retry-After` and the backoff;
-    /// anything else is final. Counted as `endpoint` in `fp_relay_firstpromoter_api_calls_total`.
+    /// A JSON call with the retry rules of the API (see [`ApiClient::body`]), parsed as a
+    /// JSON value (`Null` for an empty answer).
     pub async fn json(
         &self,
         endpoint: &'static str,
@@ -184,6 +183,25 @@ impl ApiClient {
         body: Option<&serde_json::Value>,
         attempts: u32,
     ) -> Result<serde_json::Value, ApiError> {
+        let answer = self.body(endpoint, method, path, body, attempts).await?;
+        if answer.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&answer).map_err(|e| ApiError::Malformed(format!("{endpoint}: {e}")))
+    }
+
+    /// A call with the retry rules of the API: timeouts, connection failures, 429 and 5xx are
+    /// retried (`attempts` in all) after the larger of `Retry-After` and the backoff; anything
+    /// else is final. The body of the 2xx answer, unparsed. Counted as `endpoint` in
+    /// `fp_relay_firstpromoter_api_calls_total`.
+    pub async fn body(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        attempts: u32,
+    ) -> Result<Bytes, ApiError> {
         let body = body.map(|b| serde_json::to_vec(b).expect("a JSON value serialises"));
         let mut attempt = 0;
         loop {
@@ -192,13 +210,7 @@ impl ApiClient {
             let verdict = judge(outcome);
             self.count(endpoint, verdict.label(), started);
             let (result, after, detail) = match verdict {
-                Verdict::Ok(body) => {
-                    if body.iter().all(u8::is_ascii_whitespace) {
-                        return Ok(serde_json::Value::Null);
-                    }
-                    return serde_json::from_slice(&body)
-                        .map_err(|e| ApiError::Malformed(format!("{endpoint}: {e}")));
-                }
+                Verdict::Ok(body) => return Ok(body),
                 Verdict::Final(error) => return Err(error),
                 Verdict::Again {
                     result,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{ApiClient, ApiError};
 use super::points_here;
-use super::webhooks::{Delivery, Webhooks};
+use super::webhooks::{Delivery, DeliveryStatus, Webhooks};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -52,6 +52,8 @@ pub struct Reconciler {
     failing: bool,
     /// Whether "no subscription points here" was said.
     said_none: bool,
+    /// Whether "the list was cut short" was said (said again once it was read whole).
+    said_cut_short: bool,
 }
 
 impl Reconciler {
@@ -63,6 +65,7 @@ impl Reconciler {
             seen_failed: HashMap::new(),
             failing: false,
             said_none: false,
+            said_cut_short: false,
         }
     }
 
@@ -102,7 +105,7 @@ impl Reconciler {
                 if tally.subscriptions == 0 && !self.said_none {
                     tracing::warn!(
                         path = %self.config.http.path,
-                        webhook_url = ?self.config.firstpromoter.webhook_url,
+                        webhook_url = self.config.firstpromoter.webhook_url.as_deref().map(|url| crate::config::masked_url(url, &self.config.http.path)).unwrap_or_default(),
                         "no FirstPromoter subscription delivers to this relay; `fp-relay firstpromoter subscribe` creates one"
                     );
                     self.said_none = true;
@@ -134,12 +137,23 @@ impl Reconciler {
             .into_iter()
             .filter(|s| points_here(&s.url, &self.config))
             .collect();
-        let mut deliveries: Vec<(String, Delivery)> = Vec::new();
+        // Statuses and times only: the payloads are read past, never kept.
+        let mut deliveries: Vec<(String, DeliveryStatus)> = Vec::new();
+        let mut cut_short = Vec::new();
         for subscription in &subscriptions {
-            for delivery in webhooks.deliveries(&subscription.id, since).await? {
+            let listed = webhooks.deliveries(&subscription.id, since).await?;
+            cut_short.extend(listed.cut_short);
+            for delivery in listed.items {
                 deliveries.push((subscription.id.clone(), delivery));
             }
         }
+        if !cut_short.is_empty() && !self.said_cut_short {
+            tracing::warn!(
+                cut_short = %cut_short.join("; "),
+                "FirstPromoter's delivery list is longer than reconciliation reads; the metrics count part of the window (shorten firstpromoter.reconcile.window)"
+            );
+        }
+        self.said_cut_short = !cut_short.is_empty();
         let tally = tally(&deliveries, subscriptions.len(), now);
         for status in STATUSES {
             let count = tally.by_status.get(*status).copied().unwrap_or(0);
@@ -156,7 +170,7 @@ impl Reconciler {
     }
 
     /// Counts and logs failed deliveries not seen before; forgets those out of the window.
-    fn note_failures(&mut self, deliveries: &[(String, Delivery)], since: SystemTime) {
+    fn note_failures(&mut self, deliveries: &[(String, DeliveryStatus)], since: SystemTime) {
         self.seen_failed.retain(|_, created| *created >= since);
         let mut logged = 0;
         let mut more = 0;
@@ -204,7 +218,11 @@ impl Reconciler {
 }
 
 /// Counts by status and the oldest undelivered age of `deliveries`, as of `now`.
-pub fn tally(deliveries: &[(String, Delivery)], subscriptions: usize, now: SystemTime) -> Tally {
+pub fn tally<P>(
+    deliveries: &[(String, Delivery<P>)],
+    subscriptions: usize,
+    now: SystemTime,
+) -> Tally {
     let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
     let mut oldest: Option<SystemTime> = None;
     for (_, delivery) in deliveries {
@@ -231,7 +249,7 @@ pub fn tally(deliveries: &[(String, Delivery)], subscriptions: usize, now: Syste
 mod tests {
     use super::*;
 
-    fn delivery(id: u32, status: &str, created_at: &str) -> (String, Delivery) {
+    fn delivery(id: u32, status: &str, created_at: &str) -> (String, DeliveryStatus) {
         (
             "1".to_owned(),
             serde_json::from_value(serde_json::json!({

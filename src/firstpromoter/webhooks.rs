@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use http::Method;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use super::client::{ApiClient, ApiError};
@@ -13,7 +14,7 @@ use super::parse_time;
 pub const PER_PAGE: usize = 100;
 
 /// Most pages read of one list (10,000 records): a bound for an API that ignores `page`.
-const MAX_PAGES: usize = 100;
+pub const MAX_PAGES: usize = 100;
 
 /// Attempts of each call (the client's retry rules: timeouts, 5xx, 429).
 const ATTEMPTS: u32 = 5;
@@ -42,9 +43,11 @@ pub struct Subscription {
     pub basic_auth_user: Option<String>,
 }
 
-/// One delivery of one event to one subscription.
+/// One delivery of one event to one subscription, with its recorded payload as `P`:
+/// `serde_json::Value` where the payload is needed (`recover`), [`NoPayload`] where only the
+/// status counts (reconciliation, `status`), so that pages of payloads are never kept.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Delivery {
+pub struct Delivery<P = serde_json::Value> {
     #[serde(deserialize_with = "any_id")]
     pub id: String,
     #[serde(default, deserialize_with = "any_optional_id")]
@@ -61,13 +64,23 @@ pub struct Delivery {
     #[serde(default)]
     pub response_code: Option<u16>,
     /// The exact JSON that was (or will be) sent.
-    #[serde(default)]
-    pub payload: Option<serde_json::Value>,
+    #[serde(default = "none")]
+    pub payload: Option<P>,
     #[serde(default)]
     pub created_at: Option<String>,
 }
 
-impl Delivery {
+/// A payload read past without being kept.
+pub type NoPayload = serde::de::IgnoredAny;
+
+/// A delivery's status and times only.
+pub type DeliveryStatus = Delivery<NoPayload>;
+
+fn none<P>() -> Option<P> {
+    None
+}
+
+impl<P> Delivery<P> {
     /// When FirstPromoter created it, if it says so readably.
     pub fn created(&self) -> Option<SystemTime> {
         self.created_at.as_deref().and_then(parse_time)
@@ -77,6 +90,14 @@ impl Delivery {
     pub fn is_undelivered(&self) -> bool {
         matches!(self.status.as_str(), "pending" | "retrying" | "failed")
     }
+}
+
+/// A list read page by page, and whether it was read to its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    /// Why the list was not read to the end of the window, when it was not.
+    pub cut_short: Option<String>,
 }
 
 /// The webhook endpoints of one client.
@@ -145,26 +166,65 @@ impl<'a> Webhooks<'a> {
 
     /// The deliveries of subscription `id` created at or after `since`, paging 100 at a time.
     /// Pages are read until a short one, or, when the API lists newest first, until a page
-    /// reaches back before `since`.
-    pub async fn deliveries(&self, id: &str, since: SystemTime) -> Result<Vec<Delivery>, ApiError> {
+    /// reaches back before `since`; after [`MAX_PAGES`] the list is returned with `cut_short`
+    /// saying what was not read.
+    pub async fn deliveries<P: DeserializeOwned>(
+        &self,
+        id: &str,
+        since: SystemTime,
+    ) -> Result<Listed<Delivery<P>>, ApiError> {
         let mut all = Vec::new();
         for page in 1..=MAX_PAGES {
             let path = format!("/webhooks/{id}/webhook_deliveries?page={page}&per_page={PER_PAGE}");
-            let batch: Vec<Delivery> = self.list("list_deliveries", &path).await?;
+            let batch: Vec<Delivery<P>> = self.list("list_deliveries", &path).await?;
             let short = batch.len() < PER_PAGE;
             let times: Vec<SystemTime> = batch.iter().filter_map(Delivery::created).collect();
             let newest_first = times.windows(2).all(|pair| pair[0] >= pair[1]);
             let reached_back = newest_first && times.last().is_some_and(|last| *last < since);
+            let last = times.last().copied();
             all.extend(
                 batch
                     .into_iter()
                     .filter(|d| d.created().is_none_or(|at| at >= since)),
             );
             if short || reached_back {
-                break;
+                return Ok(Listed {
+                    items: all,
+                    cut_short: None,
+                });
+            }
+            if page == MAX_PAGES {
+                let beyond = match last {
+                    Some(at) if newest_first => format!(
+                        "deliveries created before {} were not read",
+                        humantime::format_rfc3339_seconds(at)
+                    ),
+                    Some(at) => format!(
+                        "deliveries created after {} were not read",
+                        humantime::format_rfc3339_seconds(at)
+                    ),
+                    None => "later pages were not read".to_owned(),
+                };
+                return Ok(Listed {
+                    items: all,
+                    cut_short: Some(format!(
+                        "subscription {id}: stopped after {MAX_PAGES} pages of {PER_PAGE} \
+                         deliveries; {beyond} (a shorter window reads them)"
+                    )),
+                });
             }
         }
-        Ok(all)
+        unreachable!("the last page returns")
+    }
+
+    /// One delivery of subscription `id`, as it is now.
+    pub async fn delivery(&self, id: &str, delivery: &str) -> Result<DeliveryStatus, ApiError> {
+        let path = format!("/webhooks/{id}/webhook_deliveries/{delivery}");
+        let answer = self
+            .client
+            .json("get_delivery", Method::GET, &path, None, ATTEMPTS)
+            .await?;
+        one("get_delivery", answer)
     }
 
     /// Asks FirstPromoter to send delivery `delivery` again. `Rejected { 422 }` when the
@@ -177,23 +237,29 @@ impl<'a> Webhooks<'a> {
             .map(|_| ())
     }
 
-    async fn list<T: serde::de::DeserializeOwned>(
+    /// One page: a JSON array as the reference says, or `{"data": [...]}`; parsed straight
+    /// from the answer's bytes into `T`, so that nothing `T` leaves out is kept.
+    async fn list<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         path: &str,
     ) -> Result<Vec<T>, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(bound = "T: DeserializeOwned")]
+        struct Wrapped<T> {
+            data: Vec<T>,
+        }
         let answer = self
             .client
-            .json(endpoint, Method::GET, path, None, ATTEMPTS)
+            .body(endpoint, Method::GET, path, None, ATTEMPTS)
             .await?;
-        // The reference says a JSON array; `{"data": [...]}` is read too.
-        let list = match answer {
-            serde_json::Value::Object(mut object) if object.contains_key("data") => {
-                object.remove("data").unwrap_or_default()
-            }
-            other => other,
+        let first = answer.iter().find(|b| !b.is_ascii_whitespace());
+        let parsed = if first == Some(&b'{') {
+            serde_json::from_slice::<Wrapped<T>>(&answer).map(|w| w.data)
+        } else {
+            serde_json::from_slice::<Vec<T>>(&answer)
         };
-        serde_json::from_value(list).map_err(|e| ApiError::Malformed(format!("{endpoint}: {e}")))
+        parsed.map_err(|e| ApiError::Malformed(format!("{endpoint}: {e}")))
     }
 }
 

@@ -120,4 +120,7 @@ pub enum ToolError {
     /// A body that should be JSON is not.
     #[error("not JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The command did part of its work and said what it left undone (exit status 1).
+    #[error("{0}")]
+    Incomplete(String),
 }
