@@ -845,3 +845,55 @@ async fn forged_replies_are_dead_lettered_and_only_the_genuine_one_is_marked() {
     );
     relay.shutdown().await;
 }
+
+/// give_up_after is measured per commission from its reply's Kafka timestamp: five replies
+/// under an API that answers 503 for ever, with the relay restarted every two seconds (each
+/// restart used to start the clock again, so it never gave up), are all dead-lettered close to
+/// give_up_after after they were written, not one after another.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_under_a_failing_api_is_given_up_on_from_kafkas_clock_across_restarts() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    fake.set_rule(|_| Some((503, None, r#"{"message":"down"}"#)));
+    let commissions = [201u64, 202, 203, 204, 205];
+    let written = std::time::Instant::now();
+    fulfilled_before_start(&broker, &commissions).await;
+    let give_up_after = Duration::from_secs(8);
+    let mut config = common::v2_config(&broker, api);
+    config.fulfilment.v2.give_up_after = give_up_after;
+    let mut dead = Vec::new();
+    let mut restarts = 0;
+    while dead.len() < commissions.len() && written.elapsed() < Duration::from_secs(60) {
+        let relay = TestRelay::start_ready(config.clone()).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        relay.shutdown().await;
+        restarts += 1;
+        dead = consume_all(
+            &broker.bootstrap(),
+            DEAD_LETTERS,
+            Duration::from_millis(300),
+        )
+        .await;
+    }
+    let settled_in = written.elapsed();
+    let mut given_up: Vec<u64> = dead
+        .iter()
+        .map(|d| d.header("fp-commission-id").unwrap().parse().unwrap())
+        .collect();
+    given_up.sort();
+    assert_eq!(given_up, commissions, "after {restarts} restarts");
+    assert!(
+        dead.iter().all(|d| d
+            .header("fp-dead-letter-reason")
+            .unwrap()
+            .starts_with("firstpromoter_gave_up: server_error for 8s")),
+        "{dead:?}"
+    );
+    // Close to give_up_after, with one restart's worth of slack (start, join, one round).
+    assert!(
+        settled_in >= give_up_after && settled_in < give_up_after + Duration::from_secs(12),
+        "all five given up {settled_in:?} after they were written"
+    );
+    assert!(restarts >= 3, "{restarts}");
+    assert!(fake.marked().is_empty());
+}

@@ -14,8 +14,10 @@
 //!   TLS, DNS) pause marking for every commission, retried with capped backoff with the API
 //!   check on `/readyz` failing, until the API accepts the call again: nothing is dead-lettered;
 //! - timeouts, connection failures, 429 and 5xx are retried, each pause the larger of the
-//!   backoff and `Retry-After`, capped at `retry_max` and never zero, for at most
-//!   `give_up_after` per commission, then the reply is dead-lettered with the last reason;
+//!   backoff and `Retry-After`, capped at `retry_max` and never zero, each commission until
+//!   `give_up_after` past its reply's Kafka timestamp (so the deadline survives restarts, and
+//!   every waiting commission is tried in every round, none behind another), then the reply
+//!   is dead-lettered with the last reason;
 //! - any other 4xx dead-letters that commission's reply with FirstPromoter's message.
 //!
 //! `fp-relay redrive` puts dead-lettered replies back on the reply topic. While retrying, the
@@ -140,6 +142,19 @@ enum Settled {
     Marked,
     /// Not marked, for good (refused, or failing past `give_up_after`): the dead-letter reason.
     Rejected(String),
+}
+
+/// What one call came to.
+enum Step {
+    Settled(Settled),
+    /// FirstPromoter failed in a way another try may not (timeout, 429, 5xx).
+    Retry {
+        result: &'static str,
+        after: Option<Duration>,
+        detail: String,
+    },
+    /// The relay's own settings are refused: try again later, never give up.
+    Paused,
 }
 
 /// What a reply read from the topic is.
@@ -392,30 +407,94 @@ impl Marker {
             .filter_map(|(_, r)| r.written_at)
             .min()
             .unwrap_or_else(SystemTime::now);
+        // Each commission's deadline, from Kafka's clock: the oldest of its replies' timestamps
+        // plus give_up_after, so that it holds across restarts and never waits behind another.
+        let mut deadlines: BTreeMap<u64, SystemTime> = BTreeMap::new();
+        for (commission, reply) in &fulfilled {
+            let written = reply.written_at.unwrap_or_else(SystemTime::now);
+            let deadline = deadlines.entry(*commission).or_insert(written);
+            *deadline = (*deadline).min(written);
+        }
+        for deadline in deadlines.values_mut() {
+            *deadline += self.give_up_after;
+        }
         let mut settled: BTreeMap<u64, Settled> = BTreeMap::new();
+        // Up to MAX_IDS_PER_CALL in one call; anything but a plain success for several ids
+        // is asked again id by id, so no commission's answer settles another's.
+        let mut alone: Vec<u64> = Vec::new();
         for chunk in to_mark.chunks(MAX_IDS_PER_CALL) {
+            if chunk.len() == 1 {
+                alone.push(chunk[0]);
+                continue;
+            }
             self.show_waiting(to_mark.len() - settled.len(), oldest);
-            match self.settle(chunk, oldest, stop).await {
-                Some(Settled::Marked) => {
+            match self.call(chunk, stop).await {
+                Some(Step::Settled(Settled::Marked)) => {
                     settled.extend(chunk.iter().map(|id| (*id, Settled::Marked)));
                 }
-                // Anything but a plain success for several ids: each is asked alone, so no
-                // commission's answer settles another's.
-                Some(Settled::Rejected(_)) if chunk.len() > 1 => {
-                    for id in chunk {
-                        match self.settle(std::slice::from_ref(id), oldest, stop).await {
-                            Some(result) => {
-                                settled.insert(*id, result);
-                            }
-                            None => return self.stopped(),
-                        }
-                    }
-                }
-                Some(rejected) => {
-                    settled.insert(chunk[0], rejected);
-                }
+                Some(_) => alone.extend_from_slice(chunk),
                 None => return self.stopped(),
             }
+        }
+        // Then each commission alone, all of them in every round, until each is marked,
+        // refused, or past its deadline while FirstPromoter keeps failing.
+        let mut attempt: u32 = 0;
+        while !alone.is_empty() {
+            let mut again = Vec::new();
+            let mut pause = Duration::ZERO;
+            let mut paused = false;
+            for id in alone {
+                if paused {
+                    // The settings are refused: nobody's call can tell more this round.
+                    again.push(id);
+                    continue;
+                }
+                self.show_waiting(to_mark.len() - settled.len(), oldest);
+                match self.call(&[id], stop).await {
+                    Some(Step::Settled(result)) => {
+                        settled.insert(id, result);
+                    }
+                    Some(Step::Retry {
+                        result,
+                        after,
+                        detail,
+                    }) => {
+                        let deadline = deadlines.get(&id).copied().unwrap_or(oldest);
+                        if SystemTime::now() >= deadline {
+                            tracing::warn!(commission = id, result, %detail, after = ?self.give_up_after, "mark_fulfilled kept failing; giving up on this commission (dead-lettered)");
+                            settled.insert(
+                                id,
+                                Settled::Rejected(format!(
+                                    "firstpromoter_gave_up: {result} for {}: {detail}",
+                                    humantime::format_duration(self.give_up_after)
+                                )),
+                            );
+                        } else {
+                            tracing::warn!(commission = id, result, %detail, attempt = attempt + 1, "mark_fulfilled failed; retrying");
+                            pause = pause.max(after.unwrap_or_default());
+                            again.push(id);
+                        }
+                    }
+                    Some(Step::Paused) => {
+                        paused = true;
+                        again.push(id);
+                    }
+                    None => return self.stopped(),
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            // The larger of what the server asked for and the backoff: a Retry-After of 0
+            // (or in the past) must not become a loop without pauses.
+            let pause = pause
+                .max(backoff(self.retry_initial, self.retry_max, attempt))
+                .min(self.retry_max);
+            attempt = attempt.saturating_add(1);
+            if !self.pause(pause, again.len(), oldest, stop).await {
+                return self.stopped();
+            }
+            alone = again;
         }
         self.show_waiting(0, oldest);
         for (commission, reply) in fulfilled {
@@ -489,92 +568,72 @@ impl Marker {
         Read::Malformed(why)
     }
 
-    /// Calls `mark_fulfilled` for `ids` until FirstPromoter settles them: `Marked` (or marked
-    /// already), `Rejected(reason)` when not marked for good, `None` when stopped first. For
-    /// several ids, any answer but a plain success is `Rejected`: the caller asks again id by id.
-    async fn settle(
-        &self,
-        ids: &[u64],
-        oldest: SystemTime,
-        stop: &CancellationToken,
-    ) -> Option<Settled> {
+    /// One `mark_fulfilled` call for `ids`, counted and logged: settled (`Marked`, or marked
+    /// already; `Rejected(reason)` when not marked for good), worth another try, or paused for
+    /// the relay's own settings; `None` when stopped first. For several ids, anything but a
+    /// plain success is `Rejected`: the caller asks again id by id.
+    async fn call(&self, ids: &[u64], stop: &CancellationToken) -> Option<Step> {
         let several = ids.len() > 1;
-        let first_try = Instant::now();
-        let mut attempt: u32 = 0;
-        loop {
-            let started = Instant::now();
-            let result = tokio::select! {
-                _ = stop.cancelled() => return None,
-                result = self.api.mark_fulfilled(ids) => result,
-            };
-            self.metrics
-                .firstpromoter_api_calls
-                .with_label_values(&[MARK_FULFILLED, result.label()])
-                .inc();
-            self.metrics
-                .firstpromoter_api_call_duration
-                .with_label_values(&[MARK_FULFILLED])
-                .observe(started.elapsed().as_secs_f64());
-            let backoff = backoff(self.retry_initial, self.retry_max, attempt);
-            let pause = match result {
-                CallResult::Marked | CallResult::AlreadyFulfilled
-                    if !several || result == CallResult::Marked =>
-                {
-                    self.api_reachable.store(true, Ordering::Release);
-                    self.metrics.fulfilment_v2_marked.inc_by(ids.len() as u64);
-                    tracing::info!(commissions = ?ids, result = result.label(), "FirstPromoter marked the reward fulfilled");
-                    return Some(Settled::Marked);
-                }
-                CallResult::Misconfigured { result, detail } => {
-                    // Nothing is known about any commission: pause everyone, lose nothing.
-                    self.api_reachable.store(false, Ordering::Release);
-                    tracing::warn!(commissions = ?ids, result, %detail, attempt = attempt + 1, retry_in = ?backoff, "FirstPromoter refuses the relay's settings (api_key, account_id, api_url); marking paused until it accepts them");
-                    backoff
-                }
-                CallResult::Retry { .. } if several => {
-                    return Some(Settled::Rejected(format!("{}: split", result.label())));
-                }
-                CallResult::Retry {
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = stop.cancelled() => return None,
+            result = self.api.mark_fulfilled(ids) => result,
+        };
+        self.metrics
+            .firstpromoter_api_calls
+            .with_label_values(&[MARK_FULFILLED, result.label()])
+            .inc();
+        self.metrics
+            .firstpromoter_api_call_duration
+            .with_label_values(&[MARK_FULFILLED])
+            .observe(started.elapsed().as_secs_f64());
+        Some(match result {
+            CallResult::Marked | CallResult::AlreadyFulfilled
+                if !several || result == CallResult::Marked =>
+            {
+                self.api_reachable.store(true, Ordering::Release);
+                self.metrics.fulfilment_v2_marked.inc_by(ids.len() as u64);
+                tracing::info!(commissions = ?ids, result = result.label(), "FirstPromoter marked the reward fulfilled");
+                Step::Settled(Settled::Marked)
+            }
+            CallResult::Misconfigured { result, detail } => {
+                // Nothing is known about any commission: pause everyone, lose nothing.
+                self.api_reachable.store(false, Ordering::Release);
+                tracing::warn!(commissions = ?ids, result, %detail, "FirstPromoter refuses the relay's settings (api_key, account_id, api_url); marking paused until it accepts them");
+                Step::Paused
+            }
+            CallResult::Retry { .. } if several => {
+                Step::Settled(Settled::Rejected(format!("{}: split", result.label())))
+            }
+            CallResult::Retry {
+                result,
+                after,
+                detail,
+            } => {
+                self.api_reachable.store(false, Ordering::Release);
+                Step::Retry {
                     result,
                     after,
                     detail,
-                } => {
-                    self.api_reachable.store(false, Ordering::Release);
-                    if first_try.elapsed() >= self.give_up_after {
-                        tracing::warn!(commissions = ?ids, result, %detail, after = ?self.give_up_after, "mark_fulfilled kept failing; giving up on this commission (dead-lettered)");
-                        return Some(Settled::Rejected(format!(
-                            "firstpromoter_gave_up: {result} for {}: {detail}",
-                            humantime::format_duration(self.give_up_after)
-                        )));
-                    }
-                    // The larger of what the server asked for and the backoff: a Retry-After
-                    // of 0 (or in the past) must not become a loop without pauses.
-                    let pause = after.unwrap_or_default().max(backoff).min(self.retry_max);
-                    tracing::warn!(commissions = ?ids, result, %detail, attempt = attempt + 1, retry_in = ?pause, "mark_fulfilled failed; retrying");
-                    pause
                 }
-                other => {
-                    self.api_reachable.store(true, Ordering::Release);
-                    let reason = match &other {
-                        CallResult::Rejected { status, message } => {
-                            format!("firstpromoter_{status}: {message}")
-                        }
-                        CallResult::Partial { detail } => {
-                            format!("firstpromoter_partial: {detail}")
-                        }
-                        _ => format!("{}: split", other.label()),
-                    };
-                    if !several {
-                        tracing::warn!(commissions = ?ids, %reason, "FirstPromoter did not mark the reward fulfilled");
-                    }
-                    return Some(Settled::Rejected(reason));
-                }
-            };
-            attempt = attempt.saturating_add(1);
-            if !self.pause(pause, ids.len(), oldest, stop).await {
-                return None;
             }
-        }
+            other => {
+                self.api_reachable.store(true, Ordering::Release);
+                let reason = match &other {
+                    CallResult::Rejected { status, message } => {
+                        format!("firstpromoter_{status}: {message}")
+                    }
+                    CallResult::Partial { detail } => {
+                        format!("firstpromoter_partial: {detail}")
+                    }
+                    _ => format!("{}: split", other.label()),
+                };
+                if !several {
+                    tracing::warn!(commissions = ?ids, %reason, "FirstPromoter did not mark the reward fulfilled");
+                }
+                Step::Settled(Settled::Rejected(reason))
+            }
+        })
     }
 
     /// Sleeps `pause`, keeping the oldest-waiting gauge current; false when stopped. The reply
