@@ -1103,3 +1103,55 @@ async fn a_metadata_error_is_an_error_and_nothing_is_published() {
     );
     assert!(!said.contains("publish "), "{said}");
 }
+
+/// `requests_per_minute` is the account's: with `replicas = 3`, each of three processes calls
+/// at most a third of it. Three `status` runs reading 40 pages each, at 60 a minute: in 12 s
+/// FirstPromoter sees at most 3 x (a burst of 5 + 12 s at 20 a minute) = 27 calls; the same
+/// three runs told `replicas = 1` (each taking the whole budget) make far more.
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_share_the_accounts_budget() {
+    let mut runs = Vec::new();
+    for replicas in ["3", "1"] {
+        let (fake, api) = FakeApi::start().await;
+        let sub = fake.add_subscription(RELAY_URL, json!({}));
+        let ages: Vec<Duration> = (0..4_000u64).map(|n| Duration::from_secs(60 + n)).collect();
+        fake.add_deliveries(sub, "delivered", &ages);
+        let children: Vec<std::process::Child> = (0..3)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_fp-relay"))
+                    .args(["firstpromoter", "status", "--since", "24h"])
+                    .envs(FakeApi::env(api))
+                    .env("FP_RELAY_FIRSTPROMOTER_REQUESTS_PER_MINUTE", "60")
+                    .env("FP_RELAY_FIRSTPROMOTER_REPLICAS", replicas)
+                    .env_remove("FP_RELAY_CONFIG")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        runs.push((replicas, fake, children));
+    }
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let mut counted = BTreeMap::new();
+    for (replicas, fake, children) in runs {
+        for mut child in children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let seen = fake.seen();
+        let first = seen.first().expect("calls").at;
+        let within = seen
+            .iter()
+            .filter(|s| s.at - first < Duration::from_secs(12))
+            .count();
+        counted.insert(replicas, within);
+    }
+    eprintln!("calls in 12 s by replicas setting: {counted:?}");
+    assert!(counted["3"] <= 30, "shared: {counted:?}");
+    assert!(counted["3"] >= 15, "but not stopped: {counted:?}");
+    assert!(
+        counted["1"] >= 36,
+        "each process its own budget: {counted:?}"
+    );
+}

@@ -602,9 +602,14 @@ pub struct FirstPromoterConfig {
     /// Longest pause between retries (also caps a `Retry-After`).
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
-    /// Calls per minute this process makes at most, shared by everything that calls the API.
-    /// FirstPromoter allows 400 per account, and other integrations share that allowance.
+    /// Calls per minute at most for the whole account's use by fp-relay: every process's
+    /// share is `requests_per_minute / replicas`, shared by everything in it that calls the
+    /// API. FirstPromoter allows 400 per account, and other integrations share that allowance.
     pub requests_per_minute: u32,
+    /// How many fp-relay processes call the API with this account at once: the relay's
+    /// replicas, plus one for a `firstpromoter recover` (or `status`) run beside them. Each
+    /// takes `requests_per_minute / replicas`.
+    pub replicas: u32,
     /// Allow an `http://` `api_url` (the API key then travels in clear): only for tests and
     /// local fakes of FirstPromoter's API.
     pub allow_insecure_http: bool,
@@ -636,6 +641,13 @@ impl Default for ReconcileConfig {
     }
 }
 
+impl FirstPromoterConfig {
+    /// This process's share of `requests_per_minute` (at least one call a minute).
+    pub fn process_requests_per_minute(&self) -> u32 {
+        (self.requests_per_minute / self.replicas.max(1)).max(1)
+    }
+}
+
 impl Default for FirstPromoterConfig {
     fn default() -> Self {
         Self {
@@ -647,6 +659,7 @@ impl Default for FirstPromoterConfig {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             requests_per_minute: 240,
+            replicas: 1,
             allow_insecure_http: false,
             reconcile: ReconcileConfig::default(),
         }
@@ -665,6 +678,7 @@ impl std::fmt::Debug for FirstPromoterConfig {
             .field("retry_initial", &self.retry_initial)
             .field("retry_max", &self.retry_max)
             .field("requests_per_minute", &self.requests_per_minute)
+            .field("replicas", &self.replicas)
             .field("reconcile", &self.reconcile)
             .finish()
     }

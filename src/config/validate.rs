@@ -507,6 +507,16 @@ impl Config {
                 "must be between 1 and 400 (FirstPromoter's limit per account)",
             ));
         }
+        if fp.replicas == 0 || fp.replicas > fp.requests_per_minute {
+            return Err(ConfigError::invalid(
+                "firstpromoter.replicas",
+                format!(
+                    "must be between 1 and firstpromoter.requests_per_minute ({}): each of that \
+                     many processes calls at most requests_per_minute / replicas a minute",
+                    fp.requests_per_minute
+                ),
+            ));
+        }
         if fp.reconcile.enabled {
             self.validate_firstpromoter_api("when firstpromoter.reconcile.enabled is true")?;
         }

@@ -132,7 +132,7 @@ impl ApiClient {
             timeout: settings.call_timeout,
             retry_initial: settings.retry_initial,
             retry_max: settings.retry_max,
-            budget: RateBudget::per_minute(settings.requests_per_minute),
+            budget: RateBudget::per_minute(settings.process_requests_per_minute()),
             metrics,
         })
     }
