@@ -35,6 +35,20 @@ pub fn relay_config(
     )?)
 }
 
+/// A producer for a tool that publishes as the relay does: the relay's `[kafka]` settings and
+/// `ack_timeout`, with metrics and a cluster watch of its own (a tool exports neither).
+pub fn publisher(
+    config: &crate::config::Config,
+) -> Result<std::sync::Arc<crate::kafka::publisher::Publisher>, ToolError> {
+    use std::sync::Arc;
+    Ok(Arc::new(crate::kafka::publisher::Publisher::new(
+        crate::kafka::producer_config(&config.kafka, config.kafka.ack_timeout),
+        config.kafka.ack_timeout,
+        Arc::new(crate::metrics::Metrics::new()),
+        Arc::new(crate::kafka::outage::ClusterWatch::default()),
+    )?))
+}
+
 /// How a tool reaches Kafka: the relay's own `[kafka]` settings (the same file and
 /// `FP_RELAY_*` variables `serve` reads, SASL and TLS included), with `--brokers` and `-X`
 /// over them. Without a file or variables it is librdkafka's defaults at localhost:9092.

@@ -3,11 +3,7 @@
 //! `spool drain`: stop the relay that uses it first (or run it in the drain Job).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use crate::kafka::outage::ClusterWatch;
-use crate::kafka::publisher::Publisher;
-use crate::metrics::Metrics;
 use crate::spool::{journal, requeue};
 use crate::tools::ToolError;
 
@@ -37,12 +33,7 @@ pub async fn run(
         .unwrap_or_else(|| config.spool.dir.clone());
     let _owner =
         journal::take_ownership(&dir).map_err(|error| ToolError::Usage(error.to_string()))?;
-    let publisher = Arc::new(Publisher::new(
-        crate::kafka::producer_config(&config.kafka, config.kafka.ack_timeout),
-        config.kafka.ack_timeout,
-        Arc::new(Metrics::new()),
-        Arc::new(ClusterWatch::default()),
-    )?);
+    let publisher = crate::tools::publisher(&config)?;
     let done = requeue::requeue(&dir, &publisher, config.kafka.ack_timeout)
         .await
         .map_err(|error| ToolError::Usage(error.to_string()))?;

@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -24,10 +23,7 @@ use crate::config::{masked_url, Config};
 use crate::firstpromoter::client::ApiError;
 use crate::firstpromoter::points_here;
 use crate::firstpromoter::webhooks::{Delivery, Subscription, Webhooks};
-use crate::kafka::outage::ClusterWatch;
-use crate::kafka::publisher::Publisher;
 use crate::kafka::record::{headers, OutboundRecord, Received};
-use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::tools::ToolError;
 
@@ -179,19 +175,15 @@ pub async fn recover(
     let topics: BTreeSet<String> = failed
         .iter()
         .filter_map(|f| f.prepared.as_ref().ok())
-        .flat_map(|p| p.topics().map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(Prepared::topics)
+        .map(str::to_owned)
         .collect();
     let mut in_kafka: BTreeMap<String, HashSet<String>> = BTreeMap::new();
     for topic in topics {
         let ids = event_ids_on(&config, &topic, since - READ_MARGIN).await?;
         in_kafka.insert(topic, ids);
     }
-    let publisher = Arc::new(Publisher::new(
-        crate::kafka::producer_config(&config.kafka, config.kafka.ack_timeout),
-        config.kafka.ack_timeout,
-        Arc::new(Metrics::new()),
-        Arc::new(ClusterWatch::default()),
-    )?);
+    let publisher = crate::tools::publisher(&config)?;
     let progress = std::io::stderr().is_terminal();
     let total = failed.len();
     for (done, item) in failed.iter().enumerate() {
@@ -272,7 +264,7 @@ pub async fn recover(
                 writeln!(
                     out,
                     "publish {label}: fulfilment request on {}",
-                    on.join("")
+                    on.join(" and ")
                 )?;
                 summary.completed += 1;
             }
