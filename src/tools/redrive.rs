@@ -517,28 +517,14 @@ impl DeadLetter {
         dead_letter_topic: &str,
         error: &str,
     ) -> Result<i64, String> {
-        let mut owned = OwnedHeaders::new_with_capacity(self.all_headers.len() + 1);
-        for (key, value) in &self.all_headers {
-            owned = owned.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        owned = owned.insert(Header {
-            key: REDRIVE_ERROR,
-            value: Some(error.as_bytes()),
-        });
-        let mut record = FutureRecord::<[u8], [u8]>::to(dead_letter_topic)
-            .payload(&self.payload)
-            .headers(owned);
-        if let Some(key) = &self.key {
-            record = record.key(key);
-        }
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|delivery| delivery.offset)
-            .map_err(|(error, _)| format!("{dead_letter_topic} refused it too: {error}"))
+        self.send(
+            producer,
+            dead_letter_topic,
+            &self.all_headers,
+            &[(REDRIVE_ERROR, error.as_bytes())],
+        )
+        .await
+        .map_err(|error| format!("{dead_letter_topic} refused it too: {error}"))
     }
 
     /// Writes the record to `topic` as it was before it was dead-lettered, and waits for Kafka.
@@ -549,22 +535,40 @@ impl DeadLetter {
         dead_letter_topic: &str,
     ) -> Result<(), String> {
         let from = format!("{dead_letter_topic}/{}/{}", self.partition, self.offset);
-        let mut owned = OwnedHeaders::new_with_capacity(self.headers.len() + 2);
-        for (key, value) in &self.headers {
+        self.send(
+            producer,
+            topic,
+            &self.headers,
+            &[
+                (REDRIVEN_FROM, from.as_bytes()),
+                (REDRIVEN_REASON, self.reason.as_bytes()),
+            ],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|error| format!("Kafka refused it on {topic}: {error}"))
+    }
+
+    /// Writes this record's key and value to `topic` with `headers` and then `extra`, and
+    /// waits for Kafka; the offset it got.
+    async fn send(
+        &self,
+        producer: &FutureProducer<ToolContext>,
+        topic: &str,
+        headers: &[(String, Vec<u8>)],
+        extra: &[(&str, &[u8])],
+    ) -> Result<i64, rdkafka::error::KafkaError> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len() + extra.len());
+        let all = headers
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_slice()))
+            .chain(extra.iter().copied());
+        for (key, value) in all {
             owned = owned.insert(Header {
                 key,
                 value: Some(value),
             });
         }
-        owned = owned
-            .insert(Header {
-                key: REDRIVEN_FROM,
-                value: Some(from.as_bytes()),
-            })
-            .insert(Header {
-                key: REDRIVEN_REASON,
-                value: Some(self.reason.as_bytes()),
-            });
         let mut record = FutureRecord::<[u8], [u8]>::to(topic)
             .payload(&self.payload)
             .headers(owned);
@@ -574,7 +578,7 @@ impl DeadLetter {
         producer
             .send(record, Duration::from_secs(30))
             .await
-            .map_err(|(error, _)| format!("Kafka refused it on {topic}: {error}"))?;
-        Ok(())
+            .map(|delivery| delivery.offset)
+            .map_err(|(error, _)| error)
     }
 }
