@@ -174,6 +174,7 @@ impl<'a> Webhooks<'a> {
         since: SystemTime,
     ) -> Result<Listed<Delivery<P>>, ApiError> {
         let mut all = Vec::new();
+        let mut cut_short = None;
         for page in 1..=MAX_PAGES {
             let path = format!("/webhooks/{id}/webhook_deliveries?page={page}&per_page={PER_PAGE}");
             let batch: Vec<Delivery<P>> = self.list("list_deliveries", &path).await?;
@@ -188,33 +189,27 @@ impl<'a> Webhooks<'a> {
                     .filter(|d| d.created().is_none_or(|at| at >= since)),
             );
             if short || reached_back {
-                return Ok(Listed {
-                    items: all,
-                    cut_short: None,
-                });
+                break;
             }
             if page == MAX_PAGES {
                 let beyond = match last {
-                    Some(at) if newest_first => format!(
-                        "deliveries created before {} were not read",
-                        humantime::format_rfc3339_seconds(at)
-                    ),
                     Some(at) => format!(
-                        "deliveries created after {} were not read",
+                        "deliveries created {} {} were not read",
+                        if newest_first { "before" } else { "after" },
                         humantime::format_rfc3339_seconds(at)
                     ),
                     None => "later pages were not read".to_owned(),
                 };
-                return Ok(Listed {
-                    items: all,
-                    cut_short: Some(format!(
-                        "subscription {id}: stopped after {MAX_PAGES} pages of {PER_PAGE} \
-                         deliveries; {beyond} (a shorter window reads them)"
-                    )),
-                });
+                cut_short = Some(format!(
+                    "subscription {id}: stopped after {MAX_PAGES} pages of {PER_PAGE} \
+                     deliveries; {beyond} (a shorter window reads them)"
+                ));
             }
         }
-        unreachable!("the last page returns")
+        Ok(Listed {
+            items: all,
+            cut_short,
+        })
     }
 
     /// One delivery of subscription `id`, as it is now.
