@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::spool::{event, ids_in_kafka, post_at_once, spool_dir, spooling_env, TOPIC};
-use common::{eventually, get, RelayProcess, Tansu, TestRelay};
+use common::{eventually, get, metric, RelayProcess, Tansu, TestRelay};
 use fp_relay::config::Config;
 use http::StatusCode;
 use tokio::io::AsyncWriteExt;
@@ -22,14 +22,6 @@ fn config(broker: &Tansu, dir: &std::path::Path) -> Config {
     config.spool.handoff_after = Duration::from_millis(300);
     config.validate().unwrap();
     config
-}
-
-/// A Prometheus sample from `/metrics` on `admin`.
-async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
-    let text = get(admin, "/metrics").await.text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::spool::{event, ids_in_kafka, post_at_once, spool_dir, spooling_env, TOPIC};
-use common::{consume, eventually, get, RelayProcess, Tansu};
+use common::{consume, eventually, get, metric, RelayProcess, Tansu};
 use http::StatusCode;
 
 fn fp_relay() -> Command {
@@ -56,13 +56,6 @@ async fn copies(broker: &Tansu) -> HashMap<u64, usize> {
         }
     }
     counts
-}
-
-async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
-    let text = get(admin, "/metrics").await.text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -362,13 +362,7 @@ impl TestRelay {
 
     /// The value of one sample of the admin listener's `/metrics`, 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = get(self.admin, "/metrics").await.text();
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .map_or(0.0, |value| value.trim().parse().expect("numeric sample"))
+        metric(self.admin, series).await
     }
 
     /// Stops the relay the way SIGTERM does and waits for it to finish.
@@ -515,6 +509,17 @@ pub async fn consume(
     })
     .await
     .unwrap()
+}
+
+/// The value of one sample (`series`, labels included) of `/metrics` on `admin`, 0 when absent.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let text = get(admin, "/metrics").await.text();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |value| value.trim().parse().expect("numeric sample"))
 }
 
 /// Reads everything already in `topic` (waiting `quiet` for stragglers).
