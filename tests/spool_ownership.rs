@@ -58,6 +58,26 @@ async fn copies(broker: &Tansu) -> HashMap<u64, usize> {
     counts
 }
 
+/// Posts events `ids` to a relay whose broker is frozen: each must be spooled (202).
+async fn spool_all(relay: &RelayProcess, ids: std::ops::RangeInclusive<u64>) {
+    for (id, status) in post_at_once(relay.addr, ids, 0).await {
+        assert_eq!(status, StatusCode::ACCEPTED, "event {id}");
+    }
+}
+
+/// `spool drain` of `dir` with a 60 s deadline must succeed and leave every event of `ids`
+/// in Kafka.
+async fn drain_all(broker: &Tansu, dir: &std::path::Path, ids: std::ops::RangeInclusive<u64>) {
+    let (drained, _) = drain(broker, dir, "60s").await;
+    assert!(
+        drained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    let held = ids_in_kafka(broker, Duration::from_secs(3)).await;
+    assert!(ids.into_iter().all(|id| held.contains(&id)), "{held:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_owner_per_spool_directory_and_kill_9_leaves_nothing_stale() {
     let broker = Tansu::start();
@@ -97,19 +117,10 @@ async fn one_owner_per_spool_directory_and_kill_9_leaves_nothing_stale() {
 
     // Spool something, kill -9 the relay: the lock goes with it, and drain delivers it all.
     broker.freeze();
-    for (id, status) in post_at_once(relay.addr, 1..=10, 0).await {
-        assert_eq!(status, StatusCode::ACCEPTED, "event {id}");
-    }
+    spool_all(&relay, 1..=10).await;
     relay.kill();
     broker.thaw();
-    let (drained, _) = drain(&broker, &dir, "60s").await;
-    assert!(
-        drained.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drained.stderr)
-    );
-    let held = ids_in_kafka(&broker, Duration::from_secs(3)).await;
-    assert!((1..=10).all(|id| held.contains(&id)), "{held:?}");
+    drain_all(&broker, &dir, 1..=10).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -121,9 +132,7 @@ async fn spool_drain_keeps_its_deadline_against_a_frozen_broker() {
     let dir = spool_dir();
     let relay = RelayProcess::start_with(&broker, &spooling_env(&dir.display().to_string())).await;
     broker.freeze();
-    for (id, status) in post_at_once(relay.addr, 1..=20, 0).await {
-        assert_eq!(status, StatusCode::ACCEPTED, "event {id}");
-    }
+    spool_all(&relay, 1..=20).await;
     relay.kill();
     let (timed_out, took) = drain(&broker, &dir, "4s").await;
     let stderr = String::from_utf8_lossy(&timed_out.stderr);
@@ -138,14 +147,7 @@ async fn spool_drain_keeps_its_deadline_against_a_frozen_broker() {
     );
     assert!(stderr.contains("still spooled"), "{stderr}");
     broker.thaw();
-    let (drained, _) = drain(&broker, &dir, "60s").await;
-    assert!(
-        drained.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drained.stderr)
-    );
-    let held = ids_in_kafka(&broker, Duration::from_secs(3)).await;
-    assert!((1..=20).all(|id| held.contains(&id)), "{held:?}");
+    drain_all(&broker, &dir, 1..=20).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
