@@ -114,6 +114,21 @@ async fn the_same_command_twice_moves_each_record_once_whatever_the_clock() {
     );
 }
 
+/// `fp-relay redrive --brokers <bootstrap> --reason kafka_refused`, no configuration file.
+fn redrive_refused(bootstrap: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fp-relay"));
+    command
+        .args([
+            "redrive",
+            "--brokers",
+            bootstrap,
+            "--reason",
+            "kafka_refused",
+        ])
+        .env_remove("FP_RELAY_CONFIG");
+    command
+}
+
 /// A dead letter whose original topic Kafka refuses, ahead of five good ones: the five are
 /// moved, the poison one is reported, passed and appended again for the next run, and the
 /// binary exits 1 saying how many; fixed by hand, the next run of the same command moves it.
@@ -125,18 +140,9 @@ async fn a_poison_record_is_reported_and_passed_and_does_not_hold_back_the_rest(
     dead_letters(&bootstrap, "not a valid topic name!", 100, 1).await;
     dead_letters(&bootstrap, TARGET, 0, 5).await;
     let redrive = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fp-relay"));
-        command
-            .args([
-                "redrive",
-                "--brokers",
-                &bootstrap,
-                "--reason",
-                "kafka_refused",
-            ])
+        redrive_refused(&bootstrap)
             .args(["--idle-exit", "2s"])
             .args(args)
-            .env_remove("FP_RELAY_CONFIG")
             .output()
             .unwrap()
     };
@@ -187,17 +193,9 @@ async fn interrupted_half_way_and_run_again_moves_everything_exactly_once() {
     const COUNT: usize = 1500;
     dead_letters(&bootstrap, TARGET, 0, COUNT).await;
     let command = || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fp-relay"));
+        let mut command = redrive_refused(&bootstrap);
         command
-            .args([
-                "redrive",
-                "--brokers",
-                &bootstrap,
-                "--reason",
-                "kafka_refused",
-            ])
             .args(["--since", "1h", "--idle-exit", "3s"])
-            .env_remove("FP_RELAY_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command
@@ -250,16 +248,8 @@ async fn two_runs_at_once_never_both_move_a_record() {
     const COUNT: usize = 800;
     dead_letters(&bootstrap, TARGET, 0, COUNT).await;
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_fp-relay"))
-            .args([
-                "redrive",
-                "--brokers",
-                &bootstrap,
-                "--reason",
-                "kafka_refused",
-            ])
+        redrive_refused(&bootstrap)
             .args(["--idle-exit", "4s"])
-            .env_remove("FP_RELAY_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
