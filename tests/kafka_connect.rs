@@ -103,7 +103,9 @@ fn relay_config(kafka: &SecureKafka, properties: &[(String, String)]) -> Config 
 }
 
 /// SASL over TLS with each password mechanism: events reach Kafka through the authenticated
-/// connection, and what a consumer with the same credentials reads is what was sent.
+/// connection, and what a consumer with the same credentials reads is what was sent. With
+/// SCRAM-SHA-512, fulfilment too: the request goes out and the reply comes back through the
+/// same authenticated connections (the reply consumer's), and the held request gets its 200.
 #[tokio::test(flavor = "multi_thread")]
 async fn sasl_over_tls_with_each_password_mechanism() {
     let pki = Pki::new();
@@ -121,7 +123,14 @@ async fn sasl_over_tls_with_each_password_mechanism() {
             "relay-password-0123",
             Some(&pki.ca()),
         );
-        let relay = TestRelay::start_ready(relay_config(&kafka, &properties)).await;
+        let mut config = relay_config(&kafka, &properties);
+        let fulfil = mechanism == "SCRAM-SHA-512";
+        if fulfil {
+            config.fulfilment.enabled = true;
+            config.fulfilment.timeout = Duration::from_secs(10);
+            config.validate().unwrap();
+        }
+        let relay = TestRelay::start_ready(config).await;
         let reply = relay.post(sample("v1/lead_signup.json")).await;
         assert_eq!(
             reply.status,
@@ -129,6 +138,36 @@ async fn sasl_over_tls_with_each_password_mechanism() {
             "{mechanism}: {}",
             reply.text()
         );
+        if fulfil {
+            let held = relay.post_in_background(sample("v1/fulfilment_pending.json"));
+            let requests = consume_with(&kafka.bootstrap(), &properties, REQUESTS, 1, WAIT).await;
+            let correlation_id = requests
+                .first()
+                .and_then(|r| r.header("fp-correlation-id"))
+                .expect("the request was published through SASL")
+                .to_owned();
+            let authenticated: Vec<(&str, &str)> = properties
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            produce_with(
+                &kafka.bootstrap(),
+                &authenticated,
+                REPLIES,
+                None,
+                None,
+                &[("fp-correlation-id", &correlation_id)],
+                r#"{"outcome":"fulfilled","reason":"over SASL"}"#,
+            )
+            .await;
+            let answer = held.await.unwrap();
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "the reply was heard through SASL: {}",
+                answer.text()
+            );
+        }
         relay.shutdown().await;
     }
     let properties = sasl_properties(
