@@ -10,7 +10,6 @@
 //! Kafka does: a broker that does not answer (frozen, not refusing) cannot keep it past
 //! `--timeout`, and what is not acknowledged by then stays in the spool.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,15 +24,8 @@ use crate::tools::ToolError;
 /// What to drain, and how long to try.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DrainOptions {
-    /// The spool directory [default: spool.dir from the configuration].
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// The relay's TOML configuration (Kafka settings, dead-letter topic).
-    #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Kafka bootstrap servers (overrides the configuration).
-    #[arg(long, value_name = "LIST")]
-    pub brokers: Option<String>,
+    #[command(flatten)]
+    pub spool: super::SpoolArgs,
     /// Give up (exit 1, nothing lost: the spool stays) if not drained within this long.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -48,11 +40,7 @@ pub struct Drained {
 
 /// Replays the spool until it is empty, then deletes its segments.
 pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
-    let config = super::relay_config(options.config.as_deref(), options.brokers.clone())?;
-    let dir = options
-        .dir
-        .clone()
-        .unwrap_or_else(|| config.spool.dir.clone());
+    let (config, dir) = options.spool.load()?;
     if !dir.is_dir() {
         return Err(ToolError::Usage(format!(
             "{}: no spool directory there",

@@ -35,6 +35,29 @@ pub fn relay_config(
     )?)
 }
 
+/// Which spool, and how to reach Kafka: what `spool drain` and `spool requeue` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpoolArgs {
+    /// The spool directory [default: spool.dir from the configuration].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The relay's TOML configuration: its [kafka] and [spool] settings.
+    #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides the configuration).
+    #[arg(long, value_name = "LIST")]
+    pub brokers: Option<String>,
+}
+
+impl SpoolArgs {
+    /// The relay's configuration and the spool directory these arguments name.
+    pub fn load(&self) -> Result<(crate::config::Config, PathBuf), ToolError> {
+        let config = relay_config(self.config.as_deref(), self.brokers.clone())?;
+        let dir = self.dir.clone().unwrap_or_else(|| config.spool.dir.clone());
+        Ok((config, dir))
+    }
+}
+
 /// A producer for a tool that publishes as the relay does: the relay's `[kafka]` settings and
 /// `ack_timeout`, with metrics and a cluster watch of its own (a tool exports neither).
 pub fn publisher(

@@ -2,23 +2,14 @@
 //! once (see [`crate::spool::requeue`]). It owns the directory while it runs, like `serve` and
 //! `spool drain`: stop the relay that uses it first (or run it in the drain Job).
 
-use std::path::PathBuf;
-
 use crate::spool::{journal, requeue};
 use crate::tools::ToolError;
 
 /// Which spool, and how to reach Kafka.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RequeueOptions {
-    /// The spool directory [default: spool.dir from the configuration].
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// The relay's TOML configuration (Kafka settings).
-    #[arg(long, short, env = "FP_RELAY_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Kafka bootstrap servers (overrides the configuration).
-    #[arg(long, value_name = "LIST")]
-    pub brokers: Option<String>,
+    #[command(flatten)]
+    pub spool: super::SpoolArgs,
 }
 
 /// Requeues the quarantine; what it did, said on `out`.
@@ -26,11 +17,7 @@ pub async fn run(
     options: &RequeueOptions,
     out: &mut impl std::io::Write,
 ) -> Result<requeue::Requeued, ToolError> {
-    let config = super::relay_config(options.config.as_deref(), options.brokers.clone())?;
-    let dir = options
-        .dir
-        .clone()
-        .unwrap_or_else(|| config.spool.dir.clone());
+    let (config, dir) = options.spool.load()?;
     let _owner =
         journal::take_ownership(&dir).map_err(|error| ToolError::Usage(error.to_string()))?;
     let publisher = crate::tools::publisher(&config)?;
