@@ -178,7 +178,7 @@ async fn watch_kafka_credentials(
         tracing::info!(
             "Kafka credentials changed in their files; rebuilding the Kafka clients with them"
         );
-        publisher.reconfigure(kafka::producer_config(&kafka, message_timeout));
+        publisher.reconfigure(kafka::producer_configs(&kafka, message_timeout));
         settings.send_replace(Arc::new(kafka));
     }
 }
@@ -363,7 +363,7 @@ fn start_services(
         health.cluster.set_hint(hint);
     }
     let publisher = Arc::new(Publisher::new(
-        kafka::producer_config(&config.kafka, message_timeout),
+        kafka::producer_configs(&config.kafka, message_timeout),
         config.kafka.ack_timeout,
         metrics.clone(),
         health.cluster.clone(),

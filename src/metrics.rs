@@ -100,6 +100,9 @@ metrics! {
     http_request_duration: HistogramVec = "fp_relay_http_request_duration_seconds" ["event_type"],
     /// Kafka writes by result: ok, error, timeout, refused (permanently, e.g. not authorised).
     kafka_produce: IntCounterVec = "fp_relay_kafka_produce_total" ["result"],
+    /// Records handed to a producer, by which: `immediate` (sends at once) or `batching`
+    /// (lingers `kafka.batch_linger`; taken from `kafka.batch_above_in_flight` writes in flight).
+    kafka_writes: IntCounterVec = "fp_relay_kafka_writes_total" ["producer"],
     /// Time from handing a record to the producer to its delivery report.
     kafka_produce_duration: Histogram = "fp_relay_kafka_produce_duration_seconds" [],
     /// Producers replaced after a fatal error or several unacknowledged writes in a row (e.g.
@@ -352,7 +355,7 @@ mod tests {
         ), "two doc lines make one HELP line:\n{text}");
         assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
         let names = metrics.names();
-        assert_eq!(names.len(), 49, "48 declared plus build_info: {names:?}");
+        assert_eq!(names.len(), 50, "49 declared plus build_info: {names:?}");
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }

@@ -492,3 +492,63 @@ async fn a_deleted_topic_is_not_brought_back_by_the_readiness_probe() {
     );
     relay.shutdown().await;
 }
+
+/// Load-aware batching: one request at a time never takes the lingering producer; 300 at once
+/// mostly do. Either way each event lands exactly once and its answer names its own record.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_batch_only_under_load_and_each_answer_names_its_own_record() {
+    use common::spool::{event, TOPIC};
+    let broker = Tansu::start();
+    let mut config = common::test_config(&broker.bootstrap());
+    config.kafka.batch_above_in_flight = 4;
+    let relay = TestRelay::start_ready(config).await;
+    let writes = |producer: &'static str| {
+        let admin = relay.admin;
+        async move {
+            let series = format!("fp_relay_kafka_writes_total{{producer=\"{producer}\"}}");
+            common::metric(admin, &series).await
+        }
+    };
+
+    for id in 1..=20 {
+        assert_eq!(relay.post(event(id, 0)).await.status, StatusCode::OK);
+    }
+    assert_eq!(writes("immediate").await, 20.0);
+    assert_eq!(
+        writes("batching").await,
+        0.0,
+        "no batching at one request at a time"
+    );
+
+    let posts: Vec<_> = (21..=320)
+        .map(|id| (id, relay.post_in_background(event(id, 0))))
+        .collect();
+    let mut answered = std::collections::HashMap::new();
+    for (id, post) in posts {
+        let reply = post.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{id}: {}", reply.text());
+        let answer = reply.json();
+        let place = (
+            answer["partition"].as_i64().unwrap(),
+            answer["offset"].as_i64().unwrap(),
+        );
+        assert!(
+            answered.insert(place, id).is_none(),
+            "two answers name {place:?}"
+        );
+    }
+    let batched = writes("batching").await;
+    assert!(batched > 0.0, "300 at once took the batching producer");
+    assert_eq!(writes("immediate").await + batched, 320.0);
+
+    let messages = consume(&broker.bootstrap(), TOPIC, 320, WAIT, SETTLE).await;
+    assert_eq!(messages.len(), 320, "every event once");
+    for m in &messages {
+        let id: u64 = m.header("fp-event-id").unwrap().parse().unwrap();
+        assert_eq!(m.value, event(id, 0).to_vec());
+        if id > 20 {
+            assert_eq!(answered.get(&(i64::from(m.partition), m.offset)), Some(&id));
+        }
+    }
+    relay.shutdown().await;
+}

@@ -406,6 +406,15 @@ pub struct KafkaConfig {
     pub ack_timeout: Duration,
     /// The CloudEvents `ce_source` header of every message.
     pub cloudevents_source: String,
+    /// Under load, writes go to a second producer that waits this long to fill a batch (its
+    /// `linger.ms`), while the first sends each write at once: batching where it pays, no wait
+    /// added at low load. `0s`: one producer only. Off as well when
+    /// `kafka.producer_properties` sets `linger.ms` (a fixed linger, the user's choice).
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// Writes in flight (handed to Kafka, not yet acknowledged) from which new writes take
+    /// the batching producer.
+    pub batch_above_in_flight: usize,
     /// How often the relay checks that it can still reach the cluster (drives `/readyz`).
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
@@ -450,6 +459,8 @@ impl Default for KafkaConfig {
             dead_letter_raw_bodies: false,
             ack_timeout: Duration::from_secs(10),
             cloudevents_source: "https://firstpromoter.com".to_owned(),
+            batch_linger: Duration::from_millis(1),
+            batch_above_in_flight: 8,
             probe_interval: Duration::from_secs(2),
             credentials_check_interval: Duration::from_secs(10),
             aws_region: String::new(),

@@ -241,6 +241,18 @@ impl Config {
                 "must be at least 100ms",
             ));
         }
+        if kafka.batch_linger > Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "kafka.batch_linger",
+                "must be at most 1s (0s turns batching off)",
+            ));
+        }
+        if kafka.batch_above_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "kafka.batch_above_in_flight",
+                "must be at least 1 (turn batching off with kafka.batch_linger = \"0s\")",
+            ));
+        }
         if kafka.probe_interval < Duration::from_millis(100) {
             return Err(ConfigError::invalid(
                 "kafka.probe_interval",

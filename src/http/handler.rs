@@ -338,7 +338,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::default());
         let publisher = Publisher::new(
-            crate::kafka::producer_config(&config.kafka, config.kafka.ack_timeout),
+            crate::kafka::producer_configs(&config.kafka, config.kafka.ack_timeout),
             config.kafka.ack_timeout,
             metrics.clone(),
             Arc::new(ClusterWatch::default()),

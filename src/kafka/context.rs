@@ -28,16 +28,58 @@ pub struct RelayContext {
     role: &'static str,
     /// Set once "this address is not Kafka" was said; librdkafka repeats it every retry.
     said_not_kafka: Arc<std::sync::atomic::AtomicBool>,
+    /// This client's share of the producer gauges (a relay may run two producers).
+    shares: Arc<Shares>,
+}
+
+/// What one producer last added to the queue and in-flight gauges: its statistics replace its
+/// own share, never another producer's, and a dropped producer takes its share away.
+#[derive(Default)]
+struct Shares {
+    metrics: Option<Arc<Metrics>>,
+    /// Messages queued, and produce requests awaiting a response by broker id.
+    last: std::sync::Mutex<(i64, std::collections::HashMap<i32, i64>)>,
+}
+
+impl Shares {
+    fn update(&self, queued: i64, in_flight: impl Iterator<Item = (i32, i64)>) {
+        let Some(metrics) = &self.metrics else { return };
+        let mut last = self.last.lock().expect("lock not poisoned");
+        metrics.kafka_queue_messages.add(queued - last.0);
+        last.0 = queued;
+        for (node, now) in in_flight {
+            let before = last.1.insert(node, now).unwrap_or(0);
+            metrics
+                .kafka_broker_in_flight
+                .with_label_values(&[node.to_string()])
+                .add(now - before);
+        }
+    }
+}
+
+impl Drop for Shares {
+    fn drop(&mut self) {
+        let nodes: Vec<i32> = self
+            .last
+            .get_mut()
+            .map_or_else(|_| Vec::new(), |last| last.1.keys().copied().collect());
+        self.update(0, nodes.into_iter().map(|node| (node, 0)));
+    }
 }
 
 impl RelayContext {
     /// A context for the client playing `role`.
     pub fn new(metrics: Arc<Metrics>, watch: Arc<ClusterWatch>, role: &'static str) -> Self {
+        let shares = Shares {
+            metrics: role.ends_with("producer").then(|| metrics.clone()),
+            last: Default::default(),
+        };
         Self {
             metrics,
             watch,
             role,
             said_not_kafka: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            shares: Arc::new(shares),
         }
     }
 
@@ -158,20 +200,19 @@ impl ClientContext for RelayContext {
     }
 
     fn stats(&self, stats: Statistics) {
-        if self.role != "producer" {
+        if self.shares.metrics.is_none() {
             return;
         }
-        self.metrics.kafka_queue_messages.set(stats.msg_cnt as i64);
-        for broker in stats.brokers.values().filter(|b| b.nodeid >= 0) {
-            let label = [broker.nodeid.to_string()];
-            self.metrics
-                .kafka_broker_in_flight
-                .with_label_values(&label)
-                .set(broker.waitresp_cnt);
+        let brokers = || stats.brokers.values().filter(|b| b.nodeid >= 0);
+        self.shares.update(
+            stats.msg_cnt as i64,
+            brokers().map(|broker| (broker.nodeid, broker.waitresp_cnt)),
+        );
+        for broker in brokers() {
             if let Some(rtt) = &broker.rtt {
                 self.metrics
                     .kafka_broker_rtt_us
-                    .with_label_values(&label)
+                    .with_label_values(&[broker.nodeid.to_string()])
                     .set(rtt.avg);
             }
         }

@@ -12,6 +12,12 @@
 //! `ack_timeout`. During a plain outage that costs one cheap rebuild per `ack_timeout`; a
 //! replaced producer keeps delivering what it already holds until its last writer is done.
 //!
+//! Load-aware batching: a generation may hold a second producer that lingers to fill batches
+//! ([`super::producer_configs`]). A write takes it when `above_in_flight` writes already await
+//! their acknowledgement, else the first producer, which sends at once: one request at a time
+//! waits for nothing, and under load records leave in fewer, larger produce requests. Both are
+//! built, checked for fatal errors, replaced, flushed and probed together, as one.
+//!
 //! Why a topic is looked up before its first write: librdkafka reports a topic that does not
 //! exist only after `topic.metadata.propagation.max.ms` (30 s), long past `ack_timeout`; with
 //! broker auto-create off, a new event type or a typo in `kafka.topics` was a 503 per request
@@ -22,7 +28,7 @@
 //! looked up, and a lookup that got no answer is not tried again for [`RECHECK_MISSING`]: an
 //! outage must not add a wait to every write (spool replay after a restart writes many).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -69,6 +75,26 @@ impl TopicState {
             Self::Refused(code, _) => {
                 Err(PublishError::Refused(KafkaError::MessageProduction(code)))
             }
+        }
+    }
+}
+
+/// The settings a [`Publisher`] builds its producers from ([`super::producer_configs`]).
+#[derive(Clone)]
+pub struct ProducerConfigs {
+    /// The producer that sends each write at once; the typed settings already in it.
+    pub immediate: ClientConfig,
+    /// The same settings lingering to fill batches, and the number of writes in flight from
+    /// which new writes take it; `None`: one producer.
+    pub batching: Option<(ClientConfig, usize)>,
+}
+
+impl From<ClientConfig> for ProducerConfigs {
+    /// One producer.
+    fn from(immediate: ClientConfig) -> Self {
+        Self {
+            immediate,
+            batching: None,
         }
     }
 }
@@ -146,7 +172,8 @@ pub enum Handoff {
     InFlight(PendingDelivery),
 }
 
-/// A record handed to the producer whose delivery report has not come yet.
+/// A record handed to the producer whose delivery report has not come yet; it counts as in
+/// flight (for the choice of producer) until it is resolved or dropped.
 pub struct PendingDelivery {
     publisher: Arc<Publisher>,
     /// Keeps the producer that holds the record alive until its report comes.
@@ -193,26 +220,52 @@ impl PendingDelivery {
     }
 }
 
+impl Drop for PendingDelivery {
+    fn drop(&mut self) {
+        self.publisher.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One producer instance and its place in the rebuild sequence.
 struct Generation {
     /// Increases with every rebuild, so only the first request to see a broken producer replaces it.
     id: u64,
-    /// `None` only while being dropped.
+    /// The producer that sends at once; `None` only while being dropped.
     producer: Option<FutureProducer<RelayContext>>,
+    /// The producer that lingers, and the writes in flight from which it is taken.
+    batching: Option<(FutureProducer<RelayContext>, usize)>,
 }
 
 impl Generation {
+    /// The producer that sends at once (metadata lookups and probes use it).
     fn producer(&self) -> &FutureProducer<RelayContext> {
         self.producer.as_ref().expect("present until drop")
+    }
+
+    /// The producer for a write made while `in_flight` others await acknowledgement.
+    /// The producer for a write made while `in_flight` others await acknowledgement, and
+    /// whether it is the batching one.
+    fn for_write(&self, in_flight: usize) -> (&FutureProducer<RelayContext>, bool) {
+        match &self.batching {
+            Some((batching, above)) if in_flight >= *above => (batching, true),
+            _ => (self.producer(), false),
+        }
+    }
+
+    /// Why either producer is fatally broken, if one is.
+    fn fatal_error(&self) -> Option<String> {
+        std::iter::once(self.producer())
+            .chain(self.batching.as_ref().map(|(batching, _)| batching))
+            .find_map(|producer| producer.client().fatal_error())
+            .map(|(_, reason)| reason)
     }
 }
 
 impl Drop for Generation {
     fn drop(&mut self) {
         // Destroying a librdkafka client joins its threads; never do that on an async worker.
-        if let Some(producer) = self.producer.take() {
-            std::thread::spawn(move || drop(producer));
-        }
+        let producers = (self.producer.take(), self.batching.take());
+        std::thread::spawn(move || drop(producers));
     }
 }
 
@@ -224,7 +277,9 @@ pub struct Publisher {
     /// Held while a replacement is built, so only one is.
     replacing: Mutex<()>,
     /// Settings every generation is built from; replaced when credentials change.
-    client_config: RwLock<ClientConfig>,
+    client_config: RwLock<ProducerConfigs>,
+    /// Writes handed to a producer whose delivery report has not come yet.
+    in_flight: AtomicUsize,
     /// Source of generation ids.
     generations: AtomicU64,
     /// Writes in a row that ended without an acknowledgement (queue-full backpressure excluded).
@@ -243,25 +298,32 @@ pub struct Publisher {
     /// `fp_relay_kafka_produce_total` by result (ok, timeout, refused, error), resolved once:
     /// a label lookup hashes its values on every write.
     produced: [prometheus::IntCounter; 4],
+    /// `fp_relay_kafka_writes_total` by producer: immediate, batching.
+    writes: [prometheus::IntCounter; 2],
 }
 
 impl Publisher {
-    /// Builds the first producer from `client_config`, which must already hold the relay's
-    /// typed settings (see [`super::producer_config`]).
+    /// Builds the first producers from `client_config`, which must already hold the relay's
+    /// typed settings (see [`super::producer_configs`]; a bare [`ClientConfig`] is one producer).
     pub fn new(
-        client_config: ClientConfig,
+        client_config: impl Into<ProducerConfigs>,
         ack_timeout: Duration,
         metrics: Arc<Metrics>,
         watch: Arc<ClusterWatch>,
     ) -> Result<Self, KafkaError> {
+        let client_config = client_config.into();
         let first = build(&client_config, &metrics, &watch, 0)?;
         let produced = ["ok", "timeout", "refused", "error"]
             .map(|result| metrics.kafka_produce.with_label_values(&[result]));
+        let writes = ["immediate", "batching"]
+            .map(|producer| metrics.kafka_writes.with_label_values(&[producer]));
         Ok(Self {
             produced,
+            writes,
             current: RwLock::new(Arc::new(first)),
             replacing: Mutex::new(()),
             client_config: RwLock::new(client_config),
+            in_flight: AtomicUsize::new(0),
             generations: AtomicU64::new(1),
             failures_in_a_row: AtomicU32::new(0),
             last_unstuck: Mutex::new(Instant::now()),
@@ -397,7 +459,7 @@ impl Publisher {
     ) -> Result<PendingDelivery, PublishError> {
         self.check_topic(&record.topic, deadline).await?;
         let mut generation = self.current();
-        if generation.producer().client().fatal_error().is_some() {
+        if generation.fatal_error().is_some() {
             generation = self.replace(&generation);
         }
         loop {
@@ -407,24 +469,29 @@ impl Publisher {
             if let Some(key) = &record.key {
                 future_record = future_record.key(key.as_str());
             }
-            match generation.producer().send_result(future_record) {
+            // Counted before the send, so writes racing in see each other.
+            let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (producer, batching) = generation.for_write(in_flight);
+            match producer.send_result(future_record) {
                 Ok(delivery) => {
+                    self.writes[usize::from(batching)].inc();
                     return Ok(PendingDelivery {
                         publisher: self.clone(),
                         generation,
                         delivery,
                         started: Instant::now(),
-                    })
+                    });
                 }
-                Err((error, _))
-                    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
-                {
+                Err((error, _)) => {
+                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if error.rdkafka_error_code() != Some(RDKafkaErrorCode::QueueFull) {
+                        return Err(self.classify(error, &generation));
+                    }
                     if tokio::time::Instant::now() >= deadline {
                         return Err(PublishError::QueueFull);
                     }
                     tokio::time::sleep(QUEUE_FULL_RETRY).await;
                 }
-                Err((error, _)) => return Err(self.classify(error, &generation)),
             }
         }
     }
@@ -460,7 +527,7 @@ impl Publisher {
         if class == Class::Backpressure {
             return PublishError::QueueFull;
         }
-        if class == Class::Fatal || generation.producer().client().fatal_error().is_some() {
+        if class == Class::Fatal || generation.fatal_error().is_some() {
             self.replace(generation);
             return PublishError::Fatal(error);
         }
@@ -514,10 +581,8 @@ impl Publisher {
         match build(&config, &self.metrics, &self.watch, id) {
             Ok(fresh) => {
                 let reason = broken
-                    .producer()
-                    .client()
                     .fatal_error()
-                    .map_or_else(|| "no acknowledgements".to_owned(), |(_, r)| r);
+                    .unwrap_or_else(|| "no acknowledgements".to_owned());
                 tracing::warn!(generation = id, %reason, "replaced the Kafka producer");
                 self.metrics.kafka_producer_rebuilds.inc();
                 let fresh = Arc::new(fresh);
@@ -533,37 +598,53 @@ impl Publisher {
 
     /// Builds every later producer from `client_config` (new credentials from their files) and
     /// replaces the current one now; records it holds are delivered or fail as usual.
-    pub fn reconfigure(&self, client_config: ClientConfig) {
-        *self.client_config.write().expect("lock not poisoned") = client_config;
+    pub fn reconfigure(&self, client_config: impl Into<ProducerConfigs>) {
+        *self.client_config.write().expect("lock not poisoned") = client_config.into();
         self.replace(&self.current());
     }
 
     /// Waits until everything queued is delivered or `timeout` passes. Call it on shutdown:
     /// dropping a producer purges its queue.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.current().producer().flush(timeout)
+        let generation = self.current();
+        let deadline = Instant::now() + timeout;
+        generation.producer().flush(timeout)?;
+        match &generation.batching {
+            Some((batching, _)) => {
+                batching.flush(deadline.saturating_duration_since(Instant::now()))
+            }
+            None => Ok(()),
+        }
     }
 
     /// True when the producer can reach at least one broker within `timeout`, asking about
     /// `topic` alone (see [`super::probe`]). Blocking.
     pub fn probe(&self, topic: &str, timeout: Duration) -> bool {
         let generation = self.current();
-        generation.producer().client().fatal_error().is_none()
+        generation.fatal_error().is_none()
             && super::probe::brokers_reachable(generation.producer().client(), topic, timeout)
     }
 }
 
 fn build(
-    config: &ClientConfig,
+    configs: &ProducerConfigs,
     metrics: &Arc<Metrics>,
     watch: &Arc<ClusterWatch>,
     id: u64,
 ) -> Result<Generation, KafkaError> {
     let context = RelayContext::new(metrics.clone(), watch.clone(), "producer");
-    let producer: FutureProducer<RelayContext> = config.create_with_context(context)?;
+    let producer: FutureProducer<RelayContext> = configs.immediate.create_with_context(context)?;
+    let batching = match &configs.batching {
+        Some((config, above)) => {
+            let context = RelayContext::new(metrics.clone(), watch.clone(), "batching-producer");
+            Some((config.create_with_context(context)?, *above))
+        }
+        None => None,
+    };
     Ok(Generation {
         id,
         producer: Some(producer),
+        batching,
     })
 }
 

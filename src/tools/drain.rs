@@ -59,7 +59,7 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
         config.kafka.brokers
     );
     let publisher = Arc::new(Publisher::new(
-        crate::kafka::producer_config(&config.kafka, config.spool.delivery_timeout),
+        crate::kafka::producer_configs(&config.kafka, config.spool.delivery_timeout),
         config.kafka.ack_timeout,
         metrics,
         Arc::new(ClusterWatch::default()),

@@ -65,7 +65,7 @@ pub fn publisher(
 ) -> Result<std::sync::Arc<crate::kafka::publisher::Publisher>, ToolError> {
     use std::sync::Arc;
     Ok(Arc::new(crate::kafka::publisher::Publisher::new(
-        crate::kafka::producer_config(&config.kafka, config.kafka.ack_timeout),
+        crate::kafka::producer_configs(&config.kafka, config.kafka.ack_timeout),
         config.kafka.ack_timeout,
         Arc::new(crate::metrics::Metrics::new()),
         Arc::new(crate::kafka::outage::ClusterWatch::default()),
