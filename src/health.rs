@@ -22,6 +22,9 @@ pub struct Health {
     /// With v2 fulfilment on: whether FirstPromoter's API answered the last call. Shown for
     /// information only: webhooks are accepted safely without it (fulfilled replies wait in Kafka).
     pub firstpromoter_api: Option<Arc<AtomicBool>>,
+    /// With `dedup.topic`: the shared table's state. Ready waits for its first load (bounded
+    /// by `dedup.load_timeout`), never for the topic itself.
+    pub dedup_shared: Option<Arc<crate::dedup::shared::SharedState>>,
 }
 
 impl Health {
@@ -57,14 +60,22 @@ impl Health {
                 "failing (not required for readiness)"
             });
         }
-        let accepting = match spool {
-            Some(spool) => {
-                let room = spool.accepting();
-                checks["spool"] = json!(if room { "ok" } else { "full_or_failing" });
-                producer || room
+        let loaded = match &self.dedup_shared {
+            Some(shared) => {
+                checks["dedup_shared"] = json!(shared.detail());
+                shared.settled()
             }
-            None => producer,
+            None => true,
         };
+        let accepting = loaded
+            && match spool {
+                Some(spool) => {
+                    let room = spool.accepting();
+                    checks["spool"] = json!(if room { "ok" } else { "full_or_failing" });
+                    producer || room
+                }
+                None => producer,
+            };
         (accepting, checks)
     }
 }

@@ -357,6 +357,9 @@ fn start_services(
             .v2
             .enabled
             .then(|| Arc::new(AtomicBool::new(true))),
+        dedup_shared: config
+            .shared_dedup_topic()
+            .map(|_| Arc::new(dedup::shared::SharedState::default())),
         ..Health::default()
     });
     if let Some(hint) = broker_hint(&config.kafka.brokers) {
@@ -427,6 +430,26 @@ fn start_services(
         ),
         _ => None,
     };
+    let shared_dedup = match &health.dedup_shared {
+        Some(state) => {
+            let shared = dedup::shared::Shared::new(
+                &config.dedup,
+                publisher.clone(),
+                metrics.clone(),
+                config.kafka.ack_timeout,
+                state.clone(),
+            );
+            tokio::spawn(shared.clone().follow(
+                kafka_settings.clone(),
+                health.cluster.clone(),
+                config.dedup.window,
+                config.dedup.load_timeout,
+                background.clone(),
+            ));
+            Some(shared)
+        }
+        None => None,
+    };
     let (spool, replay) = if config.spool.enabled {
         let spool = Spool::open(&config.spool.dir, config.spool.max_bytes, metrics.clone())?;
         let replay = spool::replay::Replay {
@@ -434,15 +457,17 @@ fn start_services(
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
             enqueue_timeout: config.kafka.ack_timeout,
             unknown_topic_wait: config.spool.unknown_topic_wait,
+            shared_dedup: shared_dedup.clone(),
         };
         let task = tokio::spawn(spool.clone().replay(replay, background.clone()));
         (Some(spool), Some(task))
     } else {
         (None, None)
     };
-    let dedup = config
-        .dedup_enabled()
-        .then(|| Dedup::new(config.dedup.window, config.dedup.max_entries));
+    let dedup = config.dedup_enabled().then(|| {
+        let shared = shared_dedup.as_ref().map(|shared| shared.table().clone());
+        Dedup::with_shared(config.dedup.window, config.dedup.max_entries, shared)
+    });
     tokio::spawn(probe_cluster(
         publisher.clone(),
         health.clone(),
@@ -463,6 +488,7 @@ fn start_services(
         correlator,
         spool,
         dedup,
+        shared_dedup,
         metrics,
         health,
     };

@@ -146,6 +146,13 @@ metrics! {
     spool_segments_set_aside: IntGauge = "fp_relay_spool_segments_set_aside" [],
     /// Requests answered as duplicates of an event id already published.
     duplicates: IntCounter = "fp_relay_duplicates_total" [],
+    /// 1 while the shared dedup table (`dedup.topic`) is loaded and followed; 0 while loading
+    /// or while the topic is unavailable (duplicates then suppressed per process only).
+    dedup_shared_ready: IntGauge = "fp_relay_dedup_shared_ready" [],
+    /// Marks written to `dedup.topic` after an event was acknowledged, by result: ok, failed.
+    dedup_marks: IntCounterVec = "fp_relay_dedup_marks_total" ["result"],
+    /// Marks read from `dedup.topic` (every replica's, this one's included).
+    dedup_marks_read: IntCounter = "fp_relay_dedup_marks_read_total" [],
     /// 1 when `/readyz` would answer 200, else 0; refreshed at every scrape.
     ready: IntGauge = "fp_relay_ready" [],
     /// 1 when fulfilment replies can reach held requests (the reply consumer is positioned);
@@ -355,7 +362,7 @@ mod tests {
         ), "two doc lines make one HELP line:\n{text}");
         assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
         let names = metrics.names();
-        assert_eq!(names.len(), 50, "49 declared plus build_info: {names:?}");
+        assert_eq!(names.len(), 53, "52 declared plus build_info: {names:?}");
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }

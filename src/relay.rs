@@ -89,6 +89,8 @@ pub struct Services {
     pub spool: Option<Arc<Spool>>,
     /// Published event ids; `None` unless `dedup.enabled`.
     pub dedup: Option<Arc<Dedup>>,
+    /// The same table shared with every replica through `dedup.topic`; `None` unless set.
+    pub shared_dedup: Option<Arc<crate::dedup::shared::Shared>>,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
     /// Readiness state.
@@ -342,6 +344,13 @@ impl Relay {
             }
         };
         if let Some(guard) = guard {
+            // Only an event in its topic is marked for the other replicas: a spooled one is
+            // marked when the spool delivers it, a dead-lettered one may be redriven.
+            if let (Some(shared), Accepted::Published { topic, .. }) =
+                (&self.services.shared_dedup, &accepted)
+            {
+                shared.mark(guard.key(), topic);
+            }
             guard.commit();
         }
         Ok(accepted)
@@ -357,7 +366,10 @@ impl Relay {
         let (Some(dedup), Some(id)) = (&self.services.dedup, &event.event_id) else {
             return Ok(None);
         };
-        match dedup.claim(&format!("{}:{id}", version.as_str())).await {
+        match dedup
+            .claim(&crate::dedup::id_of(version.as_str(), id))
+            .await
+        {
             Claim::Duplicate => {
                 self.services.metrics.duplicates.inc();
                 Err(Accepted::Duplicate)
@@ -398,6 +410,9 @@ impl Relay {
         let delivered = routed?;
         self.services.metrics.fulfilment_v2_requests.inc();
         if let Some(guard) = guard {
+            if let Some(shared) = &self.services.shared_dedup {
+                shared.mark(guard.key(), &record.topic);
+            }
             guard.commit();
         }
         Ok(Accepted::FulfilmentRequested {

@@ -1155,3 +1155,56 @@ async fn processes_share_the_accounts_budget() {
         "each process its own budget: {counted:?}"
     );
 }
+
+/// Two failed deliveries, one of whose events a relay published meanwhile (its mark is on
+/// `dedup.topic`, not in the topic window recover reads): recover writes only the other, says
+/// so in its summary, and marks what it wrote, so a second run writes nothing either.
+#[tokio::test]
+async fn recover_consults_the_dedup_topic_and_marks_what_it_writes() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeApi::start().await;
+    let sub = fake.add_subscription(RELAY_URL, json!({}));
+    let known = fake.add_delivery(sub, "failed", Duration::from_secs(60));
+    let missing = fake.add_delivery(sub, "failed", Duration::from_secs(120));
+    let brokers = broker.bootstrap();
+    common::create_topic(&brokers, "fp.dedup", 1).await;
+    let key = hex::encode(fp_relay::dedup::key(&fp_relay::dedup::id_of("v2", &known)));
+    produce(
+        &brokers,
+        "fp.dedup",
+        None,
+        Some(&key),
+        &[],
+        "firstpromoter.referral.created",
+    )
+    .await;
+    let env = [
+        ("FP_RELAY_KAFKA_BROKERS", brokers.as_str()),
+        ("FP_RELAY_DEDUP_ENABLED", "true"),
+        ("FP_RELAY_DEDUP_TOPIC", "fp.dedup"),
+    ];
+    let run = fp_relay(api, &env, &["firstpromoter", "recover", "--since", "24h"]).await;
+    let said = text(&run);
+    assert!(run.status.success(), "{said}");
+    assert!(
+        said.contains("published 1, fulfilment requests completed 0, retried by FirstPromoter 0, already in Kafka 0, known to the dedup topic 1, undone 0"),
+        "{said}"
+    );
+    let topic = "firstpromoter.referral.created";
+    let ids: Vec<String> = consume_all(&brokers, topic, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|r| r.header("fp-event-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec![missing.clone()]);
+    let marks = consume_all(&brokers, "fp.dedup", Duration::from_secs(2)).await;
+    let written = hex::encode(fp_relay::dedup::key(&fp_relay::dedup::id_of(
+        "v2", &missing,
+    )));
+    assert!(
+        marks
+            .iter()
+            .any(|m| m.key.as_deref() == Some(written.as_str())),
+        "recover marked what it wrote"
+    );
+}

@@ -305,8 +305,17 @@ pub struct DedupConfig {
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Most ids remembered; the oldest are forgotten first. Each is kept as a 128-bit hash:
-    /// about 77 MB per million, whatever the ids' length.
+    /// about 86 MB per million, whatever the ids' length.
     pub max_entries: usize,
+    /// A Kafka topic that shares what was published with every replica and across restarts:
+    /// each acknowledged event is followed by a small mark there, and every replica reads
+    /// every mark of the last `window` (README "Duplicate suppression"). Empty: per process.
+    /// Give it `cleanup.policy=compact,delete` and a retention of at least `window`.
+    pub topic: String,
+    /// Longest a starting relay waits, before it says ready, to read the marks of the last
+    /// `window` from `topic`.
+    #[serde(with = "humantime_serde")]
+    pub load_timeout: Duration,
 }
 
 impl Default for DedupConfig {
@@ -315,11 +324,19 @@ impl Default for DedupConfig {
             enabled: None,
             window: Duration::from_secs(24 * 3600),
             max_entries: 1_000_000,
+            topic: String::new(),
+            load_timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl Config {
+    /// `dedup.topic` when duplicate suppression is on and shared through it.
+    pub fn shared_dedup_topic(&self) -> Option<&str> {
+        let topic = self.dedup.topic.trim();
+        (!topic.is_empty() && self.dedup_enabled()).then_some(topic)
+    }
+
     /// Whether duplicate suppression is on: `dedup.enabled`, or when unset, whether any
     /// credential is checked.
     pub fn dedup_enabled(&self) -> bool {

@@ -187,6 +187,39 @@ impl Config {
                 "window and max_entries must be above 0",
             ));
         }
+        let topic = self.dedup.topic.trim();
+        if !topic.is_empty() {
+            if !self.dedup_enabled() {
+                return Err(ConfigError::invalid(
+                    "dedup.topic",
+                    "is set but duplicate suppression is off (dedup.enabled = false, or no credential is checked): set dedup.enabled = true or leave dedup.topic empty",
+                ));
+            }
+            let taken = [
+                (
+                    "kafka.dead_letter_topic",
+                    self.kafka.dead_letter_topic.as_str(),
+                ),
+                (
+                    "fulfilment.reply_topic",
+                    self.fulfilment.reply_topic.as_str(),
+                ),
+            ];
+            if let Some((field, _)) = taken.iter().find(|(_, t)| *t == topic) {
+                return Err(ConfigError::invalid(
+                    "dedup.topic",
+                    format!("{topic:?} is already {field}: marks need a topic of their own"),
+                ));
+            }
+            if self.dedup.load_timeout.is_zero()
+                || self.dedup.load_timeout > Duration::from_secs(600)
+            {
+                return Err(ConfigError::invalid(
+                    "dedup.load_timeout",
+                    "must be above 0 and at most 10m",
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -345,6 +345,7 @@ mod tests {
         )
         .expect("a producer needs no broker to be built");
         let services = Services {
+            shared_dedup: None,
             publisher: Arc::new(publisher),
             correlator: None,
             spool: None,

@@ -64,6 +64,9 @@ pub struct Replay {
     /// How long a topic must have been refused as unknown before its records are
     /// dead-lettered (`spool.unknown_topic_wait`).
     pub unknown_topic_wait: Duration,
+    /// With `dedup.topic`: a record some replica already published is not written again, and
+    /// each record written is marked for the others.
+    pub shared_dedup: Option<Arc<crate::dedup::shared::Shared>>,
 }
 
 impl Replay {
@@ -158,7 +161,17 @@ impl Replay {
         let deadline = tokio::time::Instant::now() + self.enqueue_timeout;
         let mut in_flight: Vec<(u64, OutboundRecord, Result<PendingDelivery, PublishError>)> =
             Vec::with_capacity(records.len());
+        let mut done = Vec::with_capacity(records.len());
         for (seq, record) in records {
+            if let Some(shared) = &self.shared_dedup {
+                if shared.published(&record) {
+                    // At-least-once replay (a write whose acknowledgement was lost) or another
+                    // replica took the event: it is in its topic already.
+                    shared.note_suppressed(&record);
+                    done.push(seq);
+                    continue;
+                }
+            }
             let sent = self.publisher.send(&record, deadline).await;
             let stop = sent.as_ref().is_err_and(|e| !e.is_permanent());
             in_flight.push((seq, record, sent));
@@ -167,7 +180,6 @@ impl Replay {
                 break;
             }
         }
-        let mut done = Vec::with_capacity(in_flight.len());
         let mut failure = None;
         for (seq, record, sent) in in_flight {
             let outcome = match sent {
@@ -177,6 +189,9 @@ impl Replay {
             match outcome {
                 Ok(()) => {
                     state.unknown_since.remove(&record.topic);
+                    if let Some(shared) = &self.shared_dedup {
+                        shared.mark_record(&record);
+                    }
                     done.push(seq);
                 }
                 Err(error)

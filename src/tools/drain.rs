@@ -64,6 +64,8 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
         metrics,
         Arc::new(ClusterWatch::default()),
     )?);
+    let shared_dedup =
+        crate::dedup::shared::for_command(&config, publisher.clone(), "spool drain").await;
     let stop = CancellationToken::new();
     let replaying = tokio::spawn(spool.clone().replay(
         replay::Replay {
@@ -71,6 +73,7 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
             enqueue_timeout: config.kafka.ack_timeout,
             unknown_topic_wait: config.spool.unknown_topic_wait,
+            shared_dedup: shared_dedup.clone(),
         },
         stop.clone(),
     ));

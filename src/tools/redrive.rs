@@ -96,6 +96,10 @@ pub struct Summary {
     pub skipped: usize,
     /// Matching records Kafka would not take back: left on the dead-letter topic, passed.
     pub failed: usize,
+    /// Matching records some relay published meanwhile (`dedup.topic`): not written again.
+    pub already_published: usize,
+    /// Whether `dedup.topic` was consulted (the summary says so).
+    pub dedup_consulted: bool,
     /// Stopped by Ctrl-C or SIGTERM (progress committed).
     pub interrupted: bool,
 }
@@ -148,6 +152,8 @@ struct DeadLetter {
     payload: Vec<u8>,
     /// The headers a redriven record gets back (the dead-letter ones removed).
     headers: Vec<(String, Vec<u8>)>,
+    /// Its dedup key, when it is an event with an id.
+    dedup_key: Option<crate::dedup::Key>,
     /// Every header, as it is on the dead-letter topic.
     all_headers: Vec<(String, Vec<u8>)>,
 }
@@ -206,12 +212,29 @@ pub async fn run_until(
     } else {
         consumer.subscribe(&[topic])?;
     }
+    // With dedup.topic in the relay's configuration: what any relay published meanwhile is
+    // not put back a second time.
+    let relay_config = super::relay_config(
+        options.kafka.config.as_deref(),
+        options.kafka.brokers.clone(),
+    )?;
+    let shared = match relay_config.shared_dedup_topic() {
+        Some(_) if !options.dry_run => {
+            let publisher = super::publisher(&relay_config)?;
+            crate::dedup::shared::for_command(&relay_config, publisher, "redrive").await
+        }
+        _ => None,
+    };
     let mut run = Run {
         options,
         consumer: &consumer,
         producer: &producer,
+        shared: shared.as_deref(),
         started,
-        summary: Summary::default(),
+        summary: Summary {
+            dedup_consulted: shared.is_some(),
+            ..Summary::default()
+        },
         done: BTreeMap::new(),
         uncommitted: 0,
     };
@@ -226,12 +249,17 @@ pub async fn run_until(
     committed?;
     writeln!(
         out,
-        "redrive: {} read, {} {}, {} left where they are, {} could not be put back{} (progress group {group}{})",
+        "redrive: {} read, {} {}, {} left where they are, {} could not be put back{}{} (progress group {group}{})",
         summary.read,
         summary.moved,
         if options.dry_run { "would move" } else { "moved" },
         summary.skipped,
         summary.failed,
+        if summary.dedup_consulted {
+            format!(", {} published already (dedup topic)", summary.already_published)
+        } else {
+            String::new()
+        },
         if summary.interrupted { "; interrupted" } else { "" },
         if options.dry_run {
             ", nothing remembered"
@@ -247,6 +275,8 @@ struct Run<'a> {
     options: &'a RedriveOptions,
     consumer: &'a StreamConsumer<ToolContext>,
     producer: &'a FutureProducer<ToolContext>,
+    /// `dedup.topic`, loaded, when the relay's configuration names one.
+    shared: Option<&'a crate::dedup::shared::Shared>,
     started: SystemTime,
     summary: Summary,
     done: BTreeMap<i32, i64>,
@@ -325,10 +355,25 @@ impl Run<'_> {
                     self.summary.moved += 1;
                     Some(format!("would move to {original}"))
                 }
+                (true, Some(original))
+                    if message
+                        .dedup_key
+                        .is_some_and(|key| self.shared.is_some_and(|s| s.knows(&key))) =>
+                {
+                    self.summary.already_published += 1;
+                    self.pass(&message);
+                    self.commit()?;
+                    Some(format!(
+                        "not moved: a relay published it to {original} already (dedup topic)"
+                    ))
+                }
                 (true, Some(original)) => {
                     let line = match message.put_back(self.producer, original, topic).await {
                         Ok(()) => {
                             self.summary.moved += 1;
+                            if let (Some(shared), Some(key)) = (self.shared, message.dedup_key) {
+                                shared.mark_key_and_wait(key, original).await;
+                            }
                             format!("moved to {original}")
                         }
                         // A poison record must not hold back the ones behind it: it is passed,
@@ -461,6 +506,7 @@ impl DeadLetter {
             payload: message.payload().unwrap_or_default().to_vec(),
             headers: Vec::new(),
             all_headers: Vec::new(),
+            dedup_key: None,
         };
         if let Some(list) = message.headers() {
             for header in list.iter() {
@@ -483,6 +529,16 @@ impl DeadLetter {
                 }
             }
         }
+        let header = |name: &str| {
+            found
+                .headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        };
+        found.dedup_key = header(headers::WEBHOOK_VERSION)
+            .zip(header(headers::EVENT_ID))
+            .and_then(|(version, id)| crate::dedup::key_of_headers(version, id));
         found
     }
 

@@ -46,6 +46,11 @@ pub struct Recovered {
     /// Everything of it is in Kafka already (a relay answered after FirstPromoter gave up, or
     /// an earlier run).
     pub already_in_kafka: usize,
+    /// Not in the topics read, but published by a relay or command within `dedup.window`
+    /// (`dedup.topic`): not written again.
+    pub known_to_dedup: usize,
+    /// Whether `dedup.topic` was consulted (the summary says so).
+    pub dedup_consulted: bool,
     /// Left undone, with why: the run exits non-zero when this is not empty.
     pub undone: BTreeMap<String, usize>,
     /// Deliveries lists that were not read to the end of the window.
@@ -184,6 +189,10 @@ pub async fn recover(
         in_kafka.insert(topic, ids);
     }
     let publisher = crate::tools::publisher(&config)?;
+    let shared =
+        crate::dedup::shared::for_command(&config, publisher.clone(), "firstpromoter recover")
+            .await;
+    summary.dedup_consulted = shared.is_some();
     let progress = std::io::stderr().is_terminal();
     let total = failed.len();
     for (done, item) in failed.iter().enumerate() {
@@ -206,8 +215,20 @@ pub async fn recover(
                     .is_some_and(|ids| ids.contains(id))
             })
         };
-        let event_there = there(&prepared.record);
+        let known = !there(&prepared.record)
+            && shared
+                .as_ref()
+                .is_some_and(|shared| shared.published(&prepared.record));
+        let event_there = there(&prepared.record) || known;
         let request_missing = prepared.request.as_ref().filter(|r| !there(r));
+        if known && request_missing.is_none() {
+            writeln!(
+                out,
+                "known   {label}: published by a relay (dedup topic); not written again"
+            )?;
+            summary.known_to_dedup += 1;
+            continue;
+        }
         if event_there && request_missing.is_none() {
             writeln!(
                 out,
@@ -256,6 +277,9 @@ pub async fn recover(
                 refused = Some(format!("{} refused by Kafka: {error}", record.topic));
                 break;
             }
+            if let (Some(shared), true) = (&shared, std::ptr::eq(*record, &prepared.record)) {
+                shared.mark_and_wait(record).await;
+            }
             let ids = in_kafka.entry(record.topic.clone()).or_default();
             ids.extend(prepared.event_id().map(str::to_owned));
         }
@@ -301,12 +325,17 @@ fn write_summary(
     writeln!(
         out,
         "{}published {}, fulfilment requests completed {}, retried by FirstPromoter {}, \
-         already in Kafka {}, undone {}{}{}",
+         already in Kafka {}{}, undone {}{}{}",
         if options.dry_run { "dry run: " } else { "" },
         summary.published,
         summary.completed,
         summary.retried,
         summary.already_in_kafka,
+        if summary.dedup_consulted {
+            format!(", known to the dedup topic {}", summary.known_to_dedup)
+        } else {
+            String::new()
+        },
         summary.undone(),
         if reasons.is_empty() {
             String::new()

@@ -1,0 +1,285 @@
+//! Duplicate suppression shared through Kafka (`dedup.topic`), against tansu with relay
+//! processes: a retry on another replica, the same id after a restart, the dedup topic
+//! unavailable, and a redrive of an id a relay published meanwhile.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{consume_all, create_topic, get, metric, send, RelayProcess, Tansu};
+use http::StatusCode;
+
+const DEDUP_TOPIC: &str = "fp.dedup";
+const TOPIC: &str = "firstpromoter.referral.created";
+
+/// A v2 `referral.created` with event id `id` (in the body, as FirstPromoter sends it).
+fn event(id: &str) -> Bytes {
+    format!(
+        r#"{{"event_type":"referral.created","event_id":"{id}","timestamp":"2026-12-02T10:00:00Z","entity_id":7,"data":{{"id":7}}}}"#
+    )
+    .into()
+}
+
+fn env(topic: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("FP_RELAY_DEDUP_ENABLED", "true".to_owned()),
+        ("FP_RELAY_DEDUP_TOPIC", topic.to_owned()),
+        ("FP_RELAY_FULFILMENT_ENABLED", "false".to_owned()),
+    ]
+}
+
+async fn start(broker: &Tansu, topic: &str) -> RelayProcess {
+    let env = env(topic);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    RelayProcess::start_with(broker, &env).await
+}
+
+/// Posts `body` to `relay`; the answer's `status` field.
+async fn post(relay: &RelayProcess, body: Bytes) -> String {
+    let reply = send(relay.addr, "POST", "/webhooks/firstpromoter", &[], body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.json()["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Records of event `id` on the event topic.
+async fn copies(broker: &Tansu, id: &str) -> usize {
+    consume_all(&broker.bootstrap(), TOPIC, Duration::from_secs(2))
+        .await
+        .iter()
+        .filter(|m| m.header("fp-event-id") == Some(id))
+        .count()
+}
+
+/// Replica A publishes; replica B, once it has read A's mark, answers the retry `duplicate`;
+/// B killed and started again loads the mark before it is ready and answers `duplicate` too.
+/// One record on the topic. Prints the consistency window measured (A's answer to B's read).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_on_another_replica_or_after_a_restart_is_one_record() {
+    let broker = Tansu::start();
+    create_topic(&broker.bootstrap(), DEDUP_TOPIC, 3).await;
+    let a = start(&broker, DEDUP_TOPIC).await;
+    let b = start(&broker, DEDUP_TOPIC).await;
+    let readyz = get(b.admin, "/readyz").await.json();
+    assert_eq!(readyz["checks"]["dedup_shared"], "ok", "{readyz}");
+    assert_eq!(metric(b.admin, "fp_relay_dedup_shared_ready").await, 1.0);
+
+    let mut windows = Vec::new();
+    for n in 0..5 {
+        let id = format!("evt-{n}");
+        let read_before = metric(b.admin, "fp_relay_dedup_marks_read_total").await;
+        assert_eq!(post(&a, event(&id)).await, "published");
+        let answered = Instant::now();
+        while metric(b.admin, "fp_relay_dedup_marks_read_total").await <= read_before {
+            assert!(
+                answered.elapsed() < Duration::from_secs(10),
+                "B never read A's mark"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        windows.push(answered.elapsed());
+        assert_eq!(post(&b, event(&id)).await, "duplicate", "{id} on B");
+        assert_eq!(post(&a, event(&id)).await, "duplicate", "{id} on A again");
+    }
+    windows.sort();
+    eprintln!(
+        "consistency window (A's answer to B's read of the mark, 5 events): median {:?}, max {:?}",
+        windows[2], windows[4]
+    );
+    assert_eq!(metric(b.admin, "fp_relay_duplicates_total").await, 5.0);
+    assert_eq!(
+        metric(a.admin, "fp_relay_dedup_marks_total{result=\"ok\"}").await,
+        5.0
+    );
+
+    b.kill();
+    let started = Instant::now();
+    let b = start(&broker, DEDUP_TOPIC).await;
+    let ready_after = started.elapsed();
+    assert_eq!(
+        post(&b, event("evt-3")).await,
+        "duplicate",
+        "after a restart"
+    );
+    assert_eq!(post(&b, event("evt-new")).await, "published");
+    eprintln!("a restarted replica was ready with the window loaded after {ready_after:?}");
+    let (_, lines) = b.terminate().await;
+    let loaded = lines
+        .iter()
+        .find(|line| line["message"] == "dedup window loaded; following every replica's marks")
+        .expect("the load is logged");
+    assert!(loaded["marks"].as_u64().unwrap() >= 5, "{loaded}");
+
+    for n in 0..5 {
+        assert_eq!(copies(&broker, &format!("evt-{n}")).await, 1, "evt-{n}");
+    }
+    a.terminate().await;
+}
+
+/// A dedup topic Kafka refuses (its name is not a valid topic): events are still accepted,
+/// dedup is per process, and the relay says so in a metric, in `/readyz` (still ready) and
+/// in failed marks.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unavailable_dedup_topic_degrades_to_per_process_and_says_so() {
+    let broker = Tansu::start();
+    let unusable = "not a topic!";
+    let a = start(&broker, unusable).await;
+    let b = start(&broker, unusable).await;
+    let readyz = get(a.admin, "/readyz").await;
+    assert_eq!(readyz.status, StatusCode::OK, "{}", readyz.text());
+    let detail = readyz.json()["checks"]["dedup_shared"].to_string();
+    assert!(detail.contains("unavailable"), "{detail}");
+    assert_eq!(metric(a.admin, "fp_relay_dedup_shared_ready").await, 0.0);
+
+    assert_eq!(post(&a, event("x-1")).await, "published");
+    assert_eq!(
+        post(&a, event("x-1")).await,
+        "duplicate",
+        "per process still"
+    );
+    assert_eq!(post(&b, event("x-1")).await, "published", "B cannot know");
+    assert!(
+        common::eventually(Duration::from_secs(5), async || {
+            metric(a.admin, "fp_relay_dedup_marks_total{result=\"failed\"}").await >= 1.0
+        })
+        .await,
+        "the failed mark is counted"
+    );
+    assert_eq!(copies(&broker, "x-1").await, 2);
+    a.terminate().await;
+    b.terminate().await;
+}
+
+/// A dead letter whose event a relay published meanwhile (FirstPromoter's retry went
+/// through): `redrive` with the relay's configuration leaves it where it is and says so; a
+/// dead letter of another id is put back and marked, so a second relay answers it duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn redrive_of_an_id_already_published_writes_nothing() {
+    use fp_relay::tools::redrive::{self, RedriveOptions};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let broker = Tansu::start();
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, DEDUP_TOPIC, 1).await;
+    let relay = start(&broker, DEDUP_TOPIC).await;
+    assert_eq!(post(&relay, event("seen")).await, "published");
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for id in ["seen", "unseen"] {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "fp-dead-letter-reason",
+                value: Some("kafka_refused: TopicAuthorizationFailed"),
+            })
+            .insert(Header {
+                key: "fp-original-topic",
+                value: Some(TOPIC),
+            })
+            .insert(Header {
+                key: "fp-event-id",
+                value: Some(id),
+            })
+            .insert(Header {
+                key: "fp-webhook-version",
+                value: Some("v2"),
+            });
+        let body = event(id);
+        let record = FutureRecord::to("firstpromoter.dead_letter")
+            .key(id)
+            .payload(&body[..])
+            .headers(headers);
+        producer.send(record, Duration::from_secs(5)).await.unwrap();
+    }
+
+    let file = std::env::temp_dir().join(format!("fp-relay-dedup-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &file,
+        format!("[kafka]\nbrokers = \"{bootstrap}\"\n[auth]\ninsecure_no_auth = true\n[dedup]\nenabled = true\ntopic = \"{DEDUP_TOPIC}\"\n"),
+    )
+    .unwrap();
+    let options = RedriveOptions {
+        kafka: fp_relay::tools::KafkaArgs {
+            config: Some(file.clone()),
+            brokers: None,
+            properties: Vec::new(),
+        },
+        dead_letter_topic: "firstpromoter.dead_letter".to_owned(),
+        reasons: vec!["kafka_refused".to_owned()],
+        topics: Vec::new(),
+        since: None,
+        until: None,
+        dry_run: false,
+        group: None,
+        idle_exit: Duration::from_secs(2),
+    };
+    let mut out = Vec::new();
+    let summary = redrive::run_until(&options, &mut out, std::future::pending())
+        .await
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!((summary.moved, summary.already_published), (1, 1), "{out}");
+    assert!(out.contains("1 published already (dedup topic)"), "{out}");
+    assert_eq!(copies(&broker, "seen").await, 1);
+    assert_eq!(copies(&broker, "unseen").await, 1);
+
+    // The put-back was marked: a relay that starts now knows it.
+    let other = start(&broker, DEDUP_TOPIC).await;
+    assert_eq!(post(&other, event("unseen")).await, "duplicate");
+    std::fs::remove_file(&file).unwrap();
+    other.terminate().await;
+    relay.terminate().await;
+}
+
+/// 100,000 marks written before a replica starts (a busy day's window): it reads every one
+/// before `/readyz` says ready, and the first of them is a duplicate at once. Prints how long
+/// the load took.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_starting_replica_loads_the_whole_window_before_it_is_ready() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    const MARKS: usize = 100_000;
+    let broker = Tansu::start();
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, DEDUP_TOPIC, 3).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let mut pending = Vec::with_capacity(MARKS);
+    for n in 0..MARKS {
+        let key = hex::encode(fp_relay::dedup::key(&format!("v2:bulk-{n}")));
+        loop {
+            let record = FutureRecord::to(DEDUP_TOPIC).key(&key).payload(TOPIC);
+            match producer.send_result(record) {
+                Ok(delivery) => break pending.push(delivery),
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+    for delivery in pending {
+        delivery.await.unwrap().unwrap();
+    }
+    let started = Instant::now();
+    let relay = start(&broker, DEDUP_TOPIC).await;
+    let ready_after = started.elapsed();
+    let read = metric(relay.admin, "fp_relay_dedup_marks_read_total").await;
+    eprintln!("{MARKS} marks: ready after {ready_after:?}, {read} read by then");
+    assert!(
+        read >= MARKS as f64,
+        "ready before the window was read: {read}"
+    );
+    assert_eq!(post(&relay, event("bulk-0")).await, "duplicate");
+    assert_eq!(
+        post(&relay, event(&format!("bulk-{}", MARKS - 1))).await,
+        "duplicate"
+    );
+    assert_eq!(post(&relay, event("bulk-new")).await, "published");
+    relay.terminate().await;
+}
