@@ -12,13 +12,14 @@
 //!   relay's peak RSS.
 //! - Open model: a constant arrival rate at 50% and 80% of the best bare relay's maximum, latency
 //!   from when each request was due (fp-relay and both bare relays).
+//! - Duplicate suppression: v2 events with an id each at c=64, dedup off, per process, shared.
 //! - Start-up: process start to `/readyz` = 200.
 //!
 //! Run it with `benches/load.sh` (builds the release binary, fetches tansu, writes
 //! benches/RESULTS.md). `--quick` is the short smoke run CI uses; `--only <parts>` (http, kafka,
-//! bare-same, bare-best, peer, relay, relay-linger, open, fulfilment, holds, startup), `--levels`,
-//! `--lingers` and `--thresholds` (fp-relay at other `linger.ms` / `kafka.batch_above_in_flight`) and
-//! `--duration` run a part, for profiling.
+//! bare-same, bare-best, peer, relay, relay-linger, open, dedup, fulfilment, holds, startup),
+//! `--levels`, `--lingers` and `--thresholds` (fp-relay at other `linger.ms` /
+//! `kafka.batch_above_in_flight`) and `--duration` run a part, for profiling.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -390,6 +391,59 @@ async fn run(options: &Options) -> String {
         }
     }
 
+    // The cost of duplicate suppression at c=64: v2 events, each with its own id, to a relay
+    // with dedup off, per process, and shared through a dedup topic.
+    if options.runs("dedup") && !options.quick {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let v2 = std::fs::read_to_string(manifest("samples/v2/referral.created.json")).unwrap();
+        let v2 = Bytes::from(v2.replace(
+            "  \"event_id\": \"1b6e8f0a-4f0e-4a53-9d5a-2f9f5d0c1a02\",\n",
+            "",
+        ));
+        // The dedup topic exists before the relay reads it (a record it ignores: not a mark).
+        let seed = producer(&bootstrap, 0);
+        seed.send(
+            FutureRecord::<str, str>::to("firstpromoter.dedup")
+                .key("seed")
+                .payload(""),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        for (name, enabled, topic) in [
+            (DEDUP_OFF, "false", ""),
+            (DEDUP_LOCAL, "true", ""),
+            (DEDUP_SHARED, "true", "firstpromoter.dedup"),
+        ] {
+            let relay = Process::relay(
+                &bootstrap,
+                None,
+                &[
+                    ("FP_RELAY_DEDUP_ENABLED", enabled),
+                    ("FP_RELAY_DEDUP_TOPIC", topic),
+                ],
+            );
+            wait_ready(relay.admin()).await;
+            let stats = http_load(
+                relay.addr(),
+                path,
+                v2.clone(),
+                64,
+                options.duration,
+                Some(relay.pid()),
+                Some(&IDS),
+            )
+            .await;
+            eprintln!(
+                "{name} c=64: {:.0} req/s p99 {:.2} ms errors {}",
+                stats.rps(),
+                stats.ms(0.99),
+                stats.errors
+            );
+            rows.push((name, 64, stats));
+        }
+    }
+
     // Held requests: a fresh relay so its peak RSS is this test's alone; nobody answers.
     let holds = if options.runs("holds") {
         let holds = held_requests(&bootstrap, fulfilment_body.clone(), options.holds).await;
@@ -460,6 +514,7 @@ async fn fulfilment_round_trip(
         64,
         options.duration,
         Some(relay.pid()),
+        None,
     )
     .await;
     eprintln!(
@@ -648,6 +703,28 @@ fn report(
             trip.errors == 0,
         );
     }
+    if let (Some(off), Some(local), Some(shared)) = (
+        find(DEDUP_OFF, 64),
+        find(DEDUP_LOCAL, 64),
+        find(DEDUP_SHARED, 64),
+    ) {
+        let cpu = |s: &Stats| s.cpu_per_request.unwrap_or(0.0) * 1e6;
+        goal(
+            "duplicate suppression at c=64 (v2, an id per request): off / per process / shared"
+                .into(),
+            format!(
+                "{:.0} / {:.0} / {:.0} req/s; {:.0} / {:.0} / {:.0} µs CPU per request",
+                off.rps(),
+                local.rps(),
+                shared.rps(),
+                cpu(off),
+                cpu(local),
+                cpu(shared)
+            ),
+            "(reported)".into(),
+            off.errors + local.errors + shared.errors == 0,
+        );
+    }
     if let Some(startup_ms) = startup_ms {
         goal(
             "start-up to /readyz 200".into(),
@@ -702,6 +779,9 @@ const BARE_SAME: &str = "bare relay, same settings";
 const BARE_BEST: &str = "bare relay, best linger";
 const RELAY: &str = "relay";
 const RELAY_LINGER_1: &str = "relay, linger.ms 1";
+const DEDUP_OFF: &str = "relay, v2, dedup off";
+const DEDUP_LOCAL: &str = "relay, v2, dedup per process";
+const DEDUP_SHARED: &str = "relay, v2, dedup shared (dedup.topic)";
 const OPEN_BARE_SAME: &str = "open model: bare relay, same settings";
 const OPEN_RELAY: &str = "open model: relay";
 const OPEN_BARE_BEST: &str = "open model: bare relay, linger.ms of c=64";
@@ -724,7 +804,16 @@ async fn sweep(
 ) {
     for &c in levels {
         let pid = Some(target.pid());
-        let stats = http_load(target.addr(), path, body.clone(), c, options.duration, pid).await;
+        let stats = http_load(
+            target.addr(),
+            path,
+            body.clone(),
+            c,
+            options.duration,
+            pid,
+            None,
+        )
+        .await;
         eprintln!(
             "{name} c={c}: {:.0} req/s p99 {:.2} ms errors {}",
             stats.rps(),
@@ -743,6 +832,7 @@ async fn http_load(
     concurrency: usize,
     duration: Duration,
     pid: Option<u32>,
+    ids: Option<&'static std::sync::atomic::AtomicU64>,
 ) -> Stats {
     let cpu_before = pid.and_then(cpu_seconds);
     let started = Instant::now();
@@ -763,11 +853,14 @@ async fn http_load(
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     };
-                    let request = http::Request::post(&path)
+                    let mut request = http::Request::post(&path)
                         .header("host", "relay")
-                        .header("content-type", "application/json")
-                        .body(Full::new(body.clone()))
-                        .unwrap();
+                        .header("content-type", "application/json");
+                    if let Some(ids) = ids {
+                        let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        request = request.header("x-event-id", format!("bench-{id}"));
+                    }
+                    let request = request.body(Full::new(body.clone())).unwrap();
                     let sent = Instant::now();
                     match s.send_request(request).await {
                         Ok(response) => {

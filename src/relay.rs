@@ -346,10 +346,10 @@ impl Relay {
         if let Some(guard) = guard {
             // Only an event in its topic is marked for the other replicas: a spooled one is
             // marked when the spool delivers it, a dead-lettered one may be redriven.
-            if let (Some(shared), Accepted::Published { topic, .. }) =
+            if let (Some(shared), Accepted::Published { .. }) =
                 (&self.services.shared_dedup, &accepted)
             {
-                shared.mark(guard.key(), topic);
+                shared.mark(guard.key());
             }
             guard.commit();
         }
@@ -411,7 +411,7 @@ impl Relay {
         self.services.metrics.fulfilment_v2_requests.inc();
         if let Some(guard) = guard {
             if let Some(shared) = &self.services.shared_dedup {
-                shared.mark(guard.key(), &record.topic);
+                shared.mark(guard.key());
             }
             guard.commit();
         }

@@ -21,7 +21,7 @@ fn event(id: &str) -> Bytes {
     .into()
 }
 
-fn env(topic: &str) -> Vec<(&'static str, String)> {
+fn env_pairs(topic: &str) -> Vec<(&'static str, String)> {
     vec![
         ("FP_RELAY_DEDUP_ENABLED", "true".to_owned()),
         ("FP_RELAY_DEDUP_TOPIC", topic.to_owned()),
@@ -30,7 +30,7 @@ fn env(topic: &str) -> Vec<(&'static str, String)> {
 }
 
 async fn start(broker: &Tansu, topic: &str) -> RelayProcess {
-    let env = env(topic);
+    let env = env_pairs(topic);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     RelayProcess::start_with(broker, &env).await
 }
@@ -252,16 +252,15 @@ async fn a_starting_replica_loads_the_whole_window_before_it_is_ready() {
         .set("linger.ms", "20")
         .create()
         .unwrap();
-    let mut pending = Vec::with_capacity(MARKS);
-    for n in 0..MARKS {
-        let key = hex::encode(fp_relay::dedup::key(&format!("v2:bulk-{n}")));
-        loop {
-            let record = FutureRecord::to(DEDUP_TOPIC).key(&key).payload(TOPIC);
-            match producer.send_result(record) {
-                Ok(delivery) => break pending.push(delivery),
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
+    // As a relay under load writes them: many keys to a mark record (100 here).
+    let mut pending = Vec::new();
+    let keys: Vec<[u8; 16]> = (0..MARKS)
+        .map(|n| fp_relay::dedup::key(&format!("v2:bulk-{n}")))
+        .collect();
+    for chunk in keys.chunks(100) {
+        let value = chunk.concat();
+        let record = FutureRecord::<(), _>::to(DEDUP_TOPIC).payload(&value);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
     }
     for delivery in pending {
         delivery.await.unwrap().unwrap();
@@ -282,4 +281,76 @@ async fn a_starting_replica_loads_the_whole_window_before_it_is_ready() {
     );
     assert_eq!(post(&relay, event("bulk-new")).await, "published");
     relay.terminate().await;
+}
+
+/// Four events spooled by a relay whose broker froze, the relay killed; meanwhile another relay
+/// published two of them (FirstPromoter's retries). `spool drain` with the dedup topic writes
+/// only the other two and says so: each event once on its topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn spool_drain_skips_what_a_replica_published_meanwhile() {
+    use common::spool::{
+        event as spooled_event, post_at_once, spool_dir, spooling_env, TOPIC as LEADS,
+    };
+    let broker = Tansu::start();
+    create_topic(&broker.bootstrap(), DEDUP_TOPIC, 1).await;
+    create_topic(&broker.bootstrap(), LEADS, 1).await;
+    let dir = spool_dir();
+    let dir_text = dir.display().to_string();
+    let mut env: Vec<(&str, &str)> = spooling_env(&dir_text);
+    let dedup = env_pairs(DEDUP_TOPIC);
+    env.extend(dedup.iter().map(|(k, v)| (*k, v.as_str())));
+    let spooling = RelayProcess::start_with(&broker, &env).await;
+    broker.freeze();
+    for (id, status) in post_at_once(spooling.addr, 1..=4, 0).await {
+        assert_eq!(status, StatusCode::ACCEPTED, "event {id} spooled");
+    }
+    spooling.kill();
+    broker.thaw();
+
+    let other = start(&broker, DEDUP_TOPIC).await;
+    for id in [1, 2] {
+        let reply = send(
+            other.addr,
+            "POST",
+            "/webhooks/firstpromoter",
+            &[],
+            spooled_event(id, 0),
+        )
+        .await;
+        assert_eq!(reply.json()["status"], "published", "{}", reply.text());
+    }
+    other.terminate().await;
+
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fp-relay"));
+    command
+        .args([
+            "spool",
+            "drain",
+            "--dir",
+            &dir_text,
+            "--brokers",
+            &broker.bootstrap(),
+        ])
+        .args(["--timeout", "60s"])
+        .env_remove("FP_RELAY_CONFIG")
+        .envs(dedup.iter().map(|(k, v)| (*k, v.as_str())));
+    let drained = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&drained.stderr).into_owned();
+    assert!(drained.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "4 record(s) in Kafka (2 of them published by a relay already, not written again)"
+        ),
+        "{said}"
+    );
+    let mut counts = std::collections::HashMap::new();
+    for message in consume_all(&broker.bootstrap(), LEADS, Duration::from_secs(3)).await {
+        *counts
+            .entry(message.header("fp-event-id").unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "each once: {counts:?}");
 }

@@ -308,9 +308,9 @@ pub struct DedupConfig {
     /// about 86 MB per million, whatever the ids' length.
     pub max_entries: usize,
     /// A Kafka topic that shares what was published with every replica and across restarts:
-    /// each acknowledged event is followed by a small mark there, and every replica reads
-    /// every mark of the last `window` (README "Duplicate suppression"). Empty: per process.
-    /// Give it `cleanup.policy=compact,delete` and a retention of at least `window`.
+    /// each acknowledged event's 16-byte key is written there, and every replica reads every
+    /// key of the last `window` (README "Duplicate suppression"). Empty: per process. Give it
+    /// a retention of at least `window`.
     pub topic: String,
     /// Longest a starting relay waits, before it says ready, to read the marks of the last
     /// `window` from `topic`.

@@ -112,6 +112,16 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
             dir.display()
         );
     }
-    eprintln!("spool drain: {records} record(s) in Kafka; the spool is empty");
+    let skipped = match &shared_dedup {
+        Some(shared) => {
+            shared.marks_written().await;
+            format!(
+                " ({} of them published by a relay already, not written again)",
+                shared.suppressed()
+            )
+        }
+        None => String::new(),
+    };
+    eprintln!("spool drain: {records} record(s) in Kafka{skipped}; the spool is empty");
     Ok(Drained { records })
 }

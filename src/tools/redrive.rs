@@ -372,7 +372,7 @@ impl Run<'_> {
                         Ok(()) => {
                             self.summary.moved += 1;
                             if let (Some(shared), Some(key)) = (self.shared, message.dedup_key) {
-                                shared.mark_key_and_wait(key, original).await;
+                                shared.mark_key_and_wait(key).await;
                             }
                             format!("moved to {original}")
                         }
