@@ -164,7 +164,7 @@ impl Replay {
         let mut done = Vec::with_capacity(records.len());
         for (seq, record) in records {
             if let Some(shared) = &self.shared_dedup {
-                if shared.published(&record) {
+                if record.topic != self.dead_letter_topic && shared.published(&record) {
                     // At-least-once replay (a write whose acknowledgement was lost) or another
                     // replica took the event: it is in its topic already.
                     shared.note_suppressed(&record);
@@ -189,7 +189,11 @@ impl Replay {
             match outcome {
                 Ok(()) => {
                     state.unknown_since.remove(&record.topic);
-                    if let Some(shared) = &self.shared_dedup {
+                    // Only an event in its own topic is published; a spooled dead letter may
+                    // still be redriven.
+                    if let (Some(shared), false) =
+                        (&self.shared_dedup, record.topic == self.dead_letter_topic)
+                    {
                         shared.mark_record(&record);
                     }
                     done.push(seq);
