@@ -1322,7 +1322,12 @@ impl Process {
         if let Some(max) = max_in_flight {
             command
                 .env("FP_RELAY_FULFILMENT_MAX_IN_FLIGHT", max.to_string())
-                .env("FP_RELAY_HTTP_MAX_CONNECTIONS", (2 * max + 100).to_string());
+                .env("FP_RELAY_HTTP_MAX_CONNECTIONS", (2 * max + 100).to_string())
+                // Every held request comes from 127.0.0.1.
+                .env(
+                    "FP_RELAY_HTTP_MAX_CONNECTIONS_PER_SOURCE",
+                    (2 * max + 100).to_string(),
+                );
         }
         Self::spawn(&mut command, port, Some(admin))
     }

@@ -403,7 +403,7 @@ impl Relay {
             received,
         );
         let (requested, routed) = tokio::join!(
-            self.publish(&request, arrived),
+            self.publish_request(&request, arrived),
             self.publish(&record, arrived)
         );
         requested?;
@@ -513,6 +513,20 @@ impl Relay {
     ) -> Result<Delivered, PublishError> {
         let deadline = arrived + self.config.kafka.ack_timeout;
         self.services.publisher.publish(record, deadline).await
+    }
+
+    /// A fulfilment request: through the producer that sends at once, since an HTTP request (v1)
+    /// or a fulfiller's answer (v2) waits on it.
+    async fn publish_request(
+        &self,
+        record: &OutboundRecord,
+        arrived: Instant,
+    ) -> Result<Delivered, PublishError> {
+        let deadline = arrived + self.config.kafka.ack_timeout;
+        self.services
+            .publisher
+            .publish_at_once(record, deadline)
+            .await
     }
 
     /// Keeps an unparseable body on the dead-letter topic and says why it was refused.
@@ -629,13 +643,16 @@ impl Relay {
         record: &OutboundRecord,
         arrived: Instant,
     ) -> Result<Delivered, RelayError> {
-        let delivered = self.publish(record, arrived).await.inspect_err(|_| {
-            self.services
-                .metrics
-                .fulfilment_outcomes
-                .with_label_values(&["publish_error"])
-                .inc();
-        })?;
+        let delivered = self
+            .publish_request(record, arrived)
+            .await
+            .inspect_err(|_| {
+                self.services
+                    .metrics
+                    .fulfilment_outcomes
+                    .with_label_values(&["publish_error"])
+                    .inc();
+            })?;
         Ok(delivered)
     }
 

@@ -354,3 +354,52 @@ async fn spool_drain_skips_what_a_replica_published_meanwhile() {
     assert_eq!(counts.len(), 4, "{counts:?}");
     assert!(counts.values().all(|n| *n == 1), "each once: {counts:?}");
 }
+
+/// Under steady traffic (a mark every few milliseconds) a starting replica still finishes its
+/// load and says ready long before `dedup.load_timeout`: fetches never come back empty then.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_starting_under_steady_traffic_loads_without_waiting_for_silence() {
+    let broker = Tansu::start();
+    create_topic(&broker.bootstrap(), DEDUP_TOPIC, 2).await;
+    let a = std::sync::Arc::new(start(&broker, DEDUP_TOPIC).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (a, stop) = (a.clone(), stop.clone());
+        async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                post(&a, event(&format!("steady-{n}"))).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut env = env_pairs(DEDUP_TOPIC);
+    env.push(("FP_RELAY_DEDUP_LOAD_TIMEOUT", "60s".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let started = Instant::now();
+    let b = RelayProcess::launch(&broker.bootstrap(), &env, &[]);
+    let ready = b.wait_ready(Duration::from_secs(20)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let posted = traffic.await.unwrap();
+    let ready = ready.expect("ready long before the 60 s load timeout");
+    eprintln!(
+        "ready under steady traffic ({posted} events posted meanwhile) after {:?}",
+        started.elapsed()
+    );
+    assert!(ready < Duration::from_secs(20));
+    let readyz = get(b.admin, "/readyz").await.json();
+    assert_eq!(
+        readyz["checks"]["dedup_shared"], "ok",
+        "loaded, not timed out: {readyz}"
+    );
+    assert_eq!(post(&b, event("steady-1")).await, "duplicate");
+    b.terminate().await;
+    std::sync::Arc::try_unwrap(a)
+        .ok()
+        .unwrap()
+        .terminate()
+        .await;
+}

@@ -1199,6 +1199,12 @@ async fn recover_consults_the_dedup_topic_and_marks_what_it_writes() {
         .map(|r| r.header("fp-event-id").unwrap().to_owned())
         .collect();
     assert_eq!(ids, vec![missing.clone()]);
+    let again = fp_relay(api, &env, &["firstpromoter", "recover", "--since", "24h"]).await;
+    assert!(
+        text(&again).contains("published 0, fulfilment requests completed 0, retried by FirstPromoter 0, already in Kafka 1, known to the dedup topic 1, undone 0"),
+        "{}",
+        text(&again)
+    );
     let marks = consume_all(&brokers, "fp.dedup", Duration::from_secs(2)).await;
     let written = fp_relay::dedup::key(&fp_relay::dedup::id_of("v2", &missing));
     assert!(

@@ -39,10 +39,19 @@ pub fn id_of(version: &str, event_id: &str) -> String {
 }
 
 /// The dedup key of a record the relay wrote for an event (its `fp-webhook-version` and
-/// `fp-event-id` headers); `None` for records without an event id (dead-lettered bodies,
-/// events FirstPromoter sent without one).
+/// `fp-event-id` headers); `None` for anything else: records without an event id, fulfilment
+/// requests and replies (they carry their event's id beside a correlation id), dead letters.
 pub fn key_of_record(record: &crate::kafka::record::OutboundRecord) -> Option<Key> {
     use crate::kafka::record::headers;
+    let other = [
+        headers::CORRELATION_ID,
+        headers::REPLY_TOPIC,
+        headers::ORIGINAL_TOPIC,
+        headers::DEAD_LETTER_REASON,
+    ];
+    if other.iter().any(|name| record.header(name).is_some()) {
+        return None;
+    }
     key_of_headers(
         record.header(headers::WEBHOOK_VERSION)?,
         record.header(headers::EVENT_ID)?,

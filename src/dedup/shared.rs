@@ -114,6 +114,9 @@ struct Pending {
 /// Most keys in one mark record (64 KiB, well under any broker's message size limit).
 const MAX_KEYS_PER_MARK: usize = 4096;
 
+/// Most keys waiting for a mark record (16 MiB): beyond, marks are counted as failed.
+const MAX_PENDING_KEYS: usize = 1 << 20;
+
 impl Shared {
     /// The shared table on `dedup.topic`, remembering `dedup.window` (at most
     /// `dedup.max_entries` ids), reporting to `state`; nothing is read until [`Shared::follow`].
@@ -162,6 +165,16 @@ impl Shared {
         self.dedup.remember(key, SystemTime::now());
         let start = {
             let mut pending = self.pending.lock().expect("lock not poisoned");
+            if pending.keys.len() >= MAX_PENDING_KEYS {
+                // Marks are not being written (the topic is refusing them slowly): this one
+                // is counted as failed rather than held without bound.
+                drop(pending);
+                self.metrics
+                    .dedup_marks
+                    .with_label_values(&["failed"])
+                    .inc();
+                return;
+            }
             pending.keys.push(key);
             !std::mem::replace(&mut pending.writing, true)
         };
@@ -309,24 +322,19 @@ impl Shared {
             .create_with_context(context)
             .map_err(|e| e.to_string())?;
         crate::kafka::aws::hand_first_token(config, consumer.client());
-        let consumer = Arc::new(consumer);
-        let ends = position(consumer.clone(), self.topic.clone(), window)
+        // Dropped on a thread of its own however this ends, cancelled at shutdown included:
+        // destroying a librdkafka client joins its threads.
+        let consumer = OffWorker(Some(Arc::new(consumer)));
+        let ends = position(consumer.client().clone(), self.topic.clone(), window)
             .await
-            .map_err(|e| e.to_string());
-        let ends = match ends {
-            Ok(ends) => ends,
-            Err(problem) => {
-                std::thread::spawn(move || drop(consumer));
-                return Err(problem);
-            }
-        };
-        let result = self.consume(&consumer, ends, started).await;
-        std::thread::spawn(move || drop(consumer));
-        result
+            .map_err(|e| e.to_string())?;
+        self.consume(consumer.client(), ends, started).await
     }
 
     /// Reads marks until an error; marks the table loaded once every partition was read to
-    /// where it ended at the start and a fetch came back empty.
+    /// where it ended at the start and then a fetch came back empty or [`QUIET`] passed (the
+    /// wait covers a high watermark reported short; under steady traffic fetches never come
+    /// back empty).
     async fn consume(
         &self,
         consumer: &StreamConsumer<RelayContext>,
@@ -335,7 +343,16 @@ impl Shared {
     ) -> Result<(), String> {
         let mut loaded = self.state.loaded.load(Ordering::Acquire);
         let mut loaded_now = 0u64;
+        // When every partition was read to where it ended at the start.
+        let mut reached: Option<Instant> = None;
         loop {
+            if !loaded && reached.is_none() && ends.iter().all(|end| *end == 0) {
+                reached = Some(Instant::now());
+            }
+            if !loaded && reached.is_some_and(|at| at.elapsed() >= QUIET) {
+                loaded = true;
+                self.loaded(loaded_now, started);
+            }
             let message = if loaded {
                 consumer.recv().await.map(Some)
             } else {
@@ -371,18 +388,9 @@ impl Shared {
                     }
                 }
                 Ok(None) => {
-                    if ends.iter().all(|end| *end == 0) {
+                    if reached.is_some() {
                         loaded = true;
-                        self.state.loaded.store(true, Ordering::Release);
-                        self.state.settled.store(true, Ordering::Release);
-                        self.state.set_problem(None, &self.metrics);
-                        tracing::info!(
-                            topic = %self.topic,
-                            marks = loaded_now,
-                            remembered = self.dedup.len(),
-                            since_start_ms = started.elapsed().as_millis() as u64,
-                            "dedup window loaded; following every replica's marks"
-                        );
+                        self.loaded(loaded_now, started);
                     }
                 }
                 Err(KafkaError::MessageConsumption(
@@ -396,6 +404,20 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// The window is read: ready as far as the shared table goes, and said once.
+    fn loaded(&self, marks: u64, started: Instant) {
+        self.state.loaded.store(true, Ordering::Release);
+        self.state.settled.store(true, Ordering::Release);
+        self.state.set_problem(None, &self.metrics);
+        tracing::info!(
+            topic = %self.topic,
+            marks,
+            remembered = self.dedup.len(),
+            since_start_ms = started.elapsed().as_millis() as u64,
+            "dedup window loaded; following every replica's marks"
+        );
     }
 }
 
@@ -439,6 +461,23 @@ pub async fn for_command(
         started.elapsed().as_millis()
     );
     Some(shared)
+}
+
+/// A client dropped on a thread of its own.
+struct OffWorker(Option<Arc<StreamConsumer<RelayContext>>>);
+
+impl OffWorker {
+    fn client(&self) -> &Arc<StreamConsumer<RelayContext>> {
+        self.0.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for OffWorker {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            std::thread::spawn(move || drop(consumer));
+        }
+    }
 }
 
 /// The dedup keys a mark record carries (16 bytes each); none for anything else on the topic.
@@ -494,7 +533,7 @@ async fn position(
                 .and_then(|s| s.find_partition(&topic, partition))
                 .map(|e| e.offset());
             let start = match found {
-                Some(Offset::Offset(offset)) => offset.clamp(low, high),
+                Some(Offset::Offset(offset)) => offset.max(low).min(high),
                 // Nothing written since the window's start.
                 Some(Offset::End) => high,
                 // The broker could not say: everything it has.

@@ -85,8 +85,9 @@ pub fn producer_config(kafka: &KafkaConfig, message_timeout: std::time::Duration
 /// Why two producers and not one fractional `linger.ms`: librdkafka's broker thread waits in
 /// whole milliseconds, so a linger of 0.05 ms cost as much at one request at a time as 1 ms
 /// (646 against 1,880 req/s with 0; benches/RESULTS.md). Ordering is promised only between
-/// acknowledged writes, and writes in flight at once are unordered already, so which producer
-/// carries a write changes no guarantee; each producer is idempotent, `acks=all`.
+/// acknowledged writes, and requests in flight at once are unordered already, so which producer
+/// carries a request's write changes no guarantee; spool replay, which does keep order, sends
+/// through one producer ([`publisher::Publisher::send`]). Each producer is idempotent, `acks=all`.
 pub fn producer_configs(
     kafka: &KafkaConfig,
     message_timeout: std::time::Duration,

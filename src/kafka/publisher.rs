@@ -99,6 +99,19 @@ impl From<ClientConfig> for ProducerConfigs {
     }
 }
 
+/// Which producer a write takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The batching one once enough writes are in flight, else the immediate one.
+    ByLoad,
+    /// Always the same one (the batching one when there is one, since such writes come many
+    /// at once): spool replay, whose records must keep their order in a partition.
+    Ordered,
+    /// Always the immediate one: a fulfilment request, whose HTTP request waits for a reply
+    /// to it and must not wait for a batch to fill as well.
+    AtOnce,
+}
+
 /// Where Kafka put a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
@@ -242,12 +255,12 @@ impl Generation {
         self.producer.as_ref().expect("present until drop")
     }
 
-    /// The producer for a write made while `in_flight` others await acknowledgement.
-    /// The producer for a write made while `in_flight` others await acknowledgement, and
-    /// whether it is the batching one.
-    fn for_write(&self, in_flight: usize) -> (&FutureProducer<RelayContext>, bool) {
-        match &self.batching {
-            Some((batching, above)) if in_flight >= *above => (batching, true),
+    /// The producer for a write taking `route` while `in_flight` others await
+    /// acknowledgement, and whether it is the batching one.
+    fn for_write(&self, in_flight: usize, route: Route) -> (&FutureProducer<RelayContext>, bool) {
+        match (&self.batching, route) {
+            (Some((batching, _)), Route::Ordered) => (batching, true),
+            (Some((batching, above)), Route::ByLoad) if in_flight >= *above => (batching, true),
             _ => (self.producer(), false),
         }
     }
@@ -407,7 +420,26 @@ impl Publisher {
         record: &OutboundRecord,
         deadline: tokio::time::Instant,
     ) -> Result<Delivered, PublishError> {
-        match self.publish_or_handoff(record, deadline).await {
+        self.publish_by(record, deadline, Route::ByLoad).await
+    }
+
+    /// [`Publisher::publish`] through the producer that sends at once, whatever the load: for
+    /// a fulfilment request, whose HTTP request then waits for the fulfiller's reply.
+    pub async fn publish_at_once(
+        self: &Arc<Self>,
+        record: &OutboundRecord,
+        deadline: tokio::time::Instant,
+    ) -> Result<Delivered, PublishError> {
+        self.publish_by(record, deadline, Route::AtOnce).await
+    }
+
+    async fn publish_by(
+        self: &Arc<Self>,
+        record: &OutboundRecord,
+        deadline: tokio::time::Instant,
+        route: Route,
+    ) -> Result<Delivered, PublishError> {
+        match self.publish_or_handoff_by(record, deadline, route).await {
             Ok(delivered) => Ok(delivered),
             Err(Handoff::Failed(error)) => Err(error),
             // The record may still be delivered; the caller gave up on it.
@@ -423,7 +455,17 @@ impl Publisher {
         record: &OutboundRecord,
         deadline: tokio::time::Instant,
     ) -> Result<Delivered, Handoff> {
-        let mut pending = match self.enqueue(record, deadline).await {
+        self.publish_or_handoff_by(record, deadline, Route::ByLoad)
+            .await
+    }
+
+    async fn publish_or_handoff_by(
+        self: &Arc<Self>,
+        record: &OutboundRecord,
+        deadline: tokio::time::Instant,
+        route: Route,
+    ) -> Result<Delivered, Handoff> {
+        let mut pending = match self.enqueue(record, deadline, route).await {
             Ok(pending) => pending,
             Err(error) => {
                 // Enqueueing uses the current producer (classify already replaced a fatal one).
@@ -440,15 +482,18 @@ impl Publisher {
     /// Hands `record` to the producer (retrying while its queue is full until `deadline`) and
     /// returns its unfinished delivery, whose [`PendingDelivery::outcome`] is the final word
     /// (bounded by librdkafka's `message.timeout.ms`). Spool replay uses it to have many
-    /// records in flight at once and never a second copy of any.
+    /// records in flight at once and never a second copy of any; every record sent this way
+    /// takes the same producer, so a partition keeps the order they were sent in.
     pub async fn send(
         self: &Arc<Self>,
         record: &OutboundRecord,
         deadline: tokio::time::Instant,
     ) -> Result<PendingDelivery, PublishError> {
-        self.enqueue(record, deadline).await.inspect_err(|error| {
-            self.observe(Err(error), None, &self.current());
-        })
+        self.enqueue(record, deadline, Route::Ordered)
+            .await
+            .inspect_err(|error| {
+                self.observe(Err(error), None, &self.current());
+            })
     }
 
     /// Hands `record` to the producer, retrying while its queue is full until `deadline`.
@@ -456,6 +501,7 @@ impl Publisher {
         self: &Arc<Self>,
         record: &OutboundRecord,
         deadline: tokio::time::Instant,
+        route: Route,
     ) -> Result<PendingDelivery, PublishError> {
         self.check_topic(&record.topic, deadline).await?;
         let mut generation = self.current();
@@ -471,7 +517,7 @@ impl Publisher {
             }
             // Counted before the send, so writes racing in see each other.
             let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
-            let (producer, batching) = generation.for_write(in_flight);
+            let (producer, batching) = generation.for_write(in_flight, route);
             match producer.send_result(future_record) {
                 Ok(delivery) => {
                     self.writes[usize::from(batching)].inc();
@@ -608,13 +654,14 @@ impl Publisher {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         let generation = self.current();
         let deadline = Instant::now() + timeout;
-        generation.producer().flush(timeout)?;
-        match &generation.batching {
+        let first = generation.producer().flush(timeout);
+        let second = match &generation.batching {
             Some((batching, _)) => {
                 batching.flush(deadline.saturating_duration_since(Instant::now()))
             }
             None => Ok(()),
-        }
+        };
+        first.and(second)
     }
 
     /// True when the producer can reach at least one broker within `timeout`, asking about

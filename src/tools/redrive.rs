@@ -536,8 +536,13 @@ impl DeadLetter {
                 .find(|(key, _)| key == name)
                 .and_then(|(_, value)| std::str::from_utf8(value).ok())
         };
+        // Only an event: a fulfilment request or reply carries its event's id beside a
+        // correlation id, and must never be taken for the event.
+        let exchange =
+            header(headers::CORRELATION_ID).is_some() || header(headers::REPLY_TOPIC).is_some();
         found.dedup_key = header(headers::WEBHOOK_VERSION)
             .zip(header(headers::EVENT_ID))
+            .filter(|_| !exchange)
             .and_then(|(version, id)| crate::dedup::key_of_headers(version, id));
         found
     }
