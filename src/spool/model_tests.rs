@@ -190,6 +190,25 @@ proptest! {
     }
 }
 
+/// The case the model found (2026-12-02): twelve events, a crash, three more, a replay that
+/// finishes the first segment (deleted at the next start), one more event, a crash, a read
+/// error at start-up that makes the remaining segment unreadable, then new events. The new
+/// events must not be given the sequence numbers of the unreadable segment's.
+#[test]
+fn an_unreadable_segment_after_deleted_ones_keeps_its_sequence_numbers_to_itself() {
+    use Step::{Append, Crash, Fail, Replay};
+    let mut steps = vec![Append; 12];
+    steps.extend([Crash, Append, Append, Append, Replay, Append, Crash]);
+    steps.extend([Fail(Op::Read, 1, libc::EIO), Crash]);
+    steps.extend(vec![Append; 8]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(steps)).unwrap();
+}
+
 /// A failed write makes the spool refuse (readiness says so) only until the disk takes
 /// writes again: the probe notices without waiting for a write that readiness prevents.
 #[tokio::test(flavor = "multi_thread")]
