@@ -282,10 +282,17 @@ impl Shared {
                 tracing::warn!(timeout = ?load_timeout, "the dedup topic was not loaded in time; ready without it (duplicates are suppressed per process until it is)");
             }
         });
+        let mut settings = settings;
         while !stop.is_cancelled() {
-            let config = follower_config(&settings.borrow());
+            let config = follower_config(&settings.borrow_and_update());
             let outcome = tokio::select! {
                 outcome = self.follow_once(&config, &watch, window, started) => outcome,
+                // New credentials (rotated in their files): the consumer is built again with
+                // them and reads the window again (marks already known change nothing).
+                () = changed(&mut settings) => {
+                    tracing::info!(topic = %self.topic, "Kafka credentials changed; rebuilding the dedup consumer");
+                    continue;
+                }
                 () = stop.cancelled() => break,
             };
             if let Err(problem) = outcome {
@@ -461,6 +468,13 @@ pub async fn for_command(
         started.elapsed().as_millis()
     );
     Some(shared)
+}
+
+/// Resolves when the Kafka settings change; never when nobody can change them (a command's).
+async fn changed(settings: &mut crate::kafka::Settings) {
+    if settings.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// A client dropped on a thread of its own.
