@@ -841,46 +841,86 @@ async fn http_load(
         .map(|_| {
             let (path, body) = (path.to_owned(), body.clone());
             tokio::spawn(async move {
-                let mut latency = Histogram::<u64>::new(3).unwrap();
-                let (mut requests, mut errors) = (0u64, 0u64);
-                let mut sender = None;
+                let mut tally = Tally::new(addr);
                 while Instant::now() < deadline {
-                    if sender.is_none() {
-                        sender = connect(addr).await;
-                    }
-                    let Some(s) = sender.as_mut() else {
-                        errors += 1;
+                    let id = ids.map(|ids| ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                    if !tally.post(&path, &body, id, None).await {
                         tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    let mut request = http::Request::post(&path)
-                        .header("host", "relay")
-                        .header("content-type", "application/json");
-                    if let Some(ids) = ids {
-                        let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        request = request.header("x-event-id", format!("bench-{id}"));
-                    }
-                    let request = request.body(Full::new(body.clone())).unwrap();
-                    let sent = Instant::now();
-                    match s.send_request(request).await {
-                        Ok(response) => {
-                            let ok = response.status().is_success();
-                            let _ = response.into_body().collect().await;
-                            latency.record(sent.elapsed().as_micros() as u64).unwrap();
-                            requests += 1;
-                            errors += u64::from(!ok);
-                        }
-                        Err(_) => {
-                            errors += 1;
-                            sender = None;
-                        }
                     }
                 }
-                (requests, errors, latency)
+                tally.into_parts()
             })
         })
         .collect();
     collect(workers, started, pid, cpu_before).await
+}
+
+/// One load-generator connection: what it sent and how long each answer took.
+struct Tally {
+    addr: SocketAddr,
+    sender: Option<Sender>,
+    latency: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            sender: None,
+            latency: Histogram::new(3).unwrap(),
+            requests: 0,
+            errors: 0,
+        }
+    }
+
+    /// POSTs `body` (with `x-event-id: bench-<id>` when given), connecting first if needed,
+    /// and records the answer's latency from `due` (when the request was due; sent, if none).
+    /// False when no connection could be made.
+    async fn post(
+        &mut self,
+        path: &str,
+        body: &Bytes,
+        id: Option<u64>,
+        due: Option<Instant>,
+    ) -> bool {
+        if self.sender.is_none() {
+            self.sender = connect(self.addr).await;
+        }
+        let Some(sender) = self.sender.as_mut() else {
+            self.errors += 1;
+            return false;
+        };
+        let mut request = http::Request::post(path)
+            .header("host", "relay")
+            .header("content-type", "application/json");
+        if let Some(id) = id {
+            request = request.header("x-event-id", format!("bench-{id}"));
+        }
+        let request = request.body(Full::new(body.clone())).unwrap();
+        let from = due.unwrap_or_else(Instant::now);
+        match sender.send_request(request).await {
+            Ok(response) => {
+                let ok = response.status().is_success();
+                let _ = response.into_body().collect().await;
+                self.latency
+                    .record(from.elapsed().as_micros() as u64)
+                    .unwrap();
+                self.requests += 1;
+                self.errors += u64::from(!ok);
+            }
+            Err(_) => {
+                self.errors += 1;
+                self.sender = None;
+            }
+        }
+        true
+    }
+
+    fn into_parts(self) -> (u64, u64, Histogram<u64>) {
+        (self.requests, self.errors, self.latency)
+    }
 }
 
 async fn collect(
@@ -979,40 +1019,15 @@ async fn open_load(
         .map(|_| {
             let (path, body, tickets) = (path.to_owned(), body.clone(), tickets.clone());
             tokio::spawn(async move {
-                let mut latency = Histogram::<u64>::new(3).unwrap();
-                let (mut requests, mut errors) = (0u64, 0u64);
-                let mut sender = None;
+                let mut tally = Tally::new(addr);
                 loop {
                     let Some(due) = tickets.lock().await.recv().await else {
                         break;
                     };
-                    if sender.is_none() {
-                        sender = connect(addr).await;
-                    }
-                    let Some(s) = sender.as_mut() else {
-                        errors += 1;
-                        continue;
-                    };
-                    let request = http::Request::post(&path)
-                        .header("host", "relay")
-                        .header("content-type", "application/json")
-                        .body(Full::new(body.clone()))
-                        .unwrap();
-                    match s.send_request(request).await {
-                        Ok(response) => {
-                            let ok = response.status().is_success();
-                            let _ = response.into_body().collect().await;
-                            latency.record(due.elapsed().as_micros() as u64).unwrap();
-                            requests += 1;
-                            errors += u64::from(!ok);
-                        }
-                        Err(_) => {
-                            errors += 1;
-                            sender = None;
-                        }
-                    }
+                    // Latency from when the request was due, not from when it could be sent.
+                    tally.post(&path, &body, None, Some(due)).await;
                 }
-                (requests, errors, latency)
+                tally.into_parts()
             })
         })
         .collect();
