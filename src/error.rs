@@ -35,6 +35,10 @@ pub enum RelayError {
     /// webhook, a v2 token carrying v1's `fulfilment_pending`): refused unpublished.
     #[error("the credential used may not deliver {} webhooks", .0.as_str())]
     CredentialScope(WebhookVersion),
+    /// The body asks for the v1 fulfilment exchange (its type is `fulfilment.event_type`) but
+    /// is not exactly a v1 envelope: never taken for a reward to grant, nothing published.
+    #[error("the event type is v1's fulfilment_pending but the body is not a v1 envelope")]
+    EnvelopeMismatch,
     /// A v2 event older than `auth.max_event_age`: a replayed body, refused unpublished.
     #[error("the event is older than auth.max_event_age ({}s old)", .age.as_secs())]
     StaleEvent { age: std::time::Duration },
@@ -74,7 +78,9 @@ impl RelayError {
                 StatusCode::FORBIDDEN
             }
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::BodyRead(_) | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::BodyRead(_) | Self::Invalid { .. } | Self::EnvelopeMismatch => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Unavailable(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -112,6 +118,7 @@ impl RelayError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::CredentialScope(_) => "credential_scope",
+            Self::EnvelopeMismatch => "envelope_mismatch",
             Self::StaleEvent { .. } => "stale_event",
             Self::RequestTimeout => "request_timeout",
             Self::BodyRead(_) => "body_read",

@@ -153,6 +153,12 @@ metrics! {
     dedup_marks: IntCounterVec = "fp_relay_dedup_marks_total" ["result"],
     /// Marks read from `dedup.topic` (every replica's, this one's included).
     dedup_marks_read: IntCounter = "fp_relay_dedup_marks_read_total" [],
+    /// Records on `dedup.topic` that are not mark records (no format marker, or a checksum
+    /// that does not match): ignored, never read as marks.
+    dedup_foreign_records: IntCounter = "fp_relay_dedup_foreign_records_total" [],
+    /// Events whose id was already published with other content: published all the same (a
+    /// duplicate is the same event, not the same number).
+    dedup_conflicts: IntCounter = "fp_relay_dedup_conflicts_total" [],
     /// 1 when `/readyz` would answer 200, else 0; refreshed at every scrape.
     ready: IntGauge = "fp_relay_ready" [],
     /// 1 when fulfilment replies can reach held requests (the reply consumer is positioned);
@@ -362,7 +368,7 @@ mod tests {
         ), "two doc lines make one HELP line:\n{text}");
         assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
         let names = metrics.names();
-        assert_eq!(names.len(), 53, "52 declared plus build_info: {names:?}");
+        assert_eq!(names.len(), 55, "54 declared plus build_info: {names:?}");
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }

@@ -15,7 +15,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::dedup::{Claim, Dedup, DedupGuard};
+use crate::dedup::{Claim, Dedup, DedupGuard, Key};
 use crate::error::RelayError;
 use crate::fulfilment;
 use crate::fulfilment::correlator::{Correlator, Verdict};
@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Prepared};
 use crate::spool::Spool;
 use crate::trace::TraceContext;
-use crate::webhook::auth::{Authenticator, Scope};
+use crate::webhook::auth::{Authenticator, Exchange, Scope, ScopeRefusal};
 use crate::webhook::envelope::{self, Envelope, WebhookVersion};
 
 /// What the relay answers when a request was accepted.
@@ -39,8 +39,14 @@ pub enum Accepted {
     /// A standard event safe in the durable spool, to be replayed to Kafka.
     Spooled { seq: u64 },
     /// A standard event Kafka refused for good (too large, not authorised, no such topic),
-    /// kept on the dead-letter topic with the reason.
-    DeadLettered { topic: String, delivered: Delivered },
+    /// kept on the dead-letter topic with the reason; or an event whose type routes into one
+    /// of the relay's own topics, which senders may never write.
+    DeadLettered {
+        topic: String,
+        delivered: Delivered,
+        /// `kafka_refused` or `reserved_topic`.
+        reason: &'static str,
+    },
     /// An event id already published: nothing was published again.
     Duplicate,
     /// A `fulfilment_pending` event and the decision about it.
@@ -118,6 +124,9 @@ pub struct Relay {
     refusal_lines: crate::telemetry::LineLimit,
     /// Signs v2 correlation ids (`fulfilment.v2.reply_keys`).
     reply_keys: fulfilment::v2::ReplyKeys,
+    /// The relay's own topics (dead letters, fulfilment requests and replies, dedup marks):
+    /// no sender's event is ever written to them.
+    reserved_topics: Vec<String>,
 }
 
 /// How often a refusal of one kind is logged at most; the metrics count every one.
@@ -138,6 +147,7 @@ impl Relay {
             pipeline,
             authenticator: std::sync::RwLock::new(Arc::new(Authenticator::new(&config.auth))),
             reply_keys: fulfilment::v2::ReplyKeys::new(&config),
+            reserved_topics: config.internal_topics(),
             config,
             services,
             refusal_lines: crate::telemetry::LineLimit::new(REFUSAL_LINE_GAP),
@@ -245,36 +255,33 @@ impl Relay {
                 return (EventMeta::default(), Err(error));
             }
         };
-        if let Err(failure) = self.authenticator().check_scope(scope, envelope.version) {
-            let meta = EventMeta {
-                event_type: Some(envelope.event_type),
-                event_id: envelope.event_id,
-                trace: Some(received.trace.clone()),
-                topic: None,
-            };
-            let error = match failure {
-                Some(failure) => RelayError::Unauthorized(failure),
-                None => RelayError::CredentialScope(envelope.version),
-            };
-            return (meta, Err(error));
-        }
-        if let Some(age) = self.stale(&envelope) {
-            let meta = EventMeta {
-                event_type: Some(envelope.event_type),
-                event_id: envelope.event_id,
-                trace: Some(received.trace.clone()),
-                topic: None,
-            };
-            return (meta, Err(RelayError::StaleEvent { age }));
-        }
-        let approved = self.pipeline.approval(&envelope);
+        let approval = self.pipeline.approval(&envelope);
+        // Which exchange the request enters, decided once from its credential and its envelope.
+        let exchange = self
+            .authenticator()
+            .exchange(scope, &envelope, &self.config.fulfilment.event_type, approval)
+            .map_err(|refusal| match refusal {
+                ScopeRefusal::Unsigned(failure) => RelayError::Unauthorized(failure),
+                ScopeRefusal::Version(version) => RelayError::CredentialScope(version),
+                ScopeRefusal::Mismatch => RelayError::EnvelopeMismatch,
+            })
+            .and_then(|exchange| match self.stale(&envelope) {
+                Some(age) => Err(RelayError::StaleEvent { age }),
+                None => Ok(exchange),
+            });
         let Envelope {
             version,
             event_type,
             event_id,
             ..
         } = envelope;
-        let is_fulfilment = event_type == self.config.fulfilment.event_type;
+        let key = match (&self.services.dedup, &event_id, &exchange) {
+            // A fulfilment request is asked again at every check: never a duplicate.
+            (Some(_), Some(id), Ok(Exchange::Standard | Exchange::V2Approval(_))) => Some(
+                crate::dedup::key_of_event(version.as_str(), id, &event_type, &record.payload),
+            ),
+            _ => None,
+        };
         let meta = EventMeta {
             event_type: Some(event_type),
             event_id,
@@ -282,16 +289,21 @@ impl Relay {
             // Only spans name the topic; no copy otherwise.
             topic: self.services.spans.is_some().then(|| record.topic.clone()),
         };
+        let exchange = match exchange {
+            Ok(exchange) => exchange,
+            Err(error) => return (meta, Err(error)),
+        };
         // Every path but the hold is boxed, so that a held request's state is the hold's alone.
-        let result = if is_fulfilment {
-            self.fulfil(&meta, record, budget, arrived).await
-        } else if let Some(commission) = approved {
-            Box::pin(
-                self.request_fulfilment(version, &meta, commission, record, &received, arrived),
-            )
-            .await
-        } else {
-            Box::pin(self.standard(version, &meta, record, &received, arrived)).await
+        let result = match exchange {
+            Exchange::V1Fulfilment => self.fulfil(&meta, record, budget, arrived).await,
+            _ if self.reserved_topics.contains(&record.topic) => {
+                Box::pin(self.dead_letter_reserved(record, arrived)).await
+            }
+            Exchange::V2Approval(commission) => {
+                Box::pin(self.request_fulfilment(key, commission, record, &received, arrived))
+                    .await
+            }
+            Exchange::Standard => Box::pin(self.standard(key, record, &received, arrived)).await,
         };
         (meta, result)
     }
@@ -310,17 +322,16 @@ impl Relay {
             .filter(|age| *age > max)
     }
 
-    /// A standard event: suppressed if its id was already published, otherwise into Kafka, or
+    /// A standard event: suppressed if it was already published, otherwise into Kafka, or
     /// into the spool when Kafka cannot take it in time.
     async fn standard(
         &self,
-        version: WebhookVersion,
-        event: &EventMeta,
+        key: Option<Key>,
         record: OutboundRecord,
         received: &Received,
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {
-        let guard = match self.claim(version, event).await {
+        let guard = match self.claim(key).await {
             Ok(guard) => guard,
             Err(duplicate) => return Ok(duplicate),
         };
@@ -343,33 +354,18 @@ impl Relay {
                 }
             }
         };
-        if let Some(guard) = guard {
-            // Only an event in its topic is marked for the other replicas: a spooled one is
-            // marked when the spool delivers it, a dead-lettered one may be redriven.
-            if let (Some(shared), Accepted::Published { .. }) =
-                (&self.services.shared_dedup, &accepted)
-            {
-                shared.mark(guard.key());
-            }
-            guard.commit();
-        }
+        self.settle(guard, &accepted);
         Ok(accepted)
     }
 
-    /// Claims the event id when dedup is on: `Err(Accepted::Duplicate)` when it was published
-    /// already, otherwise the guard to commit once Kafka has the event (`None` without dedup or id).
-    async fn claim(
-        &self,
-        version: WebhookVersion,
-        event: &EventMeta,
-    ) -> Result<Option<DedupGuard>, Accepted> {
-        let (Some(dedup), Some(id)) = (&self.services.dedup, &event.event_id) else {
+    /// Claims the event when dedup is on: `Err(Accepted::Duplicate)` when it was published
+    /// already, otherwise the guard to settle once Kafka has the event (`None` without dedup
+    /// or id).
+    async fn claim(&self, key: Option<Key>) -> Result<Option<DedupGuard>, Accepted> {
+        let (Some(dedup), Some(key)) = (&self.services.dedup, key) else {
             return Ok(None);
         };
-        match dedup
-            .claim(&crate::dedup::id_of(version.as_str(), id))
-            .await
-        {
+        match dedup.claim(key).await {
             Claim::Duplicate => {
                 self.services.metrics.duplicates.inc();
                 Err(Accepted::Duplicate)
@@ -378,19 +374,45 @@ impl Relay {
         }
     }
 
+    /// The event is safe (`accepted`): its id is remembered, a conflict (the id published
+    /// before with other content) counted and logged once a while, and an event in its own
+    /// topic marked for the other replicas (a spooled one is marked when the spool delivers
+    /// it, a dead-lettered one may be redriven).
+    fn settle(&self, guard: Option<DedupGuard>, accepted: &Accepted) {
+        let Some(guard) = guard else {
+            return;
+        };
+        if guard.conflict() {
+            self.services.metrics.dedup_conflicts.inc();
+            if let Some(held_back) = self.refusal_lines.admit("dedup_conflict") {
+                tracing::warn!(
+                    like_this_not_logged = held_back,
+                    "an event id was published before with other content; published this one too                      (fp_relay_dedup_conflicts_total)"
+                );
+            }
+        }
+        if let (
+            Some(shared),
+            Accepted::Published { .. } | Accepted::FulfilmentRequested { .. },
+        ) = (&self.services.shared_dedup, accepted)
+        {
+            shared.mark(guard.key());
+        }
+        guard.commit();
+    }
+
     /// An approved non-monetary v2 commission: routed to its topic and, as a fulfilment
     /// request keyed by the commission id, to the fulfilment topic. Answered 200 once Kafka has
     /// both; otherwise 503, which v2 retries (never spooled: a request must reach fulfillers).
     async fn request_fulfilment(
         &self,
-        version: WebhookVersion,
-        event: &EventMeta,
+        key: Option<Key>,
         commission: u64,
         record: OutboundRecord,
         received: &Received,
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {
-        let guard = match self.claim(version, event).await {
+        let guard = match self.claim(key).await {
             Ok(guard) => guard,
             Err(duplicate) => return Ok(duplicate),
         };
@@ -409,17 +431,39 @@ impl Relay {
         requested?;
         let delivered = routed?;
         self.services.metrics.fulfilment_v2_requests.inc();
-        if let Some(guard) = guard {
-            if let Some(shared) = &self.services.shared_dedup {
-                shared.mark(guard.key());
-            }
-            guard.commit();
-        }
-        Ok(Accepted::FulfilmentRequested {
+        let accepted = Accepted::FulfilmentRequested {
             topic: record.topic,
             delivered,
             request_topic: request.topic,
             correlation_id,
+        };
+        self.settle(guard, &accepted);
+        Ok(accepted)
+    }
+
+    /// An event whose type routes into one of the relay's own topics: kept on the dead-letter
+    /// topic (its payload redacted like any event's) with the reason `reserved_topic`, never
+    /// written where the relay or a fulfiller would read it as its own.
+    async fn dead_letter_reserved(
+        &self,
+        record: OutboundRecord,
+        arrived: Instant,
+    ) -> Result<Accepted, RelayError> {
+        let original = record.topic.clone();
+        let record = record.into_dead_letter(&self.config.kafka.dead_letter_topic, "reserved_topic");
+        let delivered = self.publish(&record, arrived).await?;
+        self.services.metrics.dead_lettered.inc();
+        if let Some(held_back) = self.refusal_lines.admit("reserved_topic") {
+            tracing::warn!(
+                topic = %original,
+                like_this_not_logged = held_back,
+                "an event's type routes into one of the relay's own topics; kept it on the dead-letter topic"
+            );
+        }
+        Ok(Accepted::DeadLettered {
+            topic: record.topic,
+            delivered,
+            reason: "reserved_topic",
         })
     }
 
@@ -501,6 +545,7 @@ impl Relay {
         Ok(Accepted::DeadLettered {
             topic: record.topic,
             delivered,
+            reason: "kafka_refused",
         })
     }
 

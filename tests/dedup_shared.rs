@@ -254,11 +254,15 @@ async fn a_starting_replica_loads_the_whole_window_before_it_is_ready() {
         .unwrap();
     // As a relay under load writes them: many keys to a mark record (100 here).
     let mut pending = Vec::new();
-    let keys: Vec<[u8; 16]> = (0..MARKS)
-        .map(|n| fp_relay::dedup::key(&format!("v2:bulk-{n}")))
+    // The keys of the events `event` makes (their payload is published as it is).
+    let keys: Vec<fp_relay::dedup::Key> = (0..MARKS)
+        .map(|n| {
+            let id = format!("bulk-{n}");
+            fp_relay::dedup::key_of_event("v2", &id, "referral.created", &event(&id))
+        })
         .collect();
     for chunk in keys.chunks(100) {
-        let value = chunk.concat();
+        let value = fp_relay::dedup::shared::encode_marks(chunk);
         let record = FutureRecord::<(), _>::to(DEDUP_TOPIC).payload(&value);
         pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
     }

@@ -305,7 +305,7 @@ pub struct DedupConfig {
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Most ids remembered; the oldest are forgotten first. Each is kept as a 128-bit hash:
-    /// about 86 MB per million, whatever the ids' length.
+    /// about 98 MB per million, whatever the ids' length.
     pub max_entries: usize,
     /// A Kafka topic that shares what was published with every replica and across restarts:
     /// each acknowledged event's 16-byte key is written there, and every replica reads every
@@ -331,6 +331,32 @@ impl Default for DedupConfig {
 }
 
 impl Config {
+    /// Where v1 `fulfilment_pending` requests (and v2 fulfilment requests) are published: the
+    /// topic `kafka.topics` / `kafka.topic_template` give `fulfilment.event_type`.
+    pub fn fulfilment_request_topic(&self) -> String {
+        crate::webhook::routing::Router::new(
+            &self.kafka.topic_template,
+            &self.kafka.topics,
+            &BTreeMap::new(),
+        )
+        .topic(&self.fulfilment.event_type)
+    }
+
+    /// The relay's own topics, which no sender's event may be written to: dead letters,
+    /// fulfilment requests and replies, and `dedup.topic` when set.
+    pub fn internal_topics(&self) -> Vec<String> {
+        let mut topics = vec![
+            self.kafka.dead_letter_topic.clone(),
+            self.fulfilment_request_topic(),
+            self.fulfilment.reply_topic.clone(),
+        ];
+        let dedup = self.dedup.topic.trim();
+        if !dedup.is_empty() {
+            topics.push(dedup.to_owned());
+        }
+        topics
+    }
+
     /// `dedup.topic` when duplicate suppression is on and shared through it.
     pub fn shared_dedup_topic(&self) -> Option<&str> {
         let topic = self.dedup.topic.trim();

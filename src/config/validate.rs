@@ -195,6 +195,7 @@ impl Config {
                     "is set but duplicate suppression is off (dedup.enabled = false, or no credential is checked): set dedup.enabled = true or leave dedup.topic empty",
                 ));
             }
+            let requests = self.fulfilment_request_topic();
             let taken = [
                 (
                     "kafka.dead_letter_topic",
@@ -204,6 +205,7 @@ impl Config {
                     "fulfilment.reply_topic",
                     self.fulfilment.reply_topic.as_str(),
                 ),
+                ("the fulfilment request topic", requests.as_str()),
             ];
             if let Some((field, _)) = taken.iter().find(|(_, t)| *t == topic) {
                 return Err(ConfigError::invalid(
@@ -217,6 +219,17 @@ impl Config {
                 return Err(ConfigError::invalid(
                     "dedup.load_timeout",
                     "must be above 0 and at most 10m",
+                ));
+            }
+        }
+        // A sender's event type must never be routed into a topic the relay reads or writes
+        // as its own: dead letters, dedup marks (the reply topic is checked with fulfilment).
+        let own = [self.kafka.dead_letter_topic.as_str(), self.dedup.topic.trim()];
+        for (event_type, topic) in &self.kafka.topics {
+            if own.contains(&topic.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("kafka.topics.{event_type}"),
+                    format!("{topic:?} is one of the relay's own topics (dead letters, dedup marks): events need topics of their own"),
                 ));
             }
         }
@@ -426,7 +439,7 @@ impl Config {
         let f = &self.fulfilment;
         let kafka = &self.kafka;
         let router = Router::new(&kafka.topic_template, &kafka.topics, &BTreeMap::new());
-        let request_topic = router.topic(&f.event_type);
+        let request_topic = self.fulfilment_request_topic();
         let mut others: Vec<(String, String)> = vec![
             ("the fulfilment request topic".into(), request_topic),
             (

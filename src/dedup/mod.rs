@@ -6,8 +6,8 @@
 //! progress waits for it: if the first succeeds the second is a duplicate, otherwise it becomes
 //! the attempt. Memory is bounded by `max_entries` (oldest forgotten first) and `window`, and
 //! in bytes: an id is kept as the first 128 bits of its SHA-256 (ids have no length limit, and
-//! `X-Event-Id` alone may be 16 KiB), so an entry costs the same whatever the id: 57 bytes in the
-//! hash table and the expiry queue, about 86 MB per million entries once the tables' growth
+//! `X-Event-Id` alone may be 16 KiB), so an entry costs the same whatever the id: 65 bytes in the
+//! hash table and the expiry queue, about 98 MB per million entries once the tables' growth
 //! (powers of two) is counted ([`tests::an_entry_costs_a_fixed_size_whatever_the_id`]). Two different ids sharing 128 bits is a chance of about 1 in 10^26
 //! at a million entries.
 
@@ -21,11 +21,50 @@ use tokio::sync::Notify;
 
 pub mod shared;
 
-/// An event id, hashed to a fixed size.
-pub type Key = [u8; 16];
+/// An event id, hashed to a fixed size: the first 128 bits of SHA-256 of `v1:<id>` / `v2:<id>`.
+pub type IdKey = [u8; 16];
+
+/// What a duplicate must match: the same id ([`IdKey`]) and the same event, a 64-bit digest of
+/// its type and its JSON with insignificant whitespace left out ([`content_digest`]).
+///
+/// Why the content: v1 ids are sequential integers, so with the id alone anyone holding a
+/// path token could post a `ping` with a future id and have FirstPromoter's genuine event
+/// answered `duplicate` and never published (v1 never retries: a loss). A retry carries the
+/// same JSON (FirstPromoter's delivery `payload` is "the exact JSON that was or will be sent"),
+/// so real retries still match; the same id with other content is a conflict: published, and
+/// counted in `fp_relay_dedup_conflicts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// The event id's key.
+    pub id: IdKey,
+    /// The digest of the event's type and content.
+    pub content: u64,
+}
+
+impl Key {
+    /// Bytes a mark record carries per key.
+    pub const BYTES: usize = 24;
+
+    /// The key as a mark record carries it: the id's 16 bytes, then the digest (big-endian).
+    pub fn to_bytes(self) -> [u8; Self::BYTES] {
+        let mut bytes = [0u8; Self::BYTES];
+        bytes[..16].copy_from_slice(&self.id);
+        bytes[16..].copy_from_slice(&self.content.to_be_bytes());
+        bytes
+    }
+
+    /// The key from [`Key::to_bytes`]'s form.
+    pub fn from_bytes(bytes: &[u8; Self::BYTES]) -> Self {
+        let (id, content) = bytes.split_at(16);
+        Self {
+            id: id.try_into().expect("16 bytes"),
+            content: u64::from_be_bytes(content.try_into().expect("8 bytes")),
+        }
+    }
+}
 
 /// The key of the dedup id `id` (`v1:<event id>` or `v2:<event id>`, see [`id_of`]).
-pub fn key(id: &str) -> Key {
+pub fn id_key(id: &str) -> IdKey {
     let digest = Sha256::digest(id.as_bytes());
     digest[..16]
         .try_into()
@@ -38,9 +77,72 @@ pub fn id_of(version: &str, event_id: &str) -> String {
     format!("{version}:{event_id}")
 }
 
-/// The dedup key of a record the relay wrote for an event (its `fp-webhook-version` and
-/// `fp-event-id` headers); `None` for anything else: records without an event id, fulfilment
-/// requests and replies (they carry their event's id beside a correlation id), dead letters.
+/// The dedup key of an event: webhook `version`, `event_id`, `event_type` and the record's
+/// `payload` (the bytes the relay writes, after redaction), the same for the relay, the spool
+/// and every command.
+pub fn key_of_event(version: &str, event_id: &str, event_type: &str, payload: &[u8]) -> Key {
+    Key {
+        id: id_key(&id_of(version, event_id)),
+        content: content_digest(event_type, payload),
+    }
+}
+
+/// 64 bits of SHA-256 over `event_type`, a NUL and `json` without the whitespace between its
+/// tokens: the same event pretty-printed or compact has one digest; any other change to a
+/// name or a value gives another.
+pub fn content_digest(event_type: &str, json: &[u8]) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(event_type.as_bytes());
+    hasher.update([0]);
+    feed_without_whitespace(&mut hasher, json);
+    let digest = hasher.finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Feeds `json` to `hasher` leaving out spaces, tabs and line breaks outside strings. Strings
+/// are skipped to their closing quote with `memchr` (escapes honoured); bytes that are not
+/// JSON are fed as they are (a body that is not JSON never gets here).
+fn feed_without_whitespace(hasher: &mut Sha256, json: &[u8]) {
+    let mut start = 0;
+    let mut at = 0;
+    while at < json.len() {
+        match json[at] {
+            b'"' => {
+                at += 1;
+                // To the closing quote: the next quote not escaped by a backslash.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &json[at.min(json.len())..]) {
+                        Some(found) if json[at + found] == b'\\' => at += found + 2,
+                        Some(found) => {
+                            at += found + 1;
+                            break;
+                        }
+                        None => {
+                            at = json.len();
+                            break;
+                        }
+                    }
+                }
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                if start < at {
+                    hasher.update(&json[start..at]);
+                }
+                at += 1;
+                start = at;
+            }
+            _ => at += 1,
+        }
+    }
+    if start < json.len() {
+        hasher.update(&json[start..]);
+    }
+}
+
+/// The dedup key of a record the relay wrote for an event (its `fp-webhook-version`,
+/// `fp-event-id` and `fp-event-type` headers and its value); `None` for anything else: records
+/// without an event id, fulfilment requests and replies (they carry their event's id beside a
+/// correlation id), dead letters.
 pub fn key_of_record(record: &crate::kafka::record::OutboundRecord) -> Option<Key> {
     use crate::kafka::record::headers;
     let other = [
@@ -55,41 +157,49 @@ pub fn key_of_record(record: &crate::kafka::record::OutboundRecord) -> Option<Ke
     key_of_headers(
         record.header(headers::WEBHOOK_VERSION)?,
         record.header(headers::EVENT_ID)?,
+        record.header(headers::EVENT_TYPE)?,
+        &record.payload,
     )
 }
 
-/// The dedup key from a record's `fp-webhook-version` and `fp-event-id` header values.
-pub fn key_of_headers(version: &str, event_id: &str) -> Option<Key> {
-    (!event_id.is_empty()).then(|| key(&id_of(version, event_id)))
+/// The dedup key from a record's `fp-webhook-version`, `fp-event-id` and `fp-event-type`
+/// header values and its value.
+pub fn key_of_headers(
+    version: &str,
+    event_id: &str,
+    event_type: &str,
+    payload: &[u8],
+) -> Option<Key> {
+    (!event_id.is_empty()).then(|| key_of_event(version, event_id, event_type, payload))
 }
 
-/// The answer to "may I publish this id?".
+/// The answer to "may I publish this event?".
 pub enum Claim {
     /// Yes; commit the guard once the event is safe.
     Owner(DedupGuard),
-    /// No: an event with this id was already published within the window.
+    /// No: this event (same id, same content) was already published within the window.
     Duplicate,
 }
 
 struct Inner {
     /// Ids published, with when (milliseconds since `base`; before it for marks older than
-    /// the process).
-    seen: HashMap<Key, i64>,
+    /// the process) and the digest of the content last published under the id.
+    seen: HashMap<IdKey, (i64, u64)>,
     /// The same ids, oldest first, for expiry and the size cap (a heap: marks read from Kafka
     /// come in time order per partition, not across partitions).
     /// Equal times keep their order of arrival by `next`.
-    order: BinaryHeap<Reverse<(i64, u64, Key)>>,
+    order: BinaryHeap<Reverse<(i64, u64, IdKey)>>,
     /// Arrival number of the next entry.
     next: u64,
     /// Ids whose first attempt is in progress, and who waits for it.
-    in_flight: HashMap<Key, Arc<Notify>>,
+    in_flight: HashMap<IdKey, Arc<Notify>>,
     /// What recorded times count from.
     base: Instant,
 }
 
 impl Inner {
-    fn push(&mut self, at: i64, key: Key) {
-        self.order.push(Reverse((at, self.next, key)));
+    fn push(&mut self, at: i64, id: IdKey) {
+        self.order.push(Reverse((at, self.next, id)));
         self.next += 1;
     }
 
@@ -98,7 +208,7 @@ impl Inner {
     }
 }
 
-/// The table of recently published event ids.
+/// The table of recently published events.
 pub struct Dedup {
     inner: Mutex<Inner>,
     window: Duration,
@@ -115,7 +225,7 @@ impl Dedup {
         Self::with_shared(window, max_entries, None)
     }
 
-    /// A table that also answers "duplicate" for every id `shared` knows.
+    /// A table that also answers "duplicate" for every event `shared` knows.
     pub fn with_shared(
         window: Duration,
         max_entries: usize,
@@ -135,26 +245,27 @@ impl Dedup {
         })
     }
 
-    /// Claims `id`, waiting while another request holds it.
-    pub async fn claim(self: &Arc<Self>, id: &str) -> Claim {
-        let id = key(id);
+    /// Claims the event `key`, waiting while another request holds its id. The guard says
+    /// whether the id was known with other content ([`DedupGuard::conflict`]).
+    pub async fn claim(self: &Arc<Self>, key: Key) -> Claim {
         loop {
             let notify = {
                 let mut inner = self.inner.lock().expect("lock not poisoned");
                 self.expire(&mut inner, Instant::now());
                 // Lock order: this table, then the shared one (which never takes this one's).
-                if inner.seen.contains_key(&id)
-                    || self.shared.as_ref().is_some_and(|shared| shared.knows(&id))
-                {
+                let local = inner.seen.get(&key.id).map(|(_, content)| *content);
+                let shared = self.shared.as_ref().and_then(|s| s.content_of(&key.id));
+                if local == Some(key.content) || shared == Some(key.content) {
                     return Claim::Duplicate;
                 }
-                match inner.in_flight.get(&id) {
+                match inner.in_flight.get(&key.id) {
                     Some(notify) => notify.clone(),
                     None => {
-                        inner.in_flight.insert(id, Arc::new(Notify::new()));
+                        inner.in_flight.insert(key.id, Arc::new(Notify::new()));
                         return Claim::Owner(DedupGuard {
                             dedup: self.clone(),
-                            id,
+                            key,
+                            conflict: local.is_some() || shared.is_some(),
                             committed: false,
                         });
                     }
@@ -169,7 +280,7 @@ impl Dedup {
                 .lock()
                 .expect("lock not poisoned")
                 .in_flight
-                .contains_key(&id)
+                .contains_key(&key.id)
             {
                 continue;
             }
@@ -187,15 +298,21 @@ impl Dedup {
         self.len() == 0
     }
 
-    /// Whether `key` was published within the window.
+    /// Whether the event `key` (its id with this content) was published within the window.
     pub fn knows(&self, key: &Key) -> bool {
+        self.content_of(&key.id) == Some(key.content)
+    }
+
+    /// The digest of what was last published under `id` within the window.
+    pub fn content_of(&self, id: &IdKey) -> Option<u64> {
         let mut inner = self.inner.lock().expect("lock not poisoned");
         self.expire(&mut inner, Instant::now());
-        inner.seen.contains_key(key)
+        inner.seen.get(id).map(|(_, content)| *content)
     }
 
     /// Remembers `key` as published at `at` (another replica's mark, read from Kafka); a time
-    /// older than the window is ignored, one in the future counts as now.
+    /// older than the window is ignored, one in the future counts as now. Of two contents
+    /// under one id the later is kept.
     pub fn remember(&self, key: Key, at: SystemTime) {
         let now = Instant::now();
         let age = SystemTime::now()
@@ -207,11 +324,11 @@ impl Dedup {
         let mut inner = self.inner.lock().expect("lock not poisoned");
         let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let at = inner.millis(now).saturating_sub(age);
-        if inner.seen.get(&key).is_some_and(|known| *known >= at) {
+        if inner.seen.get(&key.id).is_some_and(|(known, _)| *known >= at) {
             return;
         }
-        inner.seen.insert(key, at);
-        inner.push(at, key);
+        inner.seen.insert(key.id, (at, key.content));
+        inner.push(at, key.id);
         self.expire(&mut inner, now);
     }
 
@@ -224,42 +341,50 @@ impl Dedup {
             }
             let Reverse((at, _, id)) = inner.order.pop().expect("oldest exists");
             // Only forget the id if this entry is its latest record.
-            if inner.seen.get(&id) == Some(&at) {
+            if inner.seen.get(&id).map(|(known, _)| *known) == Some(at) {
                 inner.seen.remove(&id);
             }
         }
     }
 
-    fn release(&self, id: Key, committed: bool) {
+    fn release(&self, key: Key, committed: bool) {
         let mut inner = self.inner.lock().expect("lock not poisoned");
         if committed {
             let now = Instant::now();
             let at = inner.millis(now);
-            inner.seen.insert(id, at);
-            inner.push(at, id);
+            inner.seen.insert(key.id, (at, key.content));
+            inner.push(at, key.id);
             self.expire(&mut inner, now);
         }
-        if let Some(notify) = inner.in_flight.remove(&id) {
+        if let Some(notify) = inner.in_flight.remove(&key.id) {
             notify.notify_waiters();
         }
     }
 }
 
-/// Held by the request publishing an id; dropping it without [`DedupGuard::commit`] lets the
-/// next request with that id try.
+/// Held by the request publishing an event; dropping it without [`DedupGuard::commit`] lets
+/// the next request with that id try.
 pub struct DedupGuard {
     dedup: Arc<Dedup>,
-    id: Key,
+    key: Key,
+    /// The id was known with other content: this event is published all the same.
+    conflict: bool,
     committed: bool,
 }
 
 impl DedupGuard {
     /// The key claimed.
     pub fn key(&self) -> Key {
-        self.id
+        self.key
     }
 
-    /// The event is safe in Kafka or the spool: remember its id.
+    /// True when the id was already published with other content (a conflict, not a
+    /// duplicate: FirstPromoter's event and someone else's under one id).
+    pub fn conflict(&self) -> bool {
+        self.conflict
+    }
+
+    /// The event is safe in Kafka or the spool: remember it.
     pub fn commit(mut self) {
         self.committed = true;
     }
@@ -267,7 +392,7 @@ impl DedupGuard {
 
 impl Drop for DedupGuard {
     fn drop(&mut self) {
-        self.dedup.release(self.id, self.committed);
+        self.dedup.release(self.key, self.committed);
     }
 }
 
@@ -275,29 +400,37 @@ impl Drop for DedupGuard {
 mod tests {
     use super::*;
 
+    /// A key for the id `id` with content digest 0.
+    fn key(id: &str) -> Key {
+        Key {
+            id: id_key(id),
+            content: 0,
+        }
+    }
+
     #[tokio::test]
     async fn a_committed_id_is_a_duplicate_and_an_uncommitted_one_is_not() {
         let dedup = Dedup::new(Duration::from_secs(60), 10);
-        let Claim::Owner(guard) = dedup.claim("a").await else {
+        let Claim::Owner(guard) = dedup.claim(key("a")).await else {
             panic!("first claim owns")
         };
         drop(guard);
-        let Claim::Owner(guard) = dedup.claim("a").await else {
+        let Claim::Owner(guard) = dedup.claim(key("a")).await else {
             panic!("a failed attempt blocks nothing")
         };
         guard.commit();
-        assert!(matches!(dedup.claim("a").await, Claim::Duplicate));
+        assert!(matches!(dedup.claim(key("a")).await, Claim::Duplicate));
     }
 
     #[tokio::test]
     async fn a_concurrent_claim_waits_for_the_first_and_follows_its_outcome() {
         let dedup = Dedup::new(Duration::from_secs(60), 10);
-        let Claim::Owner(first) = dedup.claim("x").await else {
+        let Claim::Owner(first) = dedup.claim(key("x")).await else {
             panic!()
         };
         let waiter = tokio::spawn({
             let dedup = dedup.clone();
-            async move { matches!(dedup.claim("x").await, Claim::Duplicate) }
+            async move { matches!(dedup.claim(key("x")).await, Claim::Duplicate) }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "waits while the first is in flight");
@@ -319,8 +452,8 @@ mod tests {
         }
         let mut inner = dedup.inner.lock().unwrap();
         dedup.expire(&mut inner, Instant::now() + Duration::from_secs(11));
-        assert!(!inner.seen.contains_key(&key("late")), "50 s old plus 11 s");
-        assert!(inner.seen.contains_key(&key("early")) && inner.seen.contains_key(&key("future")));
+        assert!(!inner.seen.contains_key(&id_key("late")), "50 s old plus 11 s");
+        assert!(inner.seen.contains_key(&id_key("early")) && inner.seen.contains_key(&id_key("future")));
     }
 
     #[tokio::test]
@@ -328,16 +461,104 @@ mod tests {
         let shared = Dedup::new(Duration::from_secs(60), 10);
         let local = Dedup::with_shared(Duration::from_secs(60), 10, Some(shared.clone()));
         shared.remember(key("v2:a"), SystemTime::now());
-        assert!(matches!(local.claim("v2:a").await, Claim::Duplicate));
-        let Claim::Owner(guard) = local.claim("v2:b").await else {
+        assert!(matches!(local.claim(key("v2:a")).await, Claim::Duplicate));
+        let Claim::Owner(guard) = local.claim(key("v2:b")).await else {
             panic!("unknown to both")
         };
         guard.commit();
-        assert!(matches!(local.claim("v2:b").await, Claim::Duplicate));
+        assert!(matches!(local.claim(key("v2:b")).await, Claim::Duplicate));
         assert!(
             !shared.knows(&key("v2:b")),
             "a spooled event is not published: only a mark says so"
         );
+    }
+
+    /// The same id with other content is not a duplicate: published (a conflict the guard
+    /// reports), and from then on the later content is the one a retry must match.
+    #[tokio::test]
+    async fn the_same_id_with_other_content_is_a_conflict_not_a_duplicate() {
+        let dedup = Dedup::new(Duration::from_secs(60), 10);
+        let ping = key_of_event("v1", "22736305", "ping", br#"{"event":{"id":22736305,"type":"ping"}}"#);
+        let signup = key_of_event(
+            "v1",
+            "22736305",
+            "lead_signup",
+            br#"{"event":{"id":22736305,"type":"lead_signup"},"data":{"id":1}}"#,
+        );
+        let Claim::Owner(guard) = dedup.claim(ping).await else {
+            panic!("first")
+        };
+        assert!(!guard.conflict());
+        guard.commit();
+        let Claim::Owner(guard) = dedup.claim(signup).await else {
+            panic!("the genuine event is not a duplicate of the ping")
+        };
+        assert!(guard.conflict(), "same id, other content");
+        guard.commit();
+        assert!(matches!(dedup.claim(signup).await, Claim::Duplicate));
+        // The shared table's content counts the same way.
+        let shared = Dedup::new(Duration::from_secs(60), 10);
+        let local = Dedup::with_shared(Duration::from_secs(60), 10, Some(shared.clone()));
+        shared.remember(ping, SystemTime::now());
+        let Claim::Owner(guard) = local.claim(signup).await else {
+            panic!("a replica's ping does not suppress the genuine event")
+        };
+        assert!(guard.conflict());
+        drop(guard);
+        assert!(matches!(local.claim(ping).await, Claim::Duplicate));
+    }
+
+    #[test]
+    fn the_content_digest_ignores_whitespace_between_tokens_only() {
+        let compact = br#"{"event":{"id":1,"type":"lead_signup"},"data":{"name":"a b","x":[1,2]}}"#;
+        let pretty = b"{\n  \"event\" : {\"id\": 1, \"type\":\"lead_signup\"},\r\n\t\"data\": {\"name\": \"a b\", \"x\": [1, 2]}\n}\n";
+        let digest = |json: &[u8]| content_digest("lead_signup", json);
+        assert_eq!(digest(compact), digest(pretty));
+        for other in [
+            &br#"{"event":{"id":1,"type":"lead_signup"},"data":{"name":"ab","x":[1,2]}}"#[..],
+            br#"{"event":{"id":1,"type":"lead_signup"},"data":{"name":"a  b","x":[1,2]}}"#,
+            br#"{"event":{"id":1,"type":"lead_signup"},"data":{"name":"a b","x":[1,3]}}"#,
+            br#"{"event":{"id":1,"type":"lead_signup"},"data":{"name":"a b\" ","x":[1,2]}}"#,
+        ] {
+            assert_ne!(digest(compact), digest(other), "{}", String::from_utf8_lossy(other));
+        }
+        assert_ne!(digest(compact), content_digest("ping", compact), "the type counts");
+        // Strings that end in an escaped backslash, and bodies cut short, are read to the end.
+        assert_ne!(digest(br#"{"a":"\\"," b":1}"#), digest(br#"{"a":"\\","b":1}"#));
+        assert_ne!(digest(br#"{"a":"cut short  "#), digest(br#"{"a":"cut short"#));
+    }
+
+    proptest::proptest! {
+        /// Differential: the digest of any document as serde_json writes it compact equals the
+        /// digest of the same document pretty-printed; and two different documents differ.
+        #[test]
+        fn compact_and_pretty_json_have_one_digest(value in json_value(), other in json_value()) {
+            let compact = serde_json::to_vec(&value).unwrap();
+            let pretty = serde_json::to_vec_pretty(&value).unwrap();
+            proptest::prop_assert_eq!(content_digest("t", &compact), content_digest("t", &pretty));
+            if value != other {
+                let other = serde_json::to_vec(&other).unwrap();
+                proptest::prop_assert_ne!(content_digest("t", &compact), content_digest("t", &other));
+            }
+        }
+    }
+
+    /// JSON documents with strings full of quotes, backslashes and whitespace.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            "[ a\\\\\"\\t\\n{}:,\\[\\]]{0,12}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("[a-z \\\"]{0,6}", inner, 0..6)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
     }
 
     #[test]
@@ -348,7 +569,7 @@ mod tests {
         }
         assert_eq!(dedup.len(), 3);
         let inner = dedup.inner.lock().unwrap();
-        assert!(!inner.seen.contains_key(&key("a")) && inner.seen.contains_key(&key("e")));
+        assert!(!inner.seen.contains_key(&id_key("a")) && inner.seen.contains_key(&id_key("e")));
     }
 
     #[test]
@@ -365,8 +586,8 @@ mod tests {
     fn table_bytes(dedup: &Dedup) -> usize {
         let inner = dedup.inner.lock().unwrap();
         // hashbrown: one control byte per bucket besides the entry.
-        inner.seen.capacity() * (std::mem::size_of::<(Key, i64)>() + 1)
-            + inner.order.capacity() * std::mem::size_of::<(i64, u64, Key)>()
+        inner.seen.capacity() * (std::mem::size_of::<(IdKey, (i64, u64))>() + 1)
+            + inner.order.capacity() * std::mem::size_of::<(i64, u64, IdKey)>()
     }
 
     /// Ids of any length cost the same: 3,000 ids of 16 KiB (the largest `X-Event-Id`) take
@@ -386,8 +607,8 @@ mod tests {
         assert_eq!(short, long);
         assert!(long <= 100, "{long} bytes an entry");
         assert_eq!(
-            std::mem::size_of::<(Key, i64)>() + 1 + std::mem::size_of::<(i64, u64, Key)>(),
-            57
+            std::mem::size_of::<(IdKey, (i64, u64))>() + 1 + std::mem::size_of::<(i64, u64, IdKey)>(),
+            65
         );
     }
 }

@@ -2,9 +2,12 @@
 //! (`dedup.topic`).
 //!
 //! After Kafka acknowledges an event, the relay writes the event's dedup key (128 bits of
-//! SHA-256 of `v1:<id>` / `v2:<id>`) to the dedup topic. Mark records are written one at a
-//! time and carry every key acknowledged while the previous one was being written (16 bytes
-//! each, concatenated; the record's timestamp is when): one key at low load, many under load.
+//! SHA-256 of `v1:<id>` / `v2:<id>` and 64 bits of its content's digest, see [`super::Key`]) to
+//! the dedup topic. Mark records are written one at a time and carry every key acknowledged
+//! while the previous one was being written (the record's timestamp is when): one key at low
+//! load, many under load. A mark record is [`MARK_MAGIC`], the keys (24 bytes each) and a
+//! CRC-32 of both; anything else on the topic is ignored and counted
+//! (`fp_relay_dedup_foreign_records_total`), never read as marks.
 //! Every replica reads every partition of the dedup topic (assigned, no group, nothing
 //! committed) into a table of what was published: at start from `dedup.window` ago, before
 //! `/readyz` says ready (bounded by `dedup.load_timeout`), then continuously. So a retry that
@@ -111,7 +114,7 @@ struct Pending {
     writing: bool,
 }
 
-/// Most keys in one mark record (64 KiB, well under any broker's message size limit).
+/// Most keys in one mark record (96 KiB, well under any broker's message size limit).
 const MAX_KEYS_PER_MARK: usize = 4096;
 
 /// Most keys waiting for a mark record (16 MiB): beyond, marks are counted as failed.
@@ -248,7 +251,7 @@ impl Shared {
         let record = OutboundRecord {
             topic: self.topic.clone(),
             key: None,
-            payload: keys.concat().into(),
+            payload: encode_marks(keys).into(),
             headers: Vec::new(),
         };
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
@@ -378,7 +381,13 @@ impl Shared {
                             *end = 0;
                         }
                     }
-                    let keys = parse_keys(message.payload().unwrap_or_default());
+                    let keys = match parse_marks(message.payload().unwrap_or_default()) {
+                        Some(keys) => keys,
+                        None => {
+                            self.metrics.dedup_foreign_records.inc();
+                            Vec::new()
+                        }
+                    };
                     if !keys.is_empty() {
                         let at = message
                             .timestamp()
@@ -494,15 +503,37 @@ impl Drop for OffWorker {
     }
 }
 
-/// The dedup keys a mark record carries (16 bytes each); none for anything else on the topic.
-fn parse_keys(value: &[u8]) -> Vec<Key> {
-    if !value.len().is_multiple_of(16) {
-        return Vec::new();
+/// What a mark record starts with: "fp-relay dedup marks", format 1.
+pub const MARK_MAGIC: &[u8; 5] = b"FPDM\x01";
+
+/// A mark record's value: [`MARK_MAGIC`], each key's 24 bytes, then the CRC-32 (little-endian)
+/// of everything before it.
+pub fn encode_marks(keys: &[Key]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(MARK_MAGIC.len() + keys.len() * Key::BYTES + 4);
+    value.extend_from_slice(MARK_MAGIC);
+    for key in keys {
+        value.extend_from_slice(&key.to_bytes());
     }
+    let checksum = crc32fast::hash(&value);
+    value.extend_from_slice(&checksum.to_le_bytes());
     value
-        .chunks_exact(16)
-        .map(|chunk| chunk.try_into().expect("16 bytes"))
-        .collect()
+}
+
+/// The keys a mark record carries; `None` for anything else on the topic (no marker, a length
+/// that is not whole keys, a checksum that does not match).
+pub fn parse_marks(value: &[u8]) -> Option<Vec<Key>> {
+    let body = value.strip_prefix(MARK_MAGIC.as_slice())?;
+    let (keys, checksum) = body.split_at_checked(body.len().checked_sub(4)?)?;
+    if !keys.len().is_multiple_of(Key::BYTES)
+        || crc32fast::hash(&value[..value.len() - 4]).to_le_bytes() != checksum
+    {
+        return None;
+    }
+    Some(
+        keys.chunks_exact(Key::BYTES)
+            .map(|chunk| Key::from_bytes(chunk.try_into().expect("24 bytes")))
+            .collect(),
+    )
 }
 
 /// Assigns every partition of `topic` from `window` ago (its beginning when the broker cannot
@@ -588,9 +619,25 @@ mod tests {
 
     #[test]
     fn a_marks_keys_read_back_and_nothing_else_does() {
-        let keys = [super::super::key("v2:abc"), super::super::key("v1:7")];
-        assert_eq!(parse_keys(&keys.concat()), keys.to_vec());
-        assert_eq!(parse_keys(b"seventeen bytes!!"), Vec::<Key>::new());
-        assert_eq!(parse_keys(b""), Vec::<Key>::new());
+        let keys = [
+            super::super::key_of_event("v2", "abc", "referral.created", b"{}"),
+            super::super::key_of_event("v1", "7", "lead_signup", b"{ }"),
+        ];
+        let value = encode_marks(&keys);
+        assert_eq!(parse_marks(&value), Some(keys.to_vec()));
+        assert_eq!(parse_marks(&encode_marks(&[])), Some(Vec::new()));
+        // The old format (raw 16-byte keys) and anything a sender could have written.
+        assert_eq!(parse_marks(&[7u8; 64]), None);
+        assert_eq!(parse_marks(&vec![0u8; 960 * 1024]), None);
+        assert_eq!(parse_marks(b""), None);
+        assert_eq!(parse_marks(MARK_MAGIC), None);
+        let mut flipped = value.clone();
+        flipped[10] ^= 1;
+        assert_eq!(parse_marks(&flipped), None, "a changed byte fails the checksum");
+        let mut longer = value[..value.len() - 4].to_vec();
+        longer.push(0);
+        let checksum = crc32fast::hash(&longer);
+        longer.extend_from_slice(&checksum.to_le_bytes());
+        assert_eq!(parse_marks(&longer), None, "not whole keys");
     }
 }

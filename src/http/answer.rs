@@ -38,11 +38,15 @@ pub fn status_and_body(accepted: &Accepted) -> (StatusCode, serde_json::Value) {
         ),
         // 2xx: the event is durably in Kafka, and no retry by the sender could ever put it
         // on its topic (v1 would not retry a non-2xx anyway; v2 would, pointlessly).
-        Accepted::DeadLettered { topic, delivered } => (
+        Accepted::DeadLettered {
+            topic,
+            delivered,
+            reason,
+        } => (
             StatusCode::ACCEPTED,
             json!({
                 "status": "dead_lettered",
-                "reason": "kafka_refused",
+                "reason": reason,
                 "topic": topic,
                 "partition": delivered.partition,
                 "offset": delivered.offset,

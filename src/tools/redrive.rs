@@ -540,10 +540,16 @@ impl DeadLetter {
         // correlation id, and must never be taken for the event.
         let exchange =
             header(headers::CORRELATION_ID).is_some() || header(headers::REPLY_TOPIC).is_some();
-        found.dedup_key = header(headers::WEBHOOK_VERSION)
-            .zip(header(headers::EVENT_ID))
-            .filter(|_| !exchange)
-            .and_then(|(version, id)| crate::dedup::key_of_headers(version, id));
+        found.dedup_key = match (
+            header(headers::WEBHOOK_VERSION),
+            header(headers::EVENT_ID),
+            header(headers::EVENT_TYPE),
+        ) {
+            (Some(version), Some(id), Some(event_type)) if !exchange => {
+                crate::dedup::key_of_headers(version, id, event_type, &found.payload)
+            }
+            _ => None,
+        };
         found
     }
 

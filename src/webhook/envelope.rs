@@ -50,6 +50,11 @@ pub struct Envelope {
     pub occurred_at: Option<String>,
     /// The few other values routing and v2 fulfilment read.
     pub facts: Facts,
+    /// The body is exactly one envelope of `version`, its type written in the body: a v1 body
+    /// with no v2 envelope keys beside it, a v2 body with `event_type` and no `event` object.
+    /// Only such a body may enter a fulfilment exchange (a hybrid or a type taken from
+    /// `X-Event-Type` is still routed, never taken for a reward to grant).
+    pub strict: bool,
 }
 
 /// Values read from the body besides the envelope's own, so that no request needs the whole
@@ -171,7 +176,10 @@ pub fn parse_tree(body: &[u8], headers: &HeaderMap) -> Result<Envelope, Envelope
     let object = document.as_object().ok_or(EnvelopeError::NotAnObject)?;
     let event = object.get("event").and_then(Value::as_object);
     let data = object.get("data").and_then(Value::as_object);
+    let present = |key: &str| object.get(key).is_some_and(|v| !v.is_null());
     let fields = Fields {
+        v1_object: event.is_some(),
+        v2_keys: present("event_type") || present("event_id"),
         v1_type: event.and_then(|e| e.get("type")).cloned(),
         v1_id: event.and_then(|e| e.get("id")).cloned(),
         v1_created_at: event.and_then(|e| e.get("created_at")).cloned(),
@@ -202,6 +210,10 @@ pub fn parse_tree(body: &[u8], headers: &HeaderMap) -> Result<Envelope, Envelope
 
 /// What both parses extract, before the envelope rules are applied.
 struct Fields {
+    /// `event` is an object (the v1 envelope's).
+    v1_object: bool,
+    /// `event_type` or `event_id` is present and not null (the v2 envelope's keys).
+    v2_keys: bool,
     v1_type: Option<Value>,
     v1_id: Option<Value>,
     v1_created_at: Option<Value>,
@@ -226,7 +238,10 @@ fn parse_fields(body: &[u8]) -> Option<Fields> {
     };
     let string = |raw: Option<&RawValue>| scalar(raw).and_then(|v| v.as_str().map(str::to_owned));
     let id = |raw: Option<&RawValue>| scalar(raw).as_ref().and_then(id_string);
+    let present = |raw: Option<&RawValue>| raw.is_some_and(|r| r.get() != "null");
     Some(Fields {
+        v1_object: event.is_some(),
+        v2_keys: present(top.event_type) || present(top.event_id),
         v1_type: scalar(event.as_ref().and_then(|e| e.kind)),
         v1_id: scalar(event.as_ref().and_then(|e| e.id)),
         v1_created_at: scalar(event.as_ref().and_then(|e| e.created_at)),
@@ -247,15 +262,18 @@ fn envelope_from(fields: Fields, headers: &HeaderMap) -> Result<Envelope, Envelo
     let header_type = header_str(headers, HEADER_EVENT_TYPE);
     let header_id = header_str(headers, HEADER_EVENT_ID);
     let text = |value: &Option<Value>| value.as_ref().and_then(non_empty_str).map(str::to_owned);
-    let (version, event_type, event_id, occurred_at) = match text(&fields.v1_type) {
+    let (version, event_type, event_id, occurred_at, strict) = match text(&fields.v1_type) {
         Some(event_type) => (
             WebhookVersion::V1,
             event_type,
             fields.v1_id.as_ref().and_then(id_string),
             text(&fields.v1_created_at),
+            !fields.v2_keys,
         ),
         None => {
-            let event_type = text(&fields.v2_type)
+            let in_body = text(&fields.v2_type);
+            let strict = in_body.is_some() && !fields.v1_object;
+            let event_type = in_body
                 .or_else(|| header_type.map(str::to_owned))
                 .ok_or(EnvelopeError::MissingEventType)?;
             (
@@ -263,6 +281,7 @@ fn envelope_from(fields: Fields, headers: &HeaderMap) -> Result<Envelope, Envelo
                 event_type,
                 fields.v2_id.as_ref().and_then(id_string),
                 text(&fields.v2_timestamp),
+                strict,
             )
         }
     };
@@ -273,6 +292,7 @@ fn envelope_from(fields: Fields, headers: &HeaderMap) -> Result<Envelope, Envelo
         event_id,
         occurred_at,
         facts: fields.facts,
+        strict,
     })
 }
 
@@ -356,6 +376,29 @@ mod tests {
         assert_eq!(env.event_id, None);
     }
 
+    /// Only a body that is exactly one envelope, its type in the body, is strict: hybrids and
+    /// a type taken from `X-Event-Type` are not (they never enter a fulfilment exchange).
+    #[test]
+    fn strict_means_one_envelope_with_its_type_in_the_body() {
+        let mut typed = HeaderMap::new();
+        typed.insert(
+            HEADER_EVENT_TYPE,
+            HeaderValue::from_static("fulfilment_pending"),
+        );
+        for (body, headers, version, strict) in [
+            (r#"{"event":{"id":1,"type":"fulfilment_pending"},"data":{"id":2}}"#, &HeaderMap::new(), WebhookVersion::V1, true),
+            (r#"{"event":{"id":1,"type":"fulfilment_pending"},"event_type":"x"}"#, &HeaderMap::new(), WebhookVersion::V1, false),
+            (r#"{"event":{"id":1,"type":"fulfilment_pending"},"event_id":"u"}"#, &HeaderMap::new(), WebhookVersion::V1, false),
+            (r#"{"event":{"id":1,"type":"lead_signup"}}"#, &typed, WebhookVersion::V1, true),
+            (r#"{"event_type":"fulfilment_pending","data":{"id":4242}}"#, &HeaderMap::new(), WebhookVersion::V2, true),
+            (r#"{"event":{"id":3},"event_type":"a.b"}"#, &HeaderMap::new(), WebhookVersion::V2, false),
+            (r#"{"data":{"id":4343}}"#, &typed, WebhookVersion::V2, false),
+        ] {
+            let env = parse(body.as_bytes(), headers).unwrap();
+            assert_eq!((env.version, env.strict), (version, strict), "{body}");
+        }
+    }
+
     #[test]
     fn broken_bodies_are_classified() {
         assert_eq!(parse_str("{nope").unwrap_err().reason(), "bad_json");
@@ -409,6 +452,12 @@ mod tests {
             r#"{"event_type":"x"} trailing"#,
             r#"{"event_type":"\u0061.b","event_id":"\ud83d\ude00"}"#,
             r#"{"event_type":"x","data":{"name":"\ud800"}}"#,
+            r#"{"event":{"type":"fulfilment_pending","id":1},"event_type":"x"}"#,
+            r#"{"event":{"type":"fulfilment_pending","id":1},"event_id":null,"event_type":null}"#,
+            r#"{"event_type":"fulfilment_pending","data":{"id":4242}}"#,
+            r#"{"event":null,"event_type":"a.b"}"#,
+            r#"{"event":{"id":3},"event_type":"a.b"}"#,
+            r#"{"data":{"id":4343}}"#,
         ] {
             bodies.push(text.as_bytes().to_vec());
         }
@@ -428,6 +477,7 @@ mod tests {
                         assert_eq!(fast.event_id, tree.event_id, "{show}");
                         assert_eq!(fast.occurred_at, tree.occurred_at, "{show}");
                         assert_eq!(fast.facts, tree.facts, "{show}");
+                        assert_eq!(fast.strict, tree.strict, "{show}");
                     }
                     (Err(fast), Err(tree)) => assert_eq!(fast.reason(), tree.reason(), "{show}"),
                     (fast, tree) => panic!("{show}: fast {fast:?}, tree {tree:?}"),

@@ -8,13 +8,13 @@
 //!
 //! Each credential is scoped to what it may deliver ([`Scope`]): a path token v1 envelopes
 //! only (it sits in campaign settings and access logs), a signature v2 only, shared tokens and
-//! Basic what `auth.token_versions` / `auth.basic_versions` say (v2 by default). The scope is
-//! enforced once the body says which envelope it is.
+//! Basic what `auth.token_versions` / `auth.basic_versions` say (v2 by default). Which exchange
+//! a request then enters is decided once, from the scope and the envelope ([`scope`]).
 //!
-//! Over 450 lines with its unit tests (the checks themselves are about 320 lines).
+//! This file holds the credential kinds; [`scope`] the scope decision, [`source`] the source
+//! address checks.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -24,7 +24,11 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::config::{AuthConfig, ForwardedHeader};
-use crate::webhook::envelope::WebhookVersion;
+
+pub mod scope;
+pub mod source;
+
+pub use scope::{Exchange, Scope, ScopeRefusal};
 
 /// Header carrying FirstPromoter v2's signature: lowercase hex HMAC-SHA256 of the raw body.
 pub const SIGNATURE_HEADER: &str = "x-webhook-signature";
@@ -64,65 +68,6 @@ impl AuthFailure {
             Self::BadPathToken => "bad_path_token",
             Self::AuthorizationWithoutScheme => "authorization_without_scheme",
         }
-    }
-}
-
-/// The webhook versions a request's credentials may deliver.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Scope {
-    v1: bool,
-    v2: bool,
-}
-
-impl Scope {
-    /// Nothing: no credential matched.
-    pub const NONE: Self = Self {
-        v1: false,
-        v2: false,
-    };
-    /// Everything: no credential is checked (`insecure_no_auth`).
-    pub const ALL: Self = Self { v1: true, v2: true };
-    /// v1 envelopes only (path tokens).
-    pub const V1: Self = Self {
-        v1: true,
-        v2: false,
-    };
-    /// v2 envelopes only (signatures).
-    pub const V2: Self = Self {
-        v1: false,
-        v2: true,
-    };
-
-    /// The scope of a credential configured to deliver `versions`.
-    pub fn of(versions: &[WebhookVersion]) -> Self {
-        Self {
-            v1: versions.contains(&WebhookVersion::V1),
-            v2: versions.contains(&WebhookVersion::V2),
-        }
-    }
-
-    /// True when an envelope of `version` may be delivered.
-    pub fn allows(self, version: WebhookVersion) -> bool {
-        match version {
-            WebhookVersion::V1 => self.v1,
-            WebhookVersion::V2 => self.v2,
-        }
-    }
-
-    /// Whatever either may deliver.
-    pub fn union(self, other: Self) -> Self {
-        Self {
-            v1: self.v1 || other.v1,
-            v2: self.v2 || other.v2,
-        }
-    }
-
-    fn without_v2(self) -> Self {
-        Self { v2: false, ..self }
-    }
-
-    fn is_empty(self) -> bool {
-        !self.v1 && !self.v2
     }
 }
 
@@ -196,43 +141,6 @@ impl Authenticator {
         !self.path_tokens.is_empty()
     }
 
-    /// The address the request came from: the peer, or, when the peer is a trusted proxy, the
-    /// first untrusted hop from the right in the configured forwarding header
-    /// (`auth.forwarded_header`): only what trusted proxies appended is believed, so a client
-    /// cannot pick its address by writing entries on the left. `None` when that hop cannot be
-    /// read as an address (`unknown`, junk): it is then allowed nowhere.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
-        if !contains(&self.trusted_proxies, peer) {
-            return Some(peer);
-        }
-        let chain = forwarded_chain(headers, self.forwarded_header);
-        for hop in chain.iter().rev() {
-            match hop {
-                Some(ip) if contains(&self.trusted_proxies, *ip) => continue,
-                hop => return *hop,
-            }
-        }
-        // Every hop is a trusted proxy: the leftmost is the client (or, with no header, the
-        // peer itself).
-        Some(chain.first().copied().flatten().unwrap_or(peer))
-    }
-
-    /// Checks the client address against `auth.allow_sources` (an unreadable one is in none).
-    pub fn check_source(&self, client: Option<IpAddr>) -> Result<(), AuthFailure> {
-        if self.allow_sources.is_empty()
-            || client.is_some_and(|client| contains(&self.allow_sources, client))
-        {
-            Ok(())
-        } else {
-            Err(AuthFailure::SourceNotAllowed)
-        }
-    }
-
-    /// True when `peer` is a proxy whose forwarding header is believed.
-    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
-        contains(&self.trusted_proxies, peer)
-    }
-
     /// Checks the credentials of a request whose body is `body`: [`Self::check_head`], then
     /// [`Self::check_body`]; the scope they grant.
     pub fn check(
@@ -245,23 +153,6 @@ impl Authenticator {
             HeadVerdict::Passed(scope) => Ok(scope),
             HeadVerdict::NeedsBody(scope) => self.check_body(headers, body, scope),
         }
-    }
-
-    /// Whether a request its credentials scoped to `scope` may deliver a `version` envelope:
-    /// `Err(MissingSignature)` for an unsigned v2 envelope when signatures are required,
-    /// `Err(None)` when the credential is for the other version.
-    pub fn check_scope(
-        &self,
-        scope: Scope,
-        version: WebhookVersion,
-    ) -> Result<(), Option<AuthFailure>> {
-        if scope.allows(version) {
-            return Ok(());
-        }
-        if version == WebhookVersion::V2 && self.require_signature {
-            return Err(Some(AuthFailure::MissingSignature));
-        }
-        Err(None)
     }
 
     /// Everything that can be checked before the body is read: path token, Bearer or custom
@@ -398,73 +289,10 @@ fn basic_pairs(users: &BTreeMap<String, String>) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn contains(networks: &[IpNet], ip: IpAddr) -> bool {
-    let ip = canonical(ip);
-    networks.iter().any(|net| net.contains(&ip))
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) as the IPv4 addresses they are.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Hops from the one configured forwarding header, leftmost (client) first; `None` for a hop
-/// that is not an address.
-fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<IpAddr>> {
-    match header {
-        ForwardedHeader::XForwardedFor => headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .flat_map(|v| match v.to_str() {
-                Ok(text) => text.split(',').map(hop_ip).collect::<Vec<_>>(),
-                Err(_) => vec![None],
-            })
-            .map(|ip| ip.map(canonical))
-            .collect(),
-        ForwardedHeader::Forwarded => headers
-            .get_all(http::header::FORWARDED)
-            .iter()
-            .flat_map(|v| match v.to_str() {
-                // One element per hop; its `for=` parameter names it.
-                Ok(text) => text
-                    .split(',')
-                    .map(|element| {
-                        element.split(';').find_map(|pair| {
-                            let (key, value) = pair.trim().split_once('=')?;
-                            key.trim()
-                                .eq_ignore_ascii_case("for")
-                                .then(|| hop_ip(value))
-                        })?
-                    })
-                    .collect::<Vec<_>>(),
-                Err(_) => vec![None],
-            })
-            .map(|ip| ip.map(canonical))
-            .collect(),
-    }
-}
-
-/// One hop as proxies write it: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`,
-/// `[2001:db8::1]:4711`, any of them quoted.
-fn hop_ip(value: &str) -> Option<IpAddr> {
-    let value = value.trim().trim_matches('"');
-    if let Some(rest) = value.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
-    }
-    value.parse().ok().or_else(|| {
-        let (host, port) = value.rsplit_once(':')?;
-        // `host:port` only for IPv4: a bare IPv6 address has colons of its own.
-        (port.bytes().all(|b| b.is_ascii_digit()) && !host.contains(':'))
-            .then(|| host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4))?
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook::envelope::WebhookVersion;
     use http::HeaderValue;
 
     fn auth(configure: impl FnOnce(&mut AuthConfig)) -> Authenticator {
@@ -682,85 +510,5 @@ mod tests {
         assert_eq!(strict.check(&signed, None, SIGNED_BODY), Ok(Scope::V2));
     }
 
-    #[test]
-    fn forwarded_headers_count_only_from_trusted_proxies() {
-        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
-        let a = auth(|c| {
-            c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
-            c.allow_sources = vec!["203.0.113.0/24".parse().unwrap()];
-        });
-        let xff = headers(&[("x-forwarded-for", "198.51.100.9, 203.0.113.7, 10.0.0.2")]);
-        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(a.client_ip(proxy, &xff), ip("203.0.113.7"));
-        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(
-            a.client_ip(stranger, &xff),
-            Some(stranger),
-            "untrusted peers cannot claim an address"
-        );
-        let fwd = headers(&[(
-            "forwarded",
-            r#"for="[2001:db8::1]:80", for=203.0.113.8;proto=https"#,
-        )]);
-        assert_eq!(
-            a.client_ip(proxy, &fwd),
-            Some(proxy),
-            "only the configured header (x-forwarded-for) is read"
-        );
-        let rfc = auth(|c| {
-            c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
-            c.forwarded_header = ForwardedHeader::Forwarded;
-        });
-        assert_eq!(rfc.client_ip(proxy, &fwd), ip("203.0.113.8"));
-        let both = headers(&[
-            ("x-forwarded-for", "198.51.100.66"),
-            ("forwarded", "for=203.0.113.8"),
-        ]);
-        assert_eq!(
-            rfc.client_ip(proxy, &both),
-            ip("203.0.113.8"),
-            "a client-supplied X-Forwarded-For cannot override the proxy's Forwarded"
-        );
-        assert_eq!(a.check_source(ip("203.0.113.8")), Ok(()));
-        assert_eq!(
-            a.check_source(Some(stranger)),
-            Err(AuthFailure::SourceNotAllowed)
-        );
-        assert_eq!(
-            a.check_source(ip("::ffff:203.0.113.8")),
-            Ok(()),
-            "v4-mapped v6 is v4"
-        );
-        assert_eq!(
-            a.check_source(None),
-            Err(AuthFailure::SourceNotAllowed),
-            "an unreadable hop is allowed nowhere"
-        );
-    }
 
-    #[test]
-    fn forwarded_hops_with_ports_and_brackets_are_read_and_a_forged_left_entry_never_counts() {
-        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
-        let a = auth(|c| c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()]);
-        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        for (value, client) in [
-            // The proxy appended the real client with its port; the left entry is forged.
-            ("203.0.113.250, 198.51.100.7:51234", ip("198.51.100.7")),
-            ("203.0.113.250, [2001:db8::7]:443", ip("2001:db8::7")),
-            ("203.0.113.250, 2001:db8::7", ip("2001:db8::7")),
-            (
-                "203.0.113.250, \"198.51.100.7\", 10.0.0.9:80",
-                ip("198.51.100.7"),
-            ),
-            // The first untrusted hop from the right is junk: nobody can be named.
-            ("203.0.113.250, unknown", None),
-            ("203.0.113.250, 198.51.100.7:port", None),
-            // Only trusted hops: the leftmost.
-            ("10.0.0.7, 10.0.0.8", ip("10.0.0.7")),
-        ] {
-            let h = headers(&[("x-forwarded-for", value)]);
-            assert_eq!(a.client_ip(proxy, &h), client, "{value}");
-        }
-        assert_eq!(a.client_ip(proxy, &HeaderMap::new()), Some(proxy));
-    }
 }
