@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::secrets::{is_secret_setting, without_values};
+use super::secrets::{is_secret_setting, without_quoted, without_values};
 use super::*;
 
 /// A configuration that cannot be used, naming the field at fault.
@@ -83,10 +83,7 @@ impl Config {
                 })?;
                 let table = text
                     .parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Syntax {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| syntax_error(&path.display().to_string(), &text, &e))?;
                 (table, path.display().to_string())
             }
             None => (toml::Table::new(), "defaults".to_owned()),
@@ -283,6 +280,32 @@ impl Config {
                 .listen
                 .set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
+    }
+}
+
+/// A TOML syntax error told by its place (line and column) and the parser's short reason,
+/// never by the offending text: the line may be `tokens = ["<secret>" "<secret>"]`, and the
+/// parser's own message quotes it. Quoted values left in the reason are masked too.
+fn syntax_error(path: &str, text: &str, error: &toml::de::Error) -> ConfigError {
+    let place = error.span().map_or_else(String::new, |span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        format!("line {line}, column {column}: ")
+    });
+    let reason = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    ConfigError::Syntax {
+        path: path.to_owned(),
+        message: format!(
+            "{place}{} (the line is not shown: it may hold a secret)",
+            without_quoted(&reason, &['"', '\''])
+        ),
     }
 }
 

@@ -63,22 +63,37 @@ pub fn is_secret_setting(field: &str) -> bool {
             .is_some_and(|(_, key)| is_secret_property(key))
 }
 
-/// `message` with every quoted value (`"..."` or `` `...` ``) replaced by the mask.
+/// `message` with every quoted value (`"..."`, `'...'` or `` `...` ``) replaced by the mask.
 pub(super) fn without_values(message: &str) -> String {
+    without_quoted(message, &['"', '\'', '`'])
+}
+
+/// `message` with every value between two of `quotes` replaced by the mask. A backslash
+/// escapes the next character inside a value (`"tok\"en"` is one value), and a value whose
+/// closing quote never comes is masked to the end: nothing of it is shown.
+pub(super) fn without_quoted(message: &str, quotes: &[char]) -> String {
     let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(start) = rest.find(['"', '`']) {
-        let quote = rest[start..].chars().next().unwrap_or('"');
-        let Some(length) = rest[start + 1..].find(quote) else {
-            break;
-        };
-        out.push_str(&rest[..start]);
-        out.push(quote);
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if !quotes.contains(&c) {
+            continue;
+        }
+        // Inside a value: skip to its closing quote.
+        let mut closed = false;
+        while let Some(inner) = chars.next() {
+            if inner == '\\' {
+                chars.next();
+            } else if inner == c {
+                closed = true;
+                break;
+            }
+        }
         out.push_str(MASK);
-        out.push(quote);
-        rest = &rest[start + 1 + length + 1..];
+        if closed {
+            out.push(c);
+        }
     }
-    out.push_str(rest);
     out
 }
 
@@ -88,7 +103,26 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// What a masked secret looks like in output.
 pub const MASK: &str = "********";
 
-/// True for librdkafka settings that hold credentials or key material.
+/// The properties librdkafka itself marks sensitive (`_RK_SENSITIVE` in rdkafka_conf.c, checked
+/// against the vendored source by a test): masked whatever their name says.
+pub const LIBRDKAFKA_SENSITIVE: &[&str] = &[
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.ca.pem",
+    "ssl.keystore.password",
+    "sasl.username",
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+];
+
+/// True for librdkafka settings that hold credentials or key material: librdkafka's own
+/// sensitive list, and names that say so.
 pub fn is_secret_property(key: &str) -> bool {
     const MARKERS: &[&str] = &[
         "password",
@@ -100,7 +134,7 @@ pub fn is_secret_property(key: &str) -> bool {
         "token",
     ];
     let key = key.to_ascii_lowercase();
-    MARKERS.iter().any(|m| key.contains(m))
+    LIBRDKAFKA_SENSITIVE.contains(&key.as_str()) || MARKERS.iter().any(|m| key.contains(m))
 }
 
 /// `url` fit to print: user info, the query and any path segment that may be a credential

@@ -658,3 +658,80 @@ fn urls_are_printed_without_the_credentials_they_carry() {
     assert!(!shown.contains("s3cr3t-path-token"), "{shown}");
     assert!(shown.contains("https://relay.example.com/webhooks/firstpromoter/********"));
 }
+
+/// A syntax error says where, never what: the offending line may carry secrets, and the
+/// parser's own message quotes it.
+#[test]
+fn a_syntax_error_names_its_line_and_never_its_text() {
+    for (text, line) in [
+        (
+            "[auth]\ntokens = [\"v2-bearer-TOKEN-SECRET-0001\" \"second-SECRET-0002\"]\n",
+            "line 2",
+        ),
+        (
+            "[firstpromoter]\napi_key = \"fp_live_SECRET-UNTERMINATED\n",
+            "line 2",
+        ),
+        ("[auth]\npath_tokens = ['SECRET-single' 'x']\n", "line 2"),
+    ] {
+        let err = load_exact(text, &[]).unwrap_err().to_string();
+        assert!(!err.contains("SECRET"), "{err}");
+        assert!(err.contains(line), "{err}");
+    }
+}
+
+/// Masking a quoted value honours escapes and masks an unterminated one to the end.
+#[test]
+fn masking_handles_escaped_quotes_and_values_without_an_end() {
+    let err = load_str(
+        "",
+        &[("FP_RELAY_AUTH_TOKENS", r#"tok"en-SECRET-TAIL-0123456789"#)],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("SECRET"), "{err}");
+    assert_eq!(
+        super::secrets::without_values(r#"invalid type: string "tok\"en-SECRET-TAIL", expected"#),
+        r#"invalid type: string "********", expected"#
+    );
+    assert_eq!(
+        super::secrets::without_values(r#"bad value "open-SECRET and the rest"#),
+        r#"bad value "********"#
+    );
+}
+
+/// Every property librdkafka marks sensitive (`_RK_SENSITIVE` in the vendored rdkafka_conf.c,
+/// read here, not copied) is masked by check-config's output.
+#[test]
+fn every_property_librdkafka_marks_sensitive_is_masked() {
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("vendor/rdkafka-sys/librdkafka/src/rdkafka_conf.c"),
+    )
+    .unwrap();
+    // `{_RK_GLOBAL | _RK_SENSITIVE, "name", ...` with the name on the same or the next line.
+    let mut sensitive = Vec::new();
+    for (at, _) in source.match_indices("_RK_SENSITIVE") {
+        let rest = &source[at..];
+        let Some(open) = rest.find('"') else { continue };
+        if rest[..open].contains('}') || rest[..open].contains('(') {
+            continue; // a use of the flag in code, not a property's declaration
+        }
+        let name = &rest[open + 1..];
+        sensitive.push(name[..name.find('"').unwrap()].to_owned());
+    }
+    assert!(sensitive.len() >= 13, "{sensitive:?}");
+    let mut config = Config::default();
+    for name in &sensitive {
+        assert!(
+            super::secrets::is_secret_property(name),
+            "{name} is sensitive to librdkafka"
+        );
+        config
+            .kafka
+            .properties
+            .insert(name.clone(), format!("VALUE-OF-{name}"));
+    }
+    let shown = config.to_masked_toml();
+    assert!(!shown.contains("VALUE-OF-"), "{shown}");
+}
