@@ -71,6 +71,9 @@ pub enum Command {
     /// Work on a spool directory without serving.
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Ask the admin listener /readyz (or /healthz) and exit 0 when it answers 200: an exec
+    /// probe for an admin listener kept on loopback (the image has no shell or curl).
+    Probe(crate::tools::probe::ProbeOptions),
     /// FirstPromoter's v2 API: set up the webhook subscription, see what FirstPromoter
     /// delivered, and recover what it gave up on.
     #[command(subcommand, name = "firstpromoter")]

@@ -32,7 +32,22 @@ fn main() -> ExitCode {
         Command::Redrive(args) => redrive(args),
         Command::Spool(SpoolCommand::Drain(args)) => drain(args),
         Command::Spool(SpoolCommand::Requeue(args)) => requeue(args),
+        Command::Probe(args) => probe(&args),
         Command::FirstPromoter(command) => first_promoter(command),
+    }
+}
+
+fn probe(options: &fp_relay::tools::probe::ProbeOptions) -> ExitCode {
+    match fp_relay::tools::probe::run(options) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{}: {status}", options.admin);
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod answer;
 pub mod body;
 pub mod descriptors;
+mod evict;
 pub mod handler;
 pub mod outbound;
 pub mod server;

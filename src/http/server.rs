@@ -48,11 +48,18 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// How long shutdown waits for open connections.
     pub grace: Duration,
+    /// Close the longest-idle connection to make room rather than let a new one wait, with
+    /// this many connections at most from one address (the admin listener: probes must always
+    /// get through, see [`super::evict`]); `None` on the public listener.
+    pub evict_idle: Option<usize>,
     /// Offer HTTP/2 (always with TLS; on plain text only with `http.h2c`). Off, connections
     /// are HTTP/1.1 only: each request then counts against the connection cap and the head
     /// timeout, which HTTP/2 streams would not.
     pub http2: bool,
 }
+
+/// Most admin connections from one address: a scraper and a prober need one or two each.
+const ADMIN_CONNECTIONS_PER_SOURCE: usize = 16;
 
 /// Most concurrent HTTP/2 streams on one connection (hyper's default is 200; FirstPromoter
 /// sends one request at a time per connection).
@@ -90,6 +97,7 @@ impl Limits {
             exempt_sources: trusted_proxies.to_vec(),
             max_header_bytes: http.max_header_bytes,
             grace: http.shutdown_timeout,
+            evict_idle: None,
             http2: http.tls.is_some() || http.h2c,
         }
     }
@@ -104,6 +112,7 @@ impl Limits {
             exempt_sources: Vec::new(),
             max_header_bytes: 16 * 1024,
             grace: Duration::from_secs(1),
+            evict_idle: Some(ADMIN_CONNECTIONS_PER_SOURCE),
             http2: false,
         }
     }
@@ -138,16 +147,21 @@ pub async fn serve<H, F>(
     }
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let sources = Arc::new(SourceCounts::default());
+    let registry = Arc::new(super::evict::Registry::default());
     let mut over_cap_lines = Instant::now() - ACCEPT_ERROR_LOG_INTERVAL;
     let mut over_cap = 0u64;
     let (closing, closing_rx) = watch::channel(false);
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(stop);
     loop {
-        // Take a connection slot first: at the cap, clients wait in the kernel's backlog.
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        // Take a connection slot first: at the cap, clients wait in the kernel's backlog
+        // (unless the listener makes room by closing idle connections: then after accepting).
+        let waited = match limits.evict_idle {
+            Some(_) => None,
+            None => Some(tokio::select! {
+                _ = &mut stop => break,
+                permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            }),
         };
         let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
@@ -164,6 +178,30 @@ pub async fn serve<H, F>(
                 }
             },
         };
+        let permit = match waited {
+            Some(permit) => permit,
+            None => {
+                let per_source = limits.evict_idle.unwrap_or(usize::MAX);
+                let room = registry.make_room(&permits, peer.ip(), per_source).await;
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) if room => permit,
+                    _ => {
+                        // Every connection busy: this one is refused.
+                        over_cap += 1;
+                        if over_cap_lines.elapsed() >= ACCEPT_ERROR_LOG_INTERVAL {
+                            tracing::warn!(%peer, closed = over_cap, "every connection busy; closing new ones");
+                            over_cap_lines = Instant::now();
+                            over_cap = 0;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let activity = Arc::new(Activity::default());
+        let place = limits
+            .evict_idle
+            .map(|_| registry.enter(peer.ip(), activity.clone()));
         let exempt = limits
             .exempt_sources
             .iter()
@@ -199,12 +237,15 @@ pub async fn serve<H, F>(
             idle_timeout: limits.idle_timeout,
             first_request_timeout: limits.header_read_timeout,
             closing: closing_rx.clone(),
+            activity,
+            close: place.as_ref().map(|place| place.close.clone()),
         };
         let tls = tls.clone();
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let _source = source;
+            let _place = place;
             match tls {
                 None => connection.serve(stream).await,
                 // Boxed: the handshake's state would otherwise sit in every plain connection too.
@@ -325,6 +366,10 @@ struct Connection<H> {
     first_request_timeout: Duration,
     /// Becomes true when the server shuts down.
     closing: watch::Receiver<bool>,
+    /// Whether a request is in progress, and since when the connection has been idle.
+    activity: Arc<Activity>,
+    /// Notified when the listener closes this connection to make room for another.
+    close: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<H, F> Connection<H>
@@ -336,8 +381,16 @@ where
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity::default());
+        let activity = self.activity.clone();
         let (handle, peer, tracked) = (self.handle.clone(), self.peer, activity.clone());
+        let close = self.close.clone();
+        let make_room = async move {
+            match close {
+                Some(close) => close.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(make_room);
         let service = service_fn(move |request| {
             let busy = tracked.begin();
             let response = handle(request, peer);
@@ -360,6 +413,10 @@ where
                     if let Err(error) = result {
                         tracing::debug!(peer = %self.peer, %error, "connection ended with an error");
                     }
+                    return;
+                }
+                () = &mut make_room => {
+                    tracing::debug!(peer = %self.peer, "closing an idle connection to make room");
                     return;
                 }
                 changed = self.closing.changed(), if !closing => {
@@ -385,7 +442,7 @@ where
 }
 
 /// Whether a connection is busy, and since when it has been idle.
-struct Activity {
+pub(super) struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
     /// A request has begun on it (its head was read).
@@ -405,7 +462,7 @@ impl Default for Activity {
 impl Activity {
     /// Marks a request in progress until the returned guard drops (also when a hung-up
     /// client's request future is dropped).
-    fn begin(self: &Arc<Self>) -> Busy {
+    pub(super) fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.begun.store(true, Ordering::Release);
         Busy(self.clone())
@@ -413,6 +470,12 @@ impl Activity {
 
     fn has_begun(&self) -> bool {
         self.begun.load(Ordering::Acquire)
+    }
+
+    /// How long the connection has been idle; `None` while a request is in progress.
+    pub(super) fn idle(&self) -> Option<Duration> {
+        (self.in_flight.load(Ordering::Acquire) == 0)
+            .then(|| self.idle_since.lock().expect("lock not poisoned").elapsed())
     }
 
     fn idle_for(&self) -> Duration {
@@ -423,7 +486,7 @@ impl Activity {
     }
 }
 
-struct Busy(Arc<Activity>);
+pub(super) struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {

@@ -10,6 +10,7 @@ use rdkafka::error::KafkaError;
 pub mod dev;
 pub mod drain;
 pub mod firstpromoter;
+pub mod probe;
 pub mod redrive;
 pub mod requeue;
 pub mod respond;
