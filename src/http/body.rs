@@ -27,6 +27,9 @@ pub const LINGER_TIME: Duration = Duration::from_secs(5);
 /// Most bytes drained from a refused request's body.
 pub const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
+/// The most a body not yet authenticated is given before its bytes arrive; it grows as they do.
+const UNVERIFIED_INITIAL_CAPACITY: usize = 16 * 1024;
+
 /// Part of the unverified share one client address may hold: an eighth.
 const SOURCE_SHARE_DIVISOR: usize = 8;
 
@@ -175,7 +178,8 @@ pub struct Unread<B> {
     pub body: Option<B>,
 }
 
-/// Reads the whole body into one buffer (sized from the declared length), never more than
+/// Reads the whole body into one buffer (sized from the declared length once the credential
+/// is checked, from at most [`UNVERIFIED_INITIAL_CAPACITY`] before), never more than
 /// `limit` bytes: a declared length over the limit is refused before a byte is read, an
 /// undeclared one as soon as it crosses the limit. Every chunk is counted in `budget` as it
 /// arrives (`unverified`: also in the share for bodies not yet authenticated, and in the part
@@ -199,7 +203,10 @@ where
             body: Some(body),
         });
     }
-    let capacity = declared.map_or(0, |length| length as usize);
+    // A body whose credential is still to be checked (a signature over it) gets a small
+    // buffer that grows as bytes arrive: sizing it from the declared length let unauthenticated
+    // connections announcing 960 KiB each reserve memory for bytes they never sent.
+    let capacity = initial_capacity(declared, unverified);
     let mut buffer = BytesMut::with_capacity(capacity);
     let mut permit = BodyPermit::default();
     while let Some(frame) = body.frame().await {
@@ -231,6 +238,19 @@ where
         buffer.extend_from_slice(&data);
     }
     Ok((buffer.freeze(), permit))
+}
+
+/// The buffer a body starts with: its declared length once its credential is checked; before,
+/// at most [`UNVERIFIED_INITIAL_CAPACITY`], growing as bytes arrive (sizing it from the declared
+/// length let unauthenticated connections announcing 960 KiB each reserve memory for bytes
+/// they never sent).
+fn initial_capacity(declared: Option<u64>, unverified: bool) -> usize {
+    let declared = declared.map_or(0, |length| usize::try_from(length).unwrap_or(usize::MAX));
+    if unverified {
+        declared.min(UNVERIFIED_INITIAL_CAPACITY)
+    } else {
+        declared
+    }
 }
 
 /// Reads and discards what is left of a refused request's body, up to [`LINGER_BYTES`] and
@@ -287,6 +307,14 @@ mod tests {
 
     fn chunks(parts: Vec<&'static [u8]>) -> Chunks {
         Chunks(parts.into())
+    }
+
+    #[test]
+    fn a_body_not_yet_authenticated_is_not_sized_from_its_declared_length() {
+        assert_eq!(initial_capacity(Some(960 * 1024), true), 16 * 1024);
+        assert_eq!(initial_capacity(Some(100), true), 100);
+        assert_eq!(initial_capacity(Some(960 * 1024), false), 960 * 1024);
+        assert_eq!(initial_capacity(None, false), 0);
     }
 
     #[tokio::test]

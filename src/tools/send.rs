@@ -41,15 +41,36 @@ pub struct SendOptions {
     /// Requests per second (default: as fast as answers come).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Sign the body like a FirstPromoter v2 subscription (X-Webhook-Signature).
-    #[arg(long, value_name = "SECRET")]
+    /// Sign the body like a FirstPromoter v2 subscription (X-Webhook-Signature). Prefer the
+    /// environment or --secret-file: an argument is visible to every user in `ps`.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "FP_RELAY_SEND_SECRET",
+        hide_env_values = true
+    )]
     pub secret: Option<String>,
-    /// Send "Authorization: Bearer <TOKEN>" (a v2 custom header).
-    #[arg(long)]
+    /// Read the signing secret from this file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "secret")]
+    pub secret_file: Option<PathBuf>,
+    /// Send "Authorization: Bearer <TOKEN>" (a v2 custom header). Prefer the environment or
+    /// --token-file.
+    #[arg(long, env = "FP_RELAY_SEND_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Send HTTP Basic credentials.
-    #[arg(long, value_name = "USER:PASSWORD")]
+    /// Read the Bearer token from this file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Send HTTP Basic credentials. Prefer the environment or --basic-file.
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "FP_RELAY_SEND_BASIC",
+        hide_env_values = true
+    )]
     pub basic: Option<String>,
+    /// Read the Basic credentials (USER:PASSWORD) from this file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "basic")]
+    pub basic_file: Option<PathBuf>,
     /// Longest wait for one answer (fulfilment requests are held up to fulfilment.timeout).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     pub timeout: Duration,
@@ -66,6 +87,7 @@ struct Outgoing {
 
 /// Sends everything; returns whether every request was acknowledged (2xx).
 pub async fn run(options: &SendOptions, out: &mut impl Write) -> Result<bool, ToolError> {
+    let options = &with_secret_files(options)?;
     let requests = plan(options)?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut statuses: BTreeMap<String, u32> = BTreeMap::new();
@@ -108,6 +130,35 @@ pub async fn run(options: &SendOptions, out: &mut impl Write) -> Result<bool, To
         writeln!(out, "\nsome requests were not acknowledged (see above)")?;
     }
     Ok(acknowledged)
+}
+
+/// `options` with the credentials the `--*-file` options name read in (the first line of each).
+fn with_secret_files(options: &SendOptions) -> Result<SendOptions, ToolError> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .map(|text| text.lines().next().unwrap_or_default().trim().to_owned())
+            .map_err(|source| ToolError::Read {
+                path: path.clone(),
+                source,
+            })
+    };
+    let mut options = options.clone();
+    for (file, value) in [
+        (&options.secret_file.clone(), &mut options.secret),
+        (&options.token_file.clone(), &mut options.token),
+        (&options.basic_file.clone(), &mut options.basic),
+    ] {
+        if let Some(path) = file {
+            *value = Some(read(path)?);
+        }
+    }
+    Ok(options)
+}
+
+/// The URL fit to print: a path token after the webhook path (or any token-like segment) and
+/// user info masked.
+fn shown_url(url: &str) -> String {
+    crate::config::masked_url(url, &crate::config::HttpConfig::default().path)
 }
 
 fn plan(options: &SendOptions) -> Result<Vec<Outgoing>, ToolError> {
@@ -241,12 +292,14 @@ async fn send_one(
         builder = builder.header("authorization", format!("Basic {encoded}"));
     }
     let unreachable = |detail: String| ToolError::Http {
-        url: options.url.clone(),
+        url: shown_url(&options.url),
         detail,
     };
     let request = builder
         .body(Full::new(request.body.clone()))
-        .map_err(|error| ToolError::Usage(format!("invalid URL {}: {error}", options.url)))?;
+        .map_err(|error| {
+            ToolError::Usage(format!("invalid URL {}: {error}", shown_url(&options.url)))
+        })?;
     let response = client
         .request(request)
         .await
