@@ -259,7 +259,12 @@ impl Relay {
         // Which exchange the request enters, decided once from its credential and its envelope.
         let exchange = self
             .authenticator()
-            .exchange(scope, &envelope, &self.config.fulfilment.event_type, approval)
+            .exchange(
+                scope,
+                &envelope,
+                &self.config.fulfilment.event_type,
+                approval,
+            )
             .map_err(|refusal| match refusal {
                 ScopeRefusal::Unsigned(failure) => RelayError::Unauthorized(failure),
                 ScopeRefusal::Version(version) => RelayError::CredentialScope(version),
@@ -300,8 +305,7 @@ impl Relay {
                 Box::pin(self.dead_letter_reserved(record, arrived)).await
             }
             Exchange::V2Approval(commission) => {
-                Box::pin(self.request_fulfilment(key, commission, record, &received, arrived))
-                    .await
+                Box::pin(self.request_fulfilment(key, commission, record, &received, arrived)).await
             }
             Exchange::Standard => Box::pin(self.standard(key, record, &received, arrived)).await,
         };
@@ -391,10 +395,8 @@ impl Relay {
                 );
             }
         }
-        if let (
-            Some(shared),
-            Accepted::Published { .. } | Accepted::FulfilmentRequested { .. },
-        ) = (&self.services.shared_dedup, accepted)
+        if let (Some(shared), Accepted::Published { .. } | Accepted::FulfilmentRequested { .. }) =
+            (&self.services.shared_dedup, accepted)
         {
             shared.mark(guard.key());
         }
@@ -450,7 +452,8 @@ impl Relay {
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {
         let original = record.topic.clone();
-        let record = record.into_dead_letter(&self.config.kafka.dead_letter_topic, "reserved_topic");
+        let record =
+            record.into_dead_letter(&self.config.kafka.dead_letter_topic, "reserved_topic");
         let delivered = self.publish(&record, arrived).await?;
         self.services.metrics.dead_lettered.inc();
         if let Some(held_back) = self.refusal_lines.admit("reserved_topic") {

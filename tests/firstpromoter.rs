@@ -1231,7 +1231,8 @@ async fn recover_consults_the_dedup_topic_and_marks_what_it_writes() {
     let written = fake.recorded_key(sub, &missing);
     assert!(
         marks.iter().any(|m| {
-            fp_relay::dedup::shared::parse_marks(&m.value).is_some_and(|keys| keys.contains(&written))
+            fp_relay::dedup::shared::parse_marks(&m.value)
+                .is_some_and(|keys| keys.contains(&written))
         }),
         "recover marked what it wrote"
     );

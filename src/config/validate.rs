@@ -224,7 +224,10 @@ impl Config {
         }
         // A sender's event type must never be routed into a topic the relay reads or writes
         // as its own: dead letters, dedup marks (the reply topic is checked with fulfilment).
-        let own = [self.kafka.dead_letter_topic.as_str(), self.dedup.topic.trim()];
+        let own = [
+            self.kafka.dead_letter_topic.as_str(),
+            self.dedup.topic.trim(),
+        ];
         for (event_type, topic) in &self.kafka.topics {
             if own.contains(&topic.as_str()) {
                 return Err(ConfigError::invalid(

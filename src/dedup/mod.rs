@@ -324,7 +324,11 @@ impl Dedup {
         let mut inner = self.inner.lock().expect("lock not poisoned");
         let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let at = inner.millis(now).saturating_sub(age);
-        if inner.seen.get(&key.id).is_some_and(|(known, _)| *known >= at) {
+        if inner
+            .seen
+            .get(&key.id)
+            .is_some_and(|(known, _)| *known >= at)
+        {
             return;
         }
         inner.seen.insert(key.id, (at, key.content));
@@ -452,8 +456,13 @@ mod tests {
         }
         let mut inner = dedup.inner.lock().unwrap();
         dedup.expire(&mut inner, Instant::now() + Duration::from_secs(11));
-        assert!(!inner.seen.contains_key(&id_key("late")), "50 s old plus 11 s");
-        assert!(inner.seen.contains_key(&id_key("early")) && inner.seen.contains_key(&id_key("future")));
+        assert!(
+            !inner.seen.contains_key(&id_key("late")),
+            "50 s old plus 11 s"
+        );
+        assert!(
+            inner.seen.contains_key(&id_key("early")) && inner.seen.contains_key(&id_key("future"))
+        );
     }
 
     #[tokio::test]
@@ -478,7 +487,12 @@ mod tests {
     #[tokio::test]
     async fn the_same_id_with_other_content_is_a_conflict_not_a_duplicate() {
         let dedup = Dedup::new(Duration::from_secs(60), 10);
-        let ping = key_of_event("v1", "22736305", "ping", br#"{"event":{"id":22736305,"type":"ping"}}"#);
+        let ping = key_of_event(
+            "v1",
+            "22736305",
+            "ping",
+            br#"{"event":{"id":22736305,"type":"ping"}}"#,
+        );
         let signup = key_of_event(
             "v1",
             "22736305",
@@ -520,12 +534,27 @@ mod tests {
             br#"{"event":{"id":1,"type":"lead_signup"},"data":{"name":"a b","x":[1,3]}}"#,
             br#"{"event":{"id":1,"type":"lead_signup"},"data":{"name":"a b\" ","x":[1,2]}}"#,
         ] {
-            assert_ne!(digest(compact), digest(other), "{}", String::from_utf8_lossy(other));
+            assert_ne!(
+                digest(compact),
+                digest(other),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
         }
-        assert_ne!(digest(compact), content_digest("ping", compact), "the type counts");
+        assert_ne!(
+            digest(compact),
+            content_digest("ping", compact),
+            "the type counts"
+        );
         // Strings that end in an escaped backslash, and bodies cut short, are read to the end.
-        assert_ne!(digest(br#"{"a":"\\"," b":1}"#), digest(br#"{"a":"\\","b":1}"#));
-        assert_ne!(digest(br#"{"a":"cut short  "#), digest(br#"{"a":"cut short"#));
+        assert_ne!(
+            digest(br#"{"a":"\\"," b":1}"#),
+            digest(br#"{"a":"\\","b":1}"#)
+        );
+        assert_ne!(
+            digest(br#"{"a":"cut short  "#),
+            digest(br#"{"a":"cut short"#)
+        );
     }
 
     proptest::proptest! {
@@ -607,7 +636,9 @@ mod tests {
         assert_eq!(short, long);
         assert!(long <= 100, "{long} bytes an entry");
         assert_eq!(
-            std::mem::size_of::<(IdKey, (i64, u64))>() + 1 + std::mem::size_of::<(i64, u64, IdKey)>(),
+            std::mem::size_of::<(IdKey, (i64, u64))>()
+                + 1
+                + std::mem::size_of::<(i64, u64, IdKey)>(),
             65
         );
     }

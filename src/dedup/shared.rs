@@ -633,7 +633,11 @@ mod tests {
         assert_eq!(parse_marks(MARK_MAGIC), None);
         let mut flipped = value.clone();
         flipped[10] ^= 1;
-        assert_eq!(parse_marks(&flipped), None, "a changed byte fails the checksum");
+        assert_eq!(
+            parse_marks(&flipped),
+            None,
+            "a changed byte fails the checksum"
+        );
         let mut longer = value[..value.len() - 4].to_vec();
         longer.push(0);
         let checksum = crc32fast::hash(&longer);

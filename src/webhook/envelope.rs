@@ -386,12 +386,42 @@ mod tests {
             HeaderValue::from_static("fulfilment_pending"),
         );
         for (body, headers, version, strict) in [
-            (r#"{"event":{"id":1,"type":"fulfilment_pending"},"data":{"id":2}}"#, &HeaderMap::new(), WebhookVersion::V1, true),
-            (r#"{"event":{"id":1,"type":"fulfilment_pending"},"event_type":"x"}"#, &HeaderMap::new(), WebhookVersion::V1, false),
-            (r#"{"event":{"id":1,"type":"fulfilment_pending"},"event_id":"u"}"#, &HeaderMap::new(), WebhookVersion::V1, false),
-            (r#"{"event":{"id":1,"type":"lead_signup"}}"#, &typed, WebhookVersion::V1, true),
-            (r#"{"event_type":"fulfilment_pending","data":{"id":4242}}"#, &HeaderMap::new(), WebhookVersion::V2, true),
-            (r#"{"event":{"id":3},"event_type":"a.b"}"#, &HeaderMap::new(), WebhookVersion::V2, false),
+            (
+                r#"{"event":{"id":1,"type":"fulfilment_pending"},"data":{"id":2}}"#,
+                &HeaderMap::new(),
+                WebhookVersion::V1,
+                true,
+            ),
+            (
+                r#"{"event":{"id":1,"type":"fulfilment_pending"},"event_type":"x"}"#,
+                &HeaderMap::new(),
+                WebhookVersion::V1,
+                false,
+            ),
+            (
+                r#"{"event":{"id":1,"type":"fulfilment_pending"},"event_id":"u"}"#,
+                &HeaderMap::new(),
+                WebhookVersion::V1,
+                false,
+            ),
+            (
+                r#"{"event":{"id":1,"type":"lead_signup"}}"#,
+                &typed,
+                WebhookVersion::V1,
+                true,
+            ),
+            (
+                r#"{"event_type":"fulfilment_pending","data":{"id":4242}}"#,
+                &HeaderMap::new(),
+                WebhookVersion::V2,
+                true,
+            ),
+            (
+                r#"{"event":{"id":3},"event_type":"a.b"}"#,
+                &HeaderMap::new(),
+                WebhookVersion::V2,
+                false,
+            ),
             (r#"{"data":{"id":4343}}"#, &typed, WebhookVersion::V2, false),
         ] {
             let env = parse(body.as_bytes(), headers).unwrap();

@@ -509,6 +509,4 @@ mod tests {
         );
         assert_eq!(strict.check(&signed, None, SIGNED_BODY), Ok(Scope::V2));
     }
-
-
 }

@@ -157,14 +157,23 @@ mod tests {
     use crate::webhook::envelope::parse;
     use http::{HeaderMap, HeaderValue};
 
-    fn decide(scope: Scope, body: &str, header_type: Option<&'static str>) -> Result<Exchange, ScopeRefusal> {
+    fn decide(
+        scope: Scope,
+        body: &str,
+        header_type: Option<&'static str>,
+    ) -> Result<Exchange, ScopeRefusal> {
         let mut headers = HeaderMap::new();
         if let Some(t) = header_type {
             headers.insert("x-event-type", HeaderValue::from_static(t));
         }
         let envelope = parse(body.as_bytes(), &headers).unwrap();
         let approval = crate::fulfilment::v2::approval(&envelope, &["points".to_owned()]);
-        Authenticator::new(&AuthConfig::default()).exchange(scope, &envelope, "fulfilment_pending", approval)
+        Authenticator::new(&AuthConfig::default()).exchange(
+            scope,
+            &envelope,
+            "fulfilment_pending",
+            approval,
+        )
     }
 
     /// The holes a review found, each now closed: a v2 credential never enters the v1
@@ -174,20 +183,36 @@ mod tests {
     fn the_v1_exchange_takes_v1_credentials_and_a_v1_envelope_only() {
         let v1 = r#"{"event":{"id":1,"type":"fulfilment_pending"},"data":{"id":9}}"#;
         let v2_shaped = r#"{"event_type":"fulfilment_pending","data":{"id":4242}}"#;
-        let hybrid = r#"{"event":{"id":1,"type":"fulfilment_pending"},"event_type":"x","data":{"id":9}}"#;
+        let hybrid =
+            r#"{"event":{"id":1,"type":"fulfilment_pending"},"event_type":"x","data":{"id":9}}"#;
         assert_eq!(decide(Scope::V1, v1, None), Ok(Exchange::V1Fulfilment));
         assert_eq!(decide(Scope::ALL, v1, None), Ok(Exchange::V1Fulfilment));
         for body in [v1, v2_shaped, hybrid] {
-            assert_eq!(decide(Scope::V2, body, None), Err(ScopeRefusal::Version(WebhookVersion::V1)), "{body}");
+            assert_eq!(
+                decide(Scope::V2, body, None),
+                Err(ScopeRefusal::Version(WebhookVersion::V1)),
+                "{body}"
+            );
         }
         assert_eq!(
-            decide(Scope::V2, r#"{"data":{"id":4343}}"#, Some("fulfilment_pending")),
+            decide(
+                Scope::V2,
+                r#"{"data":{"id":4343}}"#,
+                Some("fulfilment_pending")
+            ),
             Err(ScopeRefusal::Version(WebhookVersion::V1))
         );
-        assert_eq!(decide(Scope::ALL, v2_shaped, None), Err(ScopeRefusal::Mismatch));
+        assert_eq!(
+            decide(Scope::ALL, v2_shaped, None),
+            Err(ScopeRefusal::Mismatch)
+        );
         assert_eq!(decide(Scope::V1, hybrid, None), Err(ScopeRefusal::Mismatch));
         assert_eq!(
-            decide(Scope::ALL, r#"{"data":{"id":4343}}"#, Some("fulfilment_pending")),
+            decide(
+                Scope::ALL,
+                r#"{"data":{"id":4343}}"#,
+                Some("fulfilment_pending")
+            ),
             Err(ScopeRefusal::Mismatch)
         );
     }
@@ -195,12 +220,28 @@ mod tests {
     #[test]
     fn an_approval_asks_a_fulfiller_only_from_a_strict_v2_envelope() {
         let approval = r#"{"event_type":"commission.updated","event_id":"e","changes":{"status":["pending","approved"]},"data":{"id":88901,"unit":"points"}}"#;
-        assert_eq!(decide(Scope::V2, approval, None), Ok(Exchange::V2Approval(88901)));
-        assert_eq!(decide(Scope::V1, approval, None), Err(ScopeRefusal::Version(WebhookVersion::V2)));
-        let typed_by_header = r#"{"changes":{"status":["pending","approved"]},"data":{"id":88901,"unit":"points"}}"#;
-        assert_eq!(decide(Scope::V2, typed_by_header, Some("commission.updated")), Ok(Exchange::Standard));
+        assert_eq!(
+            decide(Scope::V2, approval, None),
+            Ok(Exchange::V2Approval(88901))
+        );
+        assert_eq!(
+            decide(Scope::V1, approval, None),
+            Err(ScopeRefusal::Version(WebhookVersion::V2))
+        );
+        let typed_by_header =
+            r#"{"changes":{"status":["pending","approved"]},"data":{"id":88901,"unit":"points"}}"#;
+        assert_eq!(
+            decide(Scope::V2, typed_by_header, Some("commission.updated")),
+            Ok(Exchange::Standard)
+        );
         let with_v1_event = r#"{"event":{"id":2},"event_type":"commission.updated","changes":{"status":["pending","approved"]},"data":{"id":88901,"unit":"points"}}"#;
-        assert_eq!(decide(Scope::V2, with_v1_event, None), Ok(Exchange::Standard));
-        assert_eq!(decide(Scope::V1, r#"{"event":{"type":"lead_signup"}}"#, None), Ok(Exchange::Standard));
+        assert_eq!(
+            decide(Scope::V2, with_v1_event, None),
+            Ok(Exchange::Standard)
+        );
+        assert_eq!(
+            decide(Scope::V1, r#"{"event":{"type":"lead_signup"}}"#, None),
+            Ok(Exchange::Standard)
+        );
     }
 }
