@@ -308,7 +308,7 @@ pub struct DedupConfig {
     /// about 98 MB per million, whatever the ids' length.
     pub max_entries: usize,
     /// A Kafka topic that shares what was published with every replica and across restarts:
-    /// each acknowledged event's 16-byte key is written there, and every replica reads every
+    /// each acknowledged event's 24-byte key (id and content digest) is written there, and every replica reads every
     /// key of the last `window` (README "Duplicate suppression"). Empty: per process. Give it
     /// a retention of at least `window`.
     pub topic: String,
