@@ -189,6 +189,10 @@ async fn redrive_of_an_id_already_published_writes_nothing() {
             .insert(Header {
                 key: "fp-webhook-version",
                 value: Some("v2"),
+            })
+            .insert(Header {
+                key: "fp-event-type",
+                value: Some("referral.created"),
             });
         let body = event(id);
         let record = FutureRecord::to("firstpromoter.dead_letter")

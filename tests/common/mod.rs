@@ -62,6 +62,12 @@ impl Tansu {
         panic!("{last}");
     }
 
+    /// Starts a broker on `port` that tells clients to connect to `advertised` (a proxy in
+    /// front of it); used to bring a killed broker back, empty, behind the same proxy.
+    pub fn start_on_advertising(port: u16, advertised: u16) -> Self {
+        Self::try_start(port, advertised).unwrap_or_else(|why| panic!("{why}"))
+    }
+
     fn try_start_on(port: u16) -> Result<Self, String> {
         Self::try_start(port, port)
     }
@@ -845,6 +851,17 @@ impl RelayProcess {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// The exit status if the process has ended on its own, with its last log lines.
+    pub fn exited(&mut self) -> Option<(std::process::ExitStatus, String)> {
+        let status = self.child.try_wait().ok().flatten()?;
+        Some((status, self.log_tail()))
+    }
+
+    /// The log lines written so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill.
