@@ -62,6 +62,14 @@ const EVENT_TOPICS: &[&str] = &[
     "firstpromoter.referral.created",
     "firstpromoter.commission.updated",
 ];
+/// Runs a relay or a drain as `nobody`.
+const UNPRIVILEGED: &[&str] = &[
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
 /// Longest a request may go unanswered: the relay's deadlines (3 s) and a margin.
 const HANG: Duration = Duration::from_secs(9);
 
@@ -420,9 +428,12 @@ impl World {
     }
 
     /// Starts relay `index` on its spool (under `wrapper`), waiting up to 20 s for it to be
-    /// ready; it serves traffic from then on.
+    /// ready; it serves traffic from then on. Relays run as an unprivileged user (root ignores
+    /// file modes, and the unreadable-spool fault needs them to count).
     async fn start_relay(&self, index: usize, wrapper: &[&str]) {
-        let mut process = self.launch(index, wrapper);
+        let mut wrapped = UNPRIVILEGED.to_vec();
+        wrapped.extend_from_slice(wrapper);
+        let mut process = self.launch(index, &wrapped);
         let mut ready = false;
         for _ in 0..100 {
             if process.exited().is_some() {
@@ -482,7 +493,9 @@ impl World {
 
     fn spool_drain(&self, index: usize, timeout: &str) -> std::process::Child {
         let dir = self.slots.lock().unwrap()[index].dir.display().to_string();
-        Command::new(env!("CARGO_BIN_EXE_fp-relay"))
+        Command::new(UNPRIVILEGED[0])
+            .args(&UNPRIVILEGED[1..])
+            .arg(env!("CARGO_BIN_EXE_fp-relay"))
             .args([
                 "spool",
                 "drain",
@@ -496,7 +509,6 @@ impl World {
             .env("FP_RELAY_DEDUP_TOPIC", DEDUP_TOPIC)
             .env("FP_RELAY_DEDUP_LOAD_TIMEOUT", "3s")
             .env("FP_RELAY_CONFIG", consumer_config())
-            .env_remove("FP_RELAY_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -807,7 +819,19 @@ const FAULTS: &[&str] = &[
     "kill -9 relay, spool drain (twice, the first interrupted)",
     "relay under prlimit --fsize (disk full)",
     "second relay on an owned spool",
+    "spool files unreadable across a restart",
+    "redrive dead letters (twice)",
 ];
+
+/// Sets the mode of every file in the spool directory `dir` (not the directory itself).
+fn set_modes(dir: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
 
 /// Every topic the relays write, created as an operator would before starting them.
 async fn create_topics(bootstrap: &str) {
@@ -836,6 +860,9 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
     let marked = Arc::new(Mutex::new(Vec::new()));
     let api = api(marked.clone()).await;
     let dirs: Vec<PathBuf> = (0..2).map(|_| common::spool::spool_dir()).collect();
+    for dir in &dirs {
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+    }
     let world = Arc::new(World {
         seed,
         bootstrap: bootstrap.clone(),
@@ -896,12 +923,23 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
         .map(|(n, kind)| tokio::spawn(lane(world.clone(), n, *kind, until)))
         .collect();
 
-    // Faults at random times until the traffic stops.
+    // Faults at random times until the traffic stops, drawn from FAULTS (or the names in
+    // CHAOS_FAULTS, comma separated, to aim at one).
+    let only = std::env::var("CHAOS_FAULTS").unwrap_or_default();
+    let drawn: Vec<&str> = FAULTS
+        .iter()
+        .copied()
+        .filter(|f| only.is_empty() || only.split(',').any(|o| o.trim() == *f))
+        .collect();
+    assert!(
+        !drawn.is_empty(),
+        "CHAOS_FAULTS names no fault of {FAULTS:?}"
+    );
     let mut faults = 0;
     while Instant::now() + Duration::from_secs(1) < until {
         tokio::time::sleep(rng.millis(300, 2000)).await;
         world.check_alive();
-        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        let fault = drawn[rng.below(drawn.len() as u64) as usize];
         let relay = rng.below(2) as usize;
         let length = rng.millis(500, 3000);
         faults += 1;
@@ -988,7 +1026,7 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
             }
             "second relay on an owned spool" => {
                 if world.addrs.lock().unwrap()[relay].is_some() {
-                    let mut intruder = world.launch(relay, &[]);
+                    let mut intruder = world.launch(relay, UNPRIVILEGED);
                     let refused = common::eventually(Duration::from_secs(10), async || {
                         intruder.exited().is_some()
                     })
@@ -1002,6 +1040,45 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
                             ));
                             intruder.kill();
                         }
+                    }
+                }
+            }
+            "spool files unreadable across a restart" => {
+                let dir = world.slots.lock().unwrap()[relay].dir.clone();
+                set_modes(&dir, 0o000);
+                if let Some(process) = world.take_relay(relay) {
+                    world.crashes.lock().unwrap().push(Instant::now());
+                    process.kill();
+                    world.start_relay(relay, &[]).await;
+                }
+                tokio::time::sleep(length).await;
+                set_modes(&dir, 0o600);
+                world
+                    .timeline
+                    .note(format!("relay {relay}'s spool files readable again"));
+            }
+            "redrive dead letters (twice)" => {
+                for _ in 0..2 {
+                    let mut redrive = Command::new(env!("CARGO_BIN_EXE_fp-relay"))
+                        .args(["redrive", "--brokers", &bootstrap, "--idle-exit", "1s"])
+                        .env("FP_RELAY_DEDUP_ENABLED", "true")
+                        .env("FP_RELAY_DEDUP_TOPIC", DEDUP_TOPIC)
+                        .env("FP_RELAY_CONFIG", consumer_config())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap();
+                    let waited = tokio::time::timeout(
+                        Duration::from_secs(20),
+                        tokio::task::spawn_blocking(move || redrive.wait()),
+                    )
+                    .await;
+                    if waited.is_err() {
+                        world
+                            .problems
+                            .lock()
+                            .unwrap()
+                            .push("redrive ran past 20 s".into());
                     }
                 }
             }
@@ -1061,6 +1138,30 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
     world.check_alive();
     let mut report = String::new();
     let figures = check(&world, &final_read, faults, &mut report);
+    if figures.failed() {
+        for (index, slot) in world.slots.lock().unwrap().iter().enumerate() {
+            if let Some(process) = &slot.process {
+                let text = process.log_text();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                report.push_str(&format!("relay {index}'s last log lines:\n{tail}\n"));
+                if std::env::var_os("CHAOS_GDB").is_some() {
+                    let stacks = Command::new("gdb")
+                        .args([
+                            "-p",
+                            &process.pid().to_string(),
+                            "-batch",
+                            "-ex",
+                            "thread apply all bt 30",
+                        ])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default();
+                    report.push_str(&format!("relay {index}'s threads:\n{stacks}\n"));
+                }
+            }
+        }
+    }
 
     // Tear down.
     for index in 0..2 {
@@ -1119,14 +1220,20 @@ fn check(
             .push(attempt);
     }
     // Every copy of each event id in the final read (event topics and dead letters).
+    // (A dead letter makes an event present, not a copy: redrive puts it back on its topic
+    // and the dead letter stays where it was.)
     let mut copies: HashMap<String, usize> = HashMap::new();
-    for topic in EVENT_TOPICS.iter().chain([&DEAD_LETTERS]) {
+    for topic in EVENT_TOPICS {
         for record in &final_read[*topic] {
             if let Some(id) = record.header("fp-event-id") {
                 *copies.entry(id.to_owned()).or_default() += 1;
             }
         }
     }
+    let dead_lettered: HashSet<&str> = final_read[DEAD_LETTERS]
+        .iter()
+        .filter_map(|r| r.header("fp-event-id"))
+        .collect();
     let history = |event: &str| -> String {
         by_event
             .get(event)
@@ -1155,7 +1262,9 @@ fn check(
             continue;
         };
         figures.acknowledged += 1;
-        let present = copies.contains_key(event) || seen.contains(event);
+        let present = copies.contains_key(event)
+            || seen.contains(event)
+            || dead_lettered.contains(event.as_str());
         if !present {
             let forgotten = restarts.iter().any(|at| {
                 *at >= acked.sent && at.duration_since(acked.answered) < Duration::from_secs(2)

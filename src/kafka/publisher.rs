@@ -136,6 +136,10 @@ pub enum PublishError {
     /// The write failed in a way a retry may fix.
     #[error("Kafka failed the write: {0}")]
     Kafka(KafkaError),
+    /// Kafka reported the record delivered without an offset (a duplicate sequence number):
+    /// it may or may not be in Kafka, so it is not acknowledged.
+    #[error("Kafka reported the write delivered without an offset; not counted as acknowledged")]
+    Unconfirmed,
     /// Kafka will never accept this record as it is (too large, not authorised, no such
     /// topic): dead-letter it, never retry it.
     #[error("Kafka refused the record for good: {0}")]
@@ -153,6 +157,7 @@ impl PublishError {
             Self::QueueFull => "queue_full",
             Self::Fatal(_) => "fatal",
             Self::Kafka(_) => "error",
+            Self::Unconfirmed => "unconfirmed",
             Self::Refused(_) => "refused",
             Self::Spool(_) => "spool",
         }
@@ -207,6 +212,21 @@ impl PendingDelivery {
         result: <DeliveryFuture as std::future::Future>::Output,
     ) -> Result<Delivered, PublishError> {
         let result = match result {
+            // librdkafka reports a batch the broker answered DUPLICATE_SEQUENCE_NUMBER as
+            // delivered, without an offset ("previous send succeeded but was not
+            // acknowledged"). A broker that forgot the producer's state and handed its id to
+            // another producer answers that for records it never wrote (the chaos run's seed 12,
+            // tansu restarted empty): a 2xx on it lost the event. No offset, no acknowledgement:
+            // the event is spooled or refused as in an outage (at worst a duplicate, never a
+            // loss), and the producer, whose sequence the broker disputes, is replaced.
+            Ok(Ok(delivery)) if delivery.offset < 0 => {
+                tracing::warn!(
+                    partition = delivery.partition,
+                    "Kafka reported a write delivered without an offset (duplicate sequence number); not counted as acknowledged, replacing the producer"
+                );
+                self.publisher.replace(&self.generation);
+                Err(PublishError::Unconfirmed)
+            }
             Ok(Ok(delivery)) => Ok(Delivered {
                 partition: delivery.partition,
                 offset: delivery.offset,
