@@ -412,6 +412,11 @@ struct World {
     /// Kills, SIGTERMs and broker restarts, with when: a duplicate after one is allowed.
     crashes: Mutex<Vec<Instant>>,
     broker_restarts: Mutex<Vec<Instant>>,
+    /// Before each broker kill: when the read of what it held began, and when it was killed.
+    snapshots: Mutex<Vec<(Instant, Instant)>>,
+    /// When a relay's producer was replaced (its writes in flight purged: a duplicate after
+    /// one is allowed), as seen by polling `fp_relay_kafka_producer_rebuilds_total`.
+    rebuilds: Mutex<Vec<Instant>>,
     verdicts: Mutex<Verdicts>,
     marked: Mutex<Vec<u64>>,
     /// Event ids the tap saw on any topic during the run.
@@ -548,9 +553,39 @@ async fn post(
         .flatten()
 }
 
+/// Polls each relay's `fp_relay_kafka_producer_rebuilds_total` and notes when it rises.
+async fn watch_rebuilds(world: Arc<World>) {
+    let mut last: HashMap<SocketAddr, f64> = HashMap::new();
+    loop {
+        let admins: Vec<SocketAddr> = world
+            .slots
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|slot| slot.process.as_ref().map(|p| p.admin))
+            .collect();
+        for admin in admins {
+            if let Some(now) = metric_of(admin, "fp_relay_kafka_producer_rebuilds_total").await {
+                if last.insert(admin, now).is_some_and(|before| now > before) {
+                    world.rebuilds.lock().unwrap().push(Instant::now());
+                    world
+                        .timeline
+                        .note(format!("a producer was replaced ({admin})"));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// `fp_relay_spool_records` of the relay whose admin listener is `admin`; `None` when it does
 /// not answer.
 async fn spool_records(admin: SocketAddr) -> Option<f64> {
+    metric_of(admin, "fp_relay_spool_records").await
+}
+
+/// The value of the metric `name` (no labels) on the admin listener `admin`.
+async fn metric_of(admin: SocketAddr, name: &str) -> Option<f64> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let request = http::Request::get(format!("http://{admin}/metrics"))
         .body(Full::new(Bytes::new()))
@@ -562,7 +597,7 @@ async fn spool_records(admin: SocketAddr) -> Option<f64> {
     let text = response.into_body().collect().await.ok()?.to_bytes();
     String::from_utf8_lossy(&text)
         .lines()
-        .find_map(|line| line.strip_prefix("fp_relay_spool_records "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
 }
 
@@ -611,12 +646,40 @@ fn header<'m>(message: &'m rdkafka::message::BorrowedMessage<'m>, name: &str) ->
     })
 }
 
-/// Reads every relay topic for the whole run, noting each event id it sees.
+/// Reads every event topic for the whole run, noting each event id it sees. Partitions are
+/// assigned, not subscribed through a group (a group rejoins for seconds after every broker
+/// restart, and what the broker forgot meanwhile was never seen), and assigned afresh from the
+/// beginning after each restart.
 fn tap(world: Arc<World>) {
-    let consumer = consumer(&world.bootstrap, &format!("chaos-tap-{}", world.seed));
-    consumer.subscribe(&["^firstpromoter\\..*"]).unwrap();
+    let mut epoch = usize::MAX;
+    let mut consumer: Option<BaseConsumer> = None;
     while !world.stop.load(Ordering::Acquire) {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+        let now = world.broker_restarts.lock().unwrap().len();
+        if now != epoch {
+            epoch = now;
+            let fresh: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &world.bootstrap)
+                .set("group.id", format!("chaos-tap-{}", world.seed))
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", "50")
+                .set("log_level", "0")
+                .create()
+                .unwrap();
+            let mut partitions = rdkafka::TopicPartitionList::new();
+            for topic in EVENT_TOPICS.iter().chain([&DEAD_LETTERS]) {
+                for partition in 0..4 {
+                    let _ = partitions.add_partition_offset(
+                        topic,
+                        partition,
+                        rdkafka::Offset::Beginning,
+                    );
+                }
+            }
+            let _ = fresh.assign(&partitions);
+            consumer = Some(fresh);
+        }
+        let Some(consumer) = &consumer else { continue };
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
             if let Some(id) = header(&message, "fp-event-id") {
                 world.seen.lock().unwrap().insert(id);
             }
@@ -693,6 +756,16 @@ fn fulfiller(world: Arc<World>) {
     let _ = producer.flush(Duration::from_secs(2));
 }
 
+/// One planned request: the event's identity, body, headers, path, and the relays it goes to
+/// in turn (a retry goes to the next).
+type Planned = (
+    String,
+    Bytes,
+    Vec<(&'static str, String)>,
+    String,
+    Vec<usize>,
+);
+
 /// One lane of FirstPromoter traffic until `until`.
 async fn lane(world: Arc<World>, lane: usize, kind: Kind, until: Instant) {
     let mut rng = Rng::new(world.seed.wrapping_mul(31).wrapping_add(lane as u64));
@@ -701,13 +774,7 @@ async fn lane(world: Arc<World>, lane: usize, kind: Kind, until: Instant) {
     while Instant::now() < until {
         n += 1;
         let id = base + n;
-        let (event, body, headers, path, relays): (
-            String,
-            Bytes,
-            Vec<(&str, String)>,
-            String,
-            Vec<usize>,
-        ) = match kind {
+        let (event, body, headers, path, relays): Planned = match kind {
             Kind::V1 => (
                 id.to_string(),
                 Bytes::from(
@@ -794,7 +861,7 @@ async fn lane(world: Arc<World>, lane: usize, kind: Kind, until: Instant) {
             world.attempts.lock().unwrap().push(record);
             // v2 retries only what was not acknowledged, unless the plan says a retry crosses
             // the answer (the consistency window).
-            if acknowledged && kind != Kind::V2 || (acknowledged && attempt > 0) {
+            if acknowledged && (kind != Kind::V2 || attempt > 0) {
                 break;
             }
             tokio::time::sleep(rng.millis(0, 300)).await;
@@ -881,6 +948,8 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
         problems: Mutex::default(),
         crashes: Mutex::default(),
         broker_restarts: Mutex::default(),
+        snapshots: Mutex::default(),
+        rebuilds: Mutex::default(),
         verdicts: Mutex::default(),
         marked: Mutex::default(),
         seen: Mutex::default(),
@@ -923,6 +992,7 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
         .map(|(n, kind)| tokio::spawn(lane(world.clone(), n, *kind, until)))
         .collect();
 
+    let watcher = tokio::spawn(watch_rebuilds(world.clone()));
     // Faults at random times until the traffic stops, drawn from FAULTS (or the names in
     // CHAOS_FAULTS, comma separated, to aim at one).
     let only = std::env::var("CHAOS_FAULTS").unwrap_or_default();
@@ -953,7 +1023,24 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
                 broker.thaw();
             }
             "restart broker empty" => {
+                // What the broker holds, read just before it is killed: an event acknowledged
+                // after this read began is the only kind the broker can be blamed for losing.
+                let snapshot = Instant::now();
+                for topic in EVENT_TOPICS.iter().chain([&DEAD_LETTERS]) {
+                    for record in
+                        common::consume_all(&bootstrap, topic, Duration::from_millis(300)).await
+                    {
+                        if let Some(id) = record.header("fp-event-id") {
+                            world.seen.lock().unwrap().insert(id.to_owned());
+                        }
+                    }
+                }
                 broker.stop();
+                world
+                    .snapshots
+                    .lock()
+                    .unwrap()
+                    .push((snapshot, Instant::now()));
                 world.broker_restarts.lock().unwrap().push(Instant::now());
                 tokio::time::sleep(length.min(Duration::from_secs(1))).await;
                 broker = tokio::task::block_in_place(|| {
@@ -1123,6 +1210,7 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
     // Replies still on their way (late ones) and marks of approvals.
     tokio::time::sleep(Duration::from_secs(6)).await;
     world.stop.store(true, Ordering::Release);
+    watcher.abort();
     let _ = tap.join();
     let _ = fulfiller.join();
     *world.marked.lock().unwrap() = marked.lock().unwrap().clone();
@@ -1145,6 +1233,33 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = lines[lines.len().saturating_sub(40)..].join("\n");
                 report.push_str(&format!("relay {index}'s last log lines:\n{tail}\n"));
+                let kept = std::env::temp_dir().join(format!(
+                    "fp-relay-chaos-seed{}-relay{index}.log",
+                    world.seed
+                ));
+                if std::fs::write(&kept, &text).is_ok() {
+                    report.push_str(&format!("relay {index}'s whole log: {}\n", kept.display()));
+                }
+                let admin = process.admin;
+                let metrics = tokio::task::block_in_place(|| {
+                    Command::new("curl")
+                        .args(["-s", "-m", "2", &format!("http://{admin}/metrics")])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default()
+                });
+                let spool: Vec<&str> = metrics
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("fp_relay_spool")
+                            || l.starts_with("fp_relay_kafka_produce_total")
+                            || l.starts_with("fp_relay_ready")
+                    })
+                    .collect();
+                report.push_str(&format!(
+                    "relay {index}'s spool metrics:\n{}\n",
+                    spool.join("\n")
+                ));
                 if std::env::var_os("CHAOS_GDB").is_some() {
                     let stacks = Command::new("gdb")
                         .args([
@@ -1206,6 +1321,8 @@ fn check(
     let seen = world.seen.lock().unwrap().clone();
     let crashes = world.crashes.lock().unwrap().clone();
     let restarts = world.broker_restarts.lock().unwrap().clone();
+    let snapshots = world.snapshots.lock().unwrap().clone();
+    let rebuilds = world.rebuilds.lock().unwrap().clone();
     let verdicts = world.verdicts.lock().unwrap();
     let mut figures = Figures {
         schedules: 1,
@@ -1266,11 +1383,13 @@ fn check(
             || seen.contains(event)
             || dead_lettered.contains(event.as_str());
         if !present {
-            let forgotten = restarts.iter().any(|at| {
-                *at >= acked.sent && at.duration_since(acked.answered) < Duration::from_secs(2)
-            }) || restarts
+            // Acknowledged between the snapshot's start and the kill (or spooled, so written to
+            // Kafka at a time nobody saw, before a kill): the broker forgot it.
+            let forgotten = snapshots
                 .iter()
-                .any(|at| *at >= acked.sent && acked.body["status"] == "spooled");
+                .any(|(read, killed)| acked.answered >= *read && acked.answered <= *killed)
+                || (acked.body["status"] == "spooled"
+                    && restarts.iter().any(|at| *at >= acked.sent));
             if forgotten {
                 figures.forgotten_by_broker += 1;
             } else {
@@ -1281,8 +1400,12 @@ fn check(
         let count = copies.get(event).copied().unwrap_or(0);
         if count > 1 {
             let first = list[0].sent;
-            let explained =
-                list.len() > 1 || crashes.iter().chain(&restarts).any(|at| *at >= first);
+            let explained = list.len() > 1
+                || crashes
+                    .iter()
+                    .chain(&restarts)
+                    .chain(&rebuilds)
+                    .any(|at| *at >= first);
             if explained {
                 figures.allowed_duplicates += 1;
             } else {

@@ -269,7 +269,10 @@ pub struct SpoolConfig {
     /// eighth of it each, at most 16 MiB) while done records wait for their segment to go.
     pub max_bytes: u64,
     /// How long librdkafka keeps retrying a write that was handed off (its outcome decides
-    /// whether the spooled copy is replayed).
+    /// whether the spooled copy is replayed). Every later spooled event waits behind a write
+    /// still in flight (receive order), so this is also how long the spool can stall after a
+    /// cluster comes back changed (30 s; it was 5 min until the chaos run found a spool held
+    /// back that long after a broker restarted empty).
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
     /// How long Kafka must have said a topic does not exist before replay dead-letters its
@@ -286,7 +289,7 @@ impl Default for SpoolConfig {
             dir: "/var/lib/fp-relay/spool".into(),
             handoff_after: Duration::from_secs(2),
             max_bytes: 1024 * 1024 * 1024,
-            delivery_timeout: Duration::from_secs(300),
+            delivery_timeout: Duration::from_secs(30),
             unknown_topic_wait: Duration::from_secs(60),
         }
     }

@@ -285,6 +285,18 @@ impl Generation {
         }
     }
 
+    /// Fails every write either producer holds, queued or in flight, without waiting: their
+    /// delivery reports come back at once with a purge error.
+    fn purge(&self) {
+        use rdkafka::producer::{Producer, PurgeConfig};
+        let flags = PurgeConfig::default().queue().inflight().non_blocking();
+        for producer in
+            std::iter::once(self.producer()).chain(self.batching.as_ref().map(|(b, _)| b))
+        {
+            producer.purge(flags);
+        }
+    }
+
     /// Why either producer is fatally broken, if one is.
     fn fatal_error(&self) -> Option<String> {
         std::iter::once(self.producer())
@@ -629,10 +641,22 @@ impl Publisher {
         }
     }
 
-    /// Replaces `broken` with a fresh producer unless another request already did. The new
-    /// client is built outside the lock every publish reads (building one takes milliseconds);
-    /// `replacing` makes concurrent callers wait for one build instead of each doing their own.
+    /// Replaces `broken` with a fresh producer unless another request already did, and purges
+    /// what `broken` still holds: its writes fail at once (answered 503, or replayed from the
+    /// spool by the new producer) instead of waiting in a producer that acknowledges nothing
+    /// until `message.timeout.ms` (five minutes with the spool, during which every later
+    /// spooled event waited behind them: found by the chaos run, broker restarted empty).
+    /// A purged write the broker did take comes back as a duplicate, never as a loss.
     fn replace(&self, broken: &Arc<Generation>) -> Arc<Generation> {
+        self.rebuild(broken, true)
+    }
+
+    /// Replaces `old` with a fresh producer unless another request already did, purging what
+    /// `old` holds when `purge_old`. The new client is built outside the lock every publish
+    /// reads (building one takes milliseconds); `replacing` makes concurrent callers wait for
+    /// one build instead of each doing their own.
+    fn rebuild(&self, old: &Arc<Generation>, purge_old: bool) -> Arc<Generation> {
+        let broken = old;
         let _building = self.replacing.lock().expect("lock not poisoned");
         let current = self.current();
         if current.id != broken.id {
@@ -653,6 +677,9 @@ impl Publisher {
                 self.metrics.kafka_producer_rebuilds.inc();
                 let fresh = Arc::new(fresh);
                 *self.current.write().expect("lock not poisoned") = fresh.clone();
+                if purge_old {
+                    broken.purge();
+                }
                 fresh
             }
             Err(error) => {
@@ -666,7 +693,7 @@ impl Publisher {
     /// replaces the current one now; records it holds are delivered or fail as usual.
     pub fn reconfigure(&self, client_config: impl Into<ProducerConfigs>) {
         *self.client_config.write().expect("lock not poisoned") = client_config.into();
-        self.replace(&self.current());
+        self.rebuild(&self.current(), false);
     }
 
     /// Waits until everything queued is delivered or `timeout` passes. Call it on shutdown:
