@@ -601,27 +601,6 @@ async fn metric_of(admin: SocketAddr, name: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-/// The fake FirstPromoter API: keeps every commission `mark_fulfilled` names.
-async fn api(world_marked: Arc<Mutex<Vec<u64>>>) -> SocketAddr {
-    common::serve_http(move |request: http::Request<hyper::body::Incoming>| {
-        let marked = world_marked.clone();
-        async move {
-            let body = request
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let ids: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            for id in ids["ids"].as_array().into_iter().flatten() {
-                marked.lock().unwrap().push(id.as_u64().unwrap_or(0));
-            }
-            http::Response::new(Full::new(Bytes::from_static(br#"{"status":"completed"}"#)))
-        }
-    })
-    .await
-}
-
 fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -927,8 +906,7 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
         tokio::task::block_in_place(|| Tansu::start_on_advertising(broker_port, proxy_port));
     let bootstrap = format!("127.0.0.1:{proxy_port}");
     create_topics(&bootstrap).await;
-    let marked = Arc::new(Mutex::new(Vec::new()));
-    let api = api(marked.clone()).await;
+    let (marked, api) = common::recording_api().await;
     let dirs: Vec<PathBuf> = (0..2).map(|_| common::spool::spool_dir()).collect();
     for dir in &dirs {
         std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();

@@ -14,7 +14,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{consume, consume_all, eventually, sample, send, Tansu, TestRelay};
 use fp_relay::config::{Config, Overrides};
-use hmac::{Hmac, Mac};
 use http::StatusCode;
 
 const PATH_TOKEN: &str = "v1-path-token-0123456789";
@@ -33,9 +32,7 @@ fn secured(broker: &Tansu) -> Config {
 }
 
 fn signature(body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    common::signature(SECRET, body)
 }
 
 /// FirstPromoter's API as a fake that counts every call it gets.

@@ -8,16 +8,13 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
 use common::{consume_all, eventually, send, Consumed, Tansu, TestRelay};
 use fp_relay::config::Config;
-use hmac::{Hmac, Mac};
 use http::StatusCode;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 const PATH_TOKEN: &str = "v1-path-token-0123456789";
@@ -48,30 +45,7 @@ fn secured(broker: &Tansu, api: SocketAddr) -> Config {
 }
 
 fn signature(body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// FirstPromoter's API as a fake that keeps the commission ids of every `mark_fulfilled`.
-async fn recording_api() -> (Arc<Mutex<Vec<u64>>>, SocketAddr) {
-    let marked = Arc::new(Mutex::new(Vec::new()));
-    let kept = marked.clone();
-    let addr = common::serve_http(move |request: http::Request<hyper::body::Incoming>| {
-        let kept = kept.clone();
-        async move {
-            let body = request.into_body().collect().await.unwrap().to_bytes();
-            let ids: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            for id in ids["ids"].as_array().into_iter().flatten() {
-                kept.lock().unwrap().push(id.as_u64().unwrap_or(0));
-            }
-            http::Response::new(http_body_util::Full::new(Bytes::from_static(
-                br#"{"status":"completed"}"#,
-            )))
-        }
-    })
-    .await;
-    (marked, addr)
+    common::signature(SECRET, body)
 }
 
 /// The `data.id` of a record's JSON value (every cell of the matrix has its own).
@@ -202,7 +176,7 @@ async fn the_scope_matrix_gives_every_cell_its_documented_answer_and_no_other_ef
     for (topic, partitions) in [(DEDUP_TOPIC, 1), (REQUESTS, 1), (REPLIES, 4)] {
         common::create_topic(&bootstrap, topic, partitions).await;
     }
-    let (marked, api) = recording_api().await;
+    let (marked, api) = common::recording_api().await;
     let relay = TestRelay::start_ready(secured(&broker, api)).await;
     let mut fulfiller = common::respond_process(&broker);
     // Until the fulfiller answers: a genuine v1 fulfilment_pending is fulfilled.
@@ -423,7 +397,7 @@ async fn the_scope_matrix_gives_every_cell_its_documented_answer_and_no_other_ef
 #[tokio::test(flavor = "multi_thread")]
 async fn a_v2_token_posting_fulfilment_pending_in_any_shape_is_refused_and_publishes_nothing() {
     let broker = Tansu::start();
-    let (marked, api) = recording_api().await;
+    let (marked, api) = common::recording_api().await;
     let relay = TestRelay::start_ready(secured(&broker, api)).await;
     let bearer = format!("Bearer {BEARER}");
     let v2_shaped = relay
@@ -458,7 +432,7 @@ async fn a_v2_token_posting_fulfilment_pending_in_any_shape_is_refused_and_publi
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ping_with_a_future_id_never_silences_the_genuine_event() {
     let broker = Tansu::start();
-    let (_, api) = recording_api().await;
+    let (_, api) = common::recording_api().await;
     let relay = TestRelay::start_ready(secured(&broker, api)).await;
     let path = format!("{}/{PATH_TOKEN}", relay.path);
     let post = |body: &'static str| {
@@ -511,7 +485,7 @@ async fn nothing_a_sender_writes_reaches_the_relays_own_topics() {
     let broker = Tansu::start();
     let bootstrap = broker.bootstrap();
     common::create_topic(&bootstrap, DEDUP_TOPIC, 1).await;
-    let (_, api) = recording_api().await;
+    let (_, api) = common::recording_api().await;
     let mut config = secured(&broker, api);
     config.dedup.max_entries = 100;
     let relay = TestRelay::start_ready(config).await;

@@ -924,6 +924,40 @@ where
     addr
 }
 
+/// FirstPromoter's v2 signature of `body` with `secret`: lowercase hex HMAC-SHA256.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// FirstPromoter's API as a fake that answers every call `completed` and keeps the commission
+/// ids of each `mark_fulfilled` (`{"ids": [...]}`).
+pub async fn recording_api() -> (std::sync::Arc<std::sync::Mutex<Vec<u64>>>, SocketAddr) {
+    let marked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = marked.clone();
+    let addr = serve_http(move |request: Request<hyper::body::Incoming>| {
+        let kept = kept.clone();
+        async move {
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let ids: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            for id in ids["ids"].as_array().into_iter().flatten() {
+                kept.lock().unwrap().push(id.as_u64().unwrap_or(0));
+            }
+            http::Response::new(Full::new(Bytes::from_static(br#"{"status":"completed"}"#)))
+        }
+    })
+    .await;
+    (marked, addr)
+}
+
 /// The FirstPromoter API key and account id the tests' fakes expect.
 pub const API_KEY: &str = "fp_test_key_0123456789abcdef";
 pub const ACCOUNT: &str = "acc_4242";

@@ -289,25 +289,36 @@ fn basic_pairs(users: &BTreeMap<String, String>) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// What the three files' unit tests build their cases from.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::webhook::envelope::WebhookVersion;
-    use http::HeaderValue;
+pub(super) mod test_support {
+    use http::{HeaderMap, HeaderValue};
 
-    fn auth(configure: impl FnOnce(&mut AuthConfig)) -> Authenticator {
+    use super::Authenticator;
+    use crate::config::AuthConfig;
+
+    /// The checks of the defaults changed by `configure`.
+    pub fn auth(configure: impl FnOnce(&mut AuthConfig)) -> Authenticator {
         let mut config = AuthConfig::default();
         configure(&mut config);
         Authenticator::new(&config)
     }
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    /// A header map of `pairs`, in order.
+    pub fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
             map.append(*name, HeaderValue::from_str(value).unwrap());
         }
         map
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{auth, headers};
+    use super::*;
+    use crate::webhook::envelope::WebhookVersion;
 
     const SIGNED_BODY: &[u8] = br#"{"a":1}"#;
     /// Well-formed hex, but no secret's signature of anything here.

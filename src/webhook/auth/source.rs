@@ -115,23 +115,8 @@ fn hop_ip(value: &str) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{auth, headers};
     use super::*;
-    use crate::config::AuthConfig;
-    use http::HeaderValue;
-
-    fn auth(configure: impl FnOnce(&mut AuthConfig)) -> Authenticator {
-        let mut config = AuthConfig::default();
-        configure(&mut config);
-        Authenticator::new(&config)
-    }
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
 
     #[test]
     fn forwarded_headers_count_only_from_trusted_proxies() {
