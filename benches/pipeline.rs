@@ -96,5 +96,30 @@ fn redaction(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, prepare, redaction);
+/// The dedup key every standard event gets when dedup is on (#40: the id with a digest of the
+/// type and the JSON, whitespace between tokens left out), against the prepare it follows.
+fn dedup_key(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dedup_key");
+    for name in ["v1/lead_signup", "v2/referral.created"] {
+        let body = sample(&format!("{name}.json"));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                fp_relay::dedup::key_of_event("v1", "22736304", "lead_signup", black_box(&body))
+            })
+        });
+    }
+    // The load benchmark's 3 KB payload size.
+    let padded = Bytes::from(format!(
+        r#"{{"event":{{"id":1,"type":"lead_signup"}},"data":{{"id":1,"note":"{}"}}}}"#,
+        "x".repeat(3000)
+    ));
+    group.throughput(Throughput::Bytes(padded.len() as u64));
+    group.bench_function("3KB", |b| {
+        b.iter(|| fp_relay::dedup::key_of_event("v1", "1", "lead_signup", black_box(&padded)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, prepare, redaction, dedup_key);
 criterion_main!(benches);

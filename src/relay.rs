@@ -452,8 +452,13 @@ impl Relay {
         arrived: Instant,
     ) -> Result<Accepted, RelayError> {
         let original = record.topic.clone();
-        let record =
-            record.into_dead_letter(&self.config.kafka.dead_letter_topic, "reserved_topic");
+        // Without `fp-original-topic`: `redrive` puts a dead letter back where that header says,
+        // and this one must never reach the internal topic it names (the reason says which).
+        let reason = format!("reserved_topic: {original}");
+        let mut record = record.into_dead_letter(&self.config.kafka.dead_letter_topic, &reason);
+        record
+            .headers
+            .retain(|(name, _)| name != crate::kafka::record::headers::ORIGINAL_TOPIC);
         let delivered = self.publish(&record, arrived).await?;
         self.services.metrics.dead_lettered.inc();
         if let Some(held_back) = self.refusal_lines.admit("reserved_topic") {

@@ -365,7 +365,11 @@ async fn the_scope_matrix_gives_every_cell_its_documented_answer_and_no_other_ef
     let dead = consume_all(&bootstrap, DEAD_LETTERS, QUIET).await;
     let reserved: BTreeSet<u64> = dead
         .iter()
-        .filter(|r| r.header("fp-dead-letter-reason") == Some("reserved_topic"))
+        .filter(|r| {
+            r.header("fp-dead-letter-reason")
+                .is_some_and(|reason| reason.starts_with("reserved_topic: firstpromoter."))
+                && r.header("fp-original-topic").is_none()
+        })
         .filter_map(data_id)
         .collect();
     assert_eq!(&reserved, &by_outcome["reserved"]);
@@ -547,9 +551,10 @@ async fn nothing_a_sender_writes_reaches_the_relays_own_topics() {
     }
     let dead = consume_all(&bootstrap, DEAD_LETTERS, QUIET).await;
     assert_eq!(dead.len(), 3);
-    assert!(dead
-        .iter()
-        .all(|r| r.header("fp-dead-letter-reason") == Some("reserved_topic")));
+    assert!(dead.iter().all(|r| r
+        .header("fp-dead-letter-reason")
+        .is_some_and(|reason| reason.starts_with("reserved_topic: firstpromoter."))
+        && r.header("fp-original-topic").is_none()));
     relay.shutdown().await;
 }
 

@@ -735,3 +735,27 @@ fn every_property_librdkafka_marks_sensitive_is_masked() {
     let shown = config.to_masked_toml();
     assert!(!shown.contains("VALUE-OF-"), "{shown}");
 }
+
+/// A configuration that routes a known event type into one of the relay's own topics is
+/// refused at start (such events would be dead-lettered as reserved, never published): a
+/// single-topic template unless fulfilment requests are set apart, an override naming the
+/// dead-letter topic.
+#[test]
+fn routing_a_known_type_into_an_internal_topic_is_refused_naming_the_setting() {
+    let err = load_str("[kafka]\ntopic_template = \"events\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("kafka.topic_template"), "{err}");
+    load_str(
+        "[kafka]\ntopic_template = \"events\"\n[kafka.topics]\nfulfilment_pending = \"fp.requests\"\n",
+        &[],
+    )
+    .expect("a single topic with the requests set apart");
+    let err = load_str(
+        "[kafka.topics]\nreward_created = \"firstpromoter.dead_letter\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("kafka.topics.reward_created"), "{err}");
+}

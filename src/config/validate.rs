@@ -223,16 +223,41 @@ impl Config {
             }
         }
         // A sender's event type must never be routed into a topic the relay reads or writes
-        // as its own: dead letters, dedup marks (the reply topic is checked with fulfilment).
-        let own = [
-            self.kafka.dead_letter_topic.as_str(),
-            self.dedup.topic.trim(),
-        ];
-        for (event_type, topic) in &self.kafka.topics {
-            if own.contains(&topic.as_str()) {
+        // as its own: such an event would be dead-lettered (`reserved_topic`) instead of
+        // published, so a configuration that routes a known type there is refused here. (The
+        // reply topic's collisions are named by check_reply_topic, with fulfilment.)
+        let internal = self.internal_topics();
+        let reply = self.fulfilment.reply_topic.as_str();
+        let router = Router::new(
+            &self.kafka.topic_template,
+            &self.kafka.topics,
+            &BTreeMap::new(),
+        );
+        let known = V1_EVENT_TYPES
+            .iter()
+            .chain(crate::webhook::V1_EVENT_ALIASES)
+            .chain(V2_EVENT_TYPES)
+            .map(|t| (*t).to_owned())
+            .chain(self.kafka.topics.keys().cloned());
+        for event_type in known {
+            if event_type == self.fulfilment.event_type {
+                continue;
+            }
+            let topic = router.topic(&event_type);
+            if topic != reply && internal.contains(&topic) {
+                let field = if self.kafka.topics.contains_key(&event_type) {
+                    format!("kafka.topics.{event_type}")
+                } else {
+                    "kafka.topic_template".to_owned()
+                };
                 return Err(ConfigError::invalid(
-                    format!("kafka.topics.{event_type}"),
-                    format!("{topic:?} is one of the relay's own topics (dead letters, dedup marks): events need topics of their own"),
+                    field,
+                    format!(
+                        "routes {event_type} events to {topic:?}, one of the relay's own topics \
+                         (dead letters, fulfilment requests, dedup marks): events need topics of \
+                         their own (a single-topic template also needs kafka.topics.{} set apart)",
+                        self.fulfilment.event_type
+                    ),
                 ));
             }
         }

@@ -415,9 +415,12 @@ where
                     }
                     return;
                 }
-                () = &mut make_room => {
+                // Chosen while idle, but a request may have begun since: hyper finishes what is
+                // in progress (and the answer's bytes) and then closes, which frees the slot.
+                () = &mut make_room, if !closing => {
                     tracing::debug!(peer = %self.peer, "closing an idle connection to make room");
-                    return;
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
                 }
                 changed = self.closing.changed(), if !closing => {
                     if changed.is_err() || *self.closing.borrow() {

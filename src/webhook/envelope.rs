@@ -102,10 +102,14 @@ impl EnvelopeError {
 /// (validated in the same single pass, never built). Any surprise (a duplicate key, `data`
 /// that is not an object) sends the body to [`parse_tree`], the reference, which gives the
 /// same answer the slow way.
+///
+/// The nested parts are kept raw and read as structs only when they are objects: serde reads a
+/// struct from an array too (`{"event":["fulfilment_pending",1,null]}` read as a v1 envelope,
+/// which the tree does not), and the tree takes anything but an object as absent.
 #[derive(Deserialize)]
 struct Top<'a> {
     #[serde(borrow)]
-    event: Option<Event<'a>>,
+    event: Option<&'a RawValue>,
     #[serde(borrow)]
     event_type: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -115,9 +119,9 @@ struct Top<'a> {
     #[serde(borrow)]
     entity_id: Option<&'a RawValue>,
     #[serde(borrow)]
-    data: Option<Data<'a>>,
+    data: Option<&'a RawValue>,
     #[serde(borrow)]
-    changes: Option<Changes<'a>>,
+    changes: Option<&'a RawValue>,
 }
 
 /// `event` (v1).
@@ -137,7 +141,7 @@ struct Data<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
-    promoter: Option<Promoter<'a>>,
+    promoter: Option<&'a RawValue>,
     #[serde(borrow)]
     unit: Option<&'a RawValue>,
 }
@@ -225,9 +229,16 @@ struct Fields {
 
 /// The fast parse: only the fields above are looked at; `None` sends the body to the tree.
 fn parse_fields(body: &[u8]) -> Option<Fields> {
+    // An array (or any other non-object) body is the tree's to refuse.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
     let top: Top<'_> = serde_json::from_slice(body).ok()?;
-    let (event, data, changes) = (top.event, top.data, top.changes);
-    let promoter = data.as_ref().and_then(|d| d.promoter.as_ref());
+    let event: Option<Event<'_>> = object(top.event)?;
+    let data: Option<Data<'_>> = object(top.data)?;
+    let changes: Option<Changes<'_>> = object(top.changes)?;
+    let promoter: Option<Promoter<'_>> = object(data.as_ref().and_then(|d| d.promoter))?;
+    let promoter = promoter.as_ref();
     let status: Option<Vec<&RawValue>> = match changes.and_then(|c| c.status) {
         Some(raw) if raw.get().starts_with('[') => Some(serde_json::from_str(raw.get()).ok()?),
         _ => None,
@@ -256,6 +267,16 @@ fn parse_fields(body: &[u8]) -> Option<Fields> {
             status_changed_to: status.and_then(|s| string(s.last().copied())),
         },
     })
+}
+
+/// A nested part as the tree sees it: `Some(None)` when absent or not an object (the tree's
+/// `as_object` says none), `Some(Some(_))` for an object that reads as `T`, and `None` (take
+/// the tree) for an object that does not (a duplicate key, a wrongly typed field).
+fn object<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<Option<T>> {
+    match raw {
+        Some(raw) if raw.get().starts_with('{') => serde_json::from_str(raw.get()).ok().map(Some),
+        _ => Some(None),
+    }
 }
 
 fn envelope_from(fields: Fields, headers: &HeaderMap) -> Result<Envelope, EnvelopeError> {
@@ -488,6 +509,13 @@ mod tests {
             r#"{"event":null,"event_type":"a.b"}"#,
             r#"{"event":{"id":3},"event_type":"a.b"}"#,
             r#"{"data":{"id":4343}}"#,
+            // serde reads a struct from an array: the fast parse must not.
+            r#"{"event":["fulfilment_pending",1,null]}"#,
+            r#"{"event":[null,null,null],"event_type":"x"}"#,
+            r#"["a",1,null,null,null,{"id":1},{"status":["pending","approved"]}]"#,
+            r#"{"event_type":"commission.updated","changes":[["pending","approved"]],"data":[5,null,"points"]}"#,
+            r#"{"event_type":"x","data":{"id":1,"promoter":[7]}}"#,
+            r#"  {"event":{"type":"lead_signup"}}"#,
         ] {
             bodies.push(text.as_bytes().to_vec());
         }
