@@ -1385,7 +1385,22 @@ fn check(
                 figures.forgotten_by_broker += 1;
             } else {
                 figures.lost += 1;
-                report.push_str(&format!("LOST {kind:?} {event}:\n{}\n", history(event)));
+                // What Kafka holds where the relay said it wrote the event, if anything.
+                let place = (
+                    acked.body["topic"].as_str().unwrap_or_default().to_owned(),
+                    acked.body["partition"].as_i64().unwrap_or(-1),
+                    acked.body["offset"].as_i64().unwrap_or(-1),
+                );
+                let there = final_read.get(&place.0).and_then(|records| {
+                    records
+                        .iter()
+                        .find(|r| i64::from(r.partition) == place.1 && r.offset == place.2)
+                        .map(|r| r.header("fp-event-id").unwrap_or("?").to_owned())
+                });
+                report.push_str(&format!(
+                    "LOST {kind:?} {event} (at {place:?} Kafka holds {there:?}):\n{}\n",
+                    history(event)
+                ));
             }
         }
         let count = copies.get(event).copied().unwrap_or(0);
