@@ -143,7 +143,7 @@ impl Relay {
         let pipeline = Pipeline::new(&config);
         Self {
             body_budget: BodyBudget::new(config.http.max_buffered_body_bytes),
-            fulfilment_topic: pipeline.topic_for(&config.fulfilment.event_type),
+            fulfilment_topic: config.fulfilment_request_topic(),
             pipeline,
             authenticator: std::sync::RwLock::new(Arc::new(Authenticator::new(&config.auth))),
             reply_keys: fulfilment::v2::ReplyKeys::new(&config),
@@ -459,8 +459,9 @@ impl Relay {
         record
             .headers
             .retain(|(name, _)| name != crate::kafka::record::headers::ORIGINAL_TOPIC);
-        let delivered = self.publish(&record, arrived).await?;
-        self.services.metrics.dead_lettered.inc();
+        let accepted = self
+            .publish_dead_letter(record, arrived, "reserved_topic")
+            .await?;
         if let Some(held_back) = self.refusal_lines.admit("reserved_topic") {
             tracing::warn!(
                 topic = %original,
@@ -468,11 +469,7 @@ impl Relay {
                 "an event's type routes into one of the relay's own topics; kept it on the dead-letter topic"
             );
         }
-        Ok(Accepted::DeadLettered {
-            topic: record.topic,
-            delivered,
-            reason: "reserved_topic",
-        })
+        Ok(accepted)
     }
 
     /// Publishes directly unless the spool has a backlog (receive order), and spools what Kafka
@@ -547,13 +544,27 @@ impl Relay {
         let original = record.topic.clone();
         let record =
             record.into_dead_letter(&self.config.kafka.dead_letter_topic, &refusal_reason(error));
+        let accepted = self
+            .publish_dead_letter(record, arrived, "kafka_refused")
+            .await?;
+        tracing::warn!(topic = %original, %error, "Kafka refused the event for good; kept it on the dead-letter topic");
+        Ok(accepted)
+    }
+
+    /// Publishes a record already moved to the dead-letter topic and counts it: the answer,
+    /// naming `reason`, once Kafka has it.
+    async fn publish_dead_letter(
+        &self,
+        record: OutboundRecord,
+        arrived: Instant,
+        reason: &'static str,
+    ) -> Result<Accepted, RelayError> {
         let delivered = self.publish(&record, arrived).await?;
         self.services.metrics.dead_lettered.inc();
-        tracing::warn!(topic = %original, %error, "Kafka refused the event for good; kept it on the dead-letter topic");
         Ok(Accepted::DeadLettered {
             topic: record.topic,
             delivered,
-            reason: "kafka_refused",
+            reason,
         })
     }
 

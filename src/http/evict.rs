@@ -75,23 +75,17 @@ impl Registry {
         open.iter().filter(|entry| entry.ip == ip).count()
     }
 
-    /// Asks the longest-idle connection (of `ip` only, when given) to close; its id, or `None`
-    /// when every such connection is busy.
-    fn close_longest_idle(&self, ip: Option<IpAddr>) -> Option<u64> {
+    /// Asks the longest-idle connection (of `ip` only, when given) to close; false when every
+    /// such connection is busy.
+    fn close_longest_idle(&self, ip: Option<IpAddr>) -> bool {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let victim = open
             .iter()
             .filter(|entry| ip.is_none_or(|ip| entry.ip == ip))
             .filter_map(|entry| entry.activity.idle().map(|idle| (idle, entry)))
             .max_by_key(|(idle, _)| *idle)
-            .map(|(_, entry)| entry)?;
-        victim.close.notify_one();
-        Some(victim.id)
-    }
-
-    fn is_open(&self, id: u64) -> bool {
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.iter().any(|entry| entry.id == id)
+            .map(|(_, entry)| entry);
+        victim.inspect(|victim| victim.close.notify_one()).is_some()
     }
 
     /// Makes room for a connection from `ip`: while the listener is full (`slots` has no
@@ -106,11 +100,20 @@ impl Registry {
             if !over_source && !full {
                 return true;
             }
-            let Some(victim) = self.close_longest_idle(over_source.then_some(ip)) else {
+            if !self.close_longest_idle(over_source.then_some(ip)) {
                 return false;
+            }
+            // The closed connection leaves the registry and gives its slot back as its task
+            // ends; refused if that takes longer than ROOM_WAIT.
+            let still_short = || {
+                if over_source {
+                    self.from(ip) >= per_source
+                } else {
+                    slots.available_permits() == 0
+                }
             };
             let waited = tokio::time::timeout(ROOM_WAIT, async {
-                while self.is_open(victim) {
+                while still_short() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             })
@@ -118,30 +121,8 @@ impl Registry {
             if waited.is_err() {
                 return false;
             }
-            // Its slot is given back as its task ends, just after it leaves the registry.
-            let _ = tokio::time::timeout(ROOM_WAIT, async {
-                while over_source_or_full(self, slots, ip, per_source, over_source) {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
-            .await;
         }
         self.from(ip) < per_source && slots.available_permits() > 0
-    }
-}
-
-/// Still no room of the kind a connection was closed for.
-fn over_source_or_full(
-    registry: &Registry,
-    slots: &Semaphore,
-    ip: IpAddr,
-    per_source: usize,
-    for_source: bool,
-) -> bool {
-    if for_source {
-        registry.from(ip) >= per_source
-    } else {
-        slots.available_permits() == 0
     }
 }
 

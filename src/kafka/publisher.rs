@@ -656,10 +656,9 @@ impl Publisher {
     /// reads (building one takes milliseconds); `replacing` makes concurrent callers wait for
     /// one build instead of each doing their own.
     fn rebuild(&self, old: &Arc<Generation>, purge_old: bool) -> Arc<Generation> {
-        let broken = old;
         let _building = self.replacing.lock().expect("lock not poisoned");
         let current = self.current();
-        if current.id != broken.id {
+        if current.id != old.id {
             return current;
         }
         let id = self.generations.fetch_add(1, Ordering::Relaxed);
@@ -670,7 +669,7 @@ impl Publisher {
             .clone();
         match build(&config, &self.metrics, &self.watch, id) {
             Ok(fresh) => {
-                let reason = broken
+                let reason = old
                     .fatal_error()
                     .unwrap_or_else(|| "no acknowledgements".to_owned());
                 tracing::warn!(generation = id, %reason, "replaced the Kafka producer");
@@ -678,7 +677,7 @@ impl Publisher {
                 let fresh = Arc::new(fresh);
                 *self.current.write().expect("lock not poisoned") = fresh.clone();
                 if purge_old {
-                    broken.purge();
+                    old.purge();
                 }
                 fresh
             }
