@@ -451,7 +451,11 @@ fn start_services(
         None => None,
     };
     let (spool, replay) = if config.spool.enabled {
-        let spool = Spool::open(&config.spool.dir, config.spool.max_bytes, metrics.clone())?;
+        let limits = spool::Limits {
+            max_bytes: config.spool.max_bytes,
+            largest_record: config.http.max_body_bytes as u64 + config::RECORD_OVERHEAD_BYTES,
+        };
+        let spool = Spool::open(&config.spool.dir, limits, metrics.clone())?;
         let replay = spool::replay::Replay {
             publisher: publisher.clone(),
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),

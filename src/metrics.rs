@@ -128,22 +128,24 @@ metrics! {
     /// Spooled events replayed to Kafka.
     spool_replayed: IntCounter = "fp_relay_spool_replayed_total" [],
     /// Spooled records that neither their topic nor the dead-letter topic would take, kept in
-    /// the spool's quarantine.log instead (see the README's "Spool").
+    /// quarantined in the spool instead (see the README's "Spool").
     spool_quarantined: IntCounter = "fp_relay_spool_quarantined_total" [],
     /// Spool records found torn or corrupt; never replayed.
     spool_corrupt_records: IntCounter = "fp_relay_spool_corrupt_records_total" [],
-    /// Bytes of the spool's segment files.
+    /// Bytes of the spool's database files (spool.db and its WAL).
     spool_bytes: IntGauge = "fp_relay_spool_bytes" [],
     /// Spooled events not yet in Kafka.
     spool_records: IntGauge = "fp_relay_spool_records" [],
     /// Age of the oldest spooled event not yet in Kafka.
     spool_oldest_age_seconds: Gauge = "fp_relay_spool_oldest_age_seconds" [],
-    /// Bytes of spooled events not yet in Kafka plus quarantine.log: what spool.max_bytes limits.
+    /// Bytes of spooled events not yet in Kafka plus quarantined ones: what spool.max_bytes limits.
     spool_pending_bytes: IntGauge = "fp_relay_spool_pending_bytes" [],
-    /// Bytes of the spool's quarantine.log: records no topic would take (fp-relay spool requeue).
+    /// Bytes of quarantined spool records: records no topic would take (fp-relay spool requeue).
     spool_quarantine_bytes: IntGauge = "fp_relay_spool_quarantine_bytes" [],
-    /// Spool segments that cannot be read (a disk or permission error): set aside, retried.
-    spool_segments_set_aside: IntGauge = "fp_relay_spool_segments_set_aside" [],
+    /// Spool files that cannot be read (a disk or permission error, damage): databases set
+    /// aside, an old journal not yet imported, or the live database while replay cannot read
+    /// it. Kept, never deleted, retried.
+    spool_files_set_aside: IntGauge = "fp_relay_spool_files_set_aside" [],
     /// Requests answered as duplicates of an event id already published.
     duplicates: IntCounter = "fp_relay_duplicates_total" [],
     /// 1 while the shared dedup table (`dedup.topic`) is loaded and followed; 0 while loading

@@ -37,7 +37,7 @@ pub enum Accepted {
     /// A standard event Kafka has acknowledged.
     Published { topic: String, delivered: Delivered },
     /// A standard event safe in the durable spool, to be replayed to Kafka.
-    Spooled { seq: u64 },
+    Spooled { seq: i64 },
     /// A standard event Kafka refused for good (too large, not authorised, no such topic),
     /// kept on the dead-letter topic with the reason; or an event whose type routes into one
     /// of the relay's own topics, which senders may never write.

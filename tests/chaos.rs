@@ -872,13 +872,13 @@ const FAULTS: &[&str] = &[
     "redrive dead letters (twice)",
 ];
 
-/// Sets the mode of every journal file in the spool directory `dir` (not the directory, not
-/// the owner lock).
+/// Sets the mode of every file in the spool directory `dir` (the database, its WAL, files set
+/// aside; not the directory, not the owner lock).
 fn set_modes(dir: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         // The owner lock stays readable: a relay that cannot take it refuses to start, as it
-        // should, which is not the fault under test (unreadable journal segments are).
+        // should, which is not the fault under test (an unreadable database is).
         if entry.file_type().is_ok_and(|t| t.is_file()) && entry.file_name() != "owner.lock" {
             let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode));
         }

@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::{consume, eventually, free_port, Consumed, Tansu, TestRelay};
 use fp_relay::config::Config;
-use fp_relay::spool::fault::Faults;
-use fp_relay::spool::journal::{self, ActiveSegment, Entry, SpooledEvent};
 use http::StatusCode;
 
 const TOPIC: &str = "firstpromoter.lead_signup";
@@ -303,38 +301,47 @@ async fn kill_9_while_spooling_then_a_restart_replays_every_acknowledged_event()
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Copies the fixture spool written by the journal format (tests/fixtures/journal-spool: see
+/// its README) into `dir`.
+fn copy_journal_fixture(dir: &std::path::Path) {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal-spool");
+    for entry in std::fs::read_dir(&fixture).unwrap().flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".log") {
+            std::fs::copy(entry.path(), dir.join(&name)).unwrap();
+        }
+    }
+}
+
+fn journal_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log") || n.starts_with("quarantine."))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Upgrade without loss: a spool directory written by the journal format (a torn last record,
+/// done-markers in a later segment than their events, a quarantine.log) is imported into
+/// spool.db at the first start: the pending events reach Kafka once, in order, the torn one is
+/// counted and skipped, the quarantined one is kept as quarantined, and the old files are gone
+/// only after the import was committed. A start that finds the import committed but the old
+/// files still there (a crash between the two) removes them and imports nothing twice.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_torn_last_record_is_skipped_and_counted_and_the_complete_ones_are_replayed() {
+async fn a_spool_written_by_the_journal_is_imported_once_in_order() {
     let broker = Tansu::start();
     let dir = spool_dir();
-    let mut segment = ActiveSegment::create(&dir, 0, &Faults::none()).unwrap();
-    for seq in 0..5u64 {
-        let spooled = SpooledEvent {
-            seq,
-            received_ms: 1_700_000_000_000,
-            topic: TOPIC.into(),
-            key: Some(seq.to_string()),
-            headers: vec![("fp-event-id".into(), (seq + 100).to_string())],
-            payload: event(seq + 100).into(),
-        };
-        segment
-            .append(&journal::encode(&Entry::Event(spooled)))
-            .unwrap();
-    }
-    segment.sync().unwrap();
-    let torn = segment.len - 7; // a crash in the middle of the last record
-    drop(segment);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(journal::segment_path(&dir, 0))
-        .unwrap()
-        .set_len(torn)
-        .unwrap();
+    copy_journal_fixture(&dir);
 
     let relay = TestRelay::start_ready(config(&broker, Some(&dir))).await;
     assert_eq!(
         relay.metric("fp_relay_spool_corrupt_records_total").await,
-        1.0
+        1.0,
+        "the torn record is counted"
     );
     let messages = consume(
         &broker.bootstrap(),
@@ -348,22 +355,27 @@ async fn a_torn_last_record_is_skipped_and_counted_and_the_complete_ones_are_rep
     ids.sort_unstable();
     assert_eq!(
         ids,
-        vec![100, 101, 102, 103],
-        "the four complete records, in order, and not the torn one"
+        vec![9002, 9004, 9005, 9006],
+        "the pending events, not the torn one"
     );
-    let order: Vec<u64> = messages
+    let mut by_partition: HashMap<i32, Vec<(i64, u64)>> = HashMap::new();
+    for m in &messages {
+        let id = m.header("fp-event-id").unwrap().parse().unwrap();
+        by_partition
+            .entry(m.partition)
+            .or_default()
+            .push((m.offset, id));
+    }
+    for (_, mut written) in by_partition {
+        written.sort_unstable();
+        assert!(
+            written.windows(2).all(|w| w[0].1 < w[1].1),
+            "receive order: {written:?}"
+        );
+    }
+    assert!(messages
         .iter()
-        .map(|m| m.header("fp-event-id").unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        order.windows(2).all(|w| w[0] < w[1])
-            || messages
-                .iter()
-                .map(|m| m.partition)
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                > 1
-    );
+        .any(|m| m.key.as_deref() == Some("lead-9002")));
     assert!(
         eventually(Duration::from_secs(10), async || relay
             .metric("fp_relay_spool_replayed_total")
@@ -371,7 +383,61 @@ async fn a_torn_last_record_is_skipped_and_counted_and_the_complete_ones_are_rep
             == 4.0)
         .await
     );
+    assert!(
+        relay.metric("fp_relay_spool_quarantine_bytes").await > 0.0,
+        "the quarantined record is kept"
+    );
+    assert_eq!(
+        journal_files(&dir),
+        Vec::<String>::new(),
+        "the old files are gone"
+    );
     relay.shutdown().await;
+
+    // A crash after the import's commit, before the old files were removed.
+    copy_journal_fixture(&dir);
+    let db = rusqlite::Connection::open(dir.join("spool.db")).unwrap();
+    db.execute("INSERT INTO imported (name) VALUES ('journal')", [])
+        .unwrap();
+    drop(db);
+    let relay = TestRelay::start_ready(config(&broker, Some(&dir))).await;
+    assert_eq!(
+        journal_files(&dir),
+        Vec::<String>::new(),
+        "the old files are removed"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        relay.metric("fp_relay_spool_replayed_total").await,
+        0.0,
+        "nothing imported twice"
+    );
+    relay.shutdown().await;
+    let messages = consume(
+        &broker.bootstrap(),
+        TOPIC,
+        5,
+        Duration::from_secs(5),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(messages.len(), 4, "each event once in Kafka");
+    let db = rusqlite::Connection::open(dir.join("spool.db")).unwrap();
+    let quarantined: i64 = db
+        .query_row(
+            "SELECT count(*) FROM records WHERE quarantine IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(quarantined, 1, "the quarantined record, once");
+    let imported: i64 = db
+        .query_row("SELECT count(*) FROM imported", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        imported, 0,
+        "the import is forgotten once its files are gone"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{consume, consume_all, eventually, sample, Tansu, TestRelay};
-use fp_relay::spool::journal;
 use http::StatusCode;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -258,7 +257,7 @@ async fn an_event_kafka_refuses_for_good_is_dead_lettered_and_answered_202() {
 
 /// A spooled event that neither its topic nor the dead-letter topic will take (here: both
 /// refuse on authorisation for a while) does not block replay forever: it is kept in the
-/// spool's quarantine.log with the reason, counted, and the events behind it go on to Kafka.
+/// spool as quarantined with the reason, counted, and the events behind it go on to Kafka.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spooled_event_every_topic_refuses_is_quarantined_and_replay_goes_on() {
     let cluster = MockCluster::new(1).unwrap();
@@ -295,29 +294,27 @@ async fn a_spooled_event_every_topic_refuses_is_quarantined_and_replay_goes_on()
             .wait_for_metric("fp_relay_spool_records", 0.0, Duration::from_secs(5))
             .await
     );
-    let kept = std::fs::read(dir.join("quarantine.log")).expect("quarantine.log");
-    let len = u32::from_le_bytes(kept[..4].try_into().unwrap()) as usize;
-    assert_eq!(kept.len(), 8 + len, "one record");
-    let Some(journal::Entry::Event(event)) = journal::decode(&kept[8..]) else {
-        panic!("a spooled event");
+    let db = rusqlite::Connection::open(dir.join("spool.db")).unwrap();
+    let kept: Vec<(String, Vec<u8>, String)> = db
+        .prepare("SELECT topic, payload, quarantine FROM records WHERE quarantine IS NOT NULL")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let [(topic, payload, reason)] = kept.as_slice() else {
+        panic!("one quarantined record: {kept:?}");
     };
-    assert_eq!(event.topic, "firstpromoter.lead_signup");
-    let payload = String::from_utf8_lossy(&event.payload);
+    assert_eq!(topic, "firstpromoter.lead_signup");
+    let payload = String::from_utf8_lossy(payload);
     assert!(
         payload.contains("22736304") && payload.contains(r#""auth_token": "[redacted]""#),
         "the record as it would have been published"
     );
-    let reason = event
-        .headers
-        .iter()
-        .find(|(name, _)| name == "fp-quarantine-reason")
-        .map(|(_, value)| value.as_str());
     assert_eq!(
         reason,
-        Some(
-            "kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed); \
-             dead letter: kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed)"
-        )
+        "kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed); \
+         dead letter: kafka_refused: TopicAuthorizationFailed (Broker: Topic authorization failed)"
     );
     cluster.clear_request_errors(RDKafkaApiKey::Produce);
     assert!(

@@ -287,37 +287,34 @@ async fn idle_clients_under_a_descriptor_limit_cannot_cost_spooled_events() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A relay restarted on a 200 MB spool (100,000 events of 2 kB, written in the journal's format
-/// by this test) recovers every record without holding their payloads: its peak RSS while
-/// starting stays far below the spool's size (it used to decode every payload into memory).
+/// A relay restarted on a 200 MB spool (100,000 events of 2 kB, written into spool.db by this
+/// test through the spool's own store) counts every record without holding their payloads: its
+/// peak RSS while starting stays far below the spool's size.
 #[tokio::test(flavor = "multi_thread")]
-async fn starting_on_a_200_mb_spool_needs_memory_for_its_index_not_its_payloads() {
+async fn starting_on_a_200_mb_spool_needs_memory_for_its_totals_not_its_payloads() {
+    use fp_relay::kafka::record::OutboundRecord;
     use fp_relay::spool::fault::Faults;
-    use fp_relay::spool::journal::{self, ActiveSegment, Entry, SpooledEvent};
+    use fp_relay::spool::store::Store;
     const RECORDS: u64 = 100_000;
     let broker = Tansu::start();
     let dir = spool_dir();
-    let mut segment = ActiveSegment::create(&dir, 0, &Faults::none()).unwrap();
+    let mut store = Store::open(&dir.join("spool.db"), &Faults::none()).unwrap();
     let payload = event(0, 2000);
-    for seq in 0..RECORDS {
-        if segment.len >= 16 * 1024 * 1024 {
-            segment.sync().unwrap();
-            segment = ActiveSegment::create(&dir, segment.id + 1, &Faults::none()).unwrap();
-        }
-        let spooled = SpooledEvent {
-            seq,
-            received_ms: 1_700_000_000_000,
-            topic: TOPIC.into(),
-            key: Some(seq.to_string()),
-            headers: vec![("fp-event-id".into(), seq.to_string())],
-            payload: payload.clone(),
-        };
-        segment
-            .append(&journal::encode(&Entry::Event(spooled)))
-            .unwrap();
+    for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(1000) {
+        let records: Vec<OutboundRecord> = chunk
+            .iter()
+            .map(|seq| OutboundRecord {
+                topic: TOPIC.into(),
+                key: Some(seq.to_string()),
+                headers: vec![("fp-event-id".into(), seq.to_string())],
+                payload: payload.clone(),
+            })
+            .collect();
+        let rows: Vec<(&OutboundRecord, u64)> =
+            records.iter().map(|r| (r, 1_700_000_000_000)).collect();
+        store.insert(&rows, |_| {}).unwrap();
     }
-    segment.sync().unwrap();
-    drop(segment);
+    drop(store);
     let spool_bytes: u64 = std::fs::read_dir(&dir)
         .unwrap()
         .map(|entry| entry.unwrap().metadata().unwrap().len())
@@ -401,13 +398,22 @@ async fn spool_drain_replays_a_killed_relays_spool_and_empties_it() {
         missing.is_empty(),
         "not in Kafka after the drain: {missing:?}"
     );
-    // Emptied: only the owner's lock file stays (deleting it could let two processes each
-    // lock a file of that name at once).
+    // Emptied: the owner's lock file (deleting it could let two processes each lock a file of
+    // that name at once) and an empty database stay, no record, no WAL content.
     let left: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name != "owner.lock")
+        .filter(|name| {
+            !["owner.lock", "spool.db", "spool.db-wal", "spool.db-shm"].contains(&name.as_str())
+        })
         .collect();
     assert!(left.is_empty(), "the spool directory is emptied: {left:?}");
+    let wal = std::fs::metadata(dir.join("spool.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the WAL keeps no payload");
+    let db = rusqlite::Connection::open(dir.join("spool.db")).unwrap();
+    let records: i64 = db
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(records, 0, "no record left");
     let _ = std::fs::remove_dir_all(dir);
 }

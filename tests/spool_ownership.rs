@@ -199,11 +199,14 @@ async fn a_small_spool_accepts_again_after_every_outage() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A segment the relay cannot read (EACCES: the relay runs as an unprivileged user and the
-/// segment is chmod 000) is set aside at start-up: the relay starts, events after it are
-/// replayed and new ones flow; once it reads again, its events follow. Nothing is lost.
+/// The spool's database, as `nobody` cannot read it (chmod 000; EACCES), with ten events in it.
+/// `spool drain` delivers what it can read (nothing), exits 1 naming the unreadable file, and
+/// deletes nothing (it used to report "the spool is empty" and delete it). A relay starting on
+/// it sets it aside and starts a new database: ready, and new events go straight to Kafka
+/// (200, not 202: nothing readable waits). Once the file reads again its events follow, each
+/// once.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unreadable_segment_is_set_aside_and_the_rest_flows() {
+async fn an_unreadable_database_is_set_aside_kept_and_delivered_once_it_reads() {
     use std::os::unix::fs::PermissionsExt;
     let broker = Tansu::start();
     let dir = spool_dir();
@@ -228,68 +231,152 @@ async fn an_unreadable_segment_is_set_aside_and_the_rest_flows() {
         assert!(status.success());
     }
     let env = spooling_env(&dir_text);
-    // Events 1-10 in one segment, 11-20 in the next (a restart starts a new one), Kafka frozen
-    // throughout so that nothing is replayed yet.
     broker.freeze();
-    for range in [1..=10u64, 11..=20] {
-        let relay = RelayProcess::start_wrapped(&broker, &env, wrapper).await;
-        for (id, status) in post_at_once(relay.addr, range, 0).await {
-            assert_eq!(status, StatusCode::ACCEPTED, "event {id}");
-        }
-        relay.kill();
+    let relay = RelayProcess::start_wrapped(&broker, &env, wrapper).await;
+    for (id, status) in post_at_once(relay.addr, 1..=10, 0).await {
+        assert_eq!(status, StatusCode::ACCEPTED, "event {id}");
     }
+    relay.kill();
     broker.thaw();
-    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+    let db = dir.join("spool.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o000)).unwrap();
+
+    let mut drain = Command::new(
+        wrapper
+            .first()
+            .copied()
+            .unwrap_or(env!("CARGO_BIN_EXE_fp-relay")),
+    );
+    if root {
+        drain
+            .args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_fp-relay"));
+    }
+    let bootstrap = broker.bootstrap();
+    let drained = drain
+        .args([
+            "spool",
+            "drain",
+            "--dir",
+            &dir_text,
+            "--brokers",
+            &bootstrap,
+            "--timeout",
+            "20s",
+        ])
+        .env_remove("FP_RELAY_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&drained.stderr);
+    assert!(
+        !drained.status.success(),
+        "a drain that could not read everything fails: {stderr}"
+    );
+    assert!(stderr.contains("could not be read"), "{stderr}");
+    let aside: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
             p.file_name()
                 .unwrap()
                 .to_string_lossy()
-                .starts_with("segment-")
+                .starts_with("spool.db.unreadable-")
         })
         .collect();
-    segments.sort();
-    let first = segments[0].clone();
-    std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o000)).unwrap();
-
-    let relay = RelayProcess::start_wrapped(&broker, &env, wrapper).await;
-    assert!(
-        eventually(Duration::from_secs(15), async || {
-            let held = ids_in_kafka(&broker, Duration::from_millis(500)).await;
-            (11..=20).all(|id| held.contains(&id))
-        })
-        .await,
-        "the events after the unreadable segment are replayed"
-    );
-    assert_eq!(
-        metric(relay.admin, "fp_relay_spool_segments_set_aside").await,
-        1.0
-    );
+    let [aside, ..] = aside.as_slice() else {
+        panic!(
+            "the unreadable database is kept aside: {:?}",
+            std::fs::read_dir(&dir).unwrap().collect::<Vec<_>>()
+        );
+    };
     let held = ids_in_kafka(&broker, Duration::from_secs(1)).await;
     assert!(
         (1..=10).all(|id| !held.contains(&id)),
-        "the unreadable segment's events wait: {held:?}"
+        "nothing could be read: {held:?}"
+    );
+
+    let relay = RelayProcess::start_wrapped(&broker, &env, wrapper).await;
+    assert_eq!(
+        metric(relay.admin, "fp_relay_spool_files_set_aside").await,
+        1.0
     );
     let ready = get(relay.admin, "/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
-    let new = relay.post(event(21, 0)).await;
-    assert!(new.is_success(), "new events flow: {new}");
-    std::fs::set_permissions(&first, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for id in 11..=15 {
+        assert_eq!(
+            relay.post(event(id, 0)).await,
+            StatusCode::OK,
+            "event {id} goes straight to Kafka: nothing readable waits"
+        );
+    }
+    std::fs::set_permissions(aside, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(
         eventually(Duration::from_secs(30), async || {
             let held = ids_in_kafka(&broker, Duration::from_millis(500)).await;
-            (1..=21).all(|id| held.contains(&id))
+            (1..=15).all(|id| held.contains(&id))
         })
         .await,
-        "the set-aside segment's events follow once it reads"
+        "the set-aside database's events follow once it reads"
     );
     assert_eq!(
-        metric(relay.admin, "fp_relay_spool_segments_set_aside").await,
+        metric(relay.admin, "fp_relay_spool_files_set_aside").await,
         0.0
     );
+    assert!(!aside.exists(), "taken in, then removed");
     let counts = copies(&broker).await;
     assert!(counts.values().all(|n| *n == 1), "each once: {counts:?}");
+    let (status, _) = relay.terminate().await;
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Readiness tells the truth about room: with Kafka down and a 1 MiB spool, 3 KB events are
+/// answered 202 until the spool is full, and `/readyz` says "not ready" before the first one
+/// is refused for room (it used to stay ready while every event was answered 503).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spool_without_room_for_the_largest_event_is_not_ready() {
+    let broker = Tansu::start();
+    let dir = spool_dir();
+    let dir_text = dir.display().to_string();
+    let mut env = spooling_env(&dir_text);
+    env.push(("FP_RELAY_SPOOL_MAX_BYTES", "1048576"));
+    env.push(("FP_RELAY_HTTP_MAX_BODY_BYTES", "65536"));
+    let relay = RelayProcess::start_with(&broker, &env).await;
+    broker.freeze();
+    let (mut spooled, mut refused) = (0, 0);
+    for id in 1..=400u64 {
+        let readyz = get(relay.admin, "/readyz").await;
+        let ready = readyz.status == StatusCode::OK;
+        // Ready because of the spool alone: the relay knows Kafka is down.
+        let kafka_known_down = !readyz.text().contains("\"kafka_producer\":\"ok\"");
+        let status = relay.post(event(id, 3000)).await;
+        if ready {
+            if kafka_known_down {
+                assert_eq!(
+                    status,
+                    StatusCode::ACCEPTED,
+                    "ready, so event {id} must fit"
+                );
+            }
+            spooled += 1;
+        } else {
+            refused += 1;
+            if refused > 3 {
+                break;
+            }
+        }
+    }
+    eprintln!("{spooled} spooled while ready");
+    assert!(
+        spooled > 250,
+        "the spool filled to near its limit first: {spooled}"
+    );
+    assert!(
+        refused > 0,
+        "readiness went false once the largest event would not fit"
+    );
+    assert_eq!(metric(relay.admin, "fp_relay_ready").await, 0.0);
+    broker.thaw();
     let (status, _) = relay.terminate().await;
     assert!(status.success());
     let _ = std::fs::remove_dir_all(dir);
@@ -406,8 +493,9 @@ async fn sigterm_in_the_middle_of_a_replay_leaves_no_duplicates() {
 /// cluster (tansu creates any topic it is asked about, so it never says "no such topic"):
 /// a topic that is unknown for a few seconds (a cluster restarted empty, its topics recreated)
 /// costs its events a wait, not the dead-letter topic; records that neither their topic nor
-/// the dead-letter topic take go to quarantine.log, count against the spool, and
-/// `fp-relay spool requeue` puts them back once, even when run twice.
+/// the dead-letter topic take are quarantined, count against the spool, and `fp-relay spool
+/// requeue` puts them back once: a run that fails half way (one topic still refusing) leaves
+/// exactly the rest for the next run, and a run after the last publishes nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_topic_missing_for_seconds_is_waited_for_and_quarantine_is_requeued_once() {
     use rdkafka::mocking::MockCluster;
@@ -470,10 +558,13 @@ async fn a_topic_missing_for_seconds_is_waited_for_and_quarantine_is_requeued_on
         dead.len()
     );
 
-    // Neither their topic nor the dead-letter topic takes them (not authorised): quarantine.log.
+    // Neither their topic nor the dead-letter topic takes them (not authorised): quarantined.
     const DENIED: &str = "firstpromoter.lead_cancelled";
-    cluster.create_topic(DENIED, 1, 1).unwrap();
-    for topic in [DENIED, "firstpromoter.dead_letter"] {
+    const DENIED_TOO: &str = "firstpromoter.refund";
+    for topic in [DENIED, DENIED_TOO] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    for topic in [DENIED, DENIED_TOO, "firstpromoter.dead_letter"] {
         cluster
             .topic_error(
                 topic,
@@ -481,9 +572,8 @@ async fn a_topic_missing_for_seconds_is_waited_for_and_quarantine_is_requeued_on
             )
             .unwrap();
     }
-    for id in 6..=8 {
-        let body =
-            format!(r#"{{"event":{{"id":{id},"type":"lead_cancelled"}},"data":{{"id":{id}}}}}"#);
+    for (id, kind) in [(6, "lead_cancelled"), (7, "refund"), (8, "lead_cancelled")] {
+        let body = format!(r#"{{"event":{{"id":{id},"type":"{kind}"}},"data":{{"id":{id}}}}}"#);
         let reply = relay.post(bytes::Bytes::from(body)).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
     }
@@ -502,13 +592,19 @@ async fn a_topic_missing_for_seconds_is_waited_for_and_quarantine_is_requeued_on
     );
     relay.shutdown().await;
 
-    // Fixed: requeued once, even when run twice.
+    // Fixed for one topic only: the first run publishes 6, fails on 7, and stops; the
+    // second (both fixed) publishes 7 and 8; the third, nothing.
     for topic in [DENIED, "firstpromoter.dead_letter"] {
         cluster
             .topic_error(topic, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
             .unwrap();
     }
-    for run in 0..2 {
+    for run in 0..3 {
+        if run == 1 {
+            cluster
+                .topic_error(DENIED_TOO, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+                .unwrap();
+        }
         let mut command = fp_relay();
         command
             .args(["spool", "requeue", "--dir"])
@@ -518,26 +614,43 @@ async fn a_topic_missing_for_seconds_is_waited_for_and_quarantine_is_requeued_on
             .await
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let expected = if run == 0 {
-            "3 record(s)"
-        } else {
-            "0 record(s)"
-        };
-        assert!(stdout.contains(expected), "run {run}: {stdout}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match run {
+            0 => {
+                assert!(
+                    !output.status.success(),
+                    "a run that stops half way fails: {stdout}"
+                );
+                assert!(stderr.contains("1 published before it"), "{stderr}");
+            }
+            1 => {
+                assert!(output.status.success(), "{stdout}{stderr}");
+                assert!(stdout.contains("2 record(s)"), "run {run}: {stdout}");
+            }
+            _ => {
+                assert!(output.status.success(), "{stdout}{stderr}");
+                assert!(stdout.contains("0 record(s)"), "run {run}: {stdout}");
+            }
+        }
     }
-    let requeued = consume(
+    let mut requeued = consume(
         &bootstrap,
         DENIED,
-        3,
+        2,
         Duration::from_secs(10),
         Duration::from_secs(1),
     )
     .await;
+    requeued.extend(
+        consume(
+            &bootstrap,
+            DENIED_TOO,
+            1,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+        )
+        .await,
+    );
     let mut ids: Vec<u64> = requeued
         .iter()
         .filter_map(|m| m.header("fp-event-id")?.parse().ok())
@@ -546,8 +659,12 @@ async fn a_topic_missing_for_seconds_is_waited_for_and_quarantine_is_requeued_on
     assert_eq!(ids, [6, 7, 8], "each once");
     assert!(requeued
         .iter()
-        .all(|m| m.header("fp-requeued-from") == Some("quarantine.log")
+        .all(|m| m.header("fp-requeued-from") == Some("quarantine")
             && m.header("fp-quarantine-reason").is_none()));
-    assert!(!dir.join("quarantine.log").exists());
+    let db = rusqlite::Connection::open(dir.join("spool.db")).unwrap();
+    let left: i64 = db
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "nothing left in the spool");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -175,6 +175,17 @@ impl Config {
                 "must be at least 1 MiB",
             ));
         }
+        if spool.enabled
+            && spool.max_bytes < self.http.max_body_bytes as u64 + RECORD_OVERHEAD_BYTES
+        {
+            return Err(ConfigError::invalid(
+                "spool.max_bytes",
+                format!(
+                    "must hold at least one record of http.max_body_bytes ({} bytes and {RECORD_OVERHEAD_BYTES} for headers and key): readiness waits for room for one",
+                    self.http.max_body_bytes
+                ),
+            ));
+        }
         if spool.delivery_timeout < self.kafka.ack_timeout {
             return Err(ConfigError::invalid(
                 "spool.delivery_timeout",

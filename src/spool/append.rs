@@ -8,13 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use super::index::Status;
-use super::journal::{self, Entry};
-use super::writer::{claim, WriteRequest};
-use super::{
-    free_bytes, to_spooled, Spool, SpoolError, MAX_QUEUED_APPENDS, MIN_FREE_BYTES, PROBE_INTERVAL,
-    PROBE_SEQ,
-};
+use super::store::{size_of, Tally};
+use super::writer::{claim, Request};
+use super::{free_bytes, Spool, SpoolError, MAX_QUEUED_APPENDS, MIN_FREE_BYTES, PROBE_INTERVAL};
 use crate::kafka::publisher::PendingDelivery;
 use crate::kafka::record::OutboundRecord;
 
@@ -34,7 +30,7 @@ impl Spool {
         received: SystemTime,
         attempt: Option<PendingDelivery>,
         deadline: tokio::time::Instant,
-    ) -> Result<u64, SpoolError> {
+    ) -> Result<i64, SpoolError> {
         let received_ms = received
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -74,48 +70,50 @@ impl Spool {
         received_ms: u64,
         attempt: Option<PendingDelivery>,
         claim: Arc<AtomicU8>,
-    ) -> Result<u64, SpoolError> {
+    ) -> Result<i64, SpoolError> {
         let Ok(queued) = self.queued.try_acquire() else {
             return Err(SpoolError::Busy(MAX_QUEUED_APPENDS));
         };
-        let status = if attempt.is_some() {
-            Status::InFlight
-        } else {
-            Status::Ready
+        let size = Tally {
+            records: 1,
+            bytes: size_of(&record),
         };
         let (reply, written) = oneshot::channel();
-        let seq = {
-            let mut sequencer = self.sequencer.lock().expect("lock not poisoned");
-            let seq = sequencer.next;
-            let frame = journal::encode(&Entry::Event(to_spooled(&record, seq, received_ms)));
-            let len = frame.len() as u64;
-            self.check_room(len)?;
-            self.index().reserve(seq, received_ms, len);
-            let request = WriteRequest {
-                claim: Some(claim),
-                ..WriteRequest::new(frame, Some((seq, status)), reply)
+        {
+            // Counted as a backlog from here, so an event behind it waits for it (receive
+            // order); sent under the same lock, so the writer sees appends in that order.
+            let mut held = self.held();
+            self.check_room(held.bytes(), size.bytes)?;
+            held.writing.add(size);
+            let request = Request::Append {
+                record,
+                received_ms,
+                in_flight: attempt.is_some(),
+                claim,
+                reply,
             };
-            if sequencer.writer.send(request).is_err() {
-                self.index().unreserve(seq);
+            if !self.send(request) {
+                held.writing.sub(size);
                 return Err(SpoolError::Io(io::Error::other("the spool writer stopped")));
             }
-            sequencer.next += 1;
-            seq
-        };
+        }
         let result = written
             .await
             .unwrap_or_else(|_| Err(io::Error::other("the spool writer stopped")));
+        self.held().writing.sub(size);
         drop(queued);
-        if let Err(error) = result {
-            self.index().unreserve(seq);
-            if error.kind() == io::ErrorKind::Interrupted {
+        let id = match result {
+            Ok(id) => id,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {
                 // Cancelled at the deadline before the writer took it: nothing was written.
                 return Err(SpoolError::Late);
             }
-            self.failing.store(true, Ordering::Release);
-            self.probe_until_writable();
-            return Err(SpoolError::Io(error));
-        }
+            Err(error) => {
+                self.failing.store(true, Ordering::Release);
+                self.probe_until_writable();
+                return Err(SpoolError::Io(error));
+            }
+        };
         self.failing.store(false, Ordering::Release);
         self.metrics.spooled.inc();
         self.refresh_metrics();
@@ -123,18 +121,16 @@ impl Spool {
             Some(attempt) => {
                 tokio::spawn(async move {
                     let delivered = attempt.outcome().await.is_ok();
-                    self.settle(seq, delivered).await;
+                    self.settle(id, delivered).await;
                 });
             }
             None => self.wake.notify_one(),
         }
-        Ok(seq)
+        Ok(id)
     }
 
-    /// After a failed write: probes the disk every [`PROBE_INTERVAL`] with a real record (a
-    /// done-marker for no event, appended and fsynced by the writer in the segment events go
-    /// to, which also cuts back what the failure left) until it works, then says the spool
-    /// accepts again. Without it, readiness waited for a successful write, which cannot come
+    /// After a failed write: probes the disk every [`PROBE_INTERVAL`] with a real write and
+    /// commit (a row of the `probe` table) until it works, then says the spool accepts again. Without it, readiness waited for a successful write, which cannot come
     /// while the replica is out of its Service; a probe that wrote nothing (it once appended
     /// an empty frame) said "writable" while every real write still failed (EFBIG, EDQUOT).
     fn probe_until_writable(self: &Arc<Self>) {
@@ -146,15 +142,7 @@ impl Spool {
             while spool.failing.load(Ordering::Acquire) {
                 tokio::time::sleep(PROBE_INTERVAL).await;
                 let (reply, written) = oneshot::channel();
-                let probe =
-                    WriteRequest::new(journal::encode(&Entry::Done(PROBE_SEQ)), None, reply);
-                let sent = spool
-                    .sequencer
-                    .lock()
-                    .expect("lock not poisoned")
-                    .writer
-                    .send(probe);
-                if sent.is_err() {
+                if !spool.send(Request::Probe { reply }) {
                     break;
                 }
                 if let Ok(Ok(())) = written.await {
@@ -167,13 +155,13 @@ impl Spool {
         });
     }
 
-    /// `spool.max_bytes` and the disk's free space, for one more frame of `len` bytes.
-    fn check_room(&self, len: u64) -> Result<(), SpoolError> {
-        let bytes = self.held_bytes();
-        if bytes + len > self.max_bytes {
+    /// `spool.max_bytes` (against `held` bytes) and the disk's free space, for one more record
+    /// of `len` bytes.
+    fn check_room(&self, held: u64, len: u64) -> Result<(), SpoolError> {
+        if held + len > self.limits.max_bytes {
             return Err(SpoolError::Full {
-                bytes,
-                max: self.max_bytes,
+                bytes: held,
+                max: self.limits.max_bytes,
             });
         }
         match free_bytes(&self.dir) {

@@ -1,29 +1,27 @@
-//! A fault-injection seam for the spool's file operations.
+//! A fault-injection seam for the spool's database and file operations.
 //!
-//! Every open, read, write, fsync and unlink the spool makes asks its [`Faults`] first. In
+//! Every open, read, write and commit the spool makes asks its [`Faults`] first. In
 //! production that is [`Faults::none`], one branch on a `None`. Tests hand the spool a plan
 //! that fails chosen operations with chosen errors (`EMFILE`, `EIO`, `ENOSPC`...), which the
 //! operating system cannot be made to do on demand, and check that nothing acknowledged is
-//! lost. A failed write first writes half of its frame, as a real short write followed by an
-//! error can.
+//! lost. A failed write fails half way through its transaction's rows, so that the rollback
+//! is what is tested.
 
 use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-/// A file operation the spool makes.
+/// An operation the spool makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// Opening or creating a segment (or the spool directory, to sync it).
+    /// Opening the database (or a file of the old journal, or the directory to sync it).
     Open,
-    /// Reading a segment back (start-up scan, replay).
+    /// Reading records (start-up totals, replay, the old journal's import).
     Read,
-    /// Appending a frame.
+    /// Inserting, deleting or quarantining records.
     Write,
-    /// `fsync` of a segment or the directory.
-    Fsync,
-    /// Deleting a finished segment.
-    Unlink,
+    /// Committing a transaction (its fsync), or `fsync` of the directory.
+    Commit,
 }
 
 type Plan = dyn Fn(Op) -> Option<io::Error> + Send + Sync;

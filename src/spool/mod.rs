@@ -1,27 +1,35 @@
 //! The durable spool: when Kafka cannot take a standard event within `spool.handoff_after`,
-//! the event is appended to an fsynced on-disk journal and the relay answers 202 `spooled`.
-//! A background task replays the journal to Kafka in receive order and deletes what Kafka
-//! has acknowledged. The journal survives restarts and crashes (see [`journal`]).
+//! the event is committed to an SQLite database in `spool.dir` and the relay answers 202
+//! `spooled`. A background task replays it to Kafka in receive order and deletes what Kafka
+//! has acknowledged. It survives restarts and crashes: SQLite's commit is the promise.
 //!
 //! Exactly once where it can be known: a record whose direct publish attempt was still in
 //! flight at the handoff is held back until that attempt's delivery report says how it ended;
-//! if it succeeded, the record is only marked done, never replayed. Only an attempt that was in
-//! flight when the process died can end up twice in Kafka; `fp-event-id` lets consumers drop it.
+//! if it succeeded, the record is deleted, never replayed. Only an attempt that was in flight
+//! when the process died can end up twice in Kafka; `fp-event-id` lets consumers drop it.
+//!
+//! Nothing is deleted that was not read and delivered: a database that cannot be opened, read
+//! or trusted is renamed aside (`spool.db.unreadable-<ms>`), never removed, and the relay goes
+//! on with a new one; a set-aside file (or a directory of the old journal format) that reads
+//! again is taken in whole, once ([`import`]).
 //!
 //! One owner per directory: the relay or `spool drain` that opens it holds an exclusive lock
-//! for its whole life ([`journal::take_ownership`]); a second one is refused at once.
+//! for its whole life ([`files::take_ownership`]); a second one is refused at once.
 //!
-//! Layout: [`journal`] (the on-disk format, scan and files), [`index`] (what is pending where),
-//! [`writer`] (the thread that appends, fsyncs, registers and rotates), [`replay`] (back to
-//! Kafka), [`requeue`] (quarantine.log back to Kafka), [`fault`] (the seam tests use to fail
-//! its file operations).
+//! Layout: [`store`] (the database), [`writer`] (the thread that writes it, and what it
+//! holds), [`append`] (the write behind a 202), [`replay`] (back to Kafka), [`requeue`]
+//! (quarantined records back to Kafka), [`import`] (the old journal, files set aside),
+//! [`journal`] (the old format, read only), [`files`] (the directory and its owner),
+//! [`fault`] (the seam tests use to fail its operations).
 
 mod append;
 pub mod fault;
-pub mod index;
+pub mod files;
+pub mod import;
 pub mod journal;
 pub mod replay;
 pub mod requeue;
+pub mod store;
 pub mod writer;
 
 use std::io;
@@ -33,14 +41,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, Notify};
 
 use self::fault::Faults;
-use self::index::Index;
-use self::journal::{ActiveSegment, Entry, Found, SpooledEvent};
-use self::writer::{WriteRequest, Writer};
-use crate::kafka::record::OutboundRecord;
+use self::store::{Store, Stored, DB_FILE};
+use self::writer::{Held, Request, Writer};
 use crate::metrics::Metrics;
 
-/// Free space the spool always leaves on its filesystem, whatever `spool.max_bytes` says: the
-/// done-markers that let it shrink need room too, and so does everything else on the disk.
+/// Free space the spool always leaves on its filesystem, whatever `spool.max_bytes` says:
+/// SQLite's WAL and the deletes that let the spool shrink need room too, and so does
+/// everything else on the disk.
 pub const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Why a record could not be spooled.
@@ -53,7 +60,7 @@ pub enum SpoolError {
     #[error("cannot write the spool: {0}")]
     Io(#[from] io::Error),
     #[error(transparent)]
-    Owned(#[from] journal::OwnerError),
+    Owned(#[from] files::OwnerError),
     #[error("the spool's write queue is full ({0} appends waiting)")]
     Busy(usize),
     #[error("the spool did not take the event before the deadline; it was not written")]
@@ -64,390 +71,320 @@ pub enum SpoolError {
 /// queue that grows without bound while the disk is slow.
 pub const MAX_QUEUED_APPENDS: usize = 4096;
 
-/// The sequence number of the probe's marker: a done-marker for no event, written after a
-/// failed write to prove the disk takes a real write and fsync again.
-const PROBE_SEQ: u64 = u64::MAX;
-
 /// How often the disk is probed after a failed write.
 const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The file beside the segments that keeps records no topic would take.
-pub const QUARANTINE_FILE: &str = "quarantine.log";
-
-/// The header a quarantined record carries: why Kafka refused it and its dead letter.
+/// The header a quarantined record carried in the old journal's quarantine.log.
 pub const QUARANTINE_REASON_HEADER: &str = "fp-quarantine-reason";
 
-/// Hands out sequence numbers in the order writes reach the writer thread.
-struct Sequencer {
-    next: u64,
-    writer: mpsc::Sender<WriteRequest>,
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The spool's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `spool.max_bytes`: pending and quarantined records together.
+    pub max_bytes: u64,
+    /// The largest record an append may bring (`http.max_body_bytes` and its headers):
+    /// readiness says "not ready" when one would not fit.
+    pub largest_record: u64,
+}
+
+impl Limits {
+    /// No limit: for `spool drain` and tools that only take records out.
+    pub fn none() -> Self {
+        Self {
+            max_bytes: u64::MAX,
+            largest_record: 0,
+        }
+    }
 }
 
 /// The spool.
 pub struct Spool {
     dir: PathBuf,
-    max_bytes: u64,
+    limits: Limits,
     /// This process's hold on the directory, released when the spool is dropped (`None` only
     /// for the fault-injection tests, which reopen in one process what a crash releases).
-    _owner: Option<journal::Owner>,
+    _owner: Option<files::Owner>,
     /// Appends waiting for the writer ([`MAX_QUEUED_APPENDS`]).
     queued: tokio::sync::Semaphore,
-    /// Bytes of quarantine.log, counted against `max_bytes`.
-    quarantine_bytes: AtomicU64,
-    /// Taken for each write, so sequence order is write order.
-    sequencer: Mutex<Sequencer>,
-    /// What is pending where; shared with the writer thread.
-    index: Arc<Mutex<Index>>,
+    /// The writer thread's queue; sending in the order appends arrive is receive order.
+    writer: Mutex<mpsc::Sender<Request>>,
+    /// The connection replay and the gauges read with (WAL: readers never wait for the writer).
+    reader: Mutex<Store>,
+    /// What the database holds; kept by the writer.
+    held: Arc<Mutex<Held>>,
     /// True after a write failed, until a write or a probe of the disk succeeds: readiness
     /// says the spool cannot accept meanwhile.
     failing: AtomicBool,
     /// True while a task probes the disk after a failed write.
     probing: AtomicBool,
-    /// The file operations' fault-injection seam ([`Faults::none`] outside tests).
-    faults: Faults,
+    /// Damaged records met by imports (the old journal's torn tails).
+    corrupt: Arc<AtomicU64>,
     /// Wakes the replay task.
     wake: Notify,
     metrics: Arc<Metrics>,
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, recovering every record not yet in Kafka, and
+    /// Opens (or creates) the spool in `dir`, taking in whatever an earlier process left, and
     /// owns the directory until the spool is dropped: a second owner is refused
     /// ([`SpoolError::Owned`]).
     pub fn open(
         dir: &Path,
-        max_bytes: u64,
+        limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, SpoolError> {
-        journal::create_private_dir(dir)?;
-        let owner = journal::take_ownership(dir)?;
-        Self::open_inner(dir, max_bytes, metrics, Faults::none(), Some(owner))
+        files::create_private_dir(dir)?;
+        let owner = files::take_ownership(dir)?;
+        Self::open_inner(dir, limits, metrics, Faults::none(), Some(owner))
     }
 
-    /// [`Spool::open`] with injected file faults and without the ownership lock (the tests
-    /// that use it reopen the directory in one process to model a crash).
+    /// [`Spool::open`] with injected faults and without the ownership lock (the tests that use
+    /// it reopen the directory in one process to model a crash).
     pub fn open_with_faults(
         dir: &Path,
-        max_bytes: u64,
+        limits: Limits,
         metrics: Arc<Metrics>,
         faults: Faults,
     ) -> Result<Arc<Self>, SpoolError> {
-        Self::open_inner(dir, max_bytes, metrics, faults, None)
+        Self::open_inner(dir, limits, metrics, faults, None)
     }
 
-    /// Opening proper.
-    ///
-    /// Recovery keeps only where each pending record is (sequence, location, time), never a
-    /// payload: start-up memory does not grow with the spool (payloads are read back at replay,
-    /// a batch at a time). Done-markers always follow their event, so scanning segments oldest
-    /// first and forgetting an event at its marker leaves exactly what Kafka does not have.
+    /// Opening proper: a database that cannot be opened, read or trusted is set aside and a
+    /// new one started (the relay goes on; nothing of the old one is removed). Start-up memory
+    /// does not grow with the spool: only totals are read (replay reads a batch at a time).
     fn open_inner(
         dir: &Path,
-        max_bytes: u64,
+        limits: Limits,
         metrics: Arc<Metrics>,
         faults: Faults,
-        owner: Option<journal::Owner>,
+        owner: Option<files::Owner>,
     ) -> Result<Arc<Self>, SpoolError> {
-        journal::create_private_dir(dir)?;
-        let segments = journal::list_segments(dir)?;
-        let active = ActiveSegment::create(dir, segments.last().map_or(0, |id| id + 1), &faults)?;
-        let mut index = Index::new(active.id);
-        let (mut next_seq, mut corrupt, mut unreadable) = (0, 0, false);
-        for &id in &segments {
-            let scanned = journal::scan(dir, id, &faults, |found| match found {
-                Found::Done(PROBE_SEQ) => {}
-                Found::Event {
-                    seq,
-                    received_ms,
-                    location,
-                } => {
-                    next_seq = next_seq.max(seq + 1);
-                    index.recover(seq, received_ms, location);
-                }
-                Found::Done(seq) => {
-                    next_seq = next_seq.max(seq + 1);
-                    index.recovered_done(seq);
-                }
-            });
-            match scanned {
-                Ok(scan) => {
-                    corrupt += scan.corrupt;
-                    index.add_segment(id, scan.bytes);
-                }
-                // One segment that cannot be read never stops the relay: it is kept, counted
-                // and scanned again later, and nothing it holds is lost or replayed twice.
-                Err(error) => {
-                    let bytes =
-                        std::fs::metadata(journal::segment_path(dir, id)).map_or(0, |m| m.len());
-                    tracing::error!(%error, segment = id, bytes, "cannot read a spool segment; keeping it and trying again later (the rest of the spool is replayed meanwhile)");
-                    index.add_unreadable(id, bytes);
-                    // Its sequence numbers are unknown: none of them may be given out again.
-                    next_seq += bytes / journal::MIN_FRAME as u64 + 1;
-                    unreadable = true;
-                }
+        files::create_private_dir(dir)?;
+        let path = dir.join(DB_FILE);
+        let store = match Store::open(&path, &faults) {
+            Ok(store) => store,
+            Err(error) if path.exists() => {
+                let aside = import::move_aside(&path, &faults)?;
+                tracing::error!(%error, file = %aside.display(), "cannot read the spool's database; set it aside, starting a new one, and trying it again later (nothing of it is deleted)");
+                Store::open(&path, &faults)?
             }
-        }
-        if unreadable {
-            // The count above is not a bound when the segments before the unreadable one were
-            // deleted (all done): its numbers start wherever the sequence stood then, not at 0,
-            // and a new event given one of them replaced the old one at the next recovery (found
-            // by model_tests: a read error at start-up, then appends, lost an acknowledged event).
-            // The clock in microseconds is above every number handed out before: spool appends
-            // are fsynced writes, far fewer than one a microsecond, and a number taken from the
-            // clock at an earlier start only grew by the appends since.
-            let micros = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
-            next_seq = next_seq.max(micros);
-        }
-        let index = Arc::new(Mutex::new(index));
+            Err(error) => return Err(error.into()),
+        };
+        let reader = Store::open(&path, &faults)?;
+        let held = Arc::new(Mutex::new(Held::default()));
+        let corrupt = Arc::new(AtomicU64::new(0));
+        let mut writer = Writer {
+            store,
+            held: held.clone(),
+            dir: dir.to_path_buf(),
+            faults: faults.clone(),
+            corrupt: corrupt.clone(),
+        };
+        writer.take_in();
         let (sender, receiver) = mpsc::channel();
-        let writer = Writer::new(
-            dir,
-            active,
-            index.clone(),
-            faults.clone(),
-            writer::segment_bytes(max_bytes),
-        );
         std::thread::Builder::new()
             .name("fp-relay-spool".into())
             .spawn(move || writer.run(&receiver))?;
-        metrics.spool_corrupt_records.inc_by(corrupt);
-        let quarantined = std::fs::metadata(dir.join(QUARANTINE_FILE)).map_or(0, |m| m.len());
         let spool = Arc::new(Self {
             dir: dir.to_path_buf(),
-            max_bytes,
+            limits,
             _owner: owner,
             queued: tokio::sync::Semaphore::new(MAX_QUEUED_APPENDS),
-            quarantine_bytes: AtomicU64::new(quarantined),
-            sequencer: Mutex::new(Sequencer {
-                next: next_seq,
-                writer: sender,
-            }),
-            index,
+            writer: Mutex::new(sender),
+            reader: Mutex::new(reader),
+            held,
             failing: AtomicBool::new(false),
             probing: AtomicBool::new(false),
-            faults,
+            corrupt,
             wake: Notify::new(),
             metrics,
         });
-        spool.delete_finished_segments();
         spool.refresh_metrics();
         Ok(spool)
     }
 
-    fn index(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().expect("lock not poisoned")
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().expect("lock not poisoned")
     }
 
-    /// Records not yet in Kafka.
+    /// Sends `request` to the writer; `false` if it has stopped.
+    fn send(&self, request: Request) -> bool {
+        self.writer
+            .lock()
+            .expect("lock not poisoned")
+            .send(request)
+            .is_ok()
+    }
+
+    /// Records not yet in Kafka (readable or not).
     pub fn pending(&self) -> usize {
-        self.index().len()
+        usize::try_from(self.held().pending_records()).unwrap_or(usize::MAX)
     }
 
-    /// True while records wait for Kafka: new events queue behind them to keep receive order.
+    /// Records kept because no topic would take them (`fp-relay spool requeue`).
+    pub fn quarantined(&self) -> usize {
+        usize::try_from(self.held().quarantined.records).unwrap_or(usize::MAX)
+    }
+
+    /// Files that could not be read (set aside, or an old journal): kept and retried.
+    pub fn unreadable_files(&self) -> usize {
+        self.held().unreadable_files
+    }
+
+    /// True while readable records wait for Kafka: new events queue behind them to keep
+    /// receive order. Records that cannot be read now hold nothing back.
     pub fn has_backlog(&self) -> bool {
-        !self.index().is_empty()
+        let held = self.held();
+        held.writing.records > 0 || (!held.unreadable_now && held.pending_records() > 0)
     }
 
-    /// True when the spool can take events: room under `max_bytes` and on the disk, and the
-    /// last write succeeded. With the spool on, this is what readiness means during an outage.
+    /// True when the spool can take events: room under `max_bytes` and on the disk for the
+    /// largest record a request may bring, and the last write succeeded. With the spool on,
+    /// this is what readiness means during an outage.
     pub fn accepting(&self) -> bool {
+        let largest = self.limits.largest_record;
         !self.failing.load(Ordering::Acquire)
-            && self.held_bytes() < self.max_bytes
-            && free_bytes(&self.dir).is_none_or(|free| free > MIN_FREE_BYTES)
+            && self.held().bytes().saturating_add(largest) <= self.limits.max_bytes
+            && free_bytes(&self.dir).is_none_or(|free| free >= largest + MIN_FREE_BYTES)
     }
 
-    /// What `max_bytes` limits: spooled events not yet in Kafka, and quarantine.log. Done
-    /// records are not counted: their segments are deleted (or rotated out) once done.
-    fn held_bytes(&self) -> u64 {
-        self.index().pending_bytes() + self.quarantine_bytes.load(Ordering::Acquire)
-    }
-
-    /// Keeps a record that neither its topic nor the dead-letter topic will take (a topic's
-    /// `max.message.bytes` below it, a dead-letter topic denied by ACL) in `quarantine.log`
-    /// beside the segments, in the journal's format with the reason as a header, so that replay
-    /// can go on behind it. `Err` when the file cannot be written: the record stays pending.
-    pub async fn quarantine(
-        self: &Arc<Self>,
-        seq: u64,
-        record: &OutboundRecord,
-        reason: &str,
-    ) -> io::Result<()> {
-        let mut event = to_spooled(record, seq, 0);
-        event
-            .headers
-            .push((QUARANTINE_REASON_HEADER.to_owned(), reason.to_owned()));
-        let frame = journal::encode(&Entry::Event(event));
-        let (path, faults) = (self.dir.join(QUARANTINE_FILE), self.faults.clone());
-        let len = frame.len() as u64;
-        tokio::task::spawn_blocking(move || journal::append_durably(&path, &frame, &faults))
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("the quarantine write failed")))?;
-        self.quarantine_bytes.fetch_add(len, Ordering::AcqRel);
+    /// Keeps record `id`, which neither its topic nor the dead-letter topic will take (a
+    /// topic's `max.message.bytes` below it, a dead-letter topic denied by ACL), as quarantined
+    /// with `reason`, so that replay can go on behind it. `Err` when that cannot be written:
+    /// the record stays pending.
+    pub async fn quarantine(&self, id: i64, reason: &str) -> io::Result<()> {
+        let (reply, done) = oneshot::channel();
+        let sent = self.send(Request::Quarantine {
+            id,
+            reason: reason.to_owned(),
+            reply,
+        });
+        if !sent {
+            return Err(io::Error::other("the spool writer stopped"));
+        }
+        done.await
+            .unwrap_or_else(|_| Err(io::Error::other("the spool writer stopped")))?;
         self.metrics.spool_quarantined.inc();
         self.refresh_metrics();
         Ok(())
     }
 
-    /// The in-flight attempt for `seq` ended: delivered means done, otherwise replay it.
-    async fn settle(&self, seq: u64, delivered: bool) {
+    /// The in-flight attempt for `id` ended: delivered means done, otherwise replay it.
+    async fn settle(&self, id: i64, delivered: bool) {
         if delivered {
-            self.mark_done(&[seq]).await;
-        } else {
-            self.index().make_ready(seq);
+            self.mark_done(&[id]).await;
+        }
+        self.held().unsettled.remove(&id);
+        if !delivered {
             self.wake.notify_one();
         }
     }
 
-    /// Records durably that `seqs` are in Kafka, forgets them, and deletes finished segments.
-    /// A marker that cannot be written costs a duplicate after a restart, never a loss.
-    async fn mark_done(&self, seqs: &[u64]) {
-        if seqs.is_empty() {
+    /// Deletes `ids`, which Kafka has. A delete that fails costs a duplicate after a restart,
+    /// never a loss: until then this process does not replay them again.
+    pub async fn mark_done(&self, ids: &[i64]) {
+        if ids.is_empty() {
             return;
         }
-        let replies: Vec<_> = {
-            let sequencer = self.sequencer.lock().expect("lock not poisoned");
-            seqs.iter()
-                .filter_map(|&seq| {
-                    let (reply, written) = oneshot::channel();
-                    let request =
-                        WriteRequest::new(journal::encode(&Entry::Done(seq)), None, reply);
-                    sequencer.writer.send(request).ok().map(|()| written)
-                })
-                .collect()
+        if let Err(error) = self.delete(ids).await {
+            tracing::warn!(%error, "cannot delete replayed events from the spool; they may be replayed again after a restart");
+        }
+    }
+
+    /// Deletes record `id`, which Kafka has (a requeued one): `Err` if the delete failed.
+    pub async fn forget(&self, id: i64) -> io::Result<()> {
+        self.delete(&[id]).await
+    }
+
+    async fn delete(&self, ids: &[i64]) -> io::Result<()> {
+        let (reply, done) = oneshot::channel();
+        let result = if self.send(Request::Delete {
+            ids: ids.to_vec(),
+            reply,
+        }) {
+            done.await
+                .unwrap_or_else(|_| Err(io::Error::other("the spool writer stopped")))
+        } else {
+            Err(io::Error::other("the spool writer stopped"))
         };
-        for written in replies {
-            if let Ok(Err(error)) = written.await {
-                tracing::warn!(%error, "cannot record a replayed event as done; it may be replayed again after a restart");
+        self.refresh_metrics();
+        result
+    }
+
+    /// Up to `max` pending records from the head, in order, that replay may send now: it stops
+    /// at the first whose direct attempt is still in flight (receive order is kept). `Err` when
+    /// the database cannot be read.
+    pub async fn head(self: &Arc<Self>, max: usize) -> io::Result<Vec<Stored>> {
+        let spool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = spool.reader.lock().expect("lock not poisoned");
+            let skip = |id: i64| spool.held().delivered.contains(&id);
+            loop {
+                let deletes = spool.held().deletes;
+                let mut records = reader.read(false, 0, max, &skip)?;
+                let held = spool.held();
+                // A delete committed during the read (an in-flight attempt that was delivered
+                // and settled meanwhile) may have removed a record read here, and with it its
+                // in-flight mark: read again, or it would be sent twice.
+                if held.deletes != deletes {
+                    continue;
+                }
+                if let Some(stop) = records.iter().position(|r| held.unsettled.contains(&r.id)) {
+                    records.truncate(stop);
+                }
+                return Ok(records);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the spool read failed")))
+    }
+
+    /// Up to `max` quarantined records with ids above `after`, in order.
+    pub async fn quarantined_after(
+        self: &Arc<Self>,
+        after: i64,
+        max: usize,
+    ) -> io::Result<Vec<Stored>> {
+        let spool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = spool.reader.lock().expect("lock not poisoned");
+            reader.read(true, after, max, &|_| false)
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the spool read failed")))
+    }
+
+    /// Says whether replay can read the database now: while it cannot, live events stop
+    /// waiting behind records nobody can send.
+    fn set_readable(&self, readable: bool) {
+        let was = std::mem::replace(&mut self.held().unreadable_now, !readable);
+        if was == readable {
+            if readable {
+                tracing::info!("the spool's database reads again; replaying it");
+            } else {
+                tracing::error!(dir = %self.dir.display(), "the spool's database cannot be read; new events go on to Kafka meanwhile, and its records follow once it reads (late and out of order)");
             }
         }
-        let spent = {
-            let mut index = self.index();
-            for &seq in seqs {
-                index.done(seq);
-            }
-            index.active_is_spent()
-        };
-        if spent {
-            self.rotate_spent().await;
-        }
-        self.delete_finished_segments();
         self.refresh_metrics();
     }
 
-    /// Asks the writer to start a new segment if the current one holds nothing pending (it
-    /// checks again itself: an append may have come in meanwhile), so that the drained one can
-    /// be deleted.
-    async fn rotate_spent(&self) {
-        let (reply, written) = oneshot::channel();
-        let request = WriteRequest {
-            rotate: true,
-            ..WriteRequest::new(Vec::new(), None, reply)
-        };
-        let sent = self
-            .sequencer
-            .lock()
-            .expect("lock not poisoned")
-            .writer
-            .send(request);
-        if sent.is_ok() {
-            let _ = written.await;
+    /// Tries the files that could not be read; returns how many still cannot.
+    async fn take_in(&self) -> usize {
+        let (reply, done) = oneshot::channel();
+        if !self.send(Request::TakeIn { reply }) {
+            return 0;
         }
-    }
-
-    /// Passes by the records of `segment`, which cannot be read right now (see
-    /// [`index`]); retried by [`Spool::retry_troubled`].
-    fn set_aside(&self, segment: u64) {
-        if self.index().set_aside(segment) {
-            tracing::error!(segment, dir = %self.dir.display(), "a spool segment cannot be read; setting it aside and retrying it with backoff (newer events are replayed meanwhile)");
-        }
+        let left = done.await.unwrap_or(0);
+        self.wake.notify_one();
         self.refresh_metrics();
-    }
-
-    /// Tries the segments that were set aside or could not be scanned again; those that read
-    /// now rejoin the replay (their records first, as the oldest). Returns how many remain.
-    async fn retry_troubled(self: &Arc<Self>) -> usize {
-        let (aside, unreadable) = {
-            let index = self.index();
-            (index.aside(), index.unreadable())
-        };
-        let (dir, faults) = (self.dir.clone(), self.faults.clone());
-        for (segment, location) in aside {
-            let (dir, faults) = (dir.clone(), faults.clone());
-            let read = tokio::task::spawn_blocking(move || {
-                journal::read_events(&dir, &[location], &faults)
-            })
-            .await;
-            if let Ok(results) = read {
-                if results.first().is_some_and(|r| {
-                    r.as_ref().is_ok() || r.as_ref().is_err_and(journal::is_damage)
-                }) {
-                    self.index().restore(segment);
-                    tracing::info!(
-                        segment,
-                        "a spool segment set aside reads again; replaying it"
-                    );
-                }
-            }
-        }
-        for id in unreadable {
-            let (dir, faults) = (dir.clone(), faults.clone());
-            let mut found = Vec::new();
-            let scanned = tokio::task::spawn_blocking(move || {
-                let scan = journal::scan(&dir, id, &faults, |f| found.push(f));
-                scan.map(|scan| (scan, found))
-            })
-            .await;
-            if let Ok(Ok((scan, found))) = scanned {
-                let mut index = self.index();
-                for found in found {
-                    match found {
-                        Found::Done(PROBE_SEQ) => {}
-                        Found::Event {
-                            seq,
-                            received_ms,
-                            location,
-                        } => index.recover(seq, received_ms, location),
-                        Found::Done(seq) => index.recovered_done(seq),
-                    }
-                }
-                index.rescued(id);
-                drop(index);
-                self.metrics.spool_corrupt_records.inc_by(scan.corrupt);
-                tracing::info!(
-                    segment = id,
-                    "a spool segment that could not be read at start-up reads now; replaying it"
-                );
-                self.wake.notify_one();
-            }
-        }
-        self.refresh_metrics();
-        self.index().troubled_segments()
-    }
-
-    /// Deletes segments nothing pending needs any more (oldest first), then makes the
-    /// deletions durable by syncing the directory.
-    fn delete_finished_segments(&self) {
-        let mut index = self.index();
-        let mut deleted = false;
-        for id in index.deletable() {
-            match journal::remove_segment(&self.dir, id, &self.faults) {
-                Ok(()) => deleted = true,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    tracing::warn!(%error, segment = id, "cannot delete a finished spool segment");
-                    break;
-                }
-            }
-            index.remove_segment(id);
-        }
-        drop(index);
-        if deleted {
-            if let Err(error) = journal::sync_dir(&self.dir, &self.faults) {
-                tracing::warn!(%error, "cannot sync the spool directory after deleting segments");
-            }
-        }
+        left
     }
 
     /// Replays pending records to Kafka until `stop` (see [`replay`]).
@@ -461,32 +398,47 @@ impl Spool {
 
     /// Updates the spool gauges (also called at every scrape, for the oldest record's age).
     pub fn refresh_metrics(&self) {
-        let index = self.index();
-        self.metrics
-            .spool_bytes
-            .set(i64::try_from(index.bytes()).unwrap_or(i64::MAX));
+        let held = self.held();
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         self.metrics
             .spool_records
-            .set(i64::try_from(index.len()).unwrap_or(i64::MAX));
-        let quarantined = self.quarantine_bytes.load(Ordering::Acquire);
+            .set(gauge(held.pending_records()));
         self.metrics
             .spool_pending_bytes
-            .set(i64::try_from(index.pending_bytes() + quarantined).unwrap_or(i64::MAX));
+            .set(gauge(held.pending.bytes + held.quarantined.bytes));
         self.metrics
             .spool_quarantine_bytes
-            .set(i64::try_from(quarantined).unwrap_or(i64::MAX));
-        self.metrics
-            .spool_segments_set_aside
-            .set(i64::try_from(index.troubled_segments()).unwrap_or(i64::MAX));
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let oldest = index
-            .oldest()
-            .map_or(0, |p| now_ms.saturating_sub(p.received_ms));
-        self.metrics
-            .spool_oldest_age_seconds
-            .set(oldest as f64 / 1000.0);
+            .set(gauge(held.quarantined.bytes));
+        self.metrics.spool_files_set_aside.set(gauge(
+            held.unreadable_files as u64 + u64::from(held.unreadable_now),
+        ));
+        let empty = held.pending_records() == 0;
+        drop(held);
+        let on_disk: u64 = ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| {
+                std::fs::metadata(self.dir.join(format!("{DB_FILE}{suffix}"))).ok()
+            })
+            .map(|m| m.len())
+            .sum();
+        self.metrics.spool_bytes.set(gauge(on_disk));
+        let corrupt = self.corrupt.swap(0, Ordering::Relaxed);
+        self.metrics.spool_corrupt_records.inc_by(corrupt);
+        let oldest = if empty {
+            Some(None)
+        } else {
+            // Never waits for a replay read in progress: the gauge keeps its last value.
+            self.reader
+                .try_lock()
+                .ok()
+                .and_then(|reader| reader.oldest_ms().ok())
+        };
+        if let Some(oldest) = oldest {
+            let age = oldest.map_or(0, |ms| now_ms().saturating_sub(ms));
+            self.metrics
+                .spool_oldest_age_seconds
+                .set(age as f64 / 1000.0);
+        }
     }
 }
 
@@ -505,34 +457,6 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     };
     #[allow(clippy::useless_conversion)] // the field types differ between platforms
     Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
-}
-
-fn to_spooled(record: &OutboundRecord, seq: u64, received_ms: u64) -> SpooledEvent {
-    SpooledEvent {
-        seq,
-        received_ms,
-        topic: record.topic.clone(),
-        key: record.key.clone(),
-        headers: record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-        payload: record.payload.clone(),
-    }
-}
-
-fn from_spooled(event: SpooledEvent) -> OutboundRecord {
-    OutboundRecord {
-        topic: event.topic,
-        key: event.key,
-        payload: event.payload,
-        headers: event
-            .headers
-            .into_iter()
-            .map(|(k, v)| (k.into(), v))
-            .collect(),
-    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //!
 //! - **Batches**: up to [`BATCH`] records from the head are handed to the producer at once (in
 //!   order, so per-key order holds: one idempotent producer keeps a partition's order), then
-//!   their done-markers are written with one fsync. One record and one fsync at a time drained
-//!   only 100-200 records a second.
+//!   they are deleted in one transaction. One record and one fsync at a time drained only
+//!   100-200 records a second.
 //! - **One copy per record**: each record's delivery is awaited to its final report (bounded by
 //!   librdkafka's `message.timeout.ms`, i.e. `spool.delivery_timeout`), never abandoned at a
 //!   deadline and sent again while the first copy is still queued.
@@ -15,11 +15,12 @@
 //!   answers for a few seconds. A topic is taken for missing only once it has been refused so
 //!   for `spool.unknown_topic_wait`; until then its records wait, and nothing of a backlog is
 //!   dead-lettered (or quarantined) because of a restart.
-//! - **One bad segment never stalls the rest**: a segment that keeps failing to read (a system
-//!   error, not damage) is set aside after [`SET_ASIDE_AFTER`] tries; newer records go on, and
-//!   the segment is tried again with backoff until it reads.
+//! - **What cannot be read holds nothing back**: when the database keeps failing to read
+//!   ([`SET_ASIDE_AFTER`] tries), live events stop waiting behind its records (they go on to
+//!   Kafka) while replay keeps trying with backoff; files that could not be read at start
+//!   (set aside, an old journal) are tried again with backoff and taken in once they read.
 //! - **Shutdown**: a batch handed to the producer is settled before replay stops (its outcomes
-//!   and done-markers), so that a restart replays nothing Kafka already has.
+//!   and deletes), so that a restart replays nothing Kafka already has.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::journal::{self, Location};
-use super::{from_spooled, Spool};
+use super::store::Stored;
+use super::Spool;
 use crate::kafka::publisher::{refusal_reason, PendingDelivery, PublishError, Publisher};
 use crate::kafka::record::OutboundRecord;
 
@@ -37,9 +38,9 @@ pub const BATCH: usize = 512;
 /// First and longest pause between replay attempts while Kafka refuses.
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// Consecutive failed reads of one segment before it is set aside.
+/// Consecutive failed reads of the database before live events stop waiting behind it.
 pub const SET_ASIDE_AFTER: u32 = 3;
-/// First and longest pause between retries of segments set aside.
+/// First and longest pause between retries of files that could not be read.
 const ASIDE_RETRY_MIN: Duration = Duration::from_secs(5);
 const ASIDE_RETRY_MAX: Duration = Duration::from_secs(300);
 
@@ -48,9 +49,9 @@ const ASIDE_RETRY_MAX: Duration = Duration::from_secs(300);
 struct State {
     /// Topics refused as unknown, and since when.
     unknown_since: HashMap<String, Instant>,
-    /// The segment that failed to read last, and how many times in a row.
-    failing_segment: Option<(u64, u32)>,
-    /// When to try the troubled segments again, and the pause after that.
+    /// Failed reads of the database in a row.
+    failed_reads: u32,
+    /// When to try the files that could not be read again, and the pause after that.
     troubled_retry: Option<(Instant, Duration)>,
 }
 
@@ -83,41 +84,42 @@ impl Replay {
                 return;
             }
             self.retry_troubled(&spool, &mut state).await;
-            let head = spool.index().ready_head(BATCH);
-            if head.is_empty() {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = spool.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            let head = match spool.head(BATCH).await {
+                Ok(head) => {
+                    if state.failed_reads > 0 {
+                        state.failed_reads = 0;
+                        spool.set_readable(true);
+                    }
+                    Ok(head)
                 }
-                continue;
-            }
-            let Some((records, read_failure)) = read(&spool, head).await else {
-                return;
+                Err(error) => {
+                    state.failed_reads += 1;
+                    if state.failed_reads == SET_ASIDE_AFTER {
+                        spool.set_readable(false);
+                    }
+                    Err(error)
+                }
             };
-            let (done, failure) = self.send_batch(&spool, records, &mut state).await;
-            spool.metrics.spool_replayed.inc_by(done.len() as u64);
-            spool.mark_done(&done).await;
-            if let Some((segment, _)) = &read_failure {
-                let tries = match state.failing_segment {
-                    Some((failed, tries)) if failed == *segment => tries + 1,
-                    _ => 1,
-                };
-                state.failing_segment = Some((*segment, tries));
-                if tries >= SET_ASIDE_AFTER {
-                    spool.set_aside(*segment);
-                    state.failing_segment = None;
-                    state
-                        .troubled_retry
-                        .get_or_insert((Instant::now() + ASIDE_RETRY_MIN, ASIDE_RETRY_MIN));
+            let (failure, read_failure) = match head {
+                Ok(head) if head.is_empty() => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = spool.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                     continue;
                 }
-            } else {
-                state.failing_segment = None;
-            }
+                Ok(head) => {
+                    let (done, failure) = self.send_batch(&spool, head, &mut state).await;
+                    spool.metrics.spool_replayed.inc_by(done.len() as u64);
+                    spool.mark_done(&done).await;
+                    (failure, None)
+                }
+                Err(error) => (None, Some(error)),
+            };
             let failure = failure
                 .map(|error| format!("Kafka: {error}"))
-                .or(read_failure.map(|(_, error)| format!("cannot read the spool: {error}")));
+                .or(read_failure.map(|error| format!("cannot read the spool: {error}")));
             match failure {
                 None => pause = RETRY_MIN,
                 Some(error) => {
@@ -132,16 +134,20 @@ impl Replay {
         }
     }
 
-    /// Tries the segments set aside (or unreadable since start-up) when their retry is due,
-    /// backing off while they still fail.
+    /// Tries the files that could not be read when their retry is due, backing off while they
+    /// still fail.
     async fn retry_troubled(&self, spool: &Arc<Spool>, state: &mut State) {
-        let Some((due, pause)) = state.troubled_retry else {
+        if spool.unreadable_files() == 0 {
+            state.troubled_retry = None;
             return;
-        };
+        }
+        let (due, pause) = *state
+            .troubled_retry
+            .get_or_insert((Instant::now() + ASIDE_RETRY_MIN, ASIDE_RETRY_MIN));
         if Instant::now() < due {
             return;
         }
-        state.troubled_retry = match spool.retry_troubled().await {
+        state.troubled_retry = match spool.take_in().await {
             0 => None,
             _ => {
                 let next = (pause * 2).min(ASIDE_RETRY_MAX);
@@ -150,19 +156,22 @@ impl Replay {
         };
     }
 
-    /// Sends `records` and waits for each to be settled. Returns the sequence numbers now in
+    /// Sends `records` and waits for each to be settled. Returns the ids now in
     /// Kafka (or on the dead-letter topic), and the first retriable failure, if any.
     async fn send_batch(
         &self,
         spool: &Arc<Spool>,
-        records: Vec<(u64, OutboundRecord)>,
+        records: Vec<Stored>,
         state: &mut State,
-    ) -> (Vec<u64>, Option<PublishError>) {
+    ) -> (Vec<i64>, Option<PublishError>) {
         let deadline = tokio::time::Instant::now() + self.enqueue_timeout;
-        let mut in_flight: Vec<(u64, OutboundRecord, Result<PendingDelivery, PublishError>)> =
+        let mut in_flight: Vec<(i64, OutboundRecord, Result<PendingDelivery, PublishError>)> =
             Vec::with_capacity(records.len());
         let mut done = Vec::with_capacity(records.len());
-        for (seq, record) in records {
+        for Stored {
+            id: seq, record, ..
+        } in records
+        {
             if let Some(shared) = &self.shared_dedup {
                 if record.topic != self.dead_letter_topic && shared.published(&record) {
                     // At-least-once replay (a write whose acknowledgement was lost) or another
@@ -222,9 +231,9 @@ impl Replay {
                                 refusal_reason(&error),
                                 refusal_reason(&refused)
                             );
-                            match spool.quarantine(seq, &record, &reason).await {
+                            match spool.quarantine(seq, &reason).await {
                                 Ok(()) => {
-                                    tracing::error!(seq, topic = %record.topic, %reason, "neither the topic nor the dead-letter topic takes a spooled event; kept it in the spool's quarantine.log");
+                                    tracing::error!(seq, topic = %record.topic, %reason, "neither the topic nor the dead-letter topic takes a spooled event; kept it quarantined in the spool (fp-relay spool requeue)");
                                     done.push(seq);
                                 }
                                 Err(io) => {
@@ -249,7 +258,7 @@ impl Replay {
     /// Moves a record Kafka refused for good to the dead-letter topic.
     async fn dead_letter(
         &self,
-        seq: u64,
+        seq: i64,
         record: OutboundRecord,
         error: &PublishError,
     ) -> Result<(), PublishError> {
@@ -282,41 +291,4 @@ fn confirmed(state: &mut State, topic: &str, error: &PublishError, wait: Duratio
         tracing::warn!(topic, %error, waited = ?since.elapsed(), "Kafka says the topic does not exist; waiting before dead-lettering its spooled events (a cluster may be restarting)");
     }
     confirmed
-}
-
-/// Reads the records at `head` back from disk. A damaged record (it will never read back) is
-/// counted, logged and marked done: it cannot be published. A read the system failed (out of
-/// descriptors or memory, a disk error) ends the batch there and is returned with its segment,
-/// so that replay pauses and reads it again (and sets the segment aside if it keeps failing):
-/// it never marks a record done. `None` if the runtime is shutting down.
-pub(super) async fn read(
-    spool: &Arc<Spool>,
-    head: Vec<(u64, Location)>,
-) -> Option<(Vec<(u64, OutboundRecord)>, Option<(u64, std::io::Error)>)> {
-    let (dir, faults) = (spool.dir.clone(), spool.faults.clone());
-    let locations: Vec<Location> = head.iter().map(|(_, location)| *location).collect();
-    let read = tokio::task::spawn_blocking(move || journal::read_events(&dir, &locations, &faults))
-        .await
-        .ok()?;
-    let mut records = Vec::with_capacity(read.len());
-    let mut damaged = Vec::new();
-    let mut failure = None;
-    for ((seq, location), event) in head.into_iter().zip(read) {
-        match event {
-            Ok(event) => records.push((seq, from_spooled(event))),
-            Err(error) if journal::is_damage(&error) => {
-                tracing::error!(%error, seq, "a spooled record is damaged; skipping it");
-                damaged.push(seq);
-            }
-            Err(error) => failure = Some((location.segment, error)),
-        }
-    }
-    if !damaged.is_empty() {
-        spool
-            .metrics
-            .spool_corrupt_records
-            .inc_by(damaged.len() as u64);
-        spool.mark_done(&damaged).await;
-    }
-    Some((records, failure))
 }

@@ -1,35 +1,20 @@
-//! The writer thread: appends what arrives, fsyncs once per batch (group commit), registers
-//! every durable write in the [`Index`] in write order before anyone is told, undoes a batch
-//! whose write or fsync failed, and rotates segments.
-//!
-//! Why the writer registers, not the caller: registration in write order means a segment can
-//! never look empty while a record written into it waits to be counted (callers resume in any
-//! order; a rotation between two replies once let a segment be deleted under a record already
-//! answered 202). Why undo: a partial frame left in the file shifts every later record, which
-//! would then fail its checksum at replay, and ends every later scan after a restart.
+//! The writer thread: the one connection that writes the database. Appends that arrive
+//! together are committed together (group commit: one fsync per group); deletes, quarantines,
+//! probes and imports are their own transactions. What the database holds is counted in
+//! [`Held`] by the writer, after each commit and before anyone is told.
 
+use std::collections::BTreeSet;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 use super::fault::Faults;
-use super::index::{Index, Status};
-use super::journal::{self, ActiveSegment, Location};
-
-/// A segment is closed and a new one started beyond this size (smaller for a small spool:
-/// see [`segment_bytes`]).
-pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
-/// The smallest segment size a small spool uses.
-const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
-
-/// The segment size for a spool of `max_bytes`: an eighth of it, between 64 KiB and 16 MiB, so
-/// that what finished segments waste is a small part of any spool.
-pub fn segment_bytes(max_bytes: u64) -> u64 {
-    (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES)
-}
+use super::import;
+use super::store::{size_of, Store, Tally};
+use crate::kafka::record::OutboundRecord;
 
 /// A write's claim, between its requester (who may give up at its deadline) and the writer.
 pub mod claim {
@@ -40,200 +25,275 @@ pub mod claim {
     /// Cancelled by the requester before the writer took it: never written.
     pub const CANCELLED: u8 = 2;
 }
-/// Most records written per fsync.
+
+/// Most appends committed together.
 const MAX_BATCH: usize = 512;
 
-/// One write for the writer thread.
-pub struct WriteRequest {
-    /// A framed journal record.
-    pub frame: Vec<u8>,
-    /// For an event: its sequence number and the status it takes once durable.
-    pub event: Option<(u64, Status)>,
-    /// Told once the record is durable and registered, or why it is not.
-    pub reply: oneshot::Sender<io::Result<()>>,
-    /// For an append its requester may give up on: see [`claim`]. A cancelled write is
-    /// skipped and answered with `ErrorKind::Interrupted`.
-    pub claim: Option<Arc<AtomicU8>>,
-    /// Start a new segment after this batch if the current one holds nothing pending, so
-    /// that it can be deleted (a drained spool frees its disk).
-    pub rotate: bool,
+/// What the spool holds, kept by the writer (and the appends waiting for it).
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Records in the database not yet in Kafka (with those in `delivered`).
+    pub pending: Tally,
+    /// Records no topic would take.
+    pub quarantined: Tally,
+    /// Appends on their way to the writer: counted against `max_bytes`, and a backlog.
+    pub writing: Tally,
+    /// Written while their direct publish attempt was still in flight: replay waits for the
+    /// attempt's report (and keeps receive order behind them).
+    pub unsettled: BTreeSet<i64>,
+    /// In Kafka, but their delete failed: never replayed again by this process; the delete is
+    /// tried again with the next one (after a restart they are replayed once more).
+    pub delivered: BTreeSet<i64>,
+    /// Sources that could not be read (databases set aside, an old journal): kept, retried.
+    pub unreadable_files: usize,
+    /// Replay cannot read the database now: live events stop waiting behind its records.
+    pub unreadable_now: bool,
+    /// Deletes committed so far: a read that saw this number change may hold deleted records.
+    pub deletes: u64,
 }
 
-impl WriteRequest {
-    /// A request with no claim and no rotation.
-    pub fn new(
-        frame: Vec<u8>,
-        event: Option<(u64, Status)>,
-        reply: oneshot::Sender<io::Result<()>>,
-    ) -> Self {
-        Self {
-            frame,
-            event,
-            reply,
-            claim: None,
-            rotate: false,
-        }
+impl Held {
+    /// Records not yet in Kafka.
+    pub fn pending_records(&self) -> u64 {
+        self.pending
+            .records
+            .saturating_sub(self.delivered.len() as u64)
     }
+
+    /// What `spool.max_bytes` limits.
+    pub fn bytes(&self) -> u64 {
+        self.pending.bytes + self.quarantined.bytes + self.writing.bytes
+    }
+}
+
+/// One request for the writer.
+pub enum Request {
+    /// Append a record; `in_flight` when its direct publish has not reported yet.
+    Append {
+        record: OutboundRecord,
+        received_ms: u64,
+        in_flight: bool,
+        /// See [`claim`]: a cancelled append is skipped and answered `Interrupted`.
+        claim: Arc<AtomicU8>,
+        reply: oneshot::Sender<io::Result<i64>>,
+    },
+    /// Delete records Kafka has (and retry earlier deletes that failed).
+    Delete {
+        ids: Vec<i64>,
+        reply: oneshot::Sender<io::Result<()>>,
+    },
+    /// Keep a record no topic takes, with the reason.
+    Quarantine {
+        id: i64,
+        reason: String,
+        reply: oneshot::Sender<io::Result<()>>,
+    },
+    /// A real write, to learn whether the disk takes writes again.
+    Probe {
+        reply: oneshot::Sender<io::Result<()>>,
+    },
+    /// Try the sources that could not be read; answered with how many still cannot.
+    TakeIn { reply: oneshot::Sender<usize> },
 }
 
 /// The writer's state.
 pub struct Writer {
-    dir: PathBuf,
-    active: ActiveSegment,
-    index: Arc<Mutex<Index>>,
-    /// Set when a failed batch could not be cut back: the length the segment must return to
-    /// before anything else is appended to it.
-    undo_to: Option<u64>,
-    /// Passed to every segment it creates.
-    faults: Faults,
-    /// Rotate beyond this size ([`segment_bytes`]).
-    segment_bytes: u64,
+    pub store: Store,
+    pub held: Arc<Mutex<Held>>,
+    pub dir: PathBuf,
+    pub faults: Faults,
+    /// Damaged records met by imports.
+    pub corrupt: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
-    /// A writer appending to `active`.
-    pub fn new(
-        dir: &Path,
-        active: ActiveSegment,
-        index: Arc<Mutex<Index>>,
-        faults: Faults,
-        segment_bytes: u64,
-    ) -> Self {
-        Self {
-            dir: dir.to_path_buf(),
-            active,
-            index,
-            undo_to: None,
-            faults,
-            segment_bytes,
-        }
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().expect("lock not poisoned")
     }
 
     /// Serves requests until every sender is gone.
-    pub fn run(mut self, requests: &mpsc::Receiver<WriteRequest>) {
-        while let Ok(first) = requests.recv() {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            let mut next = Some(first);
-            while let Some(request) = next.take() {
-                // A requester that gave up before the writer got to it: never written.
-                let cancelled = request.claim.as_ref().is_some_and(|claim| {
-                    claim
-                        .compare_exchange(
-                            claim::WAITING,
-                            claim::TAKEN,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_err()
-                });
-                if cancelled {
-                    let _ = request.reply.send(Err(io::Error::new(
-                        io::ErrorKind::Interrupted,
-                        "cancelled before it was written",
-                    )));
-                } else {
-                    batch.push(request);
-                }
-                if batch.len() < MAX_BATCH {
-                    next = requests.try_recv().ok();
+    pub fn run(mut self, requests: &mpsc::Receiver<Request>) {
+        let mut next = None;
+        loop {
+            let Some(first) = next.take().or_else(|| requests.recv().ok()) else {
+                return;
+            };
+            let mut appends = Vec::new();
+            let mut request = Some(first);
+            while let Some(Request::Append { .. }) = request {
+                appends.push(request.take().expect("matched"));
+                if appends.len() < MAX_BATCH {
+                    request = requests.try_recv().ok();
                 }
             }
-            if batch.is_empty() {
+            if !appends.is_empty() {
+                self.append(appends);
+            }
+            match request {
+                Some(Request::Delete { ids, reply }) => {
+                    let _ = reply.send(self.delete(ids));
+                }
+                Some(Request::Quarantine { id, reason, reply }) => {
+                    let result = self.store.quarantine(id, &reason).map(|moved| {
+                        let mut held = self.held();
+                        held.pending.sub(moved);
+                        held.quarantined.add(moved);
+                    });
+                    let _ = reply.send(result);
+                }
+                Some(Request::Probe { reply }) => {
+                    let _ = reply.send(self.store.probe());
+                }
+                Some(Request::TakeIn { reply }) => {
+                    let _ = reply.send(self.take_in());
+                }
+                Some(Request::Append { .. }) => next = request,
+                None => {}
+            }
+        }
+    }
+
+    /// Commits a group of appends (those not cancelled), or none of them.
+    fn append(&mut self, requests: Vec<Request>) {
+        let mut taken = Vec::with_capacity(requests.len());
+        for request in requests {
+            let Request::Append {
+                record,
+                received_ms,
+                in_flight,
+                claim,
+                reply,
+            } = request
+            else {
                 continue;
-            }
-            let rotate = batch.iter().any(|r| r.rotate);
-            match self.write(&batch) {
-                Ok(offsets) => {
-                    self.register(&batch, &offsets);
-                    for request in batch {
-                        let _ = request.reply.send(Ok(()));
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, records = batch.len(), "spool write failed; the batch is refused and undone");
-                    for request in batch {
-                        let _ = request
-                            .reply
-                            .send(Err(io::Error::new(error.kind(), error.to_string())));
-                    }
-                }
-            }
-            let spent = rotate
-                && self
-                    .index
-                    .lock()
-                    .expect("lock not poisoned")
-                    .active_is_spent();
-            if self.active.len >= self.segment_bytes || spent {
-                self.rotate();
-            }
-        }
-    }
-
-    /// Appends and fsyncs `batch`; on failure the segment is cut back to where it was.
-    fn write(&mut self, batch: &[WriteRequest]) -> io::Result<Vec<u64>> {
-        if let Some(len) = self.undo_to {
-            self.active.truncate(len)?;
-            self.undo_to = None;
-        }
-        let start = self.active.len;
-        let result = batch
-            .iter()
-            .map(|request| self.active.append(&request.frame))
-            .collect::<io::Result<Vec<u64>>>()
-            .and_then(|offsets| self.active.sync().map(|()| offsets));
-        if let Err(failed) = &result {
-            if let Err(error) = self.active.truncate(start) {
-                tracing::error!(%error, "cannot cut a failed spool write back; starting a new segment");
-                self.active.len = start;
-                self.undo_to = Some(start);
-                self.rotate();
-            } else if failed.raw_os_error() == Some(libc::EFBIG) {
-                // The file may grow no further (RLIMIT_FSIZE, a filesystem's file size limit):
-                // the next write goes to a new segment.
-                self.rotate();
-            }
-        }
-        result
-    }
-
-    /// Records every durable write of `batch` in the index, in write order.
-    fn register(&self, batch: &[WriteRequest], offsets: &[u64]) {
-        let segment = self.active.id;
-        let mut index = self.index.lock().expect("lock not poisoned");
-        for (request, &offset) in batch.iter().zip(offsets) {
-            let len = request.frame.len() as u64;
-            let event = request.event.map(|(seq, status)| {
-                let body =
-                    u32::try_from(len).expect("frames are small") - journal::FRAME_HEADER as u32;
-                (
-                    seq,
-                    Location {
-                        segment,
-                        offset,
-                        len: body,
-                    },
-                    status,
+            };
+            let won = claim
+                .compare_exchange(
+                    claim::WAITING,
+                    claim::TAKEN,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
                 )
-            });
-            index.written(segment, len, event);
+                .is_ok();
+            if won {
+                taken.push((record, received_ms, in_flight, reply));
+            } else {
+                let _ = reply.send(Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "cancelled before it was written",
+                )));
+            }
         }
-    }
-
-    /// Starts the next segment; on failure keeps appending to the current one.
-    fn rotate(&mut self) {
-        match ActiveSegment::create(&self.dir, self.active.id + 1, &self.faults) {
-            Ok(next) => {
-                self.active = next;
-                self.undo_to = None;
-                self.index
-                    .lock()
-                    .expect("lock not poisoned")
-                    .rotated(self.active.id);
+        if taken.is_empty() {
+            return;
+        }
+        let rows: Vec<(&OutboundRecord, u64)> = taken.iter().map(|(r, ms, ..)| (r, *ms)).collect();
+        let held = self.held.clone();
+        let in_flight: Vec<bool> = taken.iter().map(|(_, _, f, _)| *f).collect();
+        let mut unsettled = Vec::new();
+        // The ids of attempts still in flight are known to replay before the commit makes
+        // their records visible to it: it never sends one whose attempt may yet succeed.
+        let result = self.store.insert(&rows, |ids| {
+            unsettled.extend(
+                ids.iter()
+                    .zip(&in_flight)
+                    .filter(|(_, f)| **f)
+                    .map(|(id, _)| *id),
+            );
+            let mut held = held.lock().expect("lock not poisoned");
+            held.unsettled.extend(unsettled.iter().copied());
+        });
+        match result {
+            Ok(ids) => {
+                let mut held = self.held();
+                for (record, ..) in &taken {
+                    held.pending.add(Tally {
+                        records: 1,
+                        bytes: size_of(record),
+                    });
+                }
+                drop(held);
+                for ((.., reply), id) in taken.into_iter().zip(ids) {
+                    let _ = reply.send(Ok(id));
+                }
             }
             Err(error) => {
-                tracing::error!(%error, "cannot start a new spool segment; continuing in the current one")
+                tracing::error!(%error, records = taken.len(), "spool write failed; the group is refused and rolled back");
+                // The rolled-back rows' ids are no records.
+                let mut held = self.held();
+                for id in &unsettled {
+                    held.unsettled.remove(id);
+                }
+                drop(held);
+                for (.., reply) in taken {
+                    let _ = reply.send(Err(io::Error::new(error.kind(), error.to_string())));
+                }
             }
         }
+    }
+
+    /// Deletes `ids` and every earlier delivered record whose delete failed.
+    fn delete(&mut self, ids: Vec<i64>) -> io::Result<()> {
+        let mut all: BTreeSet<i64> = ids.iter().copied().collect();
+        all.extend(self.held().delivered.iter().copied());
+        let all: Vec<i64> = all.into_iter().collect();
+        match self.store.delete(&all) {
+            Ok((pending, quarantined)) => {
+                let mut held = self.held();
+                held.pending.sub(pending);
+                held.quarantined.sub(quarantined);
+                held.delivered.clear();
+                held.deletes += 1;
+                let empty = held.pending.records == 0;
+                drop(held);
+                if empty {
+                    self.store.shrink();
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.held().delivered.extend(ids);
+                Err(error)
+            }
+        }
+    }
+
+    /// Tries the old journal and the databases set aside; returns how many still cannot be
+    /// read.
+    pub fn take_in(&mut self) -> usize {
+        let mut unreadable = 0;
+        let mut corrupt = 0;
+        if let Err(error) = import::journal(&self.dir, &mut self.store, &self.faults, &mut corrupt)
+        {
+            tracing::error!(%error, dir = %self.dir.display(), "cannot read the spool written by an earlier fp-relay; keeping it and trying again later (nothing of it is deleted)");
+            unreadable += 1;
+        }
+        match import::set_aside(&self.dir) {
+            Ok(files) => {
+                for file in files {
+                    match import::absorb(&file, &mut self.store, &self.faults) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => unreadable += 1,
+                        Err(error) => {
+                            tracing::error!(%error, file = %file.display(), "cannot take in a spool file set aside");
+                            unreadable += 1;
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot list the spool directory");
+                unreadable += 1;
+            }
+        }
+        self.corrupt
+            .fetch_add(corrupt, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(totals) = self.store.totals() {
+            let mut held = self.held();
+            held.pending = totals.pending;
+            held.quarantined = totals.quarantined;
+        }
+        self.held().unreadable_files = unreadable;
+        unreadable
     }
 }

@@ -2,8 +2,9 @@
 //! relay will not come back: a replica scaled down (a Kubernetes Job or preStop hook on its
 //! volume), a machine being retired. It uses the relay's own configuration (file, environment,
 //! `--brokers`), so it reaches Kafka exactly as `serve` would, and the spool's own replay, so
-//! order, dead letters and quarantine work as they do there. Once every record is in Kafka the
-//! segments are deleted; `quarantine.log`, if any, is left for `fp-relay spool requeue`.
+//! order, dead letters and quarantine work as they do there. Each record is deleted once Kafka
+//! has it; quarantined records, if any, are left for `fp-relay spool requeue`. A file it cannot
+//! read (set aside, or an old journal) is kept, never deleted, and the drain exits 1 naming it.
 //!
 //! It owns the directory for its whole run (the lock `serve` takes too): beside a relay that
 //! uses the directory it refuses at once, naming that process. Its deadline holds whatever
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::kafka::outage::ClusterWatch;
 use crate::kafka::publisher::Publisher;
 use crate::metrics::Metrics;
-use crate::spool::{journal, replay, Spool, QUARANTINE_FILE};
+use crate::spool::{replay, Limits, Spool};
 use crate::tools::ToolError;
 
 /// What to drain, and how long to try.
@@ -48,10 +49,11 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
         )));
     }
     let metrics = Arc::new(Metrics::new());
-    let spool = Spool::open(&dir, u64::MAX, metrics.clone()).map_err(|error| match error {
-        crate::spool::SpoolError::Owned(owned) => ToolError::Usage(owned.to_string()),
-        other => ToolError::Usage(format!("{}: {other}", dir.display())),
-    })?;
+    let spool =
+        Spool::open(&dir, Limits::none(), metrics.clone()).map_err(|error| match error {
+            crate::spool::SpoolError::Owned(owned) => ToolError::Usage(owned.to_string()),
+            other => ToolError::Usage(format!("{}: {other}", dir.display())),
+        })?;
     let records = spool.pending();
     eprintln!(
         "spool drain: {records} record(s) in {} to replay to {}",
@@ -78,7 +80,7 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
         stop.clone(),
     ));
     let deadline = Instant::now() + options.timeout;
-    while spool.has_backlog() && Instant::now() < deadline {
+    while spool.pending() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
@@ -99,16 +101,13 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
             humantime::format_duration(options.timeout)
         )));
     }
-    // Still the owner while the segments go: no relay can start on a half-deleted spool.
-    for id in journal::list_segments(&dir)? {
-        std::fs::remove_file(journal::segment_path(&dir, id))?;
-    }
-    journal::sync_dir(&dir, &Default::default())?;
+    let unreadable = spool.unreadable_files();
+    let quarantined = spool.quarantined();
     drop(spool);
-    if dir.join(QUARANTINE_FILE).exists() {
+    if quarantined > 0 {
         eprintln!(
-            "spool drain: {} holds records no topic would take; once the cause is fixed, `fp-relay spool requeue --dir {}` puts them back",
-            dir.join(QUARANTINE_FILE).display(),
+            "spool drain: {quarantined} record(s) no topic would take are kept in {}; once the cause is fixed, `fp-relay spool requeue --dir {}` puts them back",
+            dir.display(),
             dir.display()
         );
     }
@@ -122,6 +121,12 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
         }
         None => String::new(),
     };
+    if unreadable > 0 {
+        return Err(ToolError::Usage(format!(
+            "{records} record(s) in Kafka{skipped}, but {unreadable} file(s) in {} could not be read (see the log above); they are kept, nothing of them deleted: fix the disk or permissions and run it again",
+            dir.display()
+        )));
+    }
     eprintln!("spool drain: {records} record(s) in Kafka{skipped}; the spool is empty");
     Ok(Drained { records })
 }

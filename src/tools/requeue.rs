@@ -1,8 +1,11 @@
-//! `fp-relay spool requeue`: put the records of a spool's `quarantine.log` back into Kafka,
-//! once (see [`crate::spool::requeue`]). It owns the directory while it runs, like `serve` and
+//! `fp-relay spool requeue`: put a spool's quarantined records back into Kafka, once (see
+//! [`crate::spool::requeue`]). It owns the directory while it runs, like `serve` and
 //! `spool drain`: stop the relay that uses it first (or run it in the drain Job).
 
-use crate::spool::{journal, requeue};
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::spool::{requeue, Limits, Spool};
 use crate::tools::ToolError;
 
 /// Which spool, and how to reach Kafka.
@@ -18,22 +21,31 @@ pub async fn run(
     out: &mut impl std::io::Write,
 ) -> Result<requeue::Requeued, ToolError> {
     let (config, dir) = options.spool.load()?;
-    let _owner =
-        journal::take_ownership(&dir).map_err(|error| ToolError::Usage(error.to_string()))?;
+    if !dir.is_dir() {
+        return Err(ToolError::Usage(format!(
+            "{}: no spool directory there",
+            dir.display()
+        )));
+    }
+    let spool = Spool::open(&dir, Limits::none(), Arc::new(Metrics::new()))
+        .map_err(|error| ToolError::Usage(format!("{}: {error}", dir.display())))?;
     let publisher = crate::tools::publisher(&config)?;
-    let done = requeue::requeue(&dir, &publisher, config.kafka.ack_timeout)
+    let done = requeue::requeue(&spool, &publisher, config.kafka.ack_timeout)
         .await
         .map_err(|error| ToolError::Usage(error.to_string()))?;
     let _ = tokio::task::spawn_blocking(move || publisher.flush(config.kafka.ack_timeout)).await;
+    let unreadable = spool.unreadable_files();
+    if unreadable > 0 {
+        return Err(ToolError::Usage(format!(
+            "{} record(s) back in Kafka, but {unreadable} file(s) in {} could not be read (see the log above); they are kept, nothing of them deleted: fix the disk or permissions and run it again",
+            done.published,
+            dir.display()
+        )));
+    }
     writeln!(
         out,
-        "spool requeue: {} record(s) back in Kafka{}; {} holds no quarantine now",
+        "spool requeue: {} record(s) back in Kafka; {} holds no quarantined record now",
         done.published,
-        if done.already > 0 {
-            format!(" ({} more by an earlier, interrupted run)", done.already)
-        } else {
-            String::new()
-        },
         dir.display()
     )?;
     Ok(done)

@@ -1,4 +1,6 @@
-//! The spool's on-disk format: append-only segment files of checksummed records.
+//! The spool's old on-disk format (fp-relay before the spool moved to SQLite), kept to read a
+//! spool directory written by it once, at the first start of a newer relay (see
+//! [`crate::spool::upgrade`]): append-only segment files of checksummed records.
 //!
 //! A record is `len: u32 LE | crc32: u32 LE | body[len]`, the CRC taken over the body. A body
 //! is either an event (everything needed to publish it again) or a done-marker naming the
@@ -12,14 +14,11 @@
 //! record after it. The scan streams: its memory is one frame, whatever the spool's size.
 
 //!
-//! Layout: this file (the record format), [`scan`] (reading segments back: the start-up scan,
-//! its resync past damage, replay's reads), [`files`] (the segment being written, private
-//! files, the directory, the owner's lock).
+//! Layout: this file (the record format), [`scan`] (reading segments back: the scan, its
+//! resync past damage, single records).
 
-mod files;
 mod scan;
 
-pub use files::*;
 pub use scan::*;
 
 use bytes::Bytes;

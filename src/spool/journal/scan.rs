@@ -1,5 +1,5 @@
-//! Reading segments back: listing them, the start-up scan (streaming, resyncing past damage),
-//! and replay's reads of single records.
+//! Reading segments back: listing them, the scan (streaming, resyncing past damage), and
+//! reads of single records.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -227,42 +227,4 @@ pub fn read_event_at(path: &Path, location: Location) -> io::Result<SpooledEvent
             "record damaged since it was written",
         )),
     }
-}
-
-/// Reads events back from disk, opening each segment once; one result per location, in order.
-/// Stops after the first error that is not [damage](is_damage): what follows it is not read.
-pub fn read_events(
-    dir: &Path,
-    locations: &[Location],
-    faults: &Faults,
-) -> Vec<io::Result<SpooledEvent>> {
-    let mut open: Option<(u64, File)> = None;
-    let mut results = Vec::with_capacity(locations.len());
-    for location in locations {
-        let result = (|| {
-            if open.as_ref().is_none_or(|(id, _)| *id != location.segment) {
-                faults.check(Op::Open)?;
-                open = Some((
-                    location.segment,
-                    File::open(segment_path(dir, location.segment))?,
-                ));
-            }
-            faults.check(Op::Read)?;
-            let (_, file) = open.as_ref().expect("opened above");
-            let frame = read_frame(file, location.offset, location.len)?;
-            match verified(&frame[..FRAME_HEADER], &frame[FRAME_HEADER..]) {
-                Some(Parsed::Event(event)) => Ok(event.to_owned()),
-                _ => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "spooled record damaged since it was written",
-                )),
-            }
-        })();
-        let stop = result.as_ref().is_err_and(|e| !is_damage(e));
-        results.push(result);
-        if stop {
-            break;
-        }
-    }
-    results
 }

@@ -1,77 +1,22 @@
-//! The files of a spool: the segment being appended to, the directory's durability, private
-//! files, and appends made durable at once (the quarantine).
+//! The spool directory itself: private files, its durability, and the lock that makes one
+//! process its owner.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::segment_path;
 use crate::spool::fault::{Faults, Op};
 
-/// An open segment being appended to.
-pub struct ActiveSegment {
-    pub id: u64,
-    pub(super) file: File,
-    pub len: u64,
-    faults: Faults,
-}
-
-impl ActiveSegment {
-    /// Creates segment `id` (and makes its directory entry durable).
-    pub fn create(dir: &Path, id: u64, faults: &Faults) -> io::Result<Self> {
-        faults.check(Op::Open)?;
-        let file = private(OpenOptions::new().create_new(true).append(true))
-            .open(segment_path(dir, id))?;
-        sync_dir(dir, faults)?;
-        Ok(Self {
-            id,
-            file,
-            len: 0,
-            faults: faults.clone(),
-        })
-    }
-
-    /// Appends framed records; returns the offset of the first. Not durable until [`Self::sync`].
-    pub fn append(&mut self, frame: &[u8]) -> io::Result<u64> {
-        let offset = self.len;
-        if let Err(error) = self.faults.check(Op::Write) {
-            // What a short write followed by an error leaves: part of the frame.
-            self.file.write_all(&frame[..frame.len() / 2])?;
-            return Err(error);
-        }
-        // On failure part of the frame may be in the file: the caller truncates back to `len`.
-        self.file.write_all(frame)?;
-        self.len += frame.len() as u64;
-        Ok(offset)
-    }
-
-    /// Makes everything appended so far durable.
-    pub fn sync(&self) -> io::Result<()> {
-        self.faults.check(Op::Fsync)?;
-        self.file.sync_data()
-    }
-
-    /// Cuts the segment back to `len` bytes, undoing appends whose write or sync failed: a
-    /// partial frame left in place would shift every later record and end every later scan.
-    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.faults.check(Op::Write)?;
-        self.file.set_len(len)?;
-        self.sync()?;
-        self.len = len;
-        Ok(())
-    }
-}
-
-/// Makes the directory's entries (a new or deleted segment) durable.
+/// Makes the directory's entries (a file renamed, imported or removed) durable.
 pub fn sync_dir(dir: &Path, faults: &Faults) -> io::Result<()> {
     faults.check(Op::Open)?;
     let dir = File::open(dir)?;
-    faults.check(Op::Fsync)?;
+    faults.check(Op::Commit)?;
     dir.sync_all()
 }
 
-/// Options for a spool file: readable by the relay's user only (segments hold payloads with
-/// personal data), and never through a symbolic link (a link planted in the spool directory
+/// Options for a spool file: readable by the relay's user only (the database holds payloads
+/// with personal data), and never through a symbolic link (a link planted in the spool directory
 /// must not redirect a write elsewhere).
 pub fn private(options: &mut OpenOptions) -> &mut OpenOptions {
     use std::os::unix::fs::OpenOptionsExt;
@@ -87,22 +32,6 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-}
-
-/// Appends `frame` to the file at `path` (created if missing) and makes it durable.
-pub fn append_durably(path: &Path, frame: &[u8], faults: &Faults) -> io::Result<()> {
-    faults.check(Op::Open)?;
-    let mut file = private(OpenOptions::new().create(true).append(true)).open(path)?;
-    faults.check(Op::Write)?;
-    file.write_all(frame)?;
-    faults.check(Op::Fsync)?;
-    file.sync_data()
-}
-
-/// Deletes segment `id`.
-pub fn remove_segment(dir: &Path, id: u64, faults: &Faults) -> io::Result<()> {
-    faults.check(Op::Unlink)?;
-    std::fs::remove_file(segment_path(dir, id))
 }
 
 /// The file in a spool directory whose lock says which process owns it.
