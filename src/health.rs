@@ -72,7 +72,20 @@ impl Health {
                 Some(spool) => {
                     let room = spool.accepting();
                     checks["spool"] = json!(if room { "ok" } else { "full_or_failing" });
-                    producer || room
+                    let unreadable = spool.unreadable_files();
+                    if unreadable > 0 {
+                        checks["spool_set_aside"] = json!(format!(
+                            "{unreadable} file(s) cannot be read; kept and retried (not required for readiness)"
+                        ));
+                    }
+                    // With a backlog every new event goes to the spool (receive order), so
+                    // then the spool's room is the whole answer, whatever the producer says
+                    // (a frozen broker leaves it "ok" while nothing is acknowledged).
+                    if spool.has_backlog() {
+                        room
+                    } else {
+                        producer || room
+                    }
                 }
                 None => producer,
             };

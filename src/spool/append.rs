@@ -130,7 +130,8 @@ impl Spool {
     }
 
     /// After a failed write: probes the disk every [`PROBE_INTERVAL`] with a real write and
-    /// commit (a row of the `probe` table) until it works, then says the spool accepts again. Without it, readiness waited for a successful write, which cannot come
+    /// commit of the largest record a request may bring (a row of the `probe` table, deleted
+    /// again) until it works, then says the spool accepts again. Without it, readiness waited for a successful write, which cannot come
     /// while the replica is out of its Service; a probe that wrote nothing (it once appended
     /// an empty frame) said "writable" while every real write still failed (EFBIG, EDQUOT).
     fn probe_until_writable(self: &Arc<Self>) {
@@ -142,7 +143,8 @@ impl Spool {
             while spool.failing.load(Ordering::Acquire) {
                 tokio::time::sleep(PROBE_INTERVAL).await;
                 let (reply, written) = oneshot::channel();
-                if !spool.send(Request::Probe { reply }) {
+                let bytes = spool.limits.largest_record;
+                if !spool.send(Request::Probe { bytes, reply }) {
                     break;
                 }
                 if let Ok(Ok(())) = written.await {

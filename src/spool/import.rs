@@ -208,7 +208,7 @@ pub fn absorb(aside: &Path, store: &mut Store, faults: &Faults) -> io::Result<Op
         let source = match Store::open(aside, faults) {
             Ok(source) => source,
             Err(error) => {
-                tracing::debug!(%error, file = %aside.display(), "a spool file set aside still cannot be read");
+                tracing::warn!(%error, file = %aside.display(), "a spool file set aside still cannot be read; trying again later");
                 return Ok(None);
             }
         };
@@ -228,7 +228,7 @@ pub fn absorb(aside: &Path, store: &mut Store, faults: &Faults) -> io::Result<Op
             Ok(())
         });
         if let Err(error) = read {
-            tracing::debug!(%error, file = %aside.display(), "a spool file set aside still cannot be read whole");
+            tracing::warn!(%error, file = %aside.display(), "a spool file set aside still cannot be read whole; trying again later");
             return Ok(None);
         }
         drop(source);

@@ -233,8 +233,9 @@ impl Replay {
                             );
                             match spool.quarantine(seq, &reason).await {
                                 Ok(()) => {
+                                    // Kept, not done: no longer pending, so replay goes on
+                                    // behind it, and only a requeue deletes it.
                                     tracing::error!(seq, topic = %record.topic, %reason, "neither the topic nor the dead-letter topic takes a spooled event; kept it quarantined in the spool (fp-relay spool requeue)");
-                                    done.push(seq);
                                 }
                                 Err(io) => {
                                     tracing::error!(seq, error = %io, "cannot quarantine a spooled event no topic takes; it stays pending");

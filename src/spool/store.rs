@@ -43,7 +43,7 @@ const SCHEMA: &str = "
     );
     CREATE INDEX IF NOT EXISTS records_held ON records (quarantine, bytes);
     CREATE TABLE IF NOT EXISTS imported (name TEXT PRIMARY KEY);
-    CREATE TABLE IF NOT EXISTS probe (at INTEGER);
+    CREATE TABLE IF NOT EXISTS probe (at INTEGER, pad BLOB);
 ";
 
 /// A record read back.
@@ -257,18 +257,25 @@ impl Store {
         }))
     }
 
-    /// A real write and commit of nothing that matters: proves the disk takes writes again.
-    pub fn probe(&mut self) -> io::Result<()> {
-        let tx = self.conn.transaction().map_err(sql)?;
-        self.faults.check(Op::Write)?;
-        tx.execute("DELETE FROM probe", []).map_err(sql)?;
-        tx.execute(
-            "INSERT INTO probe (at) VALUES (?1)",
-            [crate::spool::now_ms() as i64],
-        )
-        .map_err(sql)?;
-        self.faults.check(Op::Commit)?;
-        tx.commit().map_err(sql)
+    /// A real write and commit of `bytes` that matter to nobody, then their delete: proves the
+    /// disk takes a record of that size again (a probe smaller than the records it stands for
+    /// once said "writable" while every real write still failed: EFBIG, EDQUOT).
+    pub fn probe(&mut self, bytes: u64) -> io::Result<()> {
+        for pad in [bytes, 0] {
+            let tx = self.conn.transaction().map_err(sql)?;
+            self.faults.check(Op::Write)?;
+            tx.execute("DELETE FROM probe", []).map_err(sql)?;
+            if pad > 0 {
+                tx.execute(
+                    "INSERT INTO probe (at, pad) VALUES (?1, zeroblob(?2))",
+                    params![crate::spool::now_ms() as i64, pad as i64],
+                )
+                .map_err(sql)?;
+            }
+            self.faults.check(Op::Commit)?;
+            tx.commit().map_err(sql)?;
+        }
+        Ok(())
     }
 
     /// Up to `max` records in id order: pending ones with `quarantined` false, quarantined

@@ -88,8 +88,9 @@ pub enum Request {
         reason: String,
         reply: oneshot::Sender<io::Result<()>>,
     },
-    /// A real write, to learn whether the disk takes writes again.
+    /// A real write of `bytes`, to learn whether the disk takes such a record again.
     Probe {
+        bytes: u64,
         reply: oneshot::Sender<io::Result<()>>,
     },
     /// Try the sources that could not be read; answered with how many still cannot.
@@ -141,8 +142,8 @@ impl Writer {
                     });
                     let _ = reply.send(result);
                 }
-                Some(Request::Probe { reply }) => {
-                    let _ = reply.send(self.store.probe());
+                Some(Request::Probe { bytes, reply }) => {
+                    let _ = reply.send(self.store.probe(bytes));
                 }
                 Some(Request::TakeIn { reply }) => {
                     let _ = reply.send(self.take_in());
