@@ -12,6 +12,7 @@ use crate::tools::redrive::RedriveOptions;
 use crate::tools::requeue::RequeueOptions;
 use crate::tools::respond::ResponderOptions;
 use crate::tools::send::SendOptions;
+use crate::tools::spool_status::SpoolStatusOptions;
 use crate::tools::tail::TailOptions;
 
 /// Takes FirstPromoter webhooks off the public internet and puts them into Kafka.
@@ -83,21 +84,26 @@ pub enum Command {
 /// `fp-relay spool ...`.
 #[derive(Debug, Subcommand)]
 pub enum SpoolCommand {
-    /// Replay a spool directory into Kafka, delete it once every record is there, and exit.
+    /// Replay a spool directory into Kafka, deleting each record once Kafka has it, and exit.
     ///
     /// For a spool whose relay will not come back (a replica scaled down, a machine retired):
     /// run it as a Kubernetes Job on the replica's volume, or from a preStop hook. It reads
     /// Kafka's settings as `serve` does (file, FP_RELAY_* environment, --brokers). Exits 1,
-    /// losing nothing, if the spool is not drained within --timeout. Refused while a relay (or
-    /// another drain) owns the directory.
+    /// losing nothing, if the spool is not drained within --timeout, or if a file in it could
+    /// not be read (kept, never deleted). Refused while a relay (or another drain) owns the
+    /// directory.
     Drain(DrainOptions),
-    /// Put the records of the spool's quarantine.log back into Kafka, once.
+    /// Put the spool's quarantined records back into Kafka, once.
     ///
-    /// quarantine.log holds what neither its topic nor the dead-letter topic would take (a
-    /// topic's size limit, an ACL). Once that is fixed, this publishes each record to its
-    /// topic again (with an fp-requeued-from header); interrupted, a second run goes on where
-    /// it stopped, publishing nothing twice. Refused while a relay owns the directory.
+    /// Quarantined records are those neither their topic nor the dead-letter topic would take
+    /// (a topic's size limit, an ACL). Once that is fixed, this publishes each to its topic
+    /// again (with an fp-requeued-from header) and deletes it; interrupted or stopped by a
+    /// refusal, a second run publishes exactly the rest. Refused while a relay owns the
+    /// directory.
     Requeue(RequeueOptions),
+    /// Print what a spool directory holds: pending records by topic, the oldest's age,
+    /// quarantined records and why, files set aside. Safe beside a running relay (read only).
+    Status(SpoolStatusOptions),
 }
 
 /// `fp-relay serve`.

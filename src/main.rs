@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         Command::Redrive(args) => redrive(args),
         Command::Spool(SpoolCommand::Drain(args)) => drain(args),
         Command::Spool(SpoolCommand::Requeue(args)) => requeue(args),
+        Command::Spool(SpoolCommand::Status(args)) => finish(
+            fp_relay::tools::spool_status::run(&args, &mut std::io::stdout()).map_err(Into::into),
+        ),
         Command::Probe(args) => probe(&args),
         Command::FirstPromoter(command) => first_promoter(command),
     }

@@ -300,6 +300,18 @@ async fn an_unreadable_database_is_set_aside_kept_and_delivered_once_it_reads() 
         metric(relay.admin, "fp_relay_spool_files_set_aside").await,
         1.0
     );
+    let status = Command::new(env!("CARGO_BIN_EXE_fp-relay"))
+        .args(["spool", "status", "--dir", &dir_text])
+        .env_remove("FP_RELAY_CONFIG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success()
+            && said.contains("set aside")
+            && said.contains("spool.db.unreadable-"),
+        "spool status, beside the running relay, names the file set aside: {said}"
+    );
     let ready = get(relay.admin, "/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
     for id in 11..=15 {
@@ -611,6 +623,20 @@ async fn a_topic_missing_for_seconds_is_waited_for_and_quarantine_is_requeued_on
         "quarantine counts against spool.max_bytes"
     );
     relay.shutdown().await;
+    let status = fp_relay()
+        .args(["spool", "status", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{said}");
+    assert!(said.contains("pending: 0 record(s)"), "{said}");
+    assert!(
+        said.contains("firstpromoter.lead_cancelled: 2 record(s)")
+            && said.contains("firstpromoter.refund: 1 record(s)")
+            && said.contains("TopicAuthorizationFailed"),
+        "spool status lists the quarantine by topic and reason: {said}"
+    );
 
     // Fixed for one topic only: the first run publishes 6, fails on 7, and stops; the
     // second (both fixed) publishes 7 and 8; the third, nothing.

@@ -268,6 +268,7 @@ fn help_of_every_subcommand_matches_its_snapshot() {
         "redrive",
         "spool drain",
         "spool requeue",
+        "spool status",
         "firstpromoter subscribe",
         "firstpromoter status",
         "firstpromoter recover",

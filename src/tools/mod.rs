@@ -16,6 +16,7 @@ pub mod requeue;
 pub mod respond;
 pub mod samples;
 pub mod send;
+pub mod spool_status;
 pub mod tail;
 
 /// The relay's configuration as `serve` reads it (file, `FP_RELAY_*` environment, `--brokers`),
