@@ -146,6 +146,10 @@ fn main() {
             );
         });
     }
+    if args.iter().any(|a| a == "--spool-only") {
+        // The spool side by side with another build: `FP_RELAY_BIN=... --spool-only`.
+        return runtime().block_on(spool_rates());
+    }
     if !args.iter().any(|a| a == "--quick" || a == "--full") {
         // `cargo bench` and `cargo test --all-targets` run every bench binary; this one starts
         // brokers and servers for minutes, so it runs only when asked (benches/load.sh).
@@ -478,6 +482,146 @@ async fn run(options: &Options) -> String {
         holds.as_ref(),
         startup_ms,
     )
+}
+
+/// The spool during an outage, for the binary `relay_bin()` names (so two builds can be
+/// compared in one run): fsynced `202`s per second at c=64 with the broker frozen (3 KB
+/// events), the drain rate once it thaws, and start-up on a 200 MB spool (100,000 events of 2
+/// KB, spooled by the same binary, which is then killed): time from process start until the
+/// relay reports every record, and its peak RSS.
+async fn spool_rates() {
+    let signal = |process: &Process, signal| {
+        // SAFETY: kill(2) on a child's pid; no memory is touched.
+        unsafe { libc::kill(process.pid() as i32, signal) };
+    };
+    let event = |id: u64, pad: usize| {
+        Bytes::from(format!(
+            r#"{{"event":{{"id":{id},"type":"lead_signup"}},"data":{{"id":{id},"pad":"{}"}}}}"#,
+            "x".repeat(pad)
+        ))
+    };
+    let path = "/webhooks/firstpromoter";
+    let bin = relay_bin();
+    eprintln!("spool: {}", bin.display());
+
+    let broker = Process::tansu();
+    let bootstrap = format!("127.0.0.1:{}", broker.port);
+    let dir = std::env::temp_dir().join(format!("fp-relay-spool-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_text = dir.display().to_string();
+    let env = [
+        ("FP_RELAY_SPOOL_ENABLED", "true"),
+        ("FP_RELAY_SPOOL_DIR", dir_text.as_str()),
+        ("FP_RELAY_SPOOL_HANDOFF_AFTER", "100ms"),
+        ("FP_RELAY_FULFILMENT_ENABLED", "false"),
+        ("FP_RELAY_HTTP_MAX_CONNECTIONS_PER_SOURCE", "1000"),
+    ];
+    let relay = Process::relay(&bootstrap, None, &env);
+    wait_ready(relay.admin()).await;
+    // Warm: topic created and producer connected before the outage.
+    http_post(relay.addr(), path, event(0, 10)).await;
+    signal(&broker, libc::SIGSTOP);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let until = Instant::now() + Duration::from_secs(10);
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let (addr, next) = (relay.addr(), next.clone());
+            tokio::spawn(async move {
+                let mut sender = connect(addr).await.unwrap();
+                let mut spooled = 0u64;
+                while Instant::now() < until {
+                    let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let request = http::Request::post(path)
+                        .header("content-type", "application/json")
+                        .body(Full::new(event(id, 3000)))
+                        .unwrap();
+                    match sender.send_request(request).await {
+                        Ok(response) if response.status() == 202 => spooled += 1,
+                        Ok(_) => {}
+                        Err(_) => sender = connect(addr).await.unwrap(),
+                    }
+                }
+                spooled
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut spooled = 0;
+    for worker in workers {
+        spooled += worker.await.unwrap();
+    }
+    let spooling = spooled as f64 / started.elapsed().as_secs_f64();
+    let (immediate, batching) = writes(relay.admin()).await;
+    eprintln!("spool: {immediate} + {batching} Kafka writes during the outage");
+    let backlog = metric(relay.admin(), "fp_relay_spool_records").await;
+    let thawed = Instant::now();
+    signal(&broker, libc::SIGCONT);
+    let admin = relay.admin();
+    wait_for_within(Duration::from_secs(600), || async move {
+        metric(admin, "fp_relay_spool_records").await == 0.0
+    })
+    .await;
+    let drain = backlog / thawed.elapsed().as_secs_f64();
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A 200 MB spool, written by this binary.
+    let relay = Process::relay(&bootstrap, None, &env);
+    wait_ready(relay.admin()).await;
+    http_post(relay.addr(), path, event(0, 10)).await;
+    signal(&broker, libc::SIGSTOP);
+    const RECORDS: u64 = 100_000;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let workers: Vec<_> = (0..64)
+        .map(|_| {
+            let (addr, next) = (relay.addr(), next.clone());
+            tokio::spawn(async move {
+                let mut sender = connect(addr).await.unwrap();
+                loop {
+                    let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if id > RECORDS {
+                        return;
+                    }
+                    let request = http::Request::post(path)
+                        .header("content-type", "application/json")
+                        .body(Full::new(event(id, 2000)))
+                        .unwrap();
+                    if sender.send_request(request).await.is_err() {
+                        sender = connect(addr).await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let held = metric(relay.admin(), "fp_relay_spool_records").await;
+    drop(relay); // kill -9
+    let bytes: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let started = Instant::now();
+    let relay = Process::relay(&bootstrap, None, &env);
+    let admin = relay.admin();
+    wait_for_within(Duration::from_secs(600), || async move {
+        metric(admin, "fp_relay_spool_records").await >= held
+    })
+    .await;
+    let startup = started.elapsed();
+    let peak = relay.peak_rss_kib();
+    drop(relay);
+    signal(&broker, libc::SIGCONT);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "spool: {spooling:.0} spooled/s at c=64 (3 KB, fsynced 202s), drain {drain:.0} records/s ({backlog:.0} records), start-up on {:.0} MB ({held:.0} records) {:.0} ms, peak RSS {:.1} MiB",
+        bytes as f64 / 1e6,
+        startup.as_secs_f64() * 1000.0,
+        peak as f64 / 1024.0
+    );
 }
 
 /// Fulfilment round trips at c=64 against an auto-responder (`fp-relay respond`), with the
@@ -1265,17 +1409,22 @@ async fn wait_ready(admin: SocketAddr) {
     wait_for(|| async move { http_get(admin, "/readyz").await == Some(200) }).await;
 }
 
-async fn wait_for<F, Fut>(mut check: F)
+async fn wait_for<F, Fut>(check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for_within(Duration::from_secs(60), check).await;
+}
+
+async fn wait_for_within<F, Fut>(limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let started = Instant::now();
     while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "timed out waiting"
-        );
+        assert!(started.elapsed() < limit, "timed out waiting");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

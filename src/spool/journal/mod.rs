@@ -29,8 +29,6 @@ pub const FRAME_HEADER: usize = 8;
 const MAX_BODY: u32 = 128 * 1024 * 1024;
 /// Smallest body: a done-marker (kind and sequence number).
 const MIN_BODY: u32 = 9;
-/// Smallest frame on disk: a segment of `n` bytes holds at most `n / MIN_FRAME` records.
-pub const MIN_FRAME: usize = FRAME_HEADER + MIN_BODY as usize;
 
 const KIND_EVENT: u8 = 1;
 const KIND_DONE: u8 = 2;
@@ -48,68 +46,12 @@ pub struct SpooledEvent {
     pub payload: Bytes,
 }
 
-/// One decoded record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Entry {
-    Event(SpooledEvent),
-    /// The event with this sequence number is in Kafka.
-    Done(u64),
-}
-
 /// Where an event's record starts in its segment, so it can be read again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
     pub segment: u64,
     pub offset: u64,
     pub len: u32,
-}
-
-/// Encodes `entry` as a framed record.
-pub fn encode(entry: &Entry) -> Vec<u8> {
-    let mut body = Vec::with_capacity(256);
-    match entry {
-        Entry::Done(seq) => {
-            body.push(KIND_DONE);
-            body.extend_from_slice(&seq.to_le_bytes());
-        }
-        Entry::Event(event) => {
-            body.push(KIND_EVENT);
-            body.extend_from_slice(&event.seq.to_le_bytes());
-            body.extend_from_slice(&event.received_ms.to_le_bytes());
-            put_bytes(&mut body, event.topic.as_bytes());
-            match &event.key {
-                Some(key) => {
-                    body.push(1);
-                    put_bytes(&mut body, key.as_bytes());
-                }
-                None => body.push(0),
-            }
-            body.extend_from_slice(&(event.headers.len() as u32).to_le_bytes());
-            for (name, value) in &event.headers {
-                put_bytes(&mut body, name.as_bytes());
-                put_bytes(&mut body, value.as_bytes());
-            }
-            put_bytes(&mut body, &event.payload);
-        }
-    }
-    let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    frame.extend_from_slice(&body);
-    frame
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// Decodes a record body whose checksum was already verified.
-pub fn decode(body: &[u8]) -> Option<Entry> {
-    Some(match parse(body)? {
-        Parsed::Done(seq) => Entry::Done(seq),
-        Parsed::Event(event) => Entry::Event(event.to_owned()),
-    })
 }
 
 /// A record body checked whole, its strings borrowed from it: the start-up scan needs only the

@@ -7,6 +7,54 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::spool::fault::{Faults, Op};
 
+/// One decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Event(SpooledEvent),
+    /// The event with this sequence number is in Kafka.
+    Done(u64),
+}
+
+/// Encodes `entry` as a framed record.
+pub fn encode(entry: &Entry) -> Vec<u8> {
+    let mut body = Vec::with_capacity(256);
+    match entry {
+        Entry::Done(seq) => {
+            body.push(KIND_DONE);
+            body.extend_from_slice(&seq.to_le_bytes());
+        }
+        Entry::Event(event) => {
+            body.push(KIND_EVENT);
+            body.extend_from_slice(&event.seq.to_le_bytes());
+            body.extend_from_slice(&event.received_ms.to_le_bytes());
+            put_bytes(&mut body, event.topic.as_bytes());
+            match &event.key {
+                Some(key) => {
+                    body.push(1);
+                    put_bytes(&mut body, key.as_bytes());
+                }
+                None => body.push(0),
+            }
+            body.extend_from_slice(&(event.headers.len() as u32).to_le_bytes());
+            for (name, value) in &event.headers {
+                put_bytes(&mut body, name.as_bytes());
+                put_bytes(&mut body, value.as_bytes());
+            }
+            put_bytes(&mut body, &event.payload);
+        }
+    }
+    let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
 fn event(seq: u64) -> SpooledEvent {
     SpooledEvent {
         seq,
