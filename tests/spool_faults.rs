@@ -102,8 +102,8 @@ async fn clients_that_hang_up_while_their_event_is_spooled_do_not_stall_replay()
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The disk fills up (a 200 kB file-size limit on the relay's process): writes that fail are
-/// answered 503, the journal stays consistent, and everything answered 202 reaches Kafka.
+/// The disk fills up (a 1 MiB file-size limit on the relay's process): writes that fail are
+/// answered 503, the database stays consistent, and everything answered 202 reaches Kafka.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_spool_disk_answers_503_and_loses_nothing_answered_202() {
     let broker = Tansu::start();
@@ -112,13 +112,13 @@ async fn a_full_spool_disk_answers_503_and_loses_nothing_answered_202() {
     let relay = RelayProcess::start_wrapped(
         &broker,
         &spooling_env(&dir_text),
-        &["prlimit", "--fsize=200000"],
+        &["prlimit", "--fsize=1048576"],
     )
     .await;
     broker.freeze();
     let mut spooled = Vec::new();
     let mut refused = 0;
-    for round in 0..10u64 {
+    for round in 0..40u64 {
         for status in post_at_once(relay.addr, (1..=8).map(|n| round * 8 + n), 4000).await {
             match status {
                 (id, StatusCode::ACCEPTED) => spooled.push(id),

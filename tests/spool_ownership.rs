@@ -416,12 +416,16 @@ async fn after_a_failed_write_readiness_returns_only_with_a_real_write() {
     let dir_text = dir.display().to_string();
     let mut env = spooling_env(&dir_text);
     env.push(("FP_RELAY_HTTP_MAX_BODY_BYTES", "8192"));
-    let relay = RelayProcess::start_wrapped(&broker, &env, &["prlimit", "--fsize=262144"]).await;
+    let relay = RelayProcess::start_wrapped(&broker, &env, &["prlimit", "--fsize=1048576"]).await;
     broker.freeze();
     let mut refused = None;
-    for id in 1..=200u64 {
+    for id in 1..=600u64 {
         let status = relay.post(event(id, 4000)).await;
         if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(
+                id > 1,
+                "a backlog first: with none, readiness goes by the producer"
+            );
             refused = Some(id);
             break;
         }

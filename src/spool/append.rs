@@ -154,6 +154,11 @@ impl Spool {
                 }
             }
             spool.probing.store(false, Ordering::Release);
+            // A failure that came in after the loop's last look found the probe still
+            // running and started none: look again.
+            if spool.failing.load(Ordering::Acquire) {
+                spool.probe_until_writable();
+            }
         });
     }
 

@@ -179,20 +179,60 @@ pub fn set_aside(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// Moves the database at `path` (with its WAL) aside, so that a new one can take its place and
-/// nothing of it is lost; returns where it went.
+/// nothing of it is lost; returns where it went. The database goes first and its WAL after it,
+/// each rename made durable before the next; a rename that fails puts back what moved, and a
+/// move a crash cut short is finished by [`finish_move`] at the next start.
 pub fn move_aside(path: &Path, faults: &Faults) -> io::Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let aside = dir.join(format!("{ASIDE_PREFIX}{}", super::now_ms()));
-    for suffix in ["-wal", "-shm", ""] {
+    let named = |base: &Path, suffix: &str| PathBuf::from(format!("{}{suffix}", base.display()));
+    let mut moved: Vec<&str> = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let result = match std::fs::rename(named(path, suffix), named(&aside, suffix)) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other.and_then(|()| sync_dir(dir, faults)),
+        };
+        if let Err(error) = result {
+            for suffix in moved.iter().rev() {
+                let _ = std::fs::rename(named(&aside, suffix), named(path, suffix));
+            }
+            let _ = sync_dir(dir, faults);
+            return Err(error);
+        }
+        moved.push(suffix);
+    }
+    Ok(aside)
+}
+
+/// Finishes a [`move_aside`] a crash cut short: a WAL left behind without its database (which
+/// went aside first) joins the newest database set aside without one. A new database must never
+/// open beside it: SQLite would replay another database's pages into it. `Err` if it has no
+/// such place (nothing is touched then).
+pub fn finish_move(path: &Path, faults: &Faults) -> io::Result<()> {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    if path.exists() || !wal.exists() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let without_wal = set_aside(dir)?
+        .into_iter()
+        .rev()
+        .find(|aside| !PathBuf::from(format!("{}-wal", aside.display())).exists());
+    let Some(aside) = without_wal else {
+        return Err(io::Error::other(format!(
+            "{} has no database beside it; move it back as {} or aside, nothing else is touched",
+            wal.display(),
+            path.display()
+        )));
+    };
+    for suffix in ["-wal", "-shm"] {
         let from = PathBuf::from(format!("{}{suffix}", path.display()));
-        let to = PathBuf::from(format!("{}{suffix}", aside.display()));
-        match std::fs::rename(&from, &to) {
+        match std::fs::rename(&from, format!("{}{suffix}", aside.display())) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
             _ => {}
         }
     }
-    sync_dir(dir, faults)?;
-    Ok(aside)
+    sync_dir(dir, faults)
 }
 
 /// Imports the database set aside at `aside` into `store` if it reads now (pending records,

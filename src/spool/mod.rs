@@ -168,8 +168,12 @@ impl Spool {
     ) -> Result<Arc<Self>, SpoolError> {
         files::create_private_dir(dir)?;
         let path = dir.join(DB_FILE);
+        import::finish_move(&path, &faults)?;
         let store = match Store::open(&path, &faults) {
             Ok(store) => store,
+            // Another process holds a lock (sqlite3 recovering the WAL): not a reason to set a
+            // healthy database aside.
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Err(error.into()),
             Err(error) if path.exists() => {
                 let aside = import::move_aside(&path, &faults)?;
                 tracing::error!(%error, file = %aside.display(), "cannot read the spool's database; set it aside, starting a new one, and trying it again later (nothing of it is deleted)");
@@ -188,6 +192,14 @@ impl Spool {
             corrupt: corrupt.clone(),
         };
         writer.take_in();
+        // The totals are what drain, readiness and the backlog go by: a spool whose totals
+        // cannot be read does not start (a drain that saw none said "empty" over records).
+        let totals = writer.store.totals()?;
+        {
+            let mut held = held.lock().expect("lock not poisoned");
+            held.pending = totals.pending;
+            held.quarantined = totals.quarantined;
+        }
         let (sender, receiver) = mpsc::channel();
         std::thread::Builder::new()
             .name("fp-relay-spool".into())
@@ -336,6 +348,8 @@ impl Spool {
                 if held.deletes != deletes {
                     continue;
                 }
+                // A delete that failed meanwhile (a settled attempt): in Kafka already.
+                records.retain(|r| !held.delivered.contains(&r.id));
                 if let Some(stop) = records.iter().position(|r| held.unsettled.contains(&r.id)) {
                     records.truncate(stop);
                 }

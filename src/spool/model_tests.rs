@@ -364,3 +364,43 @@ async fn an_append_that_misses_its_deadline_is_never_written() {
     drop(reopened);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A move aside that a crash cut short (the database renamed, its WAL not yet): the next open
+/// puts the WAL beside the database it belongs to, never beside a new one (SQLite would replay
+/// another database's pages into it), and its records are taken in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_aside_cut_short_by_a_crash_is_finished_at_the_next_open() {
+    let dir = std::env::temp_dir().join(format!("fp-relay-half-move-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join(super::store::DB_FILE);
+    // Records committed to a WAL that has not been checkpointed, as a killed relay leaves it.
+    let mut store = super::store::Store::open(&db, &Faults::none()).unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+        .unwrap();
+    drop(conn);
+    let records: Vec<OutboundRecord> = (0..3).map(record).collect();
+    let rows: Vec<(&OutboundRecord, u64)> = records.iter().map(|r| (r, 1)).collect();
+    store.insert(&rows, |_| {}).unwrap();
+    let wal = std::fs::read(dir.join("spool.db-wal")).unwrap();
+    let main = std::fs::read(&db).unwrap();
+    drop(store);
+    // The crash: the database went aside, its WAL stayed.
+    std::fs::write(dir.join("spool.db.unreadable-1"), main).unwrap();
+    std::fs::write(dir.join("spool.db-wal"), wal).unwrap();
+    std::fs::remove_file(&db).unwrap();
+    let _ = std::fs::remove_file(dir.join("spool.db-shm"));
+    let spool =
+        Spool::open_with_faults(&dir, LIMITS, Arc::new(Metrics::new()), Faults::none()).unwrap();
+    assert_eq!(
+        spool.pending(),
+        3,
+        "the WAL's records, taken in from the file set aside"
+    );
+    assert_eq!(spool.unreadable_files(), 0);
+    let mut delivered = Vec::new();
+    replay_step(&spool, &mut delivered).await;
+    assert_eq!(delivered, [0, 1, 2]);
+    drop(spool);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -103,6 +103,14 @@ fn sql(error: rusqlite::Error) -> io::Error {
         {
             io::Error::new(io::ErrorKind::StorageFull, error.to_string())
         }
+        rusqlite::Error::SqliteFailure(ref code, _)
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            io::Error::new(io::ErrorKind::WouldBlock, error.to_string())
+        }
         other => io::Error::other(other.to_string()),
     }
 }
@@ -132,6 +140,8 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
         // page_size and auto_vacuum take effect only before the first table. Pages of 16 KiB
         // hold several events of a few KB each (at 4 KiB each took a page of its own: twice the
         // disk and the writes). A drained spool gives its
@@ -145,8 +155,7 @@ impl Store {
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA secure_delete = FAST;
-             PRAGMA journal_size_limit = 67108864;
-             PRAGMA busy_timeout = 5000;",
+             PRAGMA journal_size_limit = 67108864;",
         )
         .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
@@ -250,9 +259,12 @@ impl Store {
 
     /// Gives back the pages of deleted records once nothing is pending (cheap then).
     pub fn shrink(&mut self) {
-        let _ = self
-            .conn
-            .execute_batch("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);");
+        let _ = self.conn.execute_batch("PRAGMA incremental_vacuum;");
+        // Never waits for a reader (an operator's sqlite3 would hold every append back): tried
+        // again the next time the spool is empty.
+        let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        let _ = self.conn.busy_timeout(std::time::Duration::from_secs(5));
     }
 
     /// Keeps record `id` as quarantined with `reason`; returns what left the pending records.

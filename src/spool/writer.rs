@@ -289,10 +289,16 @@ impl Writer {
         }
         self.corrupt
             .fetch_add(corrupt, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(totals) = self.store.totals() {
-            let mut held = self.held();
-            held.pending = totals.pending;
-            held.quarantined = totals.quarantined;
+        match self.store.totals() {
+            Ok(totals) => {
+                let mut held = self.held();
+                held.pending = totals.pending;
+                held.quarantined = totals.quarantined;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot count what the spool holds; trying again later");
+                unreadable += 1;
+            }
         }
         self.held().unreadable_files = unreadable;
         unreadable
