@@ -174,6 +174,9 @@ impl Spool {
             // Another process holds a lock (sqlite3 recovering the WAL): not a reason to set a
             // healthy database aside.
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Err(error.into()),
+            // The disk refused a write (full, a file size limit): about the disk, not the file;
+            // a new database would not fit either.
+            Err(error) if error.kind() == io::ErrorKind::StorageFull => return Err(error.into()),
             Err(error) if path.exists() => {
                 let aside = import::move_aside(&path, &faults)?;
                 tracing::error!(%error, file = %aside.display(), "cannot read the spool's database; set it aside, starting a new one, and trying it again later (nothing of it is deleted)");

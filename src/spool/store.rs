@@ -96,13 +96,26 @@ pub fn size_of(record: &OutboundRecord) -> u64 {
         + 32
 }
 
+/// A write the disk refused (full, a file size limit, a failed write or fsync): about the
+/// disk, never about what the file holds.
+fn refused_write(code: &rusqlite::ffi::Error) -> bool {
+    use rusqlite::ffi;
+    code.code == rusqlite::ErrorCode::DiskFull
+        || [
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_IOERR_TRUNCATE,
+            ffi::SQLITE_IOERR_SHMSIZE,
+        ]
+        .contains(&code.extended_code)
+}
+
 fn sql(error: rusqlite::Error) -> io::Error {
     match error {
-        rusqlite::Error::SqliteFailure(ref code, _)
-            if code.code == rusqlite::ErrorCode::DiskFull =>
-        {
-            io::Error::new(io::ErrorKind::StorageFull, error.to_string())
-        }
+        rusqlite::Error::SqliteFailure(ref code, _) if refused_write(code) => io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("the disk refused a write (full, or a file size limit): {error}"),
+        ),
         rusqlite::Error::SqliteFailure(ref code, _)
             if matches!(
                 code.code,
