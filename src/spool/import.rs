@@ -27,7 +27,7 @@ const OLD_REQUEUING: &str = "quarantine.requeuing";
 const PROBE_SEQ: u64 = u64::MAX;
 
 /// The files of the old journal in `dir`, if any.
-fn journal_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub fn journal_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = journal::list_segments(dir)?
         .into_iter()
         .map(|id| journal::segment_path(dir, id))

@@ -184,7 +184,7 @@ impl Spool {
             }
             Err(error) => return Err(error.into()),
         };
-        let reader = Store::open(&path, &faults)?;
+        let reader = Store::connect(&path, &faults)?;
         let held = Arc::new(Mutex::new(Held::default()));
         let corrupt = Arc::new(AtomicU64::new(0));
         let mut writer = Writer {

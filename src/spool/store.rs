@@ -141,6 +141,24 @@ impl Store {
     /// Opens (creating if missing) the database at `path` and checks it whole
     /// (`PRAGMA quick_check`): `Err` when it cannot be opened, read or trusted.
     pub fn open(path: &Path, faults: &Faults) -> io::Result<Self> {
+        let store = Self::connect(path, faults)?;
+        faults.check(Op::Read)?;
+        let check: String = store
+            .conn
+            .query_row("PRAGMA quick_check", [], |row| row.get(0))
+            .map_err(sql)?;
+        if check != "ok" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the database is damaged: {check}"),
+            ));
+        }
+        Ok(store)
+    }
+
+    /// Another connection to a database [`Store::open`] has checked already (the check reads
+    /// the whole file: once at start-up is enough).
+    pub fn connect(path: &Path, faults: &Faults) -> io::Result<Self> {
         faults.check(Op::Open)?;
         // Created private before SQLite opens it: SQLite gives its WAL and shared-memory files
         // the database file's mode, and payloads carry personal data.
@@ -157,11 +175,10 @@ impl Store {
             .map_err(sql)?;
         // page_size and auto_vacuum take effect only before the first table. Pages of 16 KiB
         // hold several events of a few KB each (at 4 KiB each took a page of its own: twice the
-        // disk and the writes). A drained spool gives its
-        // pages back (`incremental_vacuum`), deleted payloads are overwritten where that costs
-        // no extra write (secure_delete FAST; a drained spool's free pages are given back and
-        // its WAL emptied), and the WAL is cut back to 64 MiB after each checkpoint: personal
-        // data is not kept longer than needed, and the disk holds what is pending.
+        // disk and the writes). A drained spool gives its pages back (`incremental_vacuum`)
+        // and empties its WAL, deleted payloads are overwritten where that costs no extra
+        // write (secure_delete FAST), and the WAL is cut back to 64 MiB after each checkpoint:
+        // personal data is not kept longer than needed, and the disk holds what is pending.
         conn.execute_batch(
             "PRAGMA page_size = 16384;
              PRAGMA auto_vacuum = INCREMENTAL;
@@ -172,16 +189,6 @@ impl Store {
         )
         .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
-        faults.check(Op::Read)?;
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |row| row.get(0))
-            .map_err(sql)?;
-        if check != "ok" {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the database is damaged: {check}"),
-            ));
-        }
         Ok(Self {
             conn,
             faults: faults.clone(),

@@ -53,7 +53,7 @@ pub fn run(options: &SpoolStatusOptions, out: &mut impl Write) -> Result<(), Too
             names.join(", ")
         )?;
     }
-    let old = old_journal_files(&dir);
+    let old = import::journal_files(&dir)?.len();
     if old > 0 {
         writeln!(
             out,
@@ -61,20 +61,6 @@ pub fn run(options: &SpoolStatusOptions, out: &mut impl Write) -> Result<(), Too
         )?;
     }
     Ok(())
-}
-
-fn old_journal_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .filter(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                (name.starts_with("segment-") && name.ends_with(".log"))
-                    || name == "quarantine.log"
-                    || name == "quarantine.requeuing"
-            })
-            .count()
-    })
 }
 
 fn report(db: &Path, out: &mut impl Write) -> Result<(), Box<dyn std::error::Error>> {
