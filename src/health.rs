@@ -25,6 +25,9 @@ pub struct Health {
     /// With `dedup.topic`: the shared table's state. Ready waits for its first load (bounded
     /// by `dedup.load_timeout`), never for the topic itself.
     pub dedup_shared: Option<Arc<crate::dedup::shared::SharedState>>,
+    /// With `fulfilment.remember`: the shared verdicts' state. Ready waits for their first
+    /// load (bounded by `dedup.load_timeout`), never for the topic itself.
+    pub verdicts: Option<Arc<crate::kafka::follow::FollowState>>,
 }
 
 impl Health {
@@ -60,13 +63,16 @@ impl Health {
                 "failing (not required for readiness)"
             });
         }
-        let loaded = match &self.dedup_shared {
-            Some(shared) => {
-                checks["dedup_shared"] = json!(shared.detail());
-                shared.settled()
-            }
-            None => true,
-        };
+        let mut loaded = true;
+        if let Some(shared) = &self.dedup_shared {
+            checks["dedup_shared"] = json!(shared.detail(crate::dedup::shared::WITHOUT_TOPIC));
+            loaded &= shared.settled();
+        }
+        if let Some(verdicts) = &self.verdicts {
+            checks["fulfilment_verdicts"] =
+                json!(verdicts.detail(crate::fulfilment::verdicts::WITHOUT_TOPIC));
+            loaded &= verdicts.settled();
+        }
         let accepting = loaded
             && match spool {
                 Some(spool) => {

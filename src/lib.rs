@@ -297,8 +297,13 @@ impl Server {
         stop_accepting.cancel();
         relay.release_holds();
         let _ = public_task.await;
+        // Marks of events acknowledged just now are handed to the producer before it flushes:
+        // a mark left behind would let another replica publish a retry of its event again.
+        let marks_by = tokio::time::Instant::now() + ack_timeout;
+        relay.marks_written(marks_by.into_std()).await;
         tracing::info!("flushing the Kafka producer");
-        let flushed = tokio::task::spawn_blocking(move || publisher.flush(ack_timeout)).await;
+        let flushing = publisher.clone();
+        let flushed = tokio::task::spawn_blocking(move || flushing.flush(ack_timeout)).await;
         let flushed = matches!(flushed, Ok(Ok(())));
         if !flushed {
             tracing::error!(
@@ -319,6 +324,14 @@ impl Server {
         if let Some(replay) = replay {
             if tokio::time::timeout(replay_settled, replay).await.is_err() {
                 tracing::warn!("the spool's replay did not settle its last batch in time; it may be replayed again after a restart");
+            }
+            // The replay marks what it delivered last; those marks go out too.
+            if flushed
+                && relay
+                    .marks_written(std::time::Instant::now() + replay_settled)
+                    .await
+            {
+                let _ = tokio::task::spawn_blocking(move || publisher.flush(replay_settled)).await;
             }
         }
         let _ = admin_task.await;
@@ -360,6 +373,8 @@ fn start_services(
         dedup_shared: config
             .shared_dedup_topic()
             .map(|_| Arc::new(dedup::shared::SharedState::default())),
+        verdicts: (config.fulfilment.enabled && !config.fulfilment.remember.is_zero())
+            .then(|| Arc::new(kafka::follow::FollowState::default())),
         ..Health::default()
     });
     if let Some(hint) = broker_hint(&config.kafka.brokers) {
@@ -382,13 +397,32 @@ fn start_services(
             background.clone(),
         ));
     }
+    let verdicts = health.verdicts.as_ref().map(|state| {
+        let verdicts = fulfilment::verdicts::Verdicts::new(
+            config,
+            publisher.clone(),
+            metrics.clone(),
+            state.clone(),
+        );
+        tokio::spawn(verdicts.clone().follow(
+            kafka_settings.clone(),
+            health.cluster.clone(),
+            config.dedup.load_timeout,
+            background.clone(),
+        ));
+        verdicts
+    });
     let correlator = if config.fulfilment.enabled {
         metrics
             .fulfilment_max_in_flight
             .set(i64::try_from(config.fulfilment.max_in_flight).unwrap_or(i64::MAX));
         let retention = MIN_LATE_RETENTION.max(config.fulfilment.timeout * 6);
-        let correlator =
-            Correlator::new(config.fulfilment.max_in_flight, retention, metrics.clone());
+        let correlator = Correlator::new(
+            config.fulfilment.max_in_flight,
+            retention,
+            metrics.clone(),
+            verdicts.clone(),
+        );
         ReplyConsumer::new(
             kafka_settings.clone(),
             &config.fulfilment,
@@ -442,7 +476,6 @@ fn start_services(
             tokio::spawn(shared.clone().follow(
                 kafka_settings.clone(),
                 health.cluster.clone(),
-                config.dedup.window,
                 config.dedup.load_timeout,
                 background.clone(),
             ));
@@ -490,6 +523,7 @@ fn start_services(
         spans,
         publisher,
         correlator,
+        verdicts,
         spool,
         dedup,
         shared_dedup,

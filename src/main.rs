@@ -158,7 +158,13 @@ fn first_promoter(command: FirstPromoterCommand) -> ExitCode {
 }
 
 fn drain(options: DrainOptions) -> ExitCode {
-    finish(runtime().and_then(|runtime| Ok(runtime.block_on(drain::run(&options)).map(|_| ())?)))
+    finish(runtime().and_then(|runtime| {
+        let drained = runtime.block_on(drain::run(&options));
+        // A metadata call to a broker that does not answer may still be running on a blocking
+        // thread; --timeout is over, so the process does not wait for it.
+        runtime.shutdown_background();
+        Ok(drained.map(|_| ())?)
+    }))
 }
 
 fn requeue(options: RequeueOptions) -> ExitCode {

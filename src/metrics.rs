@@ -172,8 +172,20 @@ metrics! {
     /// `fulfilment.max_in_flight`, so dashboards and alerts can compare against the cap.
     fulfilment_max_in_flight: IntGauge = "fp_relay_fulfilment_max_in_flight" [],
     /// fulfilment_pending outcomes: fulfilled, pending, failed, timeout, publish_error, overflow,
-    /// released, disabled, unavailable (no reply could reach a hold: not published).
+    /// released, disabled, unavailable (no reply could reach a hold: not published),
+    /// remembered (a `fulfilled` verdict remembered: 200 without asking again), joined
+    /// (answered by the verdict of a request another check of the reward published).
     fulfilment_outcomes: IntCounterVec = "fp_relay_fulfilment_outcomes_total" ["outcome"],
+    /// Verdict records written to `fulfilment.verdict_topic`, by kind (asking, verdict) and
+    /// result (ok, failed).
+    fulfilment_verdicts_written: IntCounterVec = "fp_relay_fulfilment_verdicts_written_total" ["kind", "result"],
+    /// Verdict records read from `fulfilment.verdict_topic` (every replica's), and records
+    /// there that are not verdicts (ignored).
+    fulfilment_verdicts_read: IntCounterVec = "fp_relay_fulfilment_verdicts_read_total" ["result"],
+    /// Rewards whose verdict (or open request) is remembered now.
+    fulfilment_verdicts_remembered: IntGauge = "fp_relay_fulfilment_verdicts_remembered" [],
+    /// 1 while the verdict topic is loaded and followed.
+    fulfilment_verdicts_ready: IntGauge = "fp_relay_fulfilment_verdicts_ready" [],
     /// Reply consumers rebuilt because the reply topic vanished, shrank or was recreated.
     fulfilment_reply_consumer_rebuilds: IntCounter = "fp_relay_fulfilment_reply_consumer_rebuilds_total" [],
     /// Time from publishing a fulfilment request to receiving its answer.
@@ -370,7 +382,7 @@ mod tests {
         ), "two doc lines make one HELP line:\n{text}");
         assert!(text.contains("fp_relay_kafka_producer_rebuilds_total 1\n"));
         let names = metrics.names();
-        assert_eq!(names.len(), 55, "54 declared plus build_info: {names:?}");
+        assert_eq!(names.len(), 59, "58 declared plus build_info: {names:?}");
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }

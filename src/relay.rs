@@ -18,8 +18,9 @@ use crate::config::Config;
 use crate::dedup::{Claim, Dedup, DedupGuard, Key};
 use crate::error::RelayError;
 use crate::fulfilment;
-use crate::fulfilment::correlator::{Correlator, Verdict};
+use crate::fulfilment::correlator::{Correlator, Outcome, Verdict};
 use crate::fulfilment::exchange::{self, status, FulfilmentAnswer};
+use crate::fulfilment::verdicts::Known;
 pub use crate::health::Health;
 use crate::http::body::{BodyBudget, BodyPermit};
 use crate::kafka::publisher::{refusal_reason, Delivered, Handoff, PublishError, Publisher};
@@ -91,6 +92,8 @@ pub struct Services {
     pub publisher: Arc<Publisher>,
     /// Held fulfilment requests; `None` with fulfilment off.
     pub correlator: Option<Arc<Correlator>>,
+    /// Every replica's verdict on each reward; `None` with fulfilment or `fulfilment.remember` off.
+    pub verdicts: Option<Arc<fulfilment::verdicts::Verdicts>>,
     /// The durable spool; `None` unless `spool.enabled`.
     pub spool: Option<Arc<Spool>>,
     /// Published event ids; `None` unless `dedup.enabled`.
@@ -651,6 +654,29 @@ impl Relay {
             Box::pin(self.publish_fulfilment(&record, arrived)).await?;
             return Ok(self.answer(pending, "disabled", None, None));
         };
+        let reward = self
+            .services
+            .verdicts
+            .as_ref()
+            .and_then(|_| fulfilment::verdicts::reward_of(&record.payload));
+        if let (Some(verdicts), Some(reward)) = (&self.services.verdicts, &reward) {
+            match verdicts.lookup(reward) {
+                Some(Known::Answered(reply)) if reply.outcome == Outcome::Fulfilled => {
+                    tracing::info!(
+                        event_id = event.event_id.as_deref().unwrap_or("-"),
+                        reward,
+                        "fulfilment remembered as fulfilled; answered 200 without asking again"
+                    );
+                    return Ok(self.answer(StatusCode::OK, "remembered", None, reply.reason));
+                }
+                Some(Known::Asking { .. }) if !correlator.releasing() => {
+                    drop(record);
+                    drop(budget);
+                    return Ok(self.join(correlator, verdicts, reward, arrived).await);
+                }
+                _ => {}
+            }
+        }
         if correlator.releasing() || !self.reply_path_ready() {
             // No reply could reach this hold (starting, rebuilding the reply consumer, shutting
             // down): publishing would let a fulfiller act on a reward FirstPromoter is then told
@@ -663,7 +689,7 @@ impl Relay {
                 Some("the reply path is not ready; not published".to_owned()),
             ));
         }
-        let Some(mut hold) = correlator.hold() else {
+        let Some(mut hold) = correlator.hold(reward.as_deref().map(Arc::from)) else {
             // Beyond max_in_flight: still publish (a fulfiller may act on it), but do not hold.
             Box::pin(self.publish_fulfilment(&record, arrived)).await?;
             tracing::warn!(event_id = ?event.event_id, "fulfilment in-flight cap reached; answered pending at once");
@@ -676,7 +702,22 @@ impl Relay {
         let deadline_at =
             std::time::SystemTime::now() + deadline.saturating_duration_since(Instant::now());
         record.add_fulfilment_request(&correlation_id, &settings.reply_topic, rfc3339(deadline_at));
-        Box::pin(self.publish_fulfilment(&record, arrived)).await?;
+        // Later checks of this reward (here at once, on other replicas once Kafka has the
+        // request) wait for this request's verdict instead of asking again.
+        let asking = match (&self.services.verdicts, &reward) {
+            (Some(verdicts), Some(reward)) => {
+                Some((verdicts, reward, verdicts.asking(reward, deadline_at)))
+            }
+            _ => None,
+        };
+        let published = Box::pin(self.publish_fulfilment(&record, arrived)).await;
+        if let Some((verdicts, reward, at)) = asking {
+            match &published {
+                Ok(_) => verdicts.asked(reward, at, deadline_at),
+                Err(_) => verdicts.not_asked(reward, at),
+            }
+        }
+        published?;
         // In Kafka now; the hold needs only the correlation id.
         drop(record);
         drop(budget);
@@ -699,6 +740,36 @@ impl Relay {
             "fulfilment request answered"
         );
         Ok(self.answer(code, outcome, Some(correlation_id), reason))
+    }
+
+    /// Another check of `reward` is being answered (here or on another replica): waits, within
+    /// this request's own deadline, for that request's verdict instead of asking again.
+    async fn join(
+        &self,
+        correlator: &Correlator,
+        verdicts: &fulfilment::verdicts::Verdicts,
+        reward: &str,
+        arrived: Instant,
+    ) -> Accepted {
+        let settings = &self.config.fulfilment;
+        let deadline = arrived + settings.timeout;
+        let verdict = tokio::select! {
+            reply = verdicts.wait(reward, deadline) => reply.map_or(Verdict::TimedOut, Verdict::Answered),
+            () = correlator.released() => Verdict::Released,
+        };
+        let (code, outcome, reason) = exchange::decide(verdict, settings);
+        let outcome = if outcome == "timeout" || outcome == "released" {
+            outcome
+        } else {
+            "joined"
+        };
+        tracing::info!(
+            reward,
+            outcome,
+            status = code.as_u16(),
+            "fulfilment check answered by the verdict of a request already asking about its reward"
+        );
+        self.answer(code, outcome, None, reason)
     }
 
     /// Publishes a fulfilment request; failure is 503, which FirstPromoter retries.
@@ -746,6 +817,22 @@ impl Relay {
             .health
             .reply_consumer
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits, until `deadline` at the latest, for the dedup marks handed to the background to
+    /// reach the producer (see [`crate::dedup::shared::Shared::marks_written`]); true at once
+    /// without a shared table.
+    pub async fn marks_written(&self, deadline: std::time::Instant) -> bool {
+        match &self.services.shared_dedup {
+            Some(shared) => {
+                let written = shared.marks_written(deadline).await;
+                if !written {
+                    tracing::warn!("dedup marks still pending at shutdown; a retry of their events may be published again by another replica");
+                }
+                written
+            }
+            None => true,
+        }
     }
 
     /// Everything held is answered with the pending status now, and every later fulfilment

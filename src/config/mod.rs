@@ -313,8 +313,12 @@ pub struct DedupConfig {
     /// A Kafka topic that shares what was published with every replica and across restarts:
     /// each acknowledged event's 24-byte key (id and content digest) is written there, and every replica reads every
     /// key of the last `window` (README "Duplicate suppression"). Empty: per process. Give it
-    /// a retention of at least `window`.
+    /// a retention of at least `window` (the relay does when it creates it).
     pub topic: String,
+    /// Create `topic` when it is missing (4 partitions, `retention.ms` of `window` and a day),
+    /// and say so in the log. Off: the relay waits for it (or for the first mark to
+    /// auto-create it) and follows it within a second of its appearing.
+    pub create_topic: bool,
     /// Longest a starting relay waits, before it says ready, to read the marks of the last
     /// `window` from `topic`.
     #[serde(with = "humantime_serde")]
@@ -328,6 +332,7 @@ impl Default for DedupConfig {
             window: Duration::from_secs(24 * 3600),
             max_entries: 1_000_000,
             topic: String::new(),
+            create_topic: true,
             load_timeout: Duration::from_secs(30),
         }
     }
@@ -346,12 +351,13 @@ impl Config {
     }
 
     /// The relay's own topics, which no sender's event may be written to: dead letters,
-    /// fulfilment requests and replies, and `dedup.topic` when set.
+    /// fulfilment requests, replies and verdicts, and `dedup.topic` when set.
     pub fn internal_topics(&self) -> Vec<String> {
         let mut topics = vec![
             self.kafka.dead_letter_topic.clone(),
             self.fulfilment_request_topic(),
             self.fulfilment.reply_topic.clone(),
+            self.fulfilment.verdict_topic.clone(),
         ];
         let dedup = self.dedup.topic.trim();
         if !dedup.is_empty() {
@@ -528,7 +534,7 @@ pub struct FulfilmentConfig {
     pub event_type: String,
     /// Topic downstream fulfillers answer on; every replica reads all of its partitions.
     pub reply_topic: String,
-    /// Create the reply topic at start-up when it is missing.
+    /// Create the reply topic at start-up, and the verdict topic, when they are missing.
     pub create_reply_topic: bool,
     /// Partitions of the reply topic when the relay creates it.
     pub reply_topic_partitions: i32,
@@ -546,6 +552,18 @@ pub struct FulfilmentConfig {
     pub timeout_status: u16,
     /// Most requests held at once; beyond it a request is published and answered pending at once.
     pub max_in_flight: usize,
+    /// How long a fulfiller's verdict on a reward (v1 `data.id`) is remembered by every
+    /// replica, late verdicts included: a `fulfilment_pending` whose reward was `fulfilled`
+    /// is answered 200 at once without asking again, and one whose reward is being asked
+    /// about by any replica waits for that answer instead of asking twice
+    /// (docs/fulfilment-protocol.md). `0s`: off, every check asks.
+    #[serde(with = "humantime_serde")]
+    pub remember: Duration,
+    /// Most rewards remembered at once; the oldest verdicts are forgotten first.
+    pub remember_max: usize,
+    /// The topic verdicts are shared on (keyed by reward, compacted); every replica reads the
+    /// last `remember` of it at start. Created with the reply topic when `create_reply_topic`.
+    pub verdict_topic: String,
     /// Non-monetary rewards for webhooks v2: the same Kafka exchange, ending in FirstPromoter's
     /// `mark_fulfilled` API instead of an HTTP status.
     pub v2: FulfilmentV2Config,
@@ -755,6 +773,9 @@ impl Default for FulfilmentConfig {
             failed_status: 500,
             timeout_status: 202,
             max_in_flight: 2048,
+            remember: Duration::from_secs(3 * 24 * 3600),
+            remember_max: 100_000,
+            verdict_topic: "firstpromoter.fulfilment_verdicts".to_owned(),
             v2: FulfilmentV2Config::default(),
         }
     }

@@ -468,6 +468,22 @@ impl Config {
                 "must be between 1 and 10000",
             ));
         }
+        if !f.remember.is_zero() {
+            if f.remember_max == 0 {
+                return Err(ConfigError::invalid(
+                    "fulfilment.remember_max",
+                    "must be at least 1 while fulfilment.remember is on (set remember = \"0s\" to turn it off)",
+                ));
+            }
+            let internal = self.internal_topics();
+            let uses = internal.iter().filter(|t| **t == f.verdict_topic).count();
+            if f.verdict_topic.trim().is_empty() || uses > 1 {
+                return Err(ConfigError::invalid(
+                    "fulfilment.verdict_topic",
+                    "must be a topic of its own: not empty, and not the reply, request, dead-letter or dedup topic",
+                ));
+            }
+        }
         self.validate_fulfilment_v2()
     }
 

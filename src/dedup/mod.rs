@@ -336,11 +336,16 @@ impl Dedup {
         self.expire(&mut inner, now);
     }
 
+    /// Forgets ids older than the window, and the oldest beyond `max_entries` ids. The cap
+    /// counts ids, not queue entries: an id remembered again later (a replica re-reading its
+    /// own mark) leaves a stale entry behind, which is dropped when it comes up, or all at
+    /// once when stale entries outnumber live ones.
     fn expire(&self, inner: &mut Inner, now: Instant) {
         let now = inner.millis(now);
         let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
-        while let Some(Reverse((at, _, _))) = inner.order.peek() {
-            if now.saturating_sub(*at) < window && inner.order.len() <= self.max_entries {
+        while let Some(Reverse((at, _, id))) = inner.order.peek() {
+            let latest = inner.seen.get(id).map(|(known, _)| *known) == Some(*at);
+            if latest && now.saturating_sub(*at) < window && inner.seen.len() <= self.max_entries {
                 break;
             }
             let Reverse((at, _, id)) = inner.order.pop().expect("oldest exists");
@@ -348,6 +353,15 @@ impl Dedup {
             if inner.seen.get(&id).map(|(known, _)| *known) == Some(at) {
                 inner.seen.remove(&id);
             }
+        }
+        if inner.order.len() > 2 * inner.seen.len() + 1024 {
+            let seen = &inner.seen;
+            let live: Vec<_> = inner
+                .order
+                .drain()
+                .filter(|Reverse((at, _, id))| seen.get(id).map(|(known, _)| *known) == Some(*at))
+                .collect();
+            inner.order = live.into();
         }
     }
 
@@ -440,6 +454,38 @@ mod tests {
         assert!(!waiter.is_finished(), "waits while the first is in flight");
         first.commit();
         assert!(waiter.await.unwrap(), "duplicate once the first succeeded");
+    }
+
+    #[test]
+    fn the_cap_counts_ids_not_the_times_an_id_was_seen() {
+        // Under load a replica reads its own marks back with a later timestamp: every id is
+        // remembered twice. All max_entries ids must still be kept for the whole window.
+        let max = 1000;
+        let dedup = Dedup::new(Duration::from_secs(3600), max);
+        let now = SystemTime::now();
+        for round in 0..2u64 {
+            for n in 0..max {
+                let at = now - Duration::from_secs(60) + Duration::from_millis(round * 5000);
+                dedup.remember(key(&format!("id-{n}")), at);
+            }
+        }
+        assert_eq!(dedup.len(), max);
+        for n in 0..max {
+            assert!(
+                dedup.knows(&key(&format!("id-{n}"))),
+                "id-{n} forgotten early"
+            );
+        }
+        // One more id pushes out exactly the oldest one.
+        dedup.remember(key("one-more"), now);
+        assert_eq!(dedup.len(), max);
+        assert!(dedup.knows(&key("one-more")));
+        let inner = dedup.inner.lock().unwrap();
+        assert!(
+            inner.order.len() <= 2 * inner.seen.len() + 1024,
+            "stale queue entries are bounded: {}",
+            inner.order.len()
+        );
     }
 
     #[test]

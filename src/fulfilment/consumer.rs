@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -427,20 +426,19 @@ impl ReplyConsumer {
     }
 
     async fn create(&self) -> Result<(), KafkaError> {
-        let context = RelayContext::new(self.metrics.clone(), self.watch.clone(), "admin");
-        let admin: AdminClient<RelayContext> = self.admin_config.create_with_context(context)?;
-        let new_topic = NewTopic::new(&self.topic, self.partitions, TopicReplication::Fixed(-1));
-        let options = AdminOptions::new().operation_timeout(Some(CALL_TIMEOUT));
-        for result in admin.create_topics([&new_topic], &options).await? {
-            match result {
-                Ok(_) => {
-                    tracing::info!(topic = %self.topic, partitions = self.partitions, "created the reply topic")
-                }
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(KafkaError::AdminOp(code)),
-            }
-        }
-        Ok(())
+        let spec = crate::kafka::topics::NewTopicSpec {
+            partitions: self.partitions,
+            settings: Vec::new(),
+        };
+        crate::kafka::topics::create(
+            &self.admin_config,
+            &self.topic,
+            &spec,
+            &self.metrics,
+            &self.watch,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Partitions added to the reply topic after positioning are read from their beginning:

@@ -4,7 +4,7 @@
 //! that hangs up, a timeout and a shutdown all free it the same way, and nothing can leak. The
 //! map's lock is held for a map operation only, never across `.await`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 
 /// What the downstream fulfiller decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Delivered: FirstPromoter marks the reward fulfilled (200).
@@ -82,12 +82,13 @@ impl Matched {
     }
 }
 
-/// Ids released recently, so a reply for one is "late" rather than "unmatched".
+/// Ids released recently, so a reply for one is "late" rather than "unmatched" (and its
+/// verdict is still remembered for its reward).
 struct Released {
     /// Ids in release order, for expiry.
     order: VecDeque<(Instant, Uuid)>,
-    /// The same ids, for lookup.
-    ids: HashSet<Uuid>,
+    /// The same ids, for lookup, with the reward each asked about.
+    ids: HashMap<Uuid, Option<Arc<str>>>,
     /// How long an id is remembered.
     retention: Duration,
     /// Most ids remembered; the oldest go first.
@@ -95,7 +96,7 @@ struct Released {
 }
 
 impl Released {
-    fn remember(&mut self, id: Uuid, now: Instant) {
+    fn remember(&mut self, id: Uuid, reward: Option<Arc<str>>, now: Instant) {
         self.expire(now);
         if self.order.len() >= self.capacity {
             if let Some((_, oldest)) = self.order.pop_front() {
@@ -103,12 +104,13 @@ impl Released {
             }
         }
         self.order.push_back((now, id));
-        self.ids.insert(id);
+        self.ids.insert(id, reward);
     }
 
-    fn contains(&mut self, id: &Uuid, now: Instant) -> bool {
+    /// `Some(reward)` when `id` was released recently.
+    fn get(&mut self, id: &Uuid, now: Instant) -> Option<Option<Arc<str>>> {
         self.expire(now);
-        self.ids.contains(id)
+        self.ids.get(id).cloned()
     }
 
     fn expire(&mut self, now: Instant) {
@@ -124,8 +126,8 @@ impl Released {
 
 /// The table of held requests.
 pub struct Correlator {
-    /// Held requests by correlation id.
-    pending: Mutex<HashMap<Uuid, oneshot::Sender<Reply>>>,
+    /// Held requests by correlation id, with the reward each asks about.
+    pending: Mutex<HashMap<Uuid, (oneshot::Sender<Reply>, Option<Arc<str>>)>>,
     /// Recently released ids.
     released: Mutex<Released>,
     /// `fulfilment.max_in_flight`.
@@ -141,17 +143,25 @@ pub struct Correlator {
     /// How long a released id is remembered (and so how long replies still matter after the
     /// last hold ended).
     late_retention: Duration,
+    /// Where every verdict on a reward is remembered; `None` with `fulfilment.remember` off.
+    verdicts: Option<Arc<super::verdicts::Verdicts>>,
 }
 
 impl Correlator {
     /// A correlator holding at most `max_in_flight` requests, remembering released ids for
-    /// `late_retention`.
-    pub fn new(max_in_flight: usize, late_retention: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// `late_retention`, and every verdict in `verdicts`.
+    pub fn new(
+        max_in_flight: usize,
+        late_retention: Duration,
+        metrics: Arc<Metrics>,
+        verdicts: Option<Arc<super::verdicts::Verdicts>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            verdicts,
             pending: Mutex::new(HashMap::new()),
             released: Mutex::new(Released {
                 order: VecDeque::new(),
-                ids: HashSet::new(),
+                ids: HashMap::new(),
                 retention: late_retention,
                 capacity: max_in_flight.saturating_mul(4).max(1024),
             }),
@@ -190,8 +200,9 @@ impl Correlator {
         *self.last_activity.lock().expect("lock not poisoned") = Instant::now();
     }
 
-    /// Registers a new held request, or `None` when `max_in_flight` are already held.
-    pub fn hold(self: &Arc<Self>) -> Option<Hold> {
+    /// Registers a new held request about `reward` (its verdict is remembered), or `None` when
+    /// `max_in_flight` are already held.
+    pub fn hold(self: &Arc<Self>, reward: Option<Arc<str>>) -> Option<Hold> {
         let id = Uuid::new_v4();
         let (tx, rx) = oneshot::channel();
         {
@@ -199,7 +210,7 @@ impl Correlator {
             if pending.len() >= self.max_in_flight {
                 return None;
             }
-            pending.insert(id, tx);
+            pending.insert(id, (tx, reward));
         }
         self.note_activity();
         self.began.notify_one();
@@ -211,25 +222,40 @@ impl Correlator {
         })
     }
 
-    /// Hands `reply` to the request held under `id`, if there is one.
+    /// Hands `reply` to the request held under `id`, if there is one, and remembers it as
+    /// the verdict on its reward (late ones too).
     pub fn deliver(&self, id: Uuid, reply: Reply) -> Matched {
         let sender = self.pending.lock().expect("lock not poisoned").remove(&id);
-        match sender {
+        let (matched, reward) = match sender {
             // A send error means the hold is being dropped right now: its client is gone.
-            Some(sender) => {
+            Some((sender, reward)) => {
+                self.learned(reward.as_deref(), &reply);
                 let _ = sender.send(reply);
-                Matched::Held
+                return Matched::Held;
             }
-            None if self
+            None => match self
                 .released
                 .lock()
                 .expect("lock not poisoned")
-                .contains(&id, Instant::now()) =>
+                .get(&id, Instant::now())
             {
-                Matched::Late
-            }
-            None => Matched::Unmatched,
+                Some(reward) => (Matched::Late, reward),
+                None => (Matched::Unmatched, None),
+            },
+        };
+        self.learned(reward.as_deref(), &reply);
+        matched
+    }
+
+    fn learned(&self, reward: Option<&str>, reply: &Reply) {
+        if let (Some(verdicts), Some(reward)) = (&self.verdicts, reward) {
+            verdicts.learned(reward, reply);
         }
+    }
+
+    /// Resolves when the relay releases every hold (shutdown).
+    pub async fn released(&self) {
+        self.release_all.cancelled().await;
     }
 
     /// Requests held right now.
@@ -285,14 +311,13 @@ impl Drop for Hold {
             .pending
             .lock()
             .expect("lock not poisoned")
-            .remove(&self.id)
-            .is_some();
-        if still_pending {
+            .remove(&self.id);
+        if let Some((_, reward)) = still_pending {
             self.correlator
                 .released
                 .lock()
                 .expect("lock not poisoned")
-                .remember(self.id, Instant::now());
+                .remember(self.id, reward, Instant::now());
         }
         self.correlator.note_activity();
         self.correlator.metrics.fulfilment_in_flight.dec();
@@ -304,7 +329,7 @@ mod tests {
     use super::*;
 
     fn correlator(max: usize) -> Arc<Correlator> {
-        Correlator::new(max, Duration::from_secs(60), Arc::new(Metrics::new()))
+        Correlator::new(max, Duration::from_secs(60), Arc::new(Metrics::new()), None)
     }
 
     fn reply(outcome: Outcome) -> Reply {
@@ -317,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn a_reply_reaches_its_held_request() {
         let c = correlator(10);
-        let mut hold = c.hold().unwrap();
+        let mut hold = c.hold(None).unwrap();
         assert_eq!(
             c.deliver(hold.id(), reply(Outcome::Fulfilled)),
             Matched::Held
@@ -329,7 +354,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_reply_times_out_and_a_later_reply_is_late() {
         let c = correlator(10);
-        let mut hold = c.hold().unwrap();
+        let mut hold = c.hold(None).unwrap();
         let id = hold.id();
         assert_eq!(
             hold.wait(Instant::now() + Duration::from_secs(10)).await,
@@ -347,7 +372,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn late_ids_are_forgotten_after_retention() {
         let c = correlator(10);
-        let id = c.hold().unwrap().id();
+        let id = c.hold(None).unwrap().id();
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(c.deliver(id, reply(Outcome::Pending)), Matched::Unmatched);
     }
@@ -355,7 +380,7 @@ mod tests {
     #[test]
     fn dropping_a_hold_frees_its_entry_and_the_gauge() {
         let c = correlator(10);
-        let hold = c.hold().unwrap();
+        let hold = c.hold(None).unwrap();
         assert_eq!(c.in_flight(), 1);
         assert_eq!(c.metrics.fulfilment_in_flight.get(), 1);
         drop(hold);
@@ -366,15 +391,15 @@ mod tests {
     #[test]
     fn holds_beyond_the_cap_are_refused() {
         let c = correlator(2);
-        let _a = c.hold().unwrap();
-        let _b = c.hold().unwrap();
-        assert!(c.hold().is_none());
+        let _a = c.hold(None).unwrap();
+        let _b = c.hold(None).unwrap();
+        assert!(c.hold(None).is_none());
     }
 
     #[tokio::test]
     async fn release_all_answers_every_hold() {
         let c = correlator(10);
-        let mut hold = c.hold().unwrap();
+        let mut hold = c.hold(None).unwrap();
         c.release_all();
         assert_eq!(
             hold.wait(Instant::now() + Duration::from_secs(60)).await,

@@ -7,3 +7,4 @@ pub mod consumer;
 pub mod correlator;
 pub mod exchange;
 pub mod v2;
+pub mod verdicts;

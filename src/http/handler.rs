@@ -348,6 +348,7 @@ mod tests {
             shared_dedup: None,
             publisher: Arc::new(publisher),
             correlator: None,
+            verdicts: None,
             spool: None,
             dedup: None,
             metrics,

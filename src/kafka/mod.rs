@@ -4,10 +4,12 @@ pub mod aws;
 pub mod classify;
 pub mod context;
 pub mod failure;
+pub mod follow;
 pub mod outage;
 pub mod probe;
 pub mod publisher;
 pub mod record;
+pub mod topics;
 
 use rdkafka::config::ClientConfig;
 

@@ -66,8 +66,15 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
         metrics,
         Arc::new(ClusterWatch::default()),
     )?);
-    let shared_dedup =
-        crate::dedup::shared::for_command(&config, publisher.clone(), "spool drain").await;
+    // --timeout covers everything: the dedup load, the replay and the marks.
+    let deadline = Instant::now() + options.timeout;
+    let shared_dedup = crate::dedup::shared::for_command_until(
+        &config,
+        publisher.clone(),
+        "spool drain",
+        deadline,
+    )
+    .await;
     let stop = CancellationToken::new();
     let replaying = tokio::spawn(spool.clone().replay(
         replay::Replay {
@@ -79,7 +86,6 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
         },
         stop.clone(),
     ));
-    let deadline = Instant::now() + options.timeout;
     while spool.pending() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -113,7 +119,9 @@ pub async fn run(options: &DrainOptions) -> Result<Drained, ToolError> {
     }
     let skipped = match &shared_dedup {
         Some(shared) => {
-            shared.marks_written().await;
+            shared
+                .marks_written(deadline.max(Instant::now() + Duration::from_millis(500)))
+                .await;
             format!(
                 " ({} of them published by a relay already, not written again)",
                 shared.suppressed()
