@@ -1,0 +1,135 @@
+//! The documentation stays true to the code: docs/configuration.md is what
+//! `fp-relay check-config --reference` prints, and every setting is documented and every
+//! variable it names sets it. None of this needs a broker. docs/development.md says how to keep
+//! it so.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use fp_relay::config::{reference, Config, Overrides};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+// ---- the generated configuration reference ----------------------------------------------
+
+#[test]
+fn the_configuration_page_is_what_check_config_reference_prints() {
+    let generated = reference::markdown();
+    let written = read(&root().join("docs/configuration.md"));
+    if generated != written {
+        let line = generated
+            .lines()
+            .zip(written.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| generated.lines().count().min(written.lines().count()));
+        panic!(
+            "docs/configuration.md is not what `fp-relay check-config --reference` prints (first \
+             difference at line {}: {:?} generated, {:?} written). Regenerate it:\n\n    \
+             cargo run -- check-config --reference > docs/configuration.md\n",
+            line + 1,
+            generated.lines().nth(line),
+            written.lines().nth(line),
+        );
+    }
+}
+
+/// Every setting (leaf) of a table: `kafka.ack_timeout`; a map-valued setting is a leaf.
+fn leaves(table: &toml::Table, prefix: &str, maps: &BTreeSet<String>, out: &mut BTreeSet<String>) {
+    for (key, value) in table {
+        let name = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(inner) if !maps.contains(&name) => {
+                leaves(inner, &format!("{name}."), maps, out)
+            }
+            _ => {
+                out.insert(name);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_setting_is_in_the_reference_with_a_type_and_a_doc_comment() {
+    let sections = reference::sections();
+    let entries: Vec<&reference::Entry> = sections.iter().flat_map(|s| &s.entries).collect();
+    let keys: BTreeSet<String> = entries.iter().map(|e| e.key.clone()).collect();
+    let maps: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| e.type_name.starts_with("table"))
+        .map(|e| e.key.clone())
+        .collect();
+    // The defaults as the file would hold them, the optional table filled in.
+    let mut config = Config::default();
+    config.http.tls = Some(fp_relay::config::TlsConfig {
+        cert_path: "c".into(),
+        key_path: "k".into(),
+        reload_interval: std::time::Duration::from_secs(1),
+    });
+    let table = toml::Table::try_from(config).unwrap();
+    let mut all = BTreeSet::new();
+    leaves(&table, "", &maps, &mut all);
+    let missing: Vec<&String> = all.difference(&keys).collect();
+    assert!(
+        missing.is_empty(),
+        "settings missing from the reference (src/config/reference.rs reads them from \
+         src/config/mod.rs): {missing:?}"
+    );
+    for entry in entries {
+        assert!(
+            !entry.doc.trim().is_empty(),
+            "{}: no doc comment on its field in src/config/mod.rs",
+            entry.key
+        );
+        assert!(
+            !entry.type_name.starts_with("unnamed type"),
+            "{}: no reader's name for the type {} (add it to reference::type_name)",
+            entry.key,
+            entry.type_name
+        );
+        assert!(
+            !entry.variables.is_empty(),
+            "{}: no environment variable",
+            entry.key
+        );
+    }
+}
+
+#[test]
+fn every_variable_the_reference_names_sets_its_setting() {
+    // Setting each variable to the documented default loads, and changes nothing: the
+    // variable exists, reaches its key, and the default shown is the real one.
+    let overrides = Overrides {
+        insecure_no_auth: true,
+        ..Overrides::default()
+    };
+    let mut expected = Config::default();
+    expected.auth.insecure_no_auth = true;
+    for section in reference::sections() {
+        if section.optional {
+            continue; // one key alone would be an incomplete table
+        }
+        for entry in &section.entries {
+            let Some(default) = &entry.default else {
+                continue;
+            };
+            // The value as a variable holds it: strings without their TOML quotes.
+            let value = match format!("v = {default}").parse::<toml::Table>().unwrap()["v"] {
+                toml::Value::String(ref text) => text.clone(),
+                _ => default.clone(),
+            };
+            let variable = entry.variables[0].clone();
+            let config = Config::load(None, [(variable.clone(), value.clone())], &overrides)
+                .unwrap_or_else(|e| panic!("{variable}={value}: {e}"));
+            assert_eq!(
+                config, expected,
+                "{variable}={value} changed the configuration"
+            );
+        }
+    }
+}
