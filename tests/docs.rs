@@ -1,9 +1,9 @@
 //! The documentation stays true to the code: docs/configuration.md is what
-//! `fp-relay check-config --reference` prints, and every setting is documented and every
-//! variable it names sets it. None of this needs a broker. docs/development.md says how to keep
-//! it so.
+//! `fp-relay check-config --reference` prints, every setting is documented and every variable
+//! it names sets it, and every alert carries a runbook_url to a section of docs/runbooks.md.
+//! None of this needs a broker. docs/development.md says how to keep it so.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use fp_relay::config::{reference, Config, Overrides};
@@ -132,4 +132,109 @@ fn every_variable_the_reference_names_sets_its_setting() {
             );
         }
     }
+}
+
+// ---- headings and anchors -----------------------------------------------------------------
+
+/// GitHub's anchor for a heading: lower case, punctuation other than `-` and `_` dropped,
+/// spaces to `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a page's headings, a repeated one numbered as GitHub does (`-1`, `-2`).
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut found = BTreeSet::new();
+    let mut fence = false;
+    for line in markdown.lines() {
+        if line.trim().starts_with("```") {
+            fence = !fence;
+            continue;
+        }
+        if fence {
+            continue;
+        }
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        if (1..=6).contains(&hashes) && line[hashes..].starts_with(' ') {
+            let base = anchor(&line[hashes..]);
+            let count = seen.entry(base.clone()).or_default();
+            found.insert(if *count == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{count}")
+            });
+            *count += 1;
+        }
+    }
+    found
+}
+
+#[test]
+fn anchors_follow_githubs_rules() {
+    assert_eq!(anchor("OAuth / OIDC"), "oauth--oidc");
+    assert_eq!(
+        anchor("Self-hosted: SCRAM with a private CA"),
+        "self-hosted-scram-with-a-private-ca"
+    );
+    assert_eq!(anchor("`[fulfilment.v2]`"), "fulfilmentv2");
+    assert_eq!(anchor("`kafka.ack_timeout`"), "kafkaack_timeout");
+    let page = "# A\n## Same\n```\n# not a heading\n```\n## Same\n";
+    assert_eq!(
+        anchors(page),
+        ["a", "same", "same-1"].map(str::to_owned).into()
+    );
+}
+
+// ---- runbooks -----------------------------------------------------------------------------
+
+#[test]
+fn every_alert_has_a_runbook_url_to_a_section_of_the_runbooks() {
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&read(&root().join("deploy/prometheus/alerts.yml"))).unwrap();
+    let runbooks = anchors(&read(&root().join("docs/runbooks.md")));
+    let base = format!(
+        "{}/blob/main/docs/runbooks.md#",
+        env!("CARGO_PKG_REPOSITORY")
+    );
+    let mut alerts = BTreeSet::new();
+    let mut problems = Vec::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let Some(alert) = rule["alert"].as_str() else {
+                continue; // a recording rule
+            };
+            alerts.insert(anchor(alert));
+            match rule["annotations"]["runbook_url"].as_str() {
+                None => problems.push(format!("{alert}: no runbook_url annotation")),
+                Some(url) => match url.strip_prefix(&base) {
+                    None => problems.push(format!("{alert}: runbook_url {url} is not {base}…")),
+                    Some(fragment) if !runbooks.contains(fragment) => problems.push(format!(
+                        "{alert}: docs/runbooks.md has no section #{fragment}"
+                    )),
+                    Some(fragment) if fragment != anchor(alert) => problems.push(format!(
+                        "{alert}: its runbook_url points at #{fragment}, another alert's section"
+                    )),
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+    assert!(alerts.len() >= 18, "only {} alerts found", alerts.len());
+    // And no runbook for an alert that no longer exists.
+    let stale: Vec<&String> = runbooks
+        .iter()
+        .filter(|a| a.starts_with("fprelay") && !alerts.contains(*a))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "runbooks for alerts that do not exist: {stale:?}"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
