@@ -1,10 +1,11 @@
 //! The documentation stays true to the code: docs/configuration.md is what
 //! `fp-relay check-config --reference` prints, every setting is documented and every variable
-//! it names sets it, and every alert carries a runbook_url to a section of docs/runbooks.md.
-//! None of this needs a broker. docs/development.md says how to keep it so.
+//! it names sets it, every alert carries a runbook_url to a section of docs/runbooks.md, every
+//! configuration snippet in the README and docs/ loads, and every relative link and anchor
+//! resolves. None of this needs a broker. docs/development.md says how to keep it so.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fp_relay::config::{reference, Config, Overrides};
 
@@ -237,4 +238,229 @@ fn every_alert_has_a_runbook_url_to_a_section_of_the_runbooks() {
         "runbooks for alerts that do not exist: {stale:?}"
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+// ---- snippets -----------------------------------------------------------------------------
+
+/// The README and every Markdown page of docs/.
+fn pages() -> Vec<PathBuf> {
+    let mut pages = vec![root().join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root().join("docs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    pages
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// A fenced code block: its language, its text, whether it is marked partial, where it starts.
+struct Block {
+    language: String,
+    /// The fence's indentation (a block inside a list item), taken off each line.
+    indent: usize,
+    text: String,
+    partial: bool,
+    line: usize,
+}
+
+/// The fenced blocks of a Markdown page. A block is partial when the last non-empty line before
+/// its fence is an HTML comment starting `<!-- partial`.
+fn blocks(markdown: &str) -> Vec<Block> {
+    let mut found = Vec::new();
+    let mut open: Option<Block> = None;
+    let mut previous = "";
+    for (number, line) in markdown.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(info) = trimmed.strip_prefix("```") {
+            match open.take() {
+                Some(block) => found.push(block),
+                None => {
+                    open = Some(Block {
+                        language: info.trim().to_owned(),
+                        indent: line.len() - line.trim_start().len(),
+                        text: String::new(),
+                        partial: previous.starts_with("<!-- partial"),
+                        line: number + 1,
+                    })
+                }
+            }
+        } else if let Some(block) = open.as_mut() {
+            let indent = line.len() - line.trim_start().len();
+            block.text.push_str(&line[indent.min(block.indent)..]);
+            block.text.push('\n');
+        }
+        if !trimmed.is_empty() {
+            previous = trimmed;
+        }
+    }
+    found
+}
+
+/// `FP_RELAY_*` assignments of a shell block (`export` optional), values unquoted; a value
+/// written as a `<placeholder>` is taken whole.
+fn assignments(script: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for line in script.lines() {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((name, rest)) = line.split_once('=') else {
+            continue;
+        };
+        if !name.starts_with("FP_RELAY_") || name.contains(' ') {
+            continue;
+        }
+        let value = match rest.chars().next() {
+            Some(quote @ ('\'' | '"')) => rest[1..].split(quote).next().unwrap_or_default(),
+            Some('<') => rest.split_inclusive('>').next().unwrap_or_default(),
+            _ => rest.split_whitespace().next().unwrap_or_default(),
+        };
+        found.push((name.to_owned(), value.to_owned()));
+    }
+    found
+}
+
+#[test]
+fn every_configuration_snippet_in_the_docs_loads() {
+    let overrides = Overrides {
+        insecure_no_auth: true,
+        ..Overrides::default()
+    };
+    let dir = std::env::temp_dir().join(format!("fp-relay-docs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut checked = 0;
+    for page in pages() {
+        for block in blocks(&read(&page)) {
+            let at = format!("{}:{}", relative(&page), block.line);
+            match block.language.as_str() {
+                "toml" if block.partial => {
+                    block
+                        .text
+                        .parse::<toml::Table>()
+                        .unwrap_or_else(|e| panic!("{at}: a partial block must still parse: {e}"));
+                }
+                "toml" => {
+                    let file = dir.join("snippet.toml");
+                    std::fs::write(&file, &block.text).unwrap();
+                    Config::load(Some(&file), Vec::<(String, String)>::new(), &overrides)
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "{at}: the relay refuses this snippet: {e}\n(mark a deliberate \
+                                 fragment with <!-- partial --> before its fence)"
+                            )
+                        });
+                    checked += 1;
+                }
+                "sh" | "bash" | "shell" if !block.partial => {
+                    let env = assignments(&block.text);
+                    if env.is_empty() {
+                        continue;
+                    }
+                    Config::load(None, env.clone(), &overrides).unwrap_or_else(|e| {
+                        panic!("{at}: the relay refuses these variables {env:?}: {e}")
+                    });
+                    checked += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    // The Kafka recipes alone are nine; a parser that found none would pass vacuously.
+    assert!(checked >= 10, "only {checked} snippets found");
+}
+
+#[test]
+fn snippet_blocks_and_assignments_are_read_as_documented() {
+    let page = "text\n\n<!-- partial: one table -->\n```toml\n[http.tls]\n```\n\n```sh\n\
+                export FP_RELAY_A='x y'   # comment\nFP_RELAY_B=<a placeholder> rest\nkubectl apply\n```\n";
+    let found = blocks(page);
+    assert_eq!(found.len(), 2);
+    assert!(found[0].partial && found[0].language == "toml" && found[0].line == 4);
+    assert!(!found[1].partial);
+    assert_eq!(
+        assignments(&found[1].text),
+        [
+            ("FP_RELAY_A".to_owned(), "x y".to_owned()),
+            ("FP_RELAY_B".to_owned(), "<a placeholder>".to_owned())
+        ]
+    );
+}
+
+// ---- links -------------------------------------------------------------------------------
+
+/// The targets of the inline links of a page, outside code (fenced or in backticks).
+fn links(markdown: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    let mut fence = false;
+    for (number, line) in markdown.lines().enumerate() {
+        if line.trim().starts_with("```") {
+            fence = !fence;
+            continue;
+        }
+        if fence {
+            continue;
+        }
+        // Code spans hold text like `[kafka.properties]` that is not a link.
+        let prose: String = line
+            .split('`')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(_, part)| part)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut rest = prose.as_str();
+        while let Some(start) = rest.find("](") {
+            let after = &rest[start + 2..];
+            let end = after.find(')').unwrap_or(after.len());
+            found.push((number + 1, after[..end].to_owned()));
+            rest = &after[end..];
+        }
+    }
+    found
+}
+
+#[test]
+fn every_relative_link_and_anchor_in_the_readme_and_docs_resolves() {
+    let mut broken = Vec::new();
+    for page in pages() {
+        let text = read(&page);
+        for (line, target) in links(&text) {
+            if target.starts_with("http://")
+                || target.starts_with("https://")
+                || target.starts_with("mailto:")
+            {
+                continue;
+            }
+            let (path, fragment) = match target.split_once('#') {
+                Some((path, fragment)) => (path, Some(fragment)),
+                None => (target.as_str(), None),
+            };
+            let file = if path.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(path)
+            };
+            let at = format!("{}:{line}: {target}", relative(&page));
+            if !file.exists() {
+                broken.push(format!("{at}: no such file"));
+                continue;
+            }
+            if let Some(fragment) = fragment {
+                if file.extension().is_some_and(|e| e == "md")
+                    && !anchors(&read(&file)).contains(fragment)
+                {
+                    broken.push(format!("{at}: no heading with that anchor"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
