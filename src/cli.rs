@@ -143,6 +143,10 @@ pub struct CheckConfigArgs {
     /// configures no credentials).
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Print the reference of every setting instead (type, default, environment variable,
+    /// meaning) as Markdown, as docs/configuration.md holds it. Reads no configuration.
+    #[arg(long)]
+    pub reference: bool,
 }
 
 /// `fp-relay firstpromoter ...`.

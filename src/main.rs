@@ -55,6 +55,10 @@ fn probe(options: &fp_relay::tools::probe::ProbeOptions) -> ExitCode {
 }
 
 fn check_config(args: CheckConfigArgs) -> ExitCode {
+    if args.reference {
+        print!("{}", fp_relay::config::reference::markdown());
+        return ExitCode::SUCCESS;
+    }
     let load = |insecure_no_auth| {
         let overrides = Overrides {
             insecure_no_auth,

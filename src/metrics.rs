@@ -128,7 +128,7 @@ metrics! {
     /// Spooled events replayed to Kafka.
     spool_replayed: IntCounter = "fp_relay_spool_replayed_total" [],
     /// Spooled records that neither their topic nor the dead-letter topic would take, kept in
-    /// quarantined in the spool instead (see the README's "Spool").
+    /// quarantined in the spool instead (see docs/durability.md).
     spool_quarantined: IntCounter = "fp_relay_spool_quarantined_total" [],
     /// Spool records found torn or corrupt; never replayed.
     spool_corrupt_records: IntCounter = "fp_relay_spool_corrupt_records_total" [],

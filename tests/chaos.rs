@@ -9,7 +9,7 @@
 //! their times and lengths) comes from its seed alone; the processes' own timing does not, so a
 //! replay runs the same plan, not the same interleaving.
 //!
-//! What the checker enforces, rule by rule (README "Durability"):
+//! What the checker enforces, rule by rule (docs/durability.md):
 //! - **lost**: an event answered 2xx (`published`, `spooled`, `dead_lettered`, `duplicate`,
 //!   `fulfilment_requested`) is in Kafka once faults heal and every spool is drained ("a 2xx
 //!   means the event is durably in Kafka or in the durable spool"). Seen by a tap that reads
@@ -17,7 +17,7 @@
 //!   never hidden: the broker (memory storage) killed and restarted empty within 2 s of the
 //!   answer, before the tap could read the record: the broker forgot it.
 //! - **duplicates beyond the guarantee**: an event on its topic more than once in the final
-//!   read is allowed only where the README says one can happen: it was sent more than once (a
+//!   read is allowed only where docs/durability.md says one can happen: it was sent more than once (a
 //!   retry: the consistency window, a restarted replica, a failed mark), or a relay that held it
 //!   was killed or stopped, or the broker restarted, after it was sent (a write in flight at a
 //!   crash, the idempotent producer's id forgotten). Anything else counts.
@@ -413,7 +413,7 @@ struct World {
     crashes: Mutex<Vec<Instant>>,
     broker_restarts: Mutex<Vec<Instant>>,
     /// When a relay's spool files were made unreadable, by relay: an event it had spooled may
-    /// then reach Kafka after later ones (README: in order "unless a read failed on the way").
+    /// then reach Kafka after later ones (docs/durability.md: in order "unless a read failed on the way").
     unreadable: Mutex<Vec<(usize, Instant)>>,
     /// Before each broker kill: when the read of what it held began, and when it was killed.
     snapshots: Mutex<Vec<(Instant, Instant)>>,
@@ -1088,7 +1088,7 @@ async fn schedule(seed: u64, duration: Duration) -> (Figures, String) {
                     let (_, _) = process.terminate().await;
                     // From 1 MB: SQLite must grow its WAL's shared-memory file (32 KiB per 4,096
                     // WAL frames) to open a database a killed relay left; a limit below that
-                    // makes the relay refuse to start naming the disk (README), which is the
+                    // makes the relay refuse to start naming the disk (docs/durability.md), which is the
                     // disk's fault at start, not the disk filling while it serves.
                     let size = format!("--fsize={}", 1_000_000 + rng.below(2_000_000));
                     world.start_relay(relay, &["prlimit", &size]).await;
@@ -1450,7 +1450,7 @@ fn check(
             .collect();
         for pair in placed.windows(2) {
             let ((a, (pa, oa)), (b, (pb, ob))) = (pair[0], pair[1]);
-            // A spooled event behind a read that failed may come later, as the README says.
+            // A spooled event behind a read that failed may come later, as docs/durability.md says.
             let excused = acked.iter().find(|x| x.event == a).is_some_and(|first| {
                 first.body["status"] == "spooled"
                     && unreadable

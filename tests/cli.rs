@@ -753,7 +753,7 @@ async fn respond_skips_requests_past_their_deadline() {
     ids.sort();
     assert_eq!(ids, ["open", "timely"], "{answered:?}");
     assert!(
-        stderr.contains("skipped late: past its fp-deadline"),
+        stderr.contains("old request late: left alone, its fp-deadline passed"),
         "{stderr}"
     );
 }

@@ -77,7 +77,7 @@ enum Shape {
     HeaderTyped,
 }
 
-/// What the relay must answer, by the documented rules (README "Authentication", "Scopes"),
+/// What the relay must answer, by the documented rules (docs/security.md, "Authentication" and "Credential scopes"),
 /// written here independently of the relay's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expected {

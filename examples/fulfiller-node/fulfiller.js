@@ -129,7 +129,8 @@ async function handle(message, producer, answered) {
   const request = rewardRequest(version, event, correlationId, headers);
   if (version === "v1" && request.deadline !== null && request.deadline <= 0) {
     // The relay has answered FirstPromoter "pending"; it asks again at its next check.
-    log("request past its deadline; not acted on", { correlationId, traceId });
+    // Not an error: requests published before the fulfiller started (the tour's `send --all`).
+    log("old request: the relay already answered it (past its deadline); not acted on", { correlationId, traceId });
     return;
   }
   let outcome;

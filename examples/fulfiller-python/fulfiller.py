@@ -133,7 +133,9 @@ def handle(message, producer, answered):
     request = reward_request(version, event, correlation_id, headers)
     if version == "v1" and request["deadline"] is not None and request["deadline"] <= 0:
         # The relay has answered FirstPromoter "pending"; it asks again at its next check.
-        log("request past its deadline; not acted on", correlation_id=correlation_id, trace_id=trace_id)
+        # Not an error: requests published before the fulfiller started (the tour's `send --all`).
+        log("old request: the relay already answered it (past its deadline); not acted on",
+            correlation_id=correlation_id, trace_id=trace_id)
         return
     try:
         outcome, reason = decide(request)

@@ -21,6 +21,7 @@ use crate::webhook::envelope::WebhookVersion;
 use crate::webhook::routing::TOPIC_PLACEHOLDER;
 
 pub mod env;
+pub mod reference;
 mod validate;
 
 use env::apply_env;
@@ -259,14 +260,16 @@ impl Default for RedactConfig {
 pub struct SpoolConfig {
     /// Spool standard events Kafka cannot take within `handoff_after`, and answer 202.
     pub enabled: bool,
-    /// Directory of the journal; must survive restarts (a volume, not tmpfs).
+    /// Directory of the spool's SQLite database (`spool.db`); must survive restarts (a
+    /// persistent volume, not tmpfs). One process owns it at a time.
     pub dir: std::path::PathBuf,
     /// How long a request waits for Kafka before its event is spooled. Below `kafka.ack_timeout`.
     #[serde(with = "humantime_serde")]
     pub handoff_after: Duration,
-    /// Most bytes of spooled events not yet in Kafka (plus quarantine.log); when reached, the
-    /// relay answers 503 again. The segment files may exceed it by up to two segments (an
-    /// eighth of it each, at most 16 MiB) while done records wait for their segment to go.
+    /// Most bytes of spooled events not yet in Kafka plus quarantined ones; when reached, the
+    /// relay answers 503 again. Also checked against free disk space (16 MiB always left
+    /// free). `/readyz` says not ready once a record of `http.max_body_bytes` would not fit, so
+    /// it must hold at least one.
     pub max_bytes: u64,
     /// How long librdkafka keeps retrying a write that was handed off (its outcome decides
     /// whether the spooled copy is replayed). Every later spooled event waits behind a write
@@ -312,8 +315,8 @@ pub struct DedupConfig {
     pub max_entries: usize,
     /// A Kafka topic that shares what was published with every replica and across restarts:
     /// each acknowledged event's 24-byte key (id and content digest) is written there, and every replica reads every
-    /// key of the last `window` (README "Duplicate suppression"). Empty: per process. Give it
-    /// a retention of at least `window` (the relay does when it creates it).
+    /// key of the last `window` (docs/durability.md). Empty: per process. Give it a
+    /// retention of at least `window` (the relay does when it creates it).
     pub topic: String,
     /// Create `topic` when it is missing (4 partitions, `retention.ms` of `window` and a day),
     /// and say so in the log. Off: the relay waits for it (or for the first mark to

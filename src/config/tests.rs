@@ -330,7 +330,7 @@ fn v2_fulfilment_needs_a_key_and_an_account_and_masks_the_key() {
     .unwrap_err()
     .to_string();
     assert!(err.starts_with("firstpromoter.account_id"), "{err}");
-    // The README's three lines, all from the environment.
+    // docs/firstpromoter.md's three lines, all from the environment.
     let config = load_str(
         "",
         &[

@@ -9,7 +9,7 @@
 //! the largest record is not refused for room. At the end, with the faults gone, a restart, a
 //! full replay and a requeue deliver every acknowledged record, the first delivery of each in
 //! the order it was acknowledged unless a read failed on the way (a file that cannot be read
-//! is set aside and what comes after it goes first: the order guarantee the README states).
+//! is set aside and what comes after it goes first: the order guarantee docs/durability.md states).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;

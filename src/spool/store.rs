@@ -11,7 +11,7 @@
 //! imported(name TEXT PRIMARY KEY)  -- files imported whose removal may not have finished
 //! ```
 //!
-//! Operators can read it with `sqlite3` (see the README); `headers` is a JSON array of
+//! Operators can read it with `sqlite3` (see docs/durability.md); `headers` is a JSON array of
 //! `[name, value]` pairs. Every call asks the [`Faults`] seam first, so tests can fail each
 //! step (open, read, write, commit) with the errors a disk gives.
 

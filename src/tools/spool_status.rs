@@ -1,6 +1,6 @@
 //! `fp-relay spool status`: what a spool directory holds, read beside a running relay (a
 //! read-only connection; SQLite's WAL lets it read while the relay writes). It runs the queries
-//! the README gives for `sqlite3 spool.db`, so the two always agree.
+//! docs/durability.md gives for `sqlite3 spool.db`, so the two always agree.
 
 use std::io::Write;
 use std::path::Path;

@@ -74,7 +74,7 @@ impl Tansu {
 
     /// Starts a broker with `--authentication`: every client must authenticate with SASL.
     /// tansu 0.6.0 keeps no users in memory storage that a client could authenticate as (see
-    /// the README's "Testing against an authenticating Kafka"), so this broker is for the
+    /// docs/kafka.md, "How these recipes are tested"), so this broker is for the
     /// refusals; `secure::SecureKafka` is for the accepted logins. Ready once it accepts TCP.
     pub fn start_authenticating() -> Self {
         let port = free_port();

@@ -3,7 +3,7 @@
 //! unsecured JWTs) and TLS, optionally requiring a client certificate, and then pipes bytes to
 //! tansu. tansu advertises the proxy's address, so every connection a client makes goes through
 //! it. A stand-in for the broker's side of authentication (the tansu 0.6.0 the tests run cannot
-//! authenticate a client by itself; README, "Testing against an authenticating Kafka").
+//! authenticate a client by itself; docs/kafka.md, "How these recipes are tested").
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
