@@ -30,8 +30,14 @@ fn env_pairs(topic: &str) -> Vec<(&'static str, String)> {
 }
 
 async fn start(broker: &Tansu, topic: &str) -> RelayProcess {
+    start_with(broker, topic, &[]).await
+}
+
+/// [`start`] with more settings.
+async fn start_with(broker: &Tansu, topic: &str, extra: &[(&str, &str)]) -> RelayProcess {
     let env = env_pairs(topic);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend_from_slice(extra);
     RelayProcess::start_with(broker, &env).await
 }
 
@@ -64,7 +70,10 @@ async fn a_retry_on_another_replica_or_after_a_restart_is_one_record() {
     let a = start(&broker, DEDUP_TOPIC).await;
     let b = start(&broker, DEDUP_TOPIC).await;
     let readyz = get(b.admin, "/readyz").await.json();
-    assert_eq!(readyz["checks"]["dedup_shared"], "ok", "{readyz}");
+    assert_eq!(
+        readyz["checks"]["dedup_shared"], "ok (partitions 0-2 followed)",
+        "{readyz}"
+    );
     assert_eq!(metric(b.admin, "fp_relay_dedup_shared_ready").await, 1.0);
 
     let mut windows = Vec::new();
@@ -109,9 +118,11 @@ async fn a_retry_on_another_replica_or_after_a_restart_is_one_record() {
     let (_, lines) = b.terminate().await;
     let loaded = lines
         .iter()
-        .find(|line| line["message"] == "dedup window loaded; following every replica's marks")
+        .find(|line| {
+            line["message"] == "loaded the dedup marks of the window; following every replica's"
+        })
         .expect("the load is logged");
-    assert!(loaded["marks"].as_u64().unwrap() >= 5, "{loaded}");
+    assert!(loaded["items"].as_u64().unwrap() >= 5, "{loaded}");
 
     for n in 0..5 {
         assert_eq!(copies(&broker, &format!("evt-{n}")).await, 1, "evt-{n}");
@@ -126,8 +137,10 @@ async fn a_retry_on_another_replica_or_after_a_restart_is_one_record() {
 async fn an_unavailable_dedup_topic_degrades_to_per_process_and_says_so() {
     let broker = Tansu::start();
     let unusable = "not a topic!";
-    let a = start(&broker, unusable).await;
-    let b = start(&broker, unusable).await;
+    // tansu creates a topic under any name; Kafka refuses this one, created or written to.
+    let no_create = [("FP_RELAY_DEDUP_CREATE_TOPIC", "false")];
+    let a = start_with(&broker, unusable, &no_create).await;
+    let b = start_with(&broker, unusable, &no_create).await;
     let readyz = get(a.admin, "/readyz").await;
     assert_eq!(readyz.status, StatusCode::OK, "{}", readyz.text());
     let detail = readyz.json()["checks"]["dedup_shared"].to_string();
@@ -399,8 +412,10 @@ async fn a_replica_starting_under_steady_traffic_loads_without_waiting_for_silen
     );
     assert!(ready < Duration::from_secs(20));
     let readyz = get(b.admin, "/readyz").await.json();
-    assert_eq!(
-        readyz["checks"]["dedup_shared"], "ok",
+    assert!(
+        readyz["checks"]["dedup_shared"]
+            .as_str()
+            .is_some_and(|detail| detail.starts_with("ok (partition")),
         "loaded, not timed out: {readyz}"
     );
     assert_eq!(post(&b, event("steady-1")).await, "duplicate");
@@ -410,4 +425,176 @@ async fn a_replica_starting_under_steady_traffic_loads_without_waiting_for_silen
         .unwrap()
         .terminate()
         .await;
+}
+
+/// Marks on the dedup topic: every key of every mark record.
+async fn marks_on(broker: &Tansu, topic: &str) -> Vec<fp_relay::dedup::Key> {
+    consume_all(&broker.bootstrap(), topic, Duration::from_secs(2))
+        .await
+        .iter()
+        .flat_map(|m| fp_relay::dedup::shared::parse_marks(&m.value).unwrap_or_default())
+        .collect()
+}
+
+/// The relay creates a missing dedup topic (with a retention of at least the window), says so,
+/// and follows every partition of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_dedup_topic_is_created_and_every_partition_followed() {
+    let broker = Tansu::start();
+    let a = start(&broker, DEDUP_TOPIC).await;
+    let readyz = get(a.admin, "/readyz").await.json();
+    assert_eq!(
+        readyz["checks"]["dedup_shared"], "ok (partitions 0-3 followed)",
+        "{readyz}"
+    );
+    assert_eq!(post(&a, event("made-1")).await, "published");
+    assert_eq!(post(&a, event("made-1")).await, "duplicate");
+    let (_, lines) = a.terminate().await;
+    let created = lines
+        .iter()
+        .find(|line| line["message"] == "created a topic of the relay's own (it was missing)")
+        .expect("the creation is logged");
+    assert_eq!(created["topic"], DEDUP_TOPIC, "{created}");
+    assert!(
+        created["settings"].as_str().unwrap_or_default().contains("retention.ms"),
+        "{created}"
+    );
+}
+
+/// Replicas started before the dedup topic exists, not allowed to create it: the first mark
+/// auto-creates it, and the other replica follows it within a second or so, so FirstPromoter's
+/// retry 2 s later on that replica is a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dedup_topic_that_appears_after_start_is_followed_within_seconds() {
+    let broker = Tansu::start();
+    let no_create = [("FP_RELAY_DEDUP_CREATE_TOPIC", "false")];
+    let a = start_with(&broker, DEDUP_TOPIC, &no_create).await;
+    let b = start_with(&broker, DEDUP_TOPIC, &no_create).await;
+    let detail = get(b.admin, "/readyz").await.json()["checks"]["dedup_shared"].to_string();
+    assert!(detail.contains("unavailable"), "no topic yet: {detail}");
+    for n in 0..5 {
+        assert_eq!(post(&a, event(&format!("late-{n}"))).await, "published");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for n in 0..5 {
+        assert_eq!(
+            post(&b, event(&format!("late-{n}"))).await,
+            "duplicate",
+            "late-{n} retried on the other replica 2 s later"
+        );
+    }
+    let detail = get(b.admin, "/readyz").await.json()["checks"]["dedup_shared"].to_string();
+    assert!(detail.contains("ok (partition"), "{detail}");
+    for n in 0..5 {
+        assert_eq!(copies(&broker, &format!("late-{n}")).await, 1, "late-{n}");
+    }
+    a.terminate().await;
+    b.terminate().await;
+}
+
+/// Every mark of an event acknowledged before SIGTERM is on the dedup topic after the exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn marks_pending_at_sigterm_are_on_the_topic_after_exit() {
+    let broker = Tansu::start();
+    create_topic(&broker.bootstrap(), DEDUP_TOPIC, 2).await;
+    let a = start(&broker, DEDUP_TOPIC).await;
+    let addr = a.addr;
+    let posts: Vec<_> = (0..200)
+        .map(|n| {
+            tokio::spawn(async move {
+                let reply = send(
+                    addr,
+                    "POST",
+                    "/webhooks/firstpromoter",
+                    &[],
+                    event(&format!("stop-{n}")),
+                )
+                .await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            })
+        })
+        .collect();
+    for post in posts {
+        post.await.unwrap();
+    }
+    let (status, _) = a.terminate().await;
+    assert!(status.success(), "{status}");
+    let marks = marks_on(&broker, DEDUP_TOPIC).await;
+    let ids: std::collections::HashSet<_> = marks.iter().map(|key| key.id).collect();
+    for n in 0..200 {
+        let id = fp_relay::dedup::id_key(&fp_relay::dedup::id_of("v2", &format!("stop-{n}")));
+        assert!(ids.contains(&id), "the mark of stop-{n} is missing ({} marks)", ids.len());
+    }
+}
+
+/// Partitions added to a followed topic later are followed within seconds, from their
+/// beginning. tansu cannot add partitions, so the follower sees the topic through a view that
+/// shows one partition first and all four later: the metadata source the test controls.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_added_later_are_followed_from_their_beginning() {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
+
+    struct Collect(Mutex<Vec<String>>);
+    impl fp_relay::kafka::follow::Sink for Collect {
+        fn read(&self, _key: Option<&[u8]>, value: Option<&[u8]>, _at: SystemTime) -> u64 {
+            let value = String::from_utf8_lossy(value.unwrap_or_default()).into_owned();
+            self.0.lock().unwrap().push(value);
+            1
+        }
+    }
+
+    let broker = Tansu::start();
+    let topic = "fp.grows";
+    create_topic(&broker.bootstrap(), topic, 4).await;
+    for partition in 0..4 {
+        let value = format!("p{partition}");
+        common::produce(&broker.bootstrap(), topic, Some(partition), None, &[], &value).await;
+    }
+    let shown = Arc::new(AtomicI32::new(1));
+    let mut follow = fp_relay::kafka::follow::Follow::new(
+        topic,
+        Duration::from_secs(3600),
+        "test-follower",
+        "test records",
+    );
+    follow.view = {
+        let shown = shown.clone();
+        Arc::new(move |count| count.min(shown.load(Ordering::Acquire)))
+    };
+    let follow = Arc::new(follow);
+    let state = follow.state.clone();
+    let sink = Arc::new(Collect(Mutex::default()));
+    let mut config = common::test_config(&broker.bootstrap());
+    config.kafka.brokers = broker.bootstrap();
+    let (_keep, settings) = tokio::sync::watch::channel(Arc::new(config.kafka.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(follow.clone().run(
+        sink.clone(),
+        settings,
+        Arc::default(),
+        Arc::new(fp_relay::metrics::Metrics::new()),
+        Duration::from_secs(10),
+        stop.clone(),
+    ));
+    assert!(
+        common::eventually(Duration::from_secs(10), async || state.loaded()).await,
+        "loaded"
+    );
+    assert_eq!(state.partitions(), 1);
+    assert_eq!(*sink.0.lock().unwrap(), vec!["p0".to_owned()]);
+    assert_eq!(state.detail("-"), "ok (partition 0 followed)");
+
+    shown.store(4, Ordering::Release);
+    let grown = common::eventually(Duration::from_secs(8), async || {
+        sink.0.lock().unwrap().len() == 4
+    })
+    .await;
+    let mut seen = sink.0.lock().unwrap().clone();
+    seen.sort();
+    assert!(grown, "within seconds: {seen:?}");
+    assert_eq!(seen, ["p0", "p1", "p2", "p3"]);
+    assert_eq!(state.detail("-"), "ok (partitions 0-3 followed)");
+    stop.cancel();
 }
