@@ -456,7 +456,10 @@ async fn a_missing_dedup_topic_is_created_and_every_partition_followed() {
         .expect("the creation is logged");
     assert_eq!(created["topic"], DEDUP_TOPIC, "{created}");
     assert!(
-        created["settings"].as_str().unwrap_or_default().contains("retention.ms"),
+        created["settings"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("retention.ms"),
         "{created}"
     );
 }
@@ -523,7 +526,11 @@ async fn marks_pending_at_sigterm_are_on_the_topic_after_exit() {
     let ids: std::collections::HashSet<_> = marks.iter().map(|key| key.id).collect();
     for n in 0..200 {
         let id = fp_relay::dedup::id_key(&fp_relay::dedup::id_of("v2", &format!("stop-{n}")));
-        assert!(ids.contains(&id), "the mark of stop-{n} is missing ({} marks)", ids.len());
+        assert!(
+            ids.contains(&id),
+            "the mark of stop-{n} is missing ({} marks)",
+            ids.len()
+        );
     }
 }
 
@@ -550,7 +557,15 @@ async fn partitions_added_later_are_followed_from_their_beginning() {
     create_topic(&broker.bootstrap(), topic, 4).await;
     for partition in 0..4 {
         let value = format!("p{partition}");
-        common::produce(&broker.bootstrap(), topic, Some(partition), None, &[], &value).await;
+        common::produce(
+            &broker.bootstrap(),
+            topic,
+            Some(partition),
+            None,
+            &[],
+            &value,
+        )
+        .await;
     }
     let shown = Arc::new(AtomicI32::new(1));
     let mut follow = fp_relay::kafka::follow::Follow::new(

@@ -31,6 +31,15 @@ async fn requests(broker: &Tansu, n: usize) -> Vec<Consumed> {
     found
 }
 
+/// The sample `fulfilment_pending` about reward (`data.id`) `reward` instead of 771204: checks
+/// of one reward share one request, so tests that need several requests ask about several.
+fn pending(reward: u64) -> bytes::Bytes {
+    let body = String::from_utf8(sample("v1/fulfilment_pending.json").to_vec()).unwrap();
+    let body = body.replacen(r#""id": 771204"#, &format!(r#""id": {reward}"#), 1);
+    assert!(body.contains(&format!(r#""id": {reward}"#)));
+    body.into()
+}
+
 async fn reply(broker: &Tansu, correlation_id: &str, value: &str) {
     produce(
         &broker.bootstrap(),
@@ -64,13 +73,19 @@ async fn each_outcome_becomes_the_status_firstpromoter_acts_on() {
     ];
     for (n, (value, status, outcome)) in cases.into_iter().enumerate() {
         let started = tokio::time::Instant::now();
-        let post = relay.post_in_background(sample("v1/fulfilment_pending.json"));
-        let request = requests(&broker, n + 1).await.pop().unwrap();
+        let reward = 771_204 + n as u64;
+        let post = relay.post_in_background(pending(reward));
+        // Keyed by reward, the requests spread over partitions: this one is found by its key.
+        let request = requests(&broker, n + 1)
+            .await
+            .into_iter()
+            .find(|m| m.key == Some(reward.to_string()))
+            .expect("the request about this reward");
         assert!(
-            request.value == sample("v1/fulfilment_pending.json"),
+            request.value == pending(reward),
             "the value is the posted body"
         );
-        assert_eq!(request.key.as_deref(), Some("771204"));
+        assert_eq!(request.key, Some(reward.to_string()));
         assert_eq!(request.header("fp-event-type"), Some("fulfilment_pending"));
         assert_eq!(request.header("fp-reply-topic"), Some(REPLIES));
         let deadline =
@@ -332,7 +347,7 @@ async fn beyond_max_in_flight_requests_are_published_and_answered_pending_at_onc
     let mut config = config(&broker, Duration::from_secs(10));
     config.fulfilment.max_in_flight = 1;
     let relay = TestRelay::start_ready(config).await;
-    let held = relay.post_in_background(sample("v1/fulfilment_pending.json"));
+    let held = relay.post_in_background(pending(1));
     assert!(
         eventually(WAIT, async || relay
             .metric("fp_relay_fulfilment_in_flight")
@@ -341,7 +356,7 @@ async fn beyond_max_in_flight_requests_are_published_and_answered_pending_at_onc
         .await
     );
     let started = Instant::now();
-    let overflow = relay.post(sample("v1/fulfilment_pending.json")).await;
+    let overflow = relay.post(pending(2)).await;
     assert_eq!(overflow.status, StatusCode::ACCEPTED);
     assert_eq!(overflow.json()["status"], "overflow");
     assert!(started.elapsed() < Duration::from_secs(5), "not held");
@@ -369,7 +384,7 @@ async fn shutdown_answers_every_held_request_with_the_pending_status() {
     let broker = Tansu::start();
     let relay = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
     let posts: Vec<_> = (0..3)
-        .map(|_| relay.post_in_background(sample("v1/fulfilment_pending.json")))
+        .map(|n| relay.post_in_background(pending(n)))
         .collect();
     assert!(
         eventually(WAIT, async || relay
