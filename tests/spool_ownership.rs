@@ -25,7 +25,18 @@ fn fp_relay() -> Command {
 /// `fp-relay spool drain` of `dir` against `broker`, with `--timeout`; its output and how long
 /// it took.
 async fn drain(broker: &Tansu, dir: &std::path::Path, timeout: &str) -> (Output, Duration) {
+    drain_with(broker, dir, timeout, &[]).await
+}
+
+/// [`drain`] with environment settings.
+async fn drain_with(
+    broker: &Tansu,
+    dir: &std::path::Path,
+    timeout: &str,
+    env: &[(&str, &str)],
+) -> (Output, Duration) {
     let mut command = fp_relay();
+    command.envs(env.iter().copied());
     command.args(["spool", "drain", "--dir"]).arg(dir).args([
         "--brokers",
         &broker.bootstrap(),
@@ -148,6 +159,31 @@ async fn spool_drain_keeps_its_deadline_against_a_frozen_broker() {
     assert!(stderr.contains("still spooled"), "{stderr}");
     broker.thaw();
     drain_all(&broker, &dir, 1..=20).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// With `dedup.topic` set, `--timeout` covers loading the dedup window and the exit too
+/// (against a frozen broker, `--timeout 2s` took 12.1 s: the load ran before the deadline
+/// started and the exit waited for a metadata call).
+#[tokio::test(flavor = "multi_thread")]
+async fn spool_drain_with_a_dedup_topic_keeps_its_deadline_against_a_frozen_broker() {
+    let broker = Tansu::start();
+    let dir = spool_dir();
+    let relay = RelayProcess::start_with(&broker, &spooling_env(&dir.display().to_string())).await;
+    broker.freeze();
+    spool_all(&relay, 1..=5).await;
+    relay.kill();
+    let dedup = [
+        ("FP_RELAY_DEDUP_ENABLED", "true"),
+        ("FP_RELAY_DEDUP_TOPIC", "fp.dedup"),
+    ];
+    let (timed_out, took) = drain_with(&broker, &dir, "2s", &dedup).await;
+    let stderr = String::from_utf8_lossy(&timed_out.stderr);
+    eprintln!("spool drain --timeout 2s with dedup.topic, frozen broker: {took:?}");
+    assert_eq!(timed_out.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(5), "exited after {took:?}: {stderr}");
+    broker.thaw();
+    drain_all(&broker, &dir, 1..=5).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
