@@ -325,13 +325,11 @@ impl Server {
             if tokio::time::timeout(replay_settled, replay).await.is_err() {
                 tracing::warn!("the spool's replay did not settle its last batch in time; it may be replayed again after a restart");
             }
-            // The replay marks what it delivered last; those marks go out too.
-            if flushed
-                && relay
-                    .marks_written(std::time::Instant::now() + replay_settled)
-                    .await
-            {
-                let _ = tokio::task::spawn_blocking(move || publisher.flush(replay_settled)).await;
+            // The replay marks what it delivered last; those marks go out too (briefly: the
+            // grace period is nearly spent).
+            let last = replay_settled.min(Duration::from_secs(2));
+            if flushed && relay.marks_written(std::time::Instant::now() + last).await {
+                let _ = tokio::task::spawn_blocking(move || publisher.flush(last)).await;
             }
         }
         let _ = admin_task.await;

@@ -18,9 +18,10 @@ use crate::config::Config;
 use crate::dedup::{Claim, Dedup, DedupGuard, Key};
 use crate::error::RelayError;
 use crate::fulfilment;
+use crate::fulfilment::correlator::Asked;
 use crate::fulfilment::correlator::{Correlator, Outcome, Verdict};
 use crate::fulfilment::exchange::{self, status, FulfilmentAnswer};
-use crate::fulfilment::verdicts::Known;
+use crate::fulfilment::verdicts::{Known, Waited};
 pub use crate::health::Health;
 use crate::http::body::{BodyBudget, BodyPermit};
 use crate::kafka::publisher::{refusal_reason, Delivered, Handoff, PublishError, Publisher};
@@ -670,9 +671,9 @@ impl Relay {
                     return Ok(self.answer(StatusCode::OK, "remembered", None, reply.reason));
                 }
                 Some(Known::Asking { .. }) if !correlator.releasing() => {
-                    drop(record);
-                    drop(budget);
-                    return Ok(self.join(correlator, verdicts, reward, arrived).await);
+                    if let Some(answer) = self.join(correlator, verdicts, reward, arrived).await {
+                        return Ok(answer);
+                    }
                 }
                 _ => {}
             }
@@ -689,7 +690,11 @@ impl Relay {
                 Some("the reply path is not ready; not published".to_owned()),
             ));
         }
-        let Some(mut hold) = correlator.hold(reward.as_deref().map(Arc::from)) else {
+        let asked = reward.as_deref().map(|reward| Asked {
+            reward: Arc::from(reward),
+            at: fulfilment::verdicts::Verdicts::now(),
+        });
+        let Some(mut hold) = correlator.hold(asked.clone()) else {
             // Beyond max_in_flight: still publish (a fulfiller may act on it), but do not hold.
             Box::pin(self.publish_fulfilment(&record, arrived)).await?;
             tracing::warn!(event_id = ?event.event_id, "fulfilment in-flight cap reached; answered pending at once");
@@ -704,17 +709,15 @@ impl Relay {
         record.add_fulfilment_request(&correlation_id, &settings.reply_topic, rfc3339(deadline_at));
         // Later checks of this reward (here at once, on other replicas once Kafka has the
         // request) wait for this request's verdict instead of asking again.
-        let asking = match (&self.services.verdicts, &reward) {
-            (Some(verdicts), Some(reward)) => {
-                Some((verdicts, reward, verdicts.asking(reward, deadline_at)))
-            }
-            _ => None,
-        };
+        let asking = self.services.verdicts.as_ref().zip(asked);
+        if let Some((verdicts, asked)) = &asking {
+            verdicts.asking(&asked.reward, asked.at, deadline_at);
+        }
         let published = Box::pin(self.publish_fulfilment(&record, arrived)).await;
-        if let Some((verdicts, reward, at)) = asking {
+        if let Some((verdicts, asked)) = &asking {
             match &published {
-                Ok(_) => verdicts.asked(reward, at, deadline_at),
-                Err(_) => verdicts.not_asked(reward, at),
+                Ok(_) => verdicts.asked(&asked.reward, asked.at, deadline_at),
+                Err(_) => verdicts.not_asked(&asked.reward, asked.at),
             }
         }
         published?;
@@ -743,18 +746,23 @@ impl Relay {
     }
 
     /// Another check of `reward` is being answered (here or on another replica): waits, within
-    /// this request's own deadline, for that request's verdict instead of asking again.
+    /// this request's own deadline, for that request's verdict instead of asking again. `None`
+    /// when that request could not be published after all: this check asks itself.
     async fn join(
         &self,
         correlator: &Correlator,
         verdicts: &fulfilment::verdicts::Verdicts,
         reward: &str,
         arrived: Instant,
-    ) -> Accepted {
+    ) -> Option<Accepted> {
         let settings = &self.config.fulfilment;
         let deadline = arrived + settings.timeout;
         let verdict = tokio::select! {
-            reply = verdicts.wait(reward, deadline) => reply.map_or(Verdict::TimedOut, Verdict::Answered),
+            waited = verdicts.wait(reward, deadline) => match waited {
+                Waited::Verdict(reply) => Verdict::Answered(reply),
+                Waited::TimedOut => Verdict::TimedOut,
+                Waited::NobodyAsking => return None,
+            },
             () = correlator.released() => Verdict::Released,
         };
         let (code, outcome, reason) = exchange::decide(verdict, settings);
@@ -769,7 +777,7 @@ impl Relay {
             status = code.as_u16(),
             "fulfilment check answered by the verdict of a request already asking about its reward"
         );
-        self.answer(code, outcome, None, reason)
+        Some(self.answer(code, outcome, None, reason))
     }
 
     /// Publishes a fulfilment request; failure is 503, which FirstPromoter retries.

@@ -24,7 +24,8 @@
 //! - **order**: a v1 lane posts one event at a time to one relay under one key; events it had
 //!   acknowledged appear on their partition in the order they were acknowledged.
 //! - **false verdicts**: a `fulfilment_pending` answered 200 whose correlation id the fulfiller
-//!   never answered `fulfilled`; a `mark_fulfilled` call for a commission the fulfiller never
+//!   never answered `fulfilled` (or, answered from the relays' memory of verdicts, about a
+//!   reward no request of which was answered `fulfilled`); a `mark_fulfilled` call for a commission the fulfiller never
 //!   answered `fulfilled`.
 //! - **problems**: a relay that exited without being told to, a request unanswered long past
 //!   its deadline, a second relay on an owned spool that was not refused.
@@ -229,6 +230,9 @@ impl Timeline {
 struct Verdicts {
     fulfilled_correlations: HashSet<String>,
     fulfilled_commissions: HashSet<u64>,
+    /// v1 rewards (`data.id`, the request's key) some request about which was answered
+    /// `fulfilled`: a later check may be answered 200 without a request of its own.
+    fulfilled_rewards: HashSet<String>,
 }
 
 /// The figures of one schedule (or all of them).
@@ -725,6 +729,10 @@ fn fulfiller(world: Arc<World>) {
             verdicts.fulfilled_correlations.insert(correlation.clone());
             if let Some(commission) = commission {
                 verdicts.fulfilled_commissions.insert(commission);
+            } else {
+                verdicts
+                    .fulfilled_rewards
+                    .insert(String::from_utf8_lossy(&key).into_owned());
             }
         }
         late.push((
@@ -1470,8 +1478,17 @@ fn check(
         .iter()
         .filter(|a| a.kind == Kind::Fulfil && a.status == Some(200))
     {
-        let correlation = attempt.body["correlation_id"].as_str().unwrap_or_default();
-        if !verdicts.fulfilled_correlations.contains(correlation) {
+        // Answered from a request of its own: that request was answered fulfilled. Answered
+        // from memory (`remembered`, or `joined` to another check's request): some request
+        // about the reward was.
+        let correct = match attempt.body["correlation_id"].as_str() {
+            Some(correlation) => verdicts.fulfilled_correlations.contains(correlation),
+            None => attempt
+                .event
+                .strip_prefix("reward-")
+                .is_some_and(|reward| verdicts.fulfilled_rewards.contains(reward)),
+        };
+        if !correct {
             figures.false_verdicts += 1;
             report.push_str(&format!(
                 "FALSE VERDICT {}: 200 {}\n",

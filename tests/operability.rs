@@ -67,9 +67,10 @@ async fn metrics_count_exactly_the_traffic_sent() {
         ),
         (r#"fp_relay_rejected_total{reason="bad_json"}"#, 1.0),
         ("fp_relay_dead_lettered_total", 1.0),
-        // 3 events + 1 dead letter + 1 fulfilment request + 1 unknown-type event.
-        (r#"fp_relay_kafka_produce_total{result="ok"}"#, 6.0),
-        ("fp_relay_kafka_produce_duration_seconds_count", 6.0),
+        // 3 events + 1 dead letter + 1 fulfilment request + 1 unknown-type event + the
+        // verdict topic's record that the request is asking about its reward.
+        (r#"fp_relay_kafka_produce_total{result="ok"}"#, 7.0),
+        ("fp_relay_kafka_produce_duration_seconds_count", 7.0),
         (
             r#"fp_relay_fulfilment_outcomes_total{outcome="timeout"}"#,
             1.0,
@@ -300,7 +301,7 @@ async fn a_real_prometheus_scrapes_the_series_with_the_right_values() {
             r#"fp_relay_fulfilment_outcomes_total{outcome="timeout"}"#,
             1.0,
         ),
-        (r#"fp_relay_kafka_produce_total{result="ok"}"#, 6.0),
+        (r#"fp_relay_kafka_produce_total{result="ok"}"#, 7.0),
         ("fp_relay_ready", 1.0),
         (r#"up{job="fp-relay"}"#, 1.0),
     ];

@@ -181,7 +181,10 @@ async fn spool_drain_with_a_dedup_topic_keeps_its_deadline_against_a_frozen_brok
     let stderr = String::from_utf8_lossy(&timed_out.stderr);
     eprintln!("spool drain --timeout 2s with dedup.topic, frozen broker: {took:?}");
     assert_eq!(timed_out.status.code(), Some(1), "{stderr}");
-    assert!(took < Duration::from_secs(5), "exited after {took:?}: {stderr}");
+    assert!(
+        took < Duration::from_secs(5),
+        "exited after {took:?}: {stderr}"
+    );
     broker.thaw();
     drain_all(&broker, &dir, 1..=5).await;
     let _ = std::fs::remove_dir_all(dir);

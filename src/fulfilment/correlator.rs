@@ -82,13 +82,23 @@ impl Matched {
     }
 }
 
+/// The reward a held request asks about, and when it asked (see
+/// [`super::verdicts::Verdicts::now`]).
+#[derive(Debug, Clone)]
+pub struct Asked {
+    /// `v1:<data.id>`.
+    pub reward: Arc<str>,
+    /// When the ask started, in milliseconds since the epoch.
+    pub at: u64,
+}
+
 /// Ids released recently, so a reply for one is "late" rather than "unmatched" (and its
 /// verdict is still remembered for its reward).
 struct Released {
     /// Ids in release order, for expiry.
     order: VecDeque<(Instant, Uuid)>,
     /// The same ids, for lookup, with the reward each asked about.
-    ids: HashMap<Uuid, Option<Arc<str>>>,
+    ids: HashMap<Uuid, Option<Asked>>,
     /// How long an id is remembered.
     retention: Duration,
     /// Most ids remembered; the oldest go first.
@@ -96,7 +106,7 @@ struct Released {
 }
 
 impl Released {
-    fn remember(&mut self, id: Uuid, reward: Option<Arc<str>>, now: Instant) {
+    fn remember(&mut self, id: Uuid, reward: Option<Asked>, now: Instant) {
         self.expire(now);
         if self.order.len() >= self.capacity {
             if let Some((_, oldest)) = self.order.pop_front() {
@@ -108,7 +118,7 @@ impl Released {
     }
 
     /// `Some(reward)` when `id` was released recently.
-    fn get(&mut self, id: &Uuid, now: Instant) -> Option<Option<Arc<str>>> {
+    fn get(&mut self, id: &Uuid, now: Instant) -> Option<Option<Asked>> {
         self.expire(now);
         self.ids.get(id).cloned()
     }
@@ -127,7 +137,7 @@ impl Released {
 /// The table of held requests.
 pub struct Correlator {
     /// Held requests by correlation id, with the reward each asks about.
-    pending: Mutex<HashMap<Uuid, (oneshot::Sender<Reply>, Option<Arc<str>>)>>,
+    pending: Mutex<HashMap<Uuid, (oneshot::Sender<Reply>, Option<Asked>)>>,
     /// Recently released ids.
     released: Mutex<Released>,
     /// `fulfilment.max_in_flight`.
@@ -202,7 +212,7 @@ impl Correlator {
 
     /// Registers a new held request about `reward` (its verdict is remembered), or `None` when
     /// `max_in_flight` are already held.
-    pub fn hold(self: &Arc<Self>, reward: Option<Arc<str>>) -> Option<Hold> {
+    pub fn hold(self: &Arc<Self>, reward: Option<Asked>) -> Option<Hold> {
         let id = Uuid::new_v4();
         let (tx, rx) = oneshot::channel();
         {
@@ -229,7 +239,7 @@ impl Correlator {
         let (matched, reward) = match sender {
             // A send error means the hold is being dropped right now: its client is gone.
             Some((sender, reward)) => {
-                self.learned(reward.as_deref(), &reply);
+                self.learned(reward.as_ref(), &reply);
                 let _ = sender.send(reply);
                 return Matched::Held;
             }
@@ -243,13 +253,13 @@ impl Correlator {
                 None => (Matched::Unmatched, None),
             },
         };
-        self.learned(reward.as_deref(), &reply);
+        self.learned(reward.as_ref(), &reply);
         matched
     }
 
-    fn learned(&self, reward: Option<&str>, reply: &Reply) {
-        if let (Some(verdicts), Some(reward)) = (&self.verdicts, reward) {
-            verdicts.learned(reward, reply);
+    fn learned(&self, asked: Option<&Asked>, reply: &Reply) {
+        if let (Some(verdicts), Some(asked)) = (&self.verdicts, asked) {
+            verdicts.learned(&asked.reward, asked.at, reply);
         }
     }
 

@@ -48,6 +48,24 @@ use crate::metrics::Metrics;
 pub const WITHOUT_TOPIC: &str =
     "verdicts are remembered per process only (not required for readiness)";
 
+/// Longest a verdict's reason is kept (as the answer to FirstPromoter says it).
+const MAX_REASON_CHARS: usize = 200;
+/// Longest reward key read from the topic.
+const MAX_KEY_BYTES: usize = 140;
+/// How far ahead of the reader's clock (and of Kafka's timestamp) a record's time may be.
+const MAX_SKEW_MS: u64 = 1000;
+
+/// What a wait for another check's verdict came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waited {
+    /// Its verdict.
+    Verdict(Reply),
+    /// Nobody asks about the reward any more (its request could not be published): ask.
+    NobodyAsking,
+    /// The deadline came first.
+    TimedOut,
+}
+
 /// What is known of a reward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Known {
@@ -197,17 +215,29 @@ impl Verdicts {
         }
     }
 
-    /// A request about `reward` is about to be published, held until `until`: later checks
-    /// wait for its verdict. Returns the time it was noted under, for [`Verdicts::asked`] or
-    /// [`Verdicts::not_asked`].
-    pub fn asking(&self, reward: &str, until: SystemTime) -> u64 {
-        let at = millis(SystemTime::now());
-        self.apply(reward, at, Known::Asking { until });
-        at
+    /// The time an ask starts under: its hold carries it, and the verdict that answers it is
+    /// dated just after it (so a late verdict of an older ask never overrides a newer one).
+    pub fn now() -> u64 {
+        millis(SystemTime::now())
     }
 
-    /// The request noted at `at` is in Kafka: the other replicas learn of it.
+    /// A request about `reward` (asked at `at`, from [`Verdicts::now`]) is about to be
+    /// published, held until `until`: later checks wait for its verdict.
+    pub fn asking(&self, reward: &str, at: u64, until: SystemTime) {
+        self.apply(reward, at, Known::Asking { until });
+    }
+
+    /// The request asked at `at` is in Kafka: the other replicas learn of it, unless its
+    /// verdict came first (the record would then follow the verdict on the compacted topic
+    /// and outlive it).
     pub fn asked(self: &Arc<Self>, reward: &str, at: u64, until: SystemTime) {
+        let still_asking = matches!(
+            self.table.lock().expect("lock not poisoned").entries.get(reward),
+            Some((known_at, Known::Asking { .. })) if *known_at == at
+        );
+        if !still_asking {
+            return;
+        }
         let record = Record {
             at,
             asking_until: Some(millis(until)),
@@ -217,42 +247,57 @@ impl Verdicts {
         self.write(reward, &record, "asking");
     }
 
-    /// The request noted at `at` could not be published: nobody is asking after all.
+    /// The request asked at `at` could not be published: nobody is asking after all, and the
+    /// checks waiting for it ask themselves.
     pub fn not_asked(&self, reward: &str, at: u64) {
-        let mut table = self.table.lock().expect("lock not poisoned");
-        if matches!(table.entries.get(reward), Some((known_at, Known::Asking { .. })) if *known_at == at)
         {
-            table.entries.remove(reward);
-            table.order.remove(&(at, reward.to_owned()));
+            let mut table = self.table.lock().expect("lock not poisoned");
+            if matches!(table.entries.get(reward), Some((known_at, Known::Asking { .. })) if *known_at == at)
+            {
+                table.entries.remove(reward);
+                table.order.remove(&(at, reward.to_owned()));
+            }
         }
+        self.learned.notify_waiters();
     }
 
-    /// A fulfiller answered a request about `reward` (held or late): remembered here, waiters
-    /// woken, and written for the other replicas.
-    pub fn learned(self: &Arc<Self>, reward: &str, reply: &Reply) {
-        let at = millis(SystemTime::now());
+    /// A fulfiller answered the request about `reward` asked at `asked_at` (held or late):
+    /// remembered here, waiters woken, and written for the other replicas.
+    pub fn learned(self: &Arc<Self>, reward: &str, asked_at: u64, reply: &Reply) {
+        let at = asked_at.saturating_add(1);
+        let reply = bounded(reply.clone());
         self.apply(reward, at, Known::Answered(reply.clone()));
         let record = Record {
             at,
             asking_until: None,
             outcome: Some(reply.outcome),
-            reason: reply.reason.clone(),
+            reason: reply.reason,
         };
         self.write(reward, &record, "verdict");
     }
 
-    /// Waits until a verdict on `reward` is known, or `deadline`.
-    pub async fn wait(&self, reward: &str, deadline: Instant) -> Option<Reply> {
+    /// Waits until the request being asked about `reward` has a verdict, nobody asks any more,
+    /// or `deadline`. A request whose hold ended is still waited for: its verdict may come late.
+    pub async fn wait(&self, reward: &str, deadline: Instant) -> Waited {
         loop {
             let notified = self.learned.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(Known::Answered(reply)) = self.lookup(reward) {
-                return Some(reply);
+            let known = self
+                .table
+                .lock()
+                .expect("lock not poisoned")
+                .entries
+                .get(reward)
+                .map(|(_, known)| known.clone());
+            match known {
+                Some(Known::Answered(reply)) => return Waited::Verdict(reply),
+                Some(Known::Asking { .. }) => {}
+                None => return Waited::NobodyAsking,
             }
             tokio::select! {
                 () = notified => {}
-                () = tokio::time::sleep_until(deadline) => return None,
+                () = tokio::time::sleep_until(deadline) => return Waited::TimedOut,
             }
         }
     }
@@ -267,7 +312,9 @@ impl Verdicts {
         self.len() == 0
     }
 
-    /// Keeps `known` as what is known of `reward` since `at`, unless something later is known.
+    /// Keeps `known` as what is known of `reward` since `at`, unless something later is known
+    /// or the reward is known `fulfilled` (FirstPromoter is told 200 once and never asks
+    /// again; a later `failed` or `pending` of an older ask must not make a relay ask again).
     fn apply(&self, reward: &str, at: u64, known: Known) {
         let now = SystemTime::now();
         if now
@@ -278,8 +325,17 @@ impl Verdicts {
         }
         {
             let mut table = self.table.lock().expect("lock not poisoned");
-            if let Some((known_at, _)) = table.entries.get(reward) {
-                if *known_at >= at {
+            if let Some((known_at, old)) = table.entries.get(reward) {
+                let fulfilled = |k: &Known| {
+                    matches!(
+                        k,
+                        Known::Answered(Reply {
+                            outcome: Outcome::Fulfilled,
+                            ..
+                        })
+                    )
+                };
+                if *known_at >= at || (fulfilled(old) && !fulfilled(&known)) {
                     return;
                 }
                 let old = (*known_at, reward.to_owned());
@@ -336,8 +392,10 @@ impl Verdicts {
 }
 
 impl Sink for Verdicts {
-    fn read(&self, key: Option<&[u8]>, value: Option<&[u8]>, _at: SystemTime) -> u64 {
-        let reward = key.and_then(|k| std::str::from_utf8(k).ok());
+    fn read(&self, key: Option<&[u8]>, value: Option<&[u8]>, written: SystemTime) -> u64 {
+        let reward = key
+            .filter(|k| k.len() <= MAX_KEY_BYTES && k.starts_with(b"v1:"))
+            .and_then(|k| std::str::from_utf8(k).ok());
         let record = value.and_then(|v| serde_json::from_slice::<Record>(v).ok());
         let (Some(reward), Some((at, known))) = (reward, record.and_then(Record::known)) else {
             self.metrics
@@ -350,9 +408,28 @@ impl Sink for Verdicts {
             .fulfilment_verdicts_read
             .with_label_values(&["ok"])
             .inc();
-        self.apply(reward, at, known);
+        // A record dated ahead of Kafka's timestamp or this clock (a forged one, or a writer
+        // whose clock runs ahead) would outrank every record after it.
+        let cap = millis(written)
+            .min(millis(SystemTime::now()))
+            .saturating_add(MAX_SKEW_MS);
+        let known = match known {
+            Known::Answered(reply) => Known::Answered(bounded(reply)),
+            asking => asking,
+        };
+        self.apply(reward, at.min(cap), known);
         1
     }
+}
+
+/// `reply` with its reason cut to [`MAX_REASON_CHARS`].
+fn bounded(mut reply: Reply) -> Reply {
+    if let Some(reason) = &mut reply.reason {
+        if let Some((cut, _)) = reason.char_indices().nth(MAX_REASON_CHARS) {
+            reason.truncate(cut);
+        }
+    }
+    reply
 }
 
 fn millis(time: SystemTime) -> u64 {
@@ -419,8 +496,13 @@ mod tests {
         // The echo of the asking record, read back from the topic after the verdict.
         v.apply("v1:1", now, Known::Asking { until });
         assert_eq!(v.lookup("v1:1"), Some(answered(Outcome::Fulfilled)));
+        // A fulfilled reward stays fulfilled: a late `pending` of an older ask changes nothing.
         v.apply("v1:1", now + 9, answered(Outcome::Pending));
-        assert_eq!(v.lookup("v1:1"), Some(answered(Outcome::Pending)));
+        assert_eq!(v.lookup("v1:1"), Some(answered(Outcome::Fulfilled)));
+        // Otherwise the later record wins.
+        v.apply("v1:11", now, answered(Outcome::Failed));
+        v.apply("v1:11", now + 9, answered(Outcome::Pending));
+        assert_eq!(v.lookup("v1:11"), Some(answered(Outcome::Pending)));
     }
 
     #[test]
@@ -445,7 +527,7 @@ mod tests {
         let v = verdicts(3);
         let now = millis(SystemTime::now());
         for n in 0..5u64 {
-            v.apply(&format!("v1:{n}"), now + n, answered(Outcome::Fulfilled));
+            v.apply(&format!("v1:{n}"), now + n, answered(Outcome::Pending));
         }
         assert_eq!(v.len(), 3);
         assert_eq!(v.lookup("v1:1"), None);
@@ -463,7 +545,8 @@ mod tests {
     async fn a_waiter_gets_the_verdict_learned_while_it_waits() {
         let v = verdicts(10);
         let until = SystemTime::now() + Duration::from_secs(5);
-        v.asking("v1:7", until);
+        let at = Verdicts::now();
+        v.asking("v1:7", at, until);
         let waiter = tokio::spawn({
             let v = v.clone();
             async move {
@@ -472,16 +555,34 @@ mod tests {
             }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = millis(SystemTime::now()) + 1;
-        v.apply("v1:7", now, answered(Outcome::Fulfilled));
-        let reply = waiter.await.unwrap().expect("a verdict");
-        assert_eq!(reply.outcome, Outcome::Fulfilled);
+        v.apply("v1:7", at + 1, answered(Outcome::Fulfilled));
+        assert_eq!(
+            waiter.await.unwrap(),
+            Waited::Verdict(Reply {
+                outcome: Outcome::Fulfilled,
+                reason: None
+            })
+        );
+        // An ask whose hold ended is still waited for, up to the waiter's deadline.
+        v.asking("v1:8", Verdicts::now(), SystemTime::now());
         assert_eq!(
             v.wait("v1:8", Instant::now() + Duration::from_millis(20))
                 .await,
-            None,
-            "nothing learned: the deadline"
+            Waited::TimedOut
         );
+        // An ask that could not be published sends its waiters to ask themselves.
+        let at = Verdicts::now() + 10;
+        v.asking("v1:9", at, until);
+        let waiter = tokio::spawn({
+            let v = v.clone();
+            async move {
+                v.wait("v1:9", Instant::now() + Duration::from_secs(5))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        v.not_asked("v1:9", at);
+        assert_eq!(waiter.await.unwrap(), Waited::NobodyAsking);
     }
 
     #[test]
@@ -509,11 +610,41 @@ mod tests {
         }
         assert_eq!(v.read(None, Some(value.as_bytes()), SystemTime::now()), 0);
         assert_eq!(
+            v.read(Some(b"other:5"), Some(value.as_bytes()), SystemTime::now()),
+            0
+        );
+        assert_eq!(
             v.metrics
                 .fulfilment_verdicts_read
                 .with_label_values(&["foreign"])
                 .get(),
-            4
+            5
         );
+    }
+
+    #[test]
+    fn a_record_dated_in_the_future_is_capped_and_reasons_are_bounded() {
+        let v = verdicts(10);
+        let now = millis(SystemTime::now());
+        let year = 365 * 24 * 3600 * 1000;
+        let forged = format!(
+            r#"{{"at":{},"outcome":"failed","reason":"{}"}}"#,
+            now + year,
+            "x".repeat(5000)
+        );
+        v.read(Some(b"v1:12"), Some(forged.as_bytes()), SystemTime::now());
+        let entry = v.table.lock().unwrap().entries.get("v1:12").cloned();
+        let (at, known) = entry.expect("kept");
+        assert!(at <= now + 2 * MAX_SKEW_MS, "capped: {}", at - now);
+        let Known::Answered(reply) = known else {
+            panic!("a verdict")
+        };
+        assert_eq!(
+            reply.reason.map(|r| r.chars().count()),
+            Some(MAX_REASON_CHARS)
+        );
+        // So a real record a few seconds later still wins.
+        v.apply("v1:12", now + 5000, answered(Outcome::Pending));
+        assert_eq!(v.lookup("v1:12"), Some(answered(Outcome::Pending)));
     }
 }

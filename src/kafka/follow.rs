@@ -6,12 +6,14 @@
 //! followed, and why the topic cannot be read while it cannot.
 //!
 //! What it survives:
-//! - **A topic missing at start**: created when allowed ([`Follow::create`]); otherwise looked
-//!   for again every [`RETRY_PAUSE`], so a topic that appears (auto-created by the first
-//!   record written to it) is followed within about a second.
+//! - **A topic missing at start**: created when allowed ([`Follow::create`], at most once a
+//!   minute); otherwise looked for again every [`RETRY_PAUSE`] with the same client, so a topic
+//!   that appears (auto-created by the first record written to it) is followed within about a
+//!   second.
 //! - **A topic that grows**: the partition count is asked for every [`DISCOVER_EVERY`] beside
 //!   the read loop (never in its way), and new partitions are read from their beginning.
-//! - **A topic deleted or refused**: the consumer is dropped and built again; the window is read
+//! - **A topic deleted or refused**: the consumer is dropped and built again, at once the first
+//!   time and then less often (up to every 30 s) while it keeps failing; the window is read
 //!   again (records already known change nothing).
 //! - **Credentials rotated in their files**: the same.
 
@@ -36,6 +38,8 @@ use crate::metrics::Metrics;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before the topic is looked for again after it was missing or failed.
 pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Longest pause between two clients built after failures.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 /// How often a followed topic is asked for its partition count.
 pub const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 /// A fetch that brings nothing for this long, with every partition read to where it ended at
@@ -136,7 +140,13 @@ pub struct Follow {
     pub ready_gauge: Option<IntGauge>,
     /// See [`PartitionView`].
     pub view: PartitionView,
+    /// When creating the topic was last tried: at most once per [`CREATE_EVERY`], so a cluster
+    /// that forbids it is not asked every second.
+    last_create: Mutex<Option<Instant>>,
 }
+
+/// Shortest pause between two attempts to create a missing topic.
+const CREATE_EVERY: Duration = Duration::from_secs(60);
 
 impl Follow {
     /// Follows `topic` from `window` ago; nothing is read until [`Follow::run`].
@@ -150,6 +160,7 @@ impl Follow {
             state: Arc::new(FollowState::default()),
             ready_gauge: None,
             view: Arc::new(|count| count),
+            last_create: Mutex::new(None),
         }
     }
 
@@ -176,8 +187,10 @@ impl Follow {
             }
         });
         let mut settings = settings;
+        let mut pause = RETRY_PAUSE;
         while !stop.is_cancelled() {
             let kafka = settings.borrow_and_update().clone();
+            let began = Instant::now();
             let outcome = tokio::select! {
                 outcome = self.follow_once(&kafka, sink.as_ref(), &watch, &metrics, started) => outcome,
                 () = changed(&mut settings) => {
@@ -188,13 +201,20 @@ impl Follow {
             };
             if let Err(problem) = outcome {
                 if !self.state.has_problem() {
-                    tracing::warn!(topic = %self.topic, %problem, "cannot read the {}; looking again every second", self.what);
+                    tracing::warn!(topic = %self.topic, %problem, "cannot read the {}; trying again, less often while it fails", self.what);
                 }
                 self.state
                     .set_problem(Some(problem), self.ready_gauge.as_ref());
             }
+            // A client that failed at once (refused, unauthorised) is built again less and less
+            // often, up to every [`MAX_RETRY_PAUSE`]; one that worked a while, at once.
+            pause = if began.elapsed() > MAX_RETRY_PAUSE {
+                RETRY_PAUSE
+            } else {
+                (pause * 2).min(MAX_RETRY_PAUSE)
+            };
             tokio::select! {
-                () = tokio::time::sleep(RETRY_PAUSE) => {}
+                () = tokio::time::sleep(pause) => {}
                 () = stop.cancelled() => break,
             }
         }
@@ -221,30 +241,58 @@ impl Follow {
         // destroying a librdkafka client joins its threads.
         let consumer = OffWorker(Some(Arc::new(consumer)));
         let client = consumer.client();
-        let mut count = self
-            .partition_count(client)
-            .await
-            .map_err(|e| e.to_string())?;
-        if count == 0 {
-            if let Some(spec) = &self.create {
+        // A missing topic is looked for every second with this one client (no new connection
+        // each time), created when allowed (at most once a minute).
+        let count = loop {
+            let mut count = self
+                .partition_count(client)
+                .await
+                .map_err(|e| e.to_string())?;
+            if count == 0 && self.create.is_some() && self.may_create() {
+                let spec = self.create.as_ref().expect("checked");
                 let admin = crate::kafka::admin_config(kafka);
-                super::topics::create(&admin, &self.topic, spec, metrics, watch)
-                    .await
-                    .map_err(|e| format!("the topic is missing and cannot be created: {e}"))?;
+                if let Err(error) =
+                    super::topics::create(&admin, &self.topic, spec, metrics, watch).await
+                {
+                    self.missing(&format!(
+                        "the topic is missing and cannot be created: {error}"
+                    ));
+                }
                 count = self
                     .partition_count(client)
                     .await
                     .map_err(|e| e.to_string())?;
             }
-        }
-        if count == 0 {
-            return Err(format!("{}", RDKafkaErrorCode::UnknownTopicOrPartition));
-        }
+            if count > 0 {
+                break count;
+            }
+            self.missing(&format!("{}", RDKafkaErrorCode::UnknownTopicOrPartition));
+            tokio::time::sleep(RETRY_PAUSE).await;
+        };
         let ends = position(client.clone(), self.topic.clone(), self.window, count)
             .await
             .map_err(|e| e.to_string())?;
         self.state.partitions.store(count, Ordering::Release);
         self.consume(client, sink, ends, started).await
+    }
+
+    /// The topic is not there (yet): said once, shown on `/readyz`.
+    fn missing(&self, problem: &str) {
+        if !self.state.has_problem() {
+            tracing::warn!(topic = %self.topic, problem, "cannot read the {}; looking for the topic every second", self.what);
+        }
+        self.state
+            .set_problem(Some(problem.to_owned()), self.ready_gauge.as_ref());
+    }
+
+    /// Whether creating the missing topic may be tried now (see [`CREATE_EVERY`]).
+    fn may_create(&self) -> bool {
+        let mut last = self.last_create.lock().expect("lock not poisoned");
+        if last.is_some_and(|at| at.elapsed() < CREATE_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     /// Partitions of the topic as [`Follow::view`] shows them; 0 when it does not exist.

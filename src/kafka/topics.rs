@@ -58,6 +58,7 @@ pub async fn create(
 ) -> Result<bool, KafkaError> {
     let context = RelayContext::new(metrics.clone(), watch.clone(), "admin");
     let admin: AdminClient<RelayContext> = admin_config.create_with_context(context)?;
+    super::aws::hand_first_token(admin_config, admin.inner());
     let mut new_topic = NewTopic::new(topic, spec.partitions, TopicReplication::Fixed(-1));
     for (name, value) in &spec.settings {
         new_topic = new_topic.set(name, value);
