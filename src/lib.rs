@@ -457,6 +457,7 @@ fn start_services(
                 health.cluster.clone(),
                 api_reachable.clone(),
                 api.clone(),
+                verdicts.clone(),
             )?
             .spawn(background.clone()),
         ),

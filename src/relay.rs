@@ -422,6 +422,23 @@ impl Relay {
             Ok(guard) => guard,
             Err(duplicate) => return Ok(duplicate),
         };
+        // A commission FirstPromoter already marked fulfilled: routed, asking no fulfiller.
+        if let Some(verdicts) = &self.services.verdicts {
+            if verdicts.fulfilled(&format!("v2:{commission}")) {
+                let delivered = self.publish(&record, arrived).await?;
+                self.services
+                    .metrics
+                    .fulfilment_outcomes
+                    .with_label_values(&["remembered"])
+                    .inc();
+                let accepted = Accepted::Published {
+                    topic: record.topic,
+                    delivered,
+                };
+                self.settle(guard, &accepted);
+                return Ok(accepted);
+            }
+        }
         let (request, correlation_id) = fulfilment::v2::request_for(
             &record,
             commission,

@@ -316,6 +316,52 @@ async fn an_approved_reward_is_requested_and_one_fulfilled_reply_marks_it_once()
     relay.shutdown().await;
 }
 
+/// A commission FirstPromoter marked fulfilled is remembered by every replica: its approval
+/// seen again (another event id, so not a duplicate) is routed, and no fulfiller is asked again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_of_a_commission_already_marked_asks_no_fulfiller() {
+    let broker = Tansu::start();
+    let (fake, api) = FakeFirstPromoter::start(&[]).await;
+    let a = TestRelay::start_ready(common::v2_config(&broker, api)).await;
+    let b = TestRelay::start_ready(common::v2_config(&broker, api)).await;
+    let commission = 7_700_001;
+    let first = a.post(update(commission, "approved", "points")).await;
+    assert_eq!(
+        first.json()["status"],
+        "fulfilment_requested",
+        "{}",
+        first.text()
+    );
+    let correlation_id = requests(&broker, 1).await[0]
+        .header("fp-correlation-id")
+        .unwrap()
+        .to_owned();
+    reply(&broker, None, &correlation_id, "fulfilled").await;
+    calls_settle_at(&fake, 1).await;
+    // Both replicas know it once the marker's verdict record is read.
+    for relay in [&a, &b] {
+        assert!(
+            eventually(WAIT, async || relay
+                .metric(r#"fp_relay_fulfilment_verdicts_read_total{result="ok"}"#)
+                .await
+                >= 1.0)
+            .await
+        );
+    }
+    for relay in [&a, &b] {
+        let again = relay.post(update(commission, "approved", "points")).await;
+        assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+        assert_eq!(again.json()["status"], "published", "{}", again.text());
+    }
+    let requested = consume_all(&broker.bootstrap(), REQUESTS, Duration::from_secs(2)).await;
+    assert_eq!(requested.len(), 1, "one request, for the first approval");
+    let routed = consume_all(&broker.bootstrap(), ROUTED, Duration::from_secs(2)).await;
+    assert_eq!(routed.len(), 3, "every approval is routed");
+    assert_eq!(fake.ids(), vec![commission]);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn denied_cash_and_other_updates_are_only_routed() {
     let broker = Tansu::start();

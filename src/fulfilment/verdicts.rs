@@ -20,7 +20,11 @@
 //! that, bounded by `dedup.load_timeout`) and then follows it. Compaction keeps one record per
 //! reward; the window bounds what is read.
 //!
-//! Records: key `v1:<data.id>`; value `{"at":<ms>,"asking_until":<ms>}` or
+//! v2 has no held request: a commission FirstPromoter marked fulfilled (`mark_fulfilled`
+//! answered) is remembered as `v2:<commission id>` `fulfilled`, and an approval of it seen
+//! again (another event id, after the dedup window) is routed without a new request.
+//!
+//! Records: key `v1:<data.id>` or `v2:<commission id>`; value `{"at":<ms>,"asking_until":<ms>}` or
 //! `{"at":<ms>,"outcome":"fulfilled|pending|failed","reason":"..."}`. A record older than what
 //! is known of its reward (an echo of this replica's own) changes nothing.
 //!
@@ -276,6 +280,27 @@ impl Verdicts {
         self.write(reward, &record, "verdict");
     }
 
+    /// FirstPromoter marked the v2 commission `reward` (`v2:<id>`) fulfilled: remembered here
+    /// and written for the other replicas, so an approval seen again asks no fulfiller.
+    pub fn marked(self: &Arc<Self>, reward: &str) {
+        let reply = Reply {
+            outcome: Outcome::Fulfilled,
+            reason: None,
+        };
+        self.learned(reward, Self::now(), &reply);
+    }
+
+    /// Whether `reward` is known `fulfilled`.
+    pub fn fulfilled(&self, reward: &str) -> bool {
+        matches!(
+            self.lookup(reward),
+            Some(Known::Answered(Reply {
+                outcome: Outcome::Fulfilled,
+                ..
+            }))
+        )
+    }
+
     /// Waits until the request being asked about `reward` has a verdict, nobody asks any more,
     /// or `deadline`. A request whose hold ended is still waited for: its verdict may come late.
     pub async fn wait(&self, reward: &str, deadline: Instant) -> Waited {
@@ -394,7 +419,9 @@ impl Verdicts {
 impl Sink for Verdicts {
     fn read(&self, key: Option<&[u8]>, value: Option<&[u8]>, written: SystemTime) -> u64 {
         let reward = key
-            .filter(|k| k.len() <= MAX_KEY_BYTES && k.starts_with(b"v1:"))
+            .filter(|k| {
+                k.len() <= MAX_KEY_BYTES && (k.starts_with(b"v1:") || k.starts_with(b"v2:"))
+            })
             .and_then(|k| std::str::from_utf8(k).ok());
         let record = value.and_then(|v| serde_json::from_slice::<Record>(v).ok());
         let (Some(reward), Some((at, known))) = (reward, record.and_then(Record::known)) else {

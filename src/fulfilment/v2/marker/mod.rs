@@ -84,6 +84,8 @@ pub struct Marker {
     backlog: Mutex<VecDeque<ReadReply>>,
     /// Verifies that a reply answers a request some relay issued.
     keys: super::ReplyKeys,
+    /// Told of every commission marked fulfilled (`fulfilment.remember`).
+    pub(super) verdicts: Option<Arc<crate::fulfilment::verdicts::Verdicts>>,
 }
 
 impl Marker {
@@ -96,6 +98,7 @@ impl Marker {
         watch: Arc<ClusterWatch>,
         api_reachable: Arc<AtomicBool>,
         client: Arc<ApiClient>,
+        verdicts: Option<Arc<crate::fulfilment::verdicts::Verdicts>>,
     ) -> Result<Self, crate::StartError> {
         let settings = &config.fulfilment.v2;
         let consumer = build(&kafka.borrow(), &settings.consumer_group, &metrics, &watch)?;
@@ -116,6 +119,7 @@ impl Marker {
             api_reachable,
             backlog: Mutex::new(VecDeque::new()),
             keys: super::ReplyKeys::new(config),
+            verdicts,
         })
     }
 }

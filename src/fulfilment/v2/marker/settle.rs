@@ -162,6 +162,11 @@ impl Marker {
             alone = again;
         }
         self.show_waiting(0, oldest);
+        if let Some(verdicts) = &self.verdicts {
+            for (commission, _) in settled.iter().filter(|(_, s)| **s == Settled::Marked) {
+                verdicts.marked(&format!("v2:{commission}"));
+            }
+        }
         for (commission, reply) in fulfilled {
             if let Some(Settled::Rejected(reason)) = settled.get(&commission) {
                 if !self
