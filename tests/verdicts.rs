@@ -131,26 +131,32 @@ async fn a_late_fulfilled_is_remembered_by_every_replica_and_across_a_restart() 
     restarted.shutdown().await;
 }
 
-/// A `pending` or `failed` verdict is remembered but asks again: only `fulfilled` ends the
-/// asking.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_pending_verdict_asks_again() {
-    let broker = Tansu::start();
-    let a = TestRelay::start_ready(config(&broker, Duration::from_secs(10))).await;
-    let reward = 5002;
+/// Asks about `reward` on a relay with `settings`, the fulfiller answers `outcome` (the check
+/// gets `status`), and the next check of the reward publishes a request again.
+async fn asks_again(broker: &Tansu, settings: Config, reward: u64, outcome: &str, status: u16) {
+    let a = TestRelay::start_ready(settings).await;
     let held = a.post_in_background(pending(reward));
-    let correlation_id = correlation_id_of_first_request(&broker, reward).await;
-    answer(&broker, &correlation_id, "pending").await;
-    assert_eq!(held.await.unwrap().status, StatusCode::ACCEPTED);
+    let correlation_id = correlation_id_of_first_request(broker, reward).await;
+    answer(broker, &correlation_id, outcome).await;
+    assert_eq!(held.await.unwrap().status.as_u16(), status);
     let again = a.post_in_background(pending(reward));
     assert!(
-        eventually(WAIT, async || requests_about(&broker, reward).await.len()
+        eventually(WAIT, async || requests_about(broker, reward).await.len()
             == 2)
         .await,
         "asked again"
     );
     a.shutdown().await;
     assert_eq!(again.await.unwrap().json()["status"], "released");
+}
+
+/// A `pending` or `failed` verdict is remembered but asks again: only `fulfilled` ends the
+/// asking.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_verdict_asks_again() {
+    let broker = Tansu::start();
+    let settings = config(&broker, Duration::from_secs(10));
+    asks_again(&broker, settings, 5002, "pending", 202).await;
 }
 
 /// Two checks of one reward that overlap on one replica, and a third on another replica while
@@ -189,19 +195,5 @@ async fn with_remember_off_every_check_asks() {
     let broker = Tansu::start();
     let mut settings = config(&broker, Duration::from_secs(10));
     settings.fulfilment.remember = Duration::ZERO;
-    let a = TestRelay::start_ready(settings).await;
-    let reward = 5004;
-    let held = a.post_in_background(pending(reward));
-    let correlation_id = correlation_id_of_first_request(&broker, reward).await;
-    answer(&broker, &correlation_id, "fulfilled").await;
-    assert_eq!(held.await.unwrap().status, StatusCode::OK);
-    let again = a.post_in_background(pending(reward));
-    assert!(
-        eventually(WAIT, async || requests_about(&broker, reward).await.len()
-            == 2)
-        .await,
-        "asked again"
-    );
-    a.shutdown().await;
-    assert_eq!(again.await.unwrap().json()["status"], "released");
+    asks_again(&broker, settings, 5004, "fulfilled", 200).await;
 }
