@@ -239,7 +239,12 @@ async fn tail_started_before_send_all_prints_every_record_exactly_once() {
         .read_to_string(&mut text)
         .unwrap();
     assert_eq!(tail.wait().unwrap().code(), Some(0));
-    let records: Vec<&str> = text.lines().filter(|l| l.starts_with("── ")).collect();
+    // The relay's note that it is asking about the fulfilment_pending sample's reward is on the
+    // verdict topic: its own bookkeeping, not an event sent.
+    let records: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("── ") && !l.starts_with("── firstpromoter.fulfilment_verdicts "))
+        .collect();
     let distinct: std::collections::HashSet<&str> = records
         .iter()
         .map(|r| r.split("  key=").next().unwrap())
