@@ -457,8 +457,8 @@ fn start_services(
                 health.cluster.clone(),
                 api_reachable.clone(),
                 api.clone(),
-                verdicts.clone(),
             )?
+            .remembering(verdicts.clone())
             .spawn(background.clone()),
         ),
         _ => None,

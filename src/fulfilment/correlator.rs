@@ -92,6 +92,9 @@ pub struct Asked {
     pub at: u64,
 }
 
+/// A held request: where its reply goes, and what it asks about.
+type Waiting = (oneshot::Sender<Reply>, Option<Asked>);
+
 /// Ids released recently, so a reply for one is "late" rather than "unmatched" (and its
 /// verdict is still remembered for its reward).
 struct Released {
@@ -137,7 +140,7 @@ impl Released {
 /// The table of held requests.
 pub struct Correlator {
     /// Held requests by correlation id, with the reward each asks about.
-    pending: Mutex<HashMap<Uuid, (oneshot::Sender<Reply>, Option<Asked>)>>,
+    pending: Mutex<HashMap<Uuid, Waiting>>,
     /// Recently released ids.
     released: Mutex<Released>,
     /// `fulfilment.max_in_flight`.

@@ -248,8 +248,11 @@ impl Follow {
                 .partition_count(client)
                 .await
                 .map_err(|e| e.to_string())?;
-            if count == 0 && self.create.is_some() && self.may_create() {
-                let spec = self.create.as_ref().expect("checked");
+            if let Some(spec) = self
+                .create
+                .as_ref()
+                .filter(|_| count == 0 && self.may_create())
+            {
                 let admin = crate::kafka::admin_config(kafka);
                 if let Err(error) =
                     super::topics::create(&admin, &self.topic, spec, metrics, watch).await

@@ -98,7 +98,6 @@ impl Marker {
         watch: Arc<ClusterWatch>,
         api_reachable: Arc<AtomicBool>,
         client: Arc<ApiClient>,
-        verdicts: Option<Arc<crate::fulfilment::verdicts::Verdicts>>,
     ) -> Result<Self, crate::StartError> {
         let settings = &config.fulfilment.v2;
         let consumer = build(&kafka.borrow(), &settings.consumer_group, &metrics, &watch)?;
@@ -119,7 +118,16 @@ impl Marker {
             api_reachable,
             backlog: Mutex::new(VecDeque::new()),
             keys: super::ReplyKeys::new(config),
-            verdicts,
+            verdicts: None,
         })
+    }
+
+    /// Tells `verdicts` of every commission marked fulfilled (`fulfilment.remember`).
+    pub fn remembering(
+        mut self,
+        verdicts: Option<Arc<crate::fulfilment::verdicts::Verdicts>>,
+    ) -> Self {
+        self.verdicts = verdicts;
+        self
     }
 }
