@@ -391,6 +391,8 @@ impl Follow {
                 Ok(Err(KafkaError::MessageConsumption(
                     code @ (RDKafkaErrorCode::UnknownTopicOrPartition
                     | RDKafkaErrorCode::UnknownTopic
+                    // A partition followed is gone: the topic shrank or was recreated smaller.
+                    | RDKafkaErrorCode::UnknownPartition
                     | RDKafkaErrorCode::TopicAuthorizationFailed),
                 ))) => return Err(format!("{code}")),
                 Ok(Err(error)) => {
