@@ -3,7 +3,7 @@
 # process (every thread, librdkafka's included) under valgrind's callgrind, for fp-relay and for
 # a bare relay writing the identical record (benches/cost.rs says how), one request at a time and
 # in batches of 32. Prints one row per measure ending in fp-relay's ratio to the bare relay.
-# About 4 minutes on two cores (fp-relay alone about 2.5: a minute of it is waiting for its reply
+# About 2.5 minutes on two cores (fp-relay alone about 1.5: a minute of it is waiting for its reply
 # consumer to rest).
 #   benches/cost.sh              the table
 #   benches/cost.sh --check      also fails when fp-relay's instructions per request exceed

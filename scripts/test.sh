@@ -42,7 +42,7 @@ if [ "$status" = 0 ] && [ "${CI:-}" = "true" ] && [ "${FP_RELAY_SKIP_FUZZ:-}" !=
     # The seeded chaos run's fixed CI set (tests/chaos.rs; about 4 minutes on two cores).
     scripts/chaos.sh --seeds 6 --first-seed 1001 || status=$?
     # Instructions per request under callgrind against benches/cost-baseline.txt: fails on a
-    # rise of more than 5 % (benches/cost.sh; fp-relay alone, about 2.5 minutes).
+    # rise of more than 5 % (benches/cost.sh; fp-relay alone, about 1.5 minutes).
     benches/cost.sh --check --only fp-relay || status=$?
     benches/load.sh --quick || status=$?
 fi
