@@ -32,14 +32,18 @@ cargo test --locked --no-fail-fast "$@" 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}
 set -e
 
-# On CI, also run the seeded chaos run's fixed seeds, the load benchmark's smoke version (it
-# must work; its numbers are not judged here) and fuzz the request-to-record path briefly (scripts/fuzz.sh; cargo-fuzz is cached in
+# On CI, also run the seeded chaos run's fixed seeds, the cost check (instructions per request
+# against a committed baseline), the load benchmark's smoke version (it must work; its numbers
+# are not judged here) and fuzz the request-to-record path briefly (scripts/fuzz.sh; cargo-fuzz is cached in
 # ~/.cargo/bin). Skipped when tests failed: the run has failed already.
 if [ "$status" = 0 ] && [ "${CI:-}" = "true" ] && [ "${FP_RELAY_SKIP_FUZZ:-}" != "1" ]; then
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     scripts/fuzz.sh 30 || status=$?
     # The seeded chaos run's fixed CI set (tests/chaos.rs; about 4 minutes on two cores).
     scripts/chaos.sh --seeds 6 --first-seed 1001 || status=$?
+    # Instructions per request under callgrind against benches/cost-baseline.txt: fails on a
+    # rise of more than 5 % (benches/cost.sh; fp-relay alone, about 1.5 minutes).
+    benches/cost.sh --check --only fp-relay || status=$?
     benches/load.sh --quick || status=$?
 fi
 

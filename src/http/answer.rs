@@ -1,6 +1,8 @@
 //! The one place where outcomes become HTTP responses: an accepted event's status and what
 //! happened to it, a refusal's status, short JSON error and `Retry-After` where a retry helps.
 
+use std::io::Write as _;
+
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::Full;
@@ -12,6 +14,23 @@ use crate::relay::Accepted;
 /// The response to one webhook request.
 pub fn answer(result: Result<Accepted, RelayError>) -> Response<Full<Bytes>> {
     match result {
+        // Nearly every answer: written straight into one buffer of the right size rather than
+        // built as a `json!` tree and serialised: one allocation instead of sixteen, 13,000
+        // fewer instructions a request (benches/cost.sh). The test below holds it to the
+        // tree's bytes.
+        Ok(Accepted::Published { topic, delivered }) => {
+            let mut body = Vec::with_capacity(PUBLISHED_LEN + topic.len());
+            body.extend_from_slice(br#"{"status":"published","topic":"#);
+            // Topic names are [a-zA-Z0-9._-] (validated), but escape anyway: never broken JSON.
+            serde_json::to_writer(&mut body, &topic).expect("a string serialises into a Vec");
+            // Writing integers into a Vec cannot fail.
+            let _ = write!(
+                body,
+                r#","partition":{},"offset":{}}}"#,
+                delivered.partition, delivered.offset
+            );
+            json_bytes(StatusCode::OK, body)
+        }
         Ok(accepted) => {
             let (status, body) = status_and_body(&accepted);
             json_response(status, &body)
@@ -113,13 +132,53 @@ pub fn refused(error: RelayError) -> Response<Full<Bytes>> {
     response
 }
 
+/// The bytes of a published answer besides the topic, with room for the widest partition
+/// and offset.
+const PUBLISHED_LEN: usize = 96;
+
 /// A JSON response with `status` and `body`.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_bytes(status, body.to_string().into_bytes())
+}
+
+/// A response with `status` and `body`, JSON already.
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::kafka::publisher::Delivered;
+
+    async fn bytes(response: Response<Full<Bytes>>) -> Bytes {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn the_published_answer_is_byte_for_byte_the_json_tree_s() {
+        for (topic, partition, offset) in [
+            ("firstpromoter.reward_created", 0, 0),
+            ("t", i32::MAX, i64::MAX),
+            ("odd\"name\\", -1, -1),
+        ] {
+            let accepted = || Accepted::Published {
+                topic: topic.to_owned(),
+                delivered: Delivered { partition, offset },
+            };
+            let (status, tree) = status_and_body(&accepted());
+            let fast = answer(Ok(accepted()));
+            assert_eq!(fast.status(), status);
+            assert_eq!(fast.headers()[header::CONTENT_TYPE], "application/json");
+            assert_eq!(bytes(fast).await, bytes(json_response(status, &tree)).await);
+        }
+    }
 }

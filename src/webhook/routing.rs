@@ -25,8 +25,12 @@ fn is_topic_byte(b: u8) -> bool {
 }
 
 /// Makes an event type usable inside a topic name, deterministically: every byte outside
-/// `[a-zA-Z0-9._-]` becomes `_`. FirstPromoter's own types never need it.
-pub fn sanitise_event_type(event_type: &str) -> String {
+/// `[a-zA-Z0-9._-]` becomes `_`. FirstPromoter's own types never need it, and are borrowed as
+/// they are (the topic is worked out on every request).
+pub fn sanitise_event_type(event_type: &str) -> std::borrow::Cow<'_, str> {
+    if !event_type.is_empty() && event_type.bytes().all(is_topic_byte) {
+        return event_type.into();
+    }
     let cleaned: String = event_type
         .chars()
         .map(|c| {
@@ -38,9 +42,9 @@ pub fn sanitise_event_type(event_type: &str) -> String {
         })
         .collect();
     if cleaned.is_empty() {
-        "unknown".to_owned()
+        "unknown".into()
     } else {
-        cleaned
+        cleaned.into()
     }
 }
 
