@@ -103,6 +103,9 @@ impl Options {
     }
 }
 
+/// A measure's name and how to read it from a row.
+type Measure = (&'static str, fn(&Row) -> f64);
+
 /// One target at one batch size.
 struct Row {
     target: &'static str,
@@ -294,7 +297,7 @@ fn table(rows: &[Row], options: &Options) -> String {
             continue;
         };
         let requests = relay.requests;
-        let measures: [(&str, fn(&Row) -> f64); 3] = [
+        let measures: [Measure; 3] = [
             ("instructions per request", |r| r.instructions),
             ("allocations per request", |r| r.allocations),
             ("frees per request", |r| r.frees),
