@@ -30,16 +30,18 @@
 //! Run it with `benches/cost.sh` (builds, fetches tansu, prints the table; `--check` compares
 //! with benches/cost-baseline.txt).
 
-use std::convert::Infallible;
+mod support;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{free_port, manifest, relay_bin, runtime, serve_forever};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -691,30 +693,6 @@ impl Drop for Process {
     }
 }
 
-fn manifest(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn relay_bin() -> PathBuf {
-    std::env::var_os("FP_RELAY_BIN")
-        .map_or_else(|| manifest("target/release/fp-relay"), PathBuf::from)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The record fp-relay writes for the benchmark's payload, worked out once.
 struct Template {
     topic: String,
@@ -838,31 +816,4 @@ fn status_only(status: u16) -> http::Response<Full<Bytes>> {
     let mut response = http::Response::new(Full::new(Bytes::new()));
     *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
     response
-}
-
-/// Serves `handle` on 127.0.0.1:`port` with hyper, one task per connection, until killed.
-fn serve_forever<F, Fut>(port: u16, handle: F)
-where
-    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
-{
-    runtime().block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let _ = stream.set_nodelay(true);
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let response = handle(request);
-                    async move { Ok::<_, Infallible>(response.await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
 }

@@ -21,16 +21,18 @@
 //! `--levels`, `--lingers` and `--thresholds` (fp-relay at other `linger.ms` /
 //! `kafka.batch_above_in_flight`) and `--duration` run a part, for profiling.
 
-use std::convert::Infallible;
+mod support;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{free_port, manifest, relay_bin, runtime, serve_forever};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -1243,13 +1245,6 @@ fn same_settings_producer(bootstrap: &str) -> FutureProducer {
 const LINGERS: [u32; 3] = [0, 1, 5];
 
 /// A multi-threaded runtime for the benchmark's own clients and servers.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// What [`held_requests`] measured.
 struct Holds {
     held: usize,
@@ -1544,50 +1539,6 @@ fn cpu_model() -> String {
             })
         })
         .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn manifest(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn relay_bin() -> PathBuf {
-    std::env::var_os("FP_RELAY_BIN")
-        .map_or_else(|| manifest("target/release/fp-relay"), PathBuf::from)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Serves `handle` on 127.0.0.1:`port` with hyper, one task per connection, until killed.
-fn serve_forever<F, Fut>(port: u16, handle: F)
-where
-    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
-{
-    runtime().block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let _ = stream.set_nodelay(true);
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let response = handle(request);
-                    async move { Ok::<_, Infallible>(response.await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
 }
 
 /// The HTTP ceiling: hyper answering 200 to everything, reading the body like the relay does.
